@@ -1,0 +1,183 @@
+"""The native PGD engine: ℓ∞ / ℓ2 / ℓ1 projected gradient descent with restarts.
+
+Per-sample early stop across restarts (a sample fooled by one restart is not attacked
+again), so at Nr=100 most image·steps are never computed for the samples that fall early.
+The number of image·steps actually computed is reported in ``info``.
+
+ℓ1 comes in two variants (see :class:`~robust_bench_sc.threat_models.PGDThreat`):
+``dense`` (the paper's eq. 1, rescaled onto the ℓ1 sphere, clipped to the image box only
+at evaluation) and ``sparse`` (steepest descent over the top coordinates, exact projection
+onto the ℓ1 ball ∩ [0, 1] box).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from robust_bench_sc.attacks.base import Attack, AttackContext, AttackOutput
+from robust_bench_sc.threat_models import PGDThreat
+
+_TINY = 1e-12
+
+
+def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Carlini–Wagner margin: max wrong logit − true logit (per sample; > 0 ⇔ fooled)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.clone()
+    other.scatter_(1, y[:, None], float("-inf"))
+    return other.max(1).values - true
+
+
+def attack_loss(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "ce":
+        return F.cross_entropy(logits, y, reduction="none")
+    return margin_loss(logits, y)
+
+
+def _flat_norm(t: torch.Tensor, p: float) -> torch.Tensor:
+    return t.flatten(1).norm(p=p, dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+def project_l1_box(v: torch.Tensor, x: torch.Tensor, eps: float, iters: int = 60) -> torch.Tensor:
+    """Exact Euclidean projection of perturbations ``v`` onto {‖d‖₁ ≤ ε, 0 ≤ x+d ≤ 1}.
+
+    The problem is separable given the multiplier λ: d = clip(soft(v, λ), −x, 1−x), with
+    λ ≥ 0 the smallest value whose ℓ1 norm is ≤ ε (bisection; the feasible end is returned).
+    """
+    lo, hi_box = -x, 1.0 - x
+    shape = v.shape
+    vf, lof, hif = v.flatten(1), lo.flatten(1), hi_box.flatten(1)
+
+    def shrink(lam):
+        return torch.clamp(torch.sign(vf) * torch.clamp(vf.abs() - lam, min=0.0), lof, hif)
+
+    d0 = shrink(torch.zeros(vf.shape[0], 1, dtype=v.dtype, device=v.device))
+    need = d0.abs().sum(1) > eps
+    if not need.any():
+        return d0.view(shape)
+    lam_lo = torch.zeros(vf.shape[0], 1, dtype=v.dtype, device=v.device)
+    lam_hi = vf.abs().max(1, keepdim=True).values
+    for _ in range(iters):
+        mid = (lam_lo + lam_hi) / 2
+        over = shrink(mid).abs().sum(1, keepdim=True) > eps
+        lam_lo = torch.where(over, mid, lam_lo)
+        lam_hi = torch.where(over, lam_hi, mid)
+    d = torch.where(need[:, None], shrink(lam_hi), d0)
+    return d.view(shape)
+
+
+def random_start(x: torch.Tensor, norm: str, eps: float, g: torch.Generator) -> torch.Tensor:
+    """A random perturbation inside the ε-ball (uniform in the ball for ℓ∞ and ℓ1)."""
+    b, d = x.shape[0], x[0].numel()
+    if norm == "linf":
+        delta = (torch.rand(x.shape, generator=g) * 2 - 1) * eps
+    elif norm == "l2":
+        u = torch.randn(b, d, generator=g)
+        u = u / u.norm(dim=1, keepdim=True)
+        r = torch.rand(b, 1, generator=g) ** (1.0 / d)
+        delta = (u * r * eps).view_as(x)
+    else:  # uniform in the ℓ1 ball: first d of a Dirichlet(1, ..., 1) over d+1, random signs
+        e = -torch.log(torch.rand(b, d + 1, generator=g).clamp_min(1e-20))
+        w = (e / e.sum(1, keepdim=True))[:, :d]
+        sign = torch.randint(0, 2, (b, d), generator=g) * 2 - 1
+        delta = (w * sign * eps).view_as(x)
+    return delta.to(x.device, x.dtype)
+
+
+class NativePGD(Attack):
+    threat: PGDThreat
+
+    def _gradient(self, model, x_in, y, eot: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        grad = torch.zeros_like(x_in)
+        loss_sum = torch.zeros(x_in.shape[0], device=x_in.device)
+        fooled = torch.zeros(x_in.shape[0], dtype=torch.bool, device=x_in.device)
+        for _ in range(eot):
+            xr = x_in.detach().requires_grad_(True)
+            logits = model(xr)
+            loss = attack_loss(logits, y, self.threat.loss)
+            (g,) = torch.autograd.grad(loss.sum(), xr)
+            grad += g
+            loss_sum += loss.detach()
+            fooled |= logits.argmax(1) != y
+        return grad / eot, loss_sum / eot, fooled
+
+    def _step(self, delta, grad, x, step):
+        t = self.threat
+        eps = t.epsilon
+        if t.norm == "linf":
+            delta = (delta + step * grad.sign()).clamp(-eps, eps)
+            return (x + delta).clamp(0, 1) - x
+        if t.norm == "l2":
+            delta = delta + step * grad / (_flat_norm(grad, 2) + _TINY)
+            delta = delta * torch.clamp(eps / (_flat_norm(delta, 2) + _TINY), max=1.0)
+            return (x + delta).clamp(0, 1) - x
+        if t.l1_step == "dense":
+            # Paper eq. 1: dense step, rescaled onto the ℓ1 sphere; no box clipping here.
+            delta = delta + step * grad / (_flat_norm(grad, 1) + _TINY)
+            return delta * (eps / (_flat_norm(delta, 1) + _TINY))
+        # Sparse steepest ascent: the top (1 − l1_sparsity) share of |gradient| among
+        # coordinates that can still move in the ascent direction.
+        xd = x + delta
+        movable = ~(((xd >= 1) & (grad > 0)) | ((xd <= 0) & (grad < 0)))
+        g = (grad * movable).flatten(1)
+        q = torch.quantile(g.abs(), t.l1_sparsity, dim=1, keepdim=True)
+        e = torch.where((g.abs() >= q) & (g != 0), g.sign(), torch.zeros_like(g))
+        e = e / (e.abs().sum(1, keepdim=True) + _TINY)
+        return project_l1_box(delta + step * e.view_as(delta), x, eps)
+
+    def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
+        t = self.threat
+        model = ctx.defense.attack_model(bpda=ctx.bpda_name(t), eot=1).to(ctx.device).eval()
+        gen = ctx.generator()
+        n = x.shape[0]
+        x_adv = x.clone()
+        fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+        iterate_fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+        restarts_used = torch.zeros(n, dtype=torch.long)
+        loss_first = torch.full((n,), float("nan"))
+        loss_3q = torch.full((n,), float("nan"))
+        loss_last = torch.full((n,), float("nan"))
+        step = t.step
+        for r in range(t.restarts):
+            active = (~fooled if t.early_stop else torch.ones_like(fooled)).nonzero().squeeze(1)
+            if active.numel() == 0:
+                break
+            xa, ya = x[active], y[active]
+            delta = random_start(xa, t.norm, t.epsilon, gen) if t.random_start else torch.zeros_like(xa)
+            if t.norm != "l1" or t.l1_step == "sparse":
+                delta = (xa + delta).clamp(0, 1) - xa
+            if t.norm == "l1" and t.l1_step == "sparse":
+                delta = project_l1_box(delta, xa, t.epsilon)
+            restarts_used[active.cpu()] += 1
+            for s in range(t.steps):
+                grad, loss, it_fooled = self._gradient(model, (xa + delta).clamp(0, 1), ya, t.eot)
+                iterate_fooled[active] |= it_fooled
+                if r == 0 and s == 0:
+                    loss_first[active.cpu()] = loss.cpu()
+                if s == (3 * t.steps) // 4:
+                    loss_3q[active.cpu()] = loss.cpu()
+                delta = self._step(delta, grad, xa, step).detach()
+            final = (xa + delta).clamp(0, 1)
+            with torch.no_grad():
+                logits = model(final)
+                now = logits.argmax(1) != ya
+                loss_last[active.cpu()] = attack_loss(logits, ya, t.loss).cpu()
+            # keep the first restart that fools a sample, else the latest attempt
+            keep = now | ~fooled[active]
+            x_adv[active[keep]] = final[keep]
+            fooled[active] |= now
+            if ctx.progress:
+                ctx.progress(0)
+        return AttackOutput(
+            x_adv=x_adv,
+            claimed=fooled.cpu(),
+            info={
+                "restarts_used": restarts_used,
+                "iterate_fooled": iterate_fooled.cpu(),
+                "loss_first": loss_first,
+                "loss_3q": loss_3q,
+                "loss_last": loss_last,
+                "image_steps": restarts_used * t.steps * t.eot,
+            },
+        )

@@ -1,0 +1,315 @@
+"""Suite files: YAML → validated, fully resolved configuration.
+
+A suite names its data, its defenses and its threat models. Threat models are the names
+of files in ``attack_suites/`` or inline mappings (optionally ``use: NAME`` plus
+overridden fields). Errors name the file, the line, the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from robust_bench_sc.data import N_TEST_AVAILABLE
+from robust_bench_sc.paths import REPO_ROOT
+from robust_bench_sc.registry import did_you_mean
+from robust_bench_sc.threat_models import THREAT_MODELS, ThreatModel
+from robust_bench_sc.yamlio import ConfigError, line_of, load_yaml, plain
+
+ATTACK_SUITES_DIR = REPO_ROOT / "attack_suites"
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    n_images: int = Field(N_TEST_AVAILABLE, ge=1, le=N_TEST_AVAILABLE)
+    chunk_size: int = Field(100, ge=1, description="images per planned job")
+    data_dir: str | None = None
+
+
+class DefenseSpec(BaseModel):
+    """A defense in a suite: registry name or ``module:attr`` / ``file.py:attr``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    ref: str
+    name: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.ref
+
+
+class Profile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    description: str = ""
+    n_images: int | None = Field(None, ge=1, le=N_TEST_AVAILABLE)
+    set: dict[str, Any] = Field(default_factory=dict)
+
+
+class SuiteConfig(BaseModel):
+    """A validated suite with every threat model resolved to its schema."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    name: str
+    description: str = ""
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    defenses: list[DefenseSpec] = Field(min_length=1)
+    threat_models: list[ThreatModel] = Field(min_length=1)
+    profiles: dict[str, Profile] = Field(default_factory=dict)
+    diagnostics: bool = False
+    profile: str | None = None
+    overrides: list[str] = Field(default_factory=list)
+
+    @field_validator("defenses", mode="before")
+    @classmethod
+    def _defense_strings(cls, v):
+        if isinstance(v, list):
+            return [{"ref": d} if isinstance(d, str) else d for d in v]
+        return v
+
+    def resolved(self) -> dict[str, Any]:
+        """JSON-able, fully resolved configuration (embedded in every result)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "seed": self.seed,
+            "data": self.data.model_dump(),
+            "defenses": [d.model_dump() for d in self.defenses],
+            "threat_models": [t.model_dump() for t in self.threat_models],
+            "diagnostics": self.diagnostics,
+            "profile": self.profile,
+            "overrides": list(self.overrides),
+        }
+
+    def content_hash(self) -> str:
+        """Hash of everything that determines the numbers (not the profile's label)."""
+        res = self.resolved()
+        res.pop("description", None)
+        blob = json.dumps(res, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def threat(self, name: str) -> ThreatModel:
+        for t in self.threat_models:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+# -- errors -----------------------------------------------------------------------------
+
+def _format_validation(exc: ValidationError, source: str, data: Any, prefix: tuple = (), cls=None) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(prefix) + tuple(err["loc"])
+        line = line_of(data, tuple(err["loc"])) if data is not None else None
+        where = f"{source}" + (f", line {line}" if line else "")
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden" and cls is not None:
+            bad = str(err["loc"][-1])
+            allowed = sorted(cls.model_fields)
+            msg = f"unknown key{did_you_mean(bad, allowed)}; allowed keys: {', '.join(allowed)}"
+        elif err["type"] == "literal_error":
+            msg = f"{msg} (got {err.get('input')!r})"
+        lines.append(f"{where}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+# -- threat models ----------------------------------------------------------------------
+
+def threat_model_names(search: list[Path] | None = None) -> list[str]:
+    dirs = search or [ATTACK_SUITES_DIR]
+    return sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.yaml")})
+
+
+def _find_threat_file(name: str, search: list[Path]) -> Path:
+    for d in search:
+        p = d / f"{name}.yaml"
+        if p.is_file():
+            return p
+    known = threat_model_names(search)
+    raise ConfigError(
+        f"unknown threat model {name!r}{did_you_mean(name, known)}; files in "
+        f"{', '.join(str(d) for d in search if d.is_dir())}: {', '.join(known) or 'none'}"
+    )
+
+
+def validate_threat_model(raw: Any, source: str, lined: Any = None, default_name: str = "",
+                          prefix: tuple = ()) -> ThreatModel:
+    """Validate one threat-model mapping; errors name ``source`` and the line."""
+    where = lambda key: (f"{source}, line {line_of(lined, (key,))}" if lined is not None and line_of(lined, (key,)) else source)  # noqa: E731
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a threat model must be a mapping, got {type(raw).__name__}")
+    kind = raw.get("attack")
+    kinds = sorted(THREAT_MODELS)
+    if kind is None:
+        raise ConfigError(f"{where(None)}: {'.'.join(map(str, prefix)) + '.' if prefix else ''}attack: missing; allowed values: {', '.join(kinds)}")
+    if kind not in THREAT_MODELS:
+        raise ConfigError(
+            f"{where('attack')}: {'.'.join(map(str, prefix)) + '.' if prefix else ''}attack: unknown value {kind!r}"
+            f"{did_you_mean(str(kind), kinds)}; allowed values: {', '.join(kinds)}"
+        )
+    cls = THREAT_MODELS[kind]
+    data = plain(raw)
+    data.setdefault("name", default_name or kind)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, source, lined, prefix, cls)) from None
+
+
+def load_threat_model_file(path: Path) -> ThreatModel:
+    raw = load_yaml(path)
+    return validate_threat_model(raw, str(path), raw, default_name=path.stem)
+
+
+# -- overrides --------------------------------------------------------------------------
+
+def parse_set(items: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. restarts=1 or linf_pgd_ce.steps=10")
+        out.append((key.strip(), yaml.safe_load(value)))
+    return out
+
+
+def _apply_threat_overrides(tms: list[dict], sets: list[tuple[str, Any]], source: str) -> None:
+    names = [t["name"] for t in tms]
+    for key, value in sets:
+        if key in ("n_images", "seed", "chunk_size") or key.startswith("data."):
+            continue
+        target, dot, field = key.rpartition(".")
+        hit = False
+        for t in tms:
+            if dot and t["name"] != target:
+                continue
+            cls = THREAT_MODELS.get(t.get("attack", ""))
+            if cls is not None and field in cls.model_fields and field not in ("name", "attack"):
+                t[field] = value
+                hit = True
+        if not hit:
+            if dot and target not in names:
+                raise ConfigError(f"--set {key}: no threat model named {target!r}{did_you_mean(target, names)}; threat models: {', '.join(names)}")
+            raise ConfigError(f"--set {key}: no threat model of {source} has a field {field!r}")
+
+
+# -- suites -----------------------------------------------------------------------------
+
+def load_suite(path: str | Path, overrides: list[str] | None = None, profile: str | None = None,
+               n_images: int | None = None, seed: int | None = None) -> SuiteConfig:
+    """Read, resolve and validate a suite file (threat-model files included)."""
+    path = Path(path)
+    raw = load_yaml(path)
+    source = str(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a suite must be a mapping with name, data, defenses, threat_models")
+    allowed_top = sorted(SuiteConfig.model_fields.keys() - {"profile", "overrides"})
+    for key in raw:
+        if key not in allowed_top:
+            raise ConfigError(
+                f"{source}, line {raw.key_lines.get(key)}: unknown key {key!r}{did_you_mean(str(key), allowed_top)}; "
+                f"allowed keys: {', '.join(allowed_top)}"
+            )
+    data = plain(raw)
+    data.setdefault("name", path.stem)
+    data.setdefault("data", {})
+    sets = parse_set(overrides or [])
+
+    profiles_raw = data.get("profiles") or {}
+    if profile is not None:
+        if profile not in profiles_raw:
+            raise ConfigError(f"{source}: no profile {profile!r}{did_you_mean(profile, profiles_raw)}; profiles: {', '.join(profiles_raw) or 'none'}")
+        prof = profiles_raw[profile] or {}
+        if prof.get("n_images") is not None:
+            data["data"]["n_images"] = prof["n_images"]
+        sets = parse_set([f"{k}={json.dumps(v)}" for k, v in (prof.get("set") or {}).items()]) + sets
+
+    for key, value in sets:
+        if key in ("n_images", "data.n_images"):
+            data["data"]["n_images"] = value
+        elif key in ("chunk_size", "data.chunk_size"):
+            data["data"]["chunk_size"] = value
+        elif key == "seed":
+            data["seed"] = value
+    if n_images is not None:
+        data["data"]["n_images"] = n_images
+    if seed is not None:
+        data["seed"] = seed
+
+    search = [path.resolve().parent.parent / "attack_suites", ATTACK_SUITES_DIR, path.resolve().parent]
+    tms_raw = raw.get("threat_models")
+    if not isinstance(tms_raw, list) or not tms_raw:
+        line = raw.key_lines.get("threat_models", raw.line)
+        raise ConfigError(f"{source}, line {line}: threat_models: a non-empty list of names in attack_suites/ or mappings")
+    resolved: list[dict] = []
+    origins: list[tuple[str, Any]] = []
+    for i, entry in enumerate(tms_raw):
+        if isinstance(entry, str):
+            try:
+                tm_path = _find_threat_file(entry, search)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}, line {tms_raw.line + i if hasattr(tms_raw, 'line') else '?'}: threat_models[{i}]: {exc}") from None
+            tm_raw = load_yaml(tm_path)
+            if not isinstance(tm_raw, dict):
+                raise ConfigError(f"{tm_path}: a threat model must be a mapping")
+            d = plain(tm_raw)
+            d.setdefault("name", tm_path.stem)
+            resolved.append(d)
+            origins.append((str(tm_path), tm_raw))
+        elif isinstance(entry, dict):
+            d = plain(entry)
+            if "use" in d:
+                base_name = d.pop("use")
+                tm_path = _find_threat_file(str(base_name), search)
+                base = plain(load_yaml(tm_path))
+                base.setdefault("name", tm_path.stem)
+                base.update(d)
+                d = base
+            resolved.append(d)
+            origins.append((source, entry))
+        else:
+            raise ConfigError(f"{source}: threat_models[{i}]: expected a name or a mapping, got {entry!r}")
+    _apply_threat_overrides(resolved, sets, source)
+
+    tms = []
+    for i, (d, (src, lined)) in enumerate(zip(resolved, origins)):
+        default = d.get("name") or d.get("attack", f"tm{i}")
+        tms.append(validate_threat_model(d, src, lined, default_name=default, prefix=() if src != source else ("threat_models", i)))
+    names = [t.name for t in tms]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(f"{source}: threat model names must be unique; repeated: {', '.join(sorted(dup))} (give each a 'name')")
+
+    data["threat_models"] = tms
+    data["profile"] = profile
+    data["overrides"] = list(overrides or [])
+    try:
+        suite = SuiteConfig.model_validate(data)
+    except ValidationError as exc:
+        cls_by_loc = {"data": DataConfig}
+        msgs = []
+        for err in exc.errors():
+            loc = err["loc"]
+            line = line_of(raw, loc)
+            cls = cls_by_loc.get(loc[0]) if loc else None
+            if err["type"] == "extra_forbidden" and loc and loc[0] == "defenses":
+                cls = DefenseSpec
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden" and cls is not None:
+                allowed = sorted(cls.model_fields)
+                msg = f"unknown key{did_you_mean(str(loc[-1]), allowed)}; allowed keys: {', '.join(allowed)}"
+            msgs.append(f"{source}" + (f", line {line}" if line else "") + f": {'.'.join(map(str, loc))}: {msg}")
+        raise ConfigError("\n".join(msgs)) from None
+    labels = [d.label for d in suite.defenses]
+    dup = {n for n in labels if labels.count(n) > 1}
+    if dup:
+        raise ConfigError(f"{source}: defense names must be unique; repeated: {', '.join(sorted(dup))} (give each a 'name')")
+    return suite

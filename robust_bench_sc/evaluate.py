@@ -1,0 +1,241 @@
+"""Run one threat model on one chunk of images and produce per-sample records.
+
+Whatever an attack returns is re-checked here, never trusted: finite values, the [0, 1]
+box, the ε budget (with a small tolerance) and the defense's own prediction on the
+returned image. A toolkit bug therefore cannot leak into a table; it shows up as a flag.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from robust_bench_sc.attacks.base import AttackContext, get_attack
+from robust_bench_sc.config import validate_threat_model
+from robust_bench_sc.defense import Defense
+from robust_bench_sc.threat_models import ThreatModel, TransferThreat, WorstCaseThreat
+
+BOX_TOL = 1e-5
+NORM_TOL_REL = 1e-4
+NORM_TOL_ABS = 1e-5
+
+
+@torch.no_grad()
+def predict(defense: Defense, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    out = []
+    for i in range(0, x.shape[0], batch_size):
+        out.append(defense(x[i : i + batch_size].to(device)).argmax(1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def perturbation_norms(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, torch.Tensor]:
+    d = (x_adv - x).flatten(1).double()
+    return {"linf": d.abs().max(1).values, "l2": d.norm(dim=1), "l1": d.abs().sum(1)}
+
+
+def _budget_ok(norms: dict[str, torch.Tensor], norm: str, eps: float | None) -> torch.Tensor:
+    if eps is None or norm not in norms:
+        return torch.ones_like(norms["l2"], dtype=torch.bool)
+    return norms[norm] <= eps * (1 + NORM_TOL_REL) + NORM_TOL_ABS
+
+
+def _run_attack(threat: ThreatModel, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor):
+    """Run an attack batch by batch; returns x_adv, claimed (or None) and info."""
+    attack = get_attack(threat)
+    xs, claims, infos = [], [], []
+    for i in range(0, x.shape[0], threat.batch_size):
+        xb, yb = x[i : i + threat.batch_size].to(ctx.device), y[i : i + threat.batch_size].to(ctx.device)
+        out = attack.run(ctx, xb, yb)
+        xs.append(out.x_adv.detach().cpu().float())
+        claims.append(None if out.claimed is None else out.claimed.cpu().bool())
+        infos.append({k: v.detach().cpu() for k, v in out.info.items()})
+        if ctx.progress:
+            ctx.progress(xb.shape[0])
+    x_adv = torch.cat(xs)
+    claimed = None if any(c is None for c in claims) else torch.cat(claims)
+    keys = set().union(*infos) if infos else set()
+    info = {k: torch.cat([inf[k] for inf in infos]) for k in keys if all(k in inf for inf in infos)}
+    return x_adv, claimed, info
+
+
+def _check_and_predict(defense, threat_norm, eps, x, y, x_adv, recheck, device, batch_size, minimum_norm):
+    """Validate adversarial images and re-evaluate them on the exact defense."""
+    flags = [[] for _ in range(x.shape[0])]
+    finite = torch.isfinite(x_adv.flatten(1)).all(1)
+    x_adv = torch.where(finite.view(-1, 1, 1, 1), x_adv, x)
+    in_box = (x_adv.flatten(1).min(1).values >= -BOX_TOL) & (x_adv.flatten(1).max(1).values <= 1 + BOX_TOL)
+    norms = perturbation_norms(x, x_adv)
+    within = _budget_ok(norms, threat_norm, None if minimum_norm else eps)
+    valid = finite & in_box & within
+    for i in range(x.shape[0]):
+        if not finite[i]:
+            flags[i].append("non_finite")
+        if not in_box[i]:
+            flags[i].append("out_of_box")
+        if not within[i]:
+            flags[i].append("norm_exceeded")
+    checked = torch.where(valid.view(-1, 1, 1, 1), x_adv, x)
+    preds = torch.stack([predict(defense, checked, batch_size, device) for _ in range(recheck)])
+    fooled_frac = (preds != y[None]).float().mean(0)
+    return checked, preds[0], fooled_frac, perturbation_norms(x, checked), flags, valid
+
+
+def _records(idx, y, clean_pred, attacked, adv_pred, fooled_frac, norms, flags, claimed, info, robust, extra=None):
+    recs = []
+    for i in range(y.shape[0]):
+        r: dict[str, Any] = {
+            "index": int(idx[i]),
+            "label": int(y[i]),
+            "clean_pred": int(clean_pred[i]),
+            "clean_correct": bool(clean_pred[i] == y[i]),
+            "attacked": bool(attacked[i]),
+            "adv_pred": int(adv_pred[i]),
+            "fooled": bool(fooled_frac[i] > 0),
+            "fooled_frac": float(fooled_frac[i]),
+            "robust": bool(robust[i]),
+            "linf": float(norms["linf"][i]),
+            "l2": float(norms["l2"][i]),
+            "l1": float(norms["l1"][i]),
+            "claimed": None if claimed is None else bool(claimed[i]),
+            "flags": ";".join(flags[i]),
+        }
+        for k, v in info.items():
+            val = v[i].item()
+            r[k] = None if isinstance(val, float) and math.isnan(val) else val
+        if extra:
+            for k, v in extra.items():
+                r[k] = v[i]
+        recs.append(r)
+    return recs
+
+
+def evaluate_threat(defense: Defense, threat: ThreatModel, x: torch.Tensor, y: torch.Tensor,
+                    idx: torch.Tensor, ctx: AttackContext, clean_pred: torch.Tensor | None = None,
+                    ) -> list[dict[str, Any]]:
+    """Per-sample records of ``threat`` against ``defense`` on images ``x`` (CPU tensors)."""
+    device = ctx.device
+    if clean_pred is None:
+        clean_pred = predict(defense, x, threat.batch_size, device)
+    correct = clean_pred == y
+    n = y.shape[0]
+    if threat.kind == "none":
+        z = perturbation_norms(x, x)
+        if ctx.progress:
+            ctx.progress(n)
+        return _records(idx, y, clean_pred, torch.zeros(n, dtype=torch.bool), clean_pred,
+                        (~correct).float(), z, [[] for _ in range(n)], None, {}, correct)
+    if isinstance(threat, WorstCaseThreat):
+        return _evaluate_worst_case(defense, threat, x, y, idx, ctx, clean_pred)
+
+    attacked = correct.clone() if threat.only_correct else torch.ones(n, dtype=torch.bool)
+    sel = attacked.nonzero().squeeze(1)
+    x_adv = x.clone()
+    claimed_all = None
+    info_all: dict[str, torch.Tensor] = {}
+    extra: dict[str, list] = {}
+    recheck = threat.recheck if defense.capabilities.randomised else 1
+    if sel.numel():
+        ctx.seed_everything()
+        if isinstance(threat, TransferThreat):
+            xa, claimed, info, extra_sel = _craft_transfer(threat, ctx, x[sel], y[sel])
+        else:
+            xa, claimed, info = _run_attack(threat, ctx, x[sel], y[sel])
+            extra_sel = {}
+        x_adv[sel] = xa
+        if claimed is not None:
+            claimed_all = torch.zeros(n, dtype=torch.bool)
+            claimed_all[sel] = claimed
+        for k, v in info.items():
+            full = torch.full((n,), float("nan"), dtype=torch.float64)
+            full[sel] = v.double()
+            info_all[k] = full
+        for k, vals in extra_sel.items():
+            col = [None] * n
+            for j, i in enumerate(sel.tolist()):
+                col[i] = vals[j]
+            extra[k] = col
+    elif ctx.progress:
+        ctx.progress(0)
+    eps = threat.epsilon_value
+    checked, adv_pred, fooled_frac, norms, flags, valid = _check_and_predict(
+        defense, threat.norm_name, eps, x, y, x_adv, recheck, device, threat.batch_size, threat.minimum_norm)
+    fooled_frac = torch.where(attacked, fooled_frac, (~correct).float())
+    adv_pred = torch.where(attacked, adv_pred, clean_pred)
+    for i in sel.tolist():
+        if torch.equal(x_adv[i], x[i]):
+            flags[i].append("unchanged")
+        if claimed_all is not None and bool(claimed_all[i]) != bool(fooled_frac[i] > 0):
+            flags[i].append("claim_mismatch")
+    fooled = fooled_frac > 0
+    if threat.minimum_norm and eps is not None:
+        fooled_at_budget = fooled & (norms[threat.norm_name] <= eps * (1 + NORM_TOL_REL) + NORM_TOL_ABS)
+        robust = correct & ~fooled_at_budget
+    else:
+        robust = correct & ~fooled
+    return _records(idx, y, clean_pred, attacked, adv_pred, fooled_frac, norms, flags, claimed_all,
+                    info_all, robust, extra)
+
+
+def _craft_transfer(threat: TransferThreat, ctx: AttackContext, x, y):
+    from robust_bench_sc.plugins import build_defense
+
+    if isinstance(threat.source, str):
+        ref, params, label = threat.source, {}, threat.source
+    else:
+        ref, params = threat.source["ref"], threat.source.get("params", {})
+        label = threat.source.get("name", ref)
+    key = f"transfer-source:{label}"
+    if key not in ctx.cache:
+        ctx.cache[key] = build_defense(ref, params, name=label).to(ctx.device)
+    source = ctx.cache[key]
+    craft = dict(threat.craft)
+    craft.setdefault("name", f"{threat.name}/craft")
+    craft.setdefault("batch_size", threat.batch_size)
+    if threat.source_bpda is not None:
+        craft.setdefault("bpda", threat.source_bpda)
+    craft_tm = validate_threat_model(craft, f"threat model {threat.name!r}: craft")
+    sub = AttackContext(defense=source, device=ctx.device, seed=ctx.seed, progress=ctx.progress,
+                        data_root=ctx.data_root, cache=ctx.cache)
+    xa, claimed, info = _run_attack(craft_tm, sub, x, y)
+    src_pred = predict(source, xa, threat.batch_size, ctx.device)
+    info = dict(info)
+    info["source_fooled"] = (src_pred != y.cpu()).float()
+    return xa, None, info, {}
+
+
+def _evaluate_worst_case(defense, threat: WorstCaseThreat, x, y, idx, ctx, clean_pred):
+    """AutoAttack-style: each attack runs only on the samples every earlier one missed."""
+    n = y.shape[0]
+    robust = (clean_pred == y).clone()
+    final: list[dict[str, Any] | None] = [None] * n
+    subs = []
+    for j, raw in enumerate(threat.attacks):
+        d = dict(raw)
+        d.setdefault("name", f"{threat.name}[{j}]")
+        for k in ("bpda", "eot", "recheck", "batch_size"):
+            if k not in d and getattr(threat, k) != type(threat).model_fields[k].default:
+                d[k] = getattr(threat, k)
+        subs.append(validate_threat_model(d, f"threat model {threat.name!r}: attacks[{j}]"))
+    last_recs = None
+    for sub_tm in subs:
+        alive = robust.nonzero().squeeze(1)
+        if alive.numel() == 0:
+            break
+        recs = evaluate_threat(defense, sub_tm, x[alive], y[alive], idx[alive], ctx, clean_pred[alive])
+        for j, i in enumerate(alive.tolist()):
+            rec = dict(recs[j])
+            rec["fooled_by"] = sub_tm.name if not rec["robust"] else ""
+            final[i] = rec
+            if not rec["robust"]:
+                robust[i] = False
+        last_recs = recs
+    base = evaluate_threat(defense, validate_threat_model({"attack": "none"}, "worst_case"), x, y, idx,
+                           AttackContext(defense, ctx.device, ctx.seed), clean_pred)
+    out = []
+    for i in range(n):
+        rec = final[i] if final[i] is not None else dict(base[i], fooled_by="")
+        out.append(rec)
+    del last_recs
+    return out

@@ -1,0 +1,44 @@
+"""Executors run planned jobs; the driver alone writes results.
+
+The planner and the run directory do not depend on how jobs are executed: an executor
+takes the jobs still to do and hands each finished :class:`ChunkResult` to ``on_result``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+from robust_bench_sc.config import SuiteConfig
+from robust_bench_sc.plan import Job
+from robust_bench_sc.worker import ChunkResult, Worker
+
+ResultCallback = Callable[[ChunkResult], None]
+ProgressCallback = Callable[[Job, int], None]
+
+
+class Executor(ABC):
+    @abstractmethod
+    def execute(self, suite: SuiteConfig, jobs: list[Job], on_result: ResultCallback,
+                on_progress: ProgressCallback | None = None) -> None:
+        """Run ``jobs``; call ``on_result`` once per finished job (in the driver process)."""
+
+
+class LocalExecutor(Executor):
+    """Runs jobs one after another in this process."""
+
+    def __init__(self, device: str = "cpu", data_root: str | None = None):
+        self.device = device
+        self.data_root = data_root
+
+    def execute(self, suite, jobs, on_result, on_progress=None):
+        worker = Worker(suite, device=self.device, data_root=self.data_root)
+        for job in jobs:
+            cb = (lambda k, job=job: on_progress(job, k)) if on_progress else None
+            on_result(worker.run(job, cb))
+
+
+EXECUTORS: dict[str, str] = {
+    "local": "robust_bench_sc.executor:LocalExecutor",
+    "ray": "robust_bench_sc.ray_executor:RayExecutor",
+}

@@ -1,0 +1,48 @@
+"""Defense plug-ins: the registry and how a suite's defense entry becomes a Defense."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from robust_bench_sc.defense import Defense
+from robust_bench_sc.registry import Registry, RegistryError, is_reference, load_reference
+
+DEFENSES: Registry = Registry("defense", entry_point_group="robust_bench_sc.defenses")
+
+
+def _materialise(obj: Any, ref: str, params: dict[str, Any]) -> Defense:
+    if isinstance(obj, Defense):
+        if params:
+            raise RegistryError(f"defense {ref!r} is a Defense instance; it takes no params (got {sorted(params)})")
+        return obj
+    if callable(obj):
+        try:
+            inspect.signature(obj).bind(**params)
+        except TypeError as exc:
+            raise RegistryError(f"defense {ref!r} does not take params {sorted(params)}: {exc}") from None
+        out = obj(**params)
+        if not isinstance(out, Defense):
+            raise RegistryError(f"defense factory {ref!r} returned {type(out).__name__}, expected robust_bench_sc.Defense")
+        return out
+    raise RegistryError(f"{ref!r} is neither a Defense nor a factory returning one")
+
+
+def build_defense(ref: str, params: dict[str, Any] | None = None, name: str | None = None) -> Defense:
+    """A registry name, ``module:attr`` or ``path/to/file.py:attr`` → a Defense in eval mode."""
+    params = dict(params or {})
+    obj = load_reference(ref) if is_reference(ref) else DEFENSES.get(ref)
+    defense = _materialise(obj, ref, params)
+    if name:
+        defense.name = name
+    return defense.eval()
+
+
+def describe_defenses() -> list[tuple[str, str]]:
+    """(name, entry point target) for ``scbench defenses``."""
+    DEFENSES.names()
+    out = []
+    for n in DEFENSES.names():
+        target = DEFENSES._entries[n]
+        out.append((n, target if isinstance(target, str) else f"{target.__module__}:{getattr(target, '__qualname__', target)}"))
+    return out

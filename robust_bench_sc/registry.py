@@ -1,0 +1,132 @@
+"""A small lazy registry of plug-ins (defenses, attacks, diagnostics).
+
+Entries are objects or ``"module:attr"`` placeholders imported on first use; entry-point
+groups are read lazily too. Registering a name twice is an error; an unknown name gets a
+"did you mean" hint. Out-of-registry references (``module:attr`` or
+``path/to/file.py:attr``) are resolved by :func:`load_reference`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class RegistryError(LookupError):
+    pass
+
+
+def did_you_mean(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _import_attr(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _load_file_attr(path_str: str, attr: str) -> Any:
+    path = Path(path_str).expanduser().resolve()
+    if not path.is_file():
+        raise RegistryError(f"plug-in file not found: {path}")
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    mod_name = f"scbench_plugin_{path.stem}_{digest}"
+    if mod_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        if spec is None or spec.loader is None:
+            raise RegistryError(f"cannot import plug-in file {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception:
+            del sys.modules[mod_name]
+            raise
+    obj: Any = sys.modules[mod_name]
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise RegistryError(f"{path} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def is_reference(name: str) -> bool:
+    """True for ``module:attr`` / ``file.py:attr`` references (not plain registry names)."""
+    return ":" in name
+
+
+def load_reference(ref: str) -> Any:
+    """Import ``module:attr`` or ``path/to/file.py:attr``."""
+    target, sep, attr = ref.rpartition(":")
+    if not sep or not target or not attr:
+        raise RegistryError(f"reference {ref!r} must look like 'module:attr' or 'path/to/file.py:attr'")
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        return _load_file_attr(target, attr)
+    try:
+        return _import_attr(ref)
+    except (ImportError, AttributeError) as exc:
+        raise RegistryError(f"cannot load {ref!r}: {exc}") from exc
+
+
+class Registry(Generic[T]):
+    """Name → plug-in, filled by decorators, direct registration and entry points."""
+
+    def __init__(self, kind: str, entry_point_group: str | None = None):
+        self.kind = kind
+        self.group = entry_point_group
+        self._entries: dict[str, Any] = {}
+        self._eps_loaded = False
+
+    def register(self, name: str, obj: Any = None):
+        """``register(name, obj)``, ``register(name, "module:attr")`` or ``@register(name)``."""
+        if obj is None:
+            def deco(o):
+                self.register(name, o)
+                return o
+            return deco
+        if name in self._entries and self._entries[name] is not obj:
+            raise RegistryError(f"{self.kind} {name!r} is already registered")
+        self._entries[name] = obj
+        return obj
+
+    def _load_entry_points(self) -> None:
+        if self._eps_loaded or self.group is None:
+            return
+        self._eps_loaded = True
+        for ep in entry_points(group=self.group):
+            if ep.name not in self._entries:
+                self._entries[ep.name] = ep.value
+
+    def names(self) -> list[str]:
+        self._load_entry_points()
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        self._load_entry_points()
+        return name in self._entries
+
+    def get(self, name: str) -> T:
+        self._load_entry_points()
+        if name not in self._entries:
+            raise RegistryError(
+                f"unknown {self.kind} {name!r}{did_you_mean(name, self._entries)}; "
+                f"registered: {', '.join(sorted(self._entries)) or 'none'}"
+            )
+        obj = self._entries[name]
+        if isinstance(obj, str):
+            obj = _import_attr(obj)
+            self._entries[name] = obj
+        return obj

@@ -1,0 +1,221 @@
+"""The suite runner: plan → execute (resumably) → per-sample records → summary tables."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import importlib.metadata as md
+import platform
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from robust_bench_sc.config import SuiteConfig
+from robust_bench_sc.data import describe_subset, load_test
+from robust_bench_sc.executor import EXECUTORS, Executor, LocalExecutor
+from robust_bench_sc.paths import REPO_ROOT, data_dir
+from robust_bench_sc.plan import Job, plan_jobs
+from robust_bench_sc.registry import load_reference
+from robust_bench_sc.storage import atomic_write_json, atomic_write_text, chunk_path, read_json, safe_name
+from robust_bench_sc.summary import summarise, summary_markdown
+from robust_bench_sc.worker import ChunkResult
+
+TOOLKITS = ("torch", "numpy", "foolbox", "adversarial-robustness-toolbox", "torchattacks", "pyautoattack",
+            "scikit-learn", "pandas", "pydantic", "ray")
+
+
+class RunError(RuntimeError):
+    pass
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("robust_bench_sc", *TOOLKITS):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit() -> dict[str, str | bool | None]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10)
+        return {"commit": commit.stdout.strip() or None, "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def data_hash(suite: SuiteConfig) -> str:
+    split = load_test(suite.data.n_images, suite.data.data_dir)
+    h = hashlib.sha256(split.x.mul(255).round().byte().numpy().tobytes())
+    h.update(split.y.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def default_run_dir(suite: SuiteConfig, results_root: Path) -> Path:
+    """The newest unfinished run of the same suite content (resume), else a new timestamp."""
+    base = results_root / safe_name(suite.name)
+    if base.is_dir():
+        for cand in sorted(base.iterdir(), reverse=True):
+            meta = cand / "run.json"
+            if meta.is_file():
+                try:
+                    m = read_json(meta)
+                except ValueError:
+                    continue
+                if m.get("suite_hash") == suite.content_hash() and m.get("status") != "complete":
+                    return cand
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return base / stamp
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    summary: pd.DataFrame
+    resumed_chunks: int
+    computed_chunks: int
+
+
+def make_executor(name: str, device: str, **kwargs) -> Executor:
+    if name not in EXECUTORS:
+        raise RunError(f"unknown executor {name!r}; available: {', '.join(EXECUTORS)}")
+    if name == "local":
+        return LocalExecutor(device=device, data_root=kwargs.get("data_root"))
+    try:
+        cls = load_reference(EXECUTORS[name])
+    except ImportError as exc:
+        raise RunError(f"executor {name!r} needs an optional extra: pip install 'robust_bench_sc[{name}]' ({exc})") from None
+    return cls(device=device, **kwargs)
+
+
+def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "cpu",
+              executor: Executor | None = None, console: Console | None = None,
+              results_root: str | Path = "results", command: list[str] | None = None,
+              show_progress: bool = True) -> RunOutcome:
+    console = console or Console(stderr=True)
+    run_dir = Path(out) if out else default_run_dir(suite, Path(results_root))
+    run_dir = run_dir.resolve()
+    meta_path = run_dir / "run.json"
+    suite_hash = suite.content_hash()
+    if meta_path.exists():
+        old = read_json(meta_path)
+        if old.get("suite_hash") != suite_hash:
+            raise RunError(
+                f"{run_dir} holds a run of a different suite configuration (hash {old.get('suite_hash')} ≠ "
+                f"{suite_hash}); refusing to mix results. Choose another --out or delete that folder."
+            )
+    jobs = plan_jobs(suite)
+    done = [j for j in jobs if chunk_path(run_dir, j.defense, j.threat, j.chunk).is_file()]
+    todo = [j for j in jobs if j not in set(done)]
+    meta = {
+        "suite": suite.name,
+        "suite_hash": suite_hash,
+        "status": "running",
+        "subset": describe_subset(suite.data.n_images),
+        "data_dir": str(data_dir(suite.data.data_dir)),
+        "data_hash": data_hash(suite),
+        "seed": suite.seed,
+        "profile": suite.profile,
+        "overrides": suite.overrides,
+        "device": device,
+        "command": command or sys.argv,
+        "versions": versions(),
+        "git": git_commit(),
+        "host": {"platform": platform.platform(), "processor": platform.processor()},
+        "started_at": _dt.datetime.now().isoformat(timespec="seconds"),
+        "n_jobs": len(jobs),
+        "config": suite.resolved(),
+    }
+    if meta_path.exists():
+        meta["first_started_at"] = read_json(meta_path).get("first_started_at") or read_json(meta_path).get("started_at")
+    atomic_write_json(meta_path, meta)
+    if done:
+        console.print(f"[bold]resuming[/] {run_dir}: {len(done)}/{len(jobs)} jobs already recorded")
+    else:
+        console.print(f"[bold]run[/] {suite.name} → {run_dir} ({len(jobs)} jobs, {describe_subset(suite.data.n_images)})")
+
+    # progress: one bar per (defense, threat model)
+    tally: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # robust, total
+    for j in done:
+        for r in read_json(chunk_path(run_dir, j.defense, j.threat, j.chunk))["records"]:
+            tally[(j.defense, j.threat)][0] += int(r["robust"])
+            tally[(j.defense, j.threat)][1] += 1
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("robust {task.fields[acc]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=console, disable=not show_progress, transient=False)
+    tasks = {}
+    per_pair = defaultdict(int)
+    for j in jobs:
+        per_pair[(j.defense, j.threat)] += j.stop - j.start
+
+    def acc_text(key):
+        r, n = tally[key]
+        return f"{100 * r / n:5.1f}% (n={n})" if n else "  —"
+
+    with progress:
+        for key, total in per_pair.items():
+            tasks[key] = progress.add_task(f"{key[0]} × {key[1]}", total=total, completed=tally[key][1], acc=acc_text(key))
+
+        def on_progress(job: Job, k: int):
+            if k:
+                progress.advance(tasks[(job.defense, job.threat)], k)
+
+        def on_result(res: ChunkResult):
+            j = res.job
+            path = chunk_path(run_dir, j.defense, j.threat, j.chunk)
+            if path.exists():  # recorded exactly once
+                return
+            atomic_write_json(path, res.to_dict())
+            key = (j.defense, j.threat)
+            tally[key][0] += sum(int(r["robust"]) for r in res.records)
+            tally[key][1] += len(res.records)
+            progress.update(tasks[key], completed=tally[key][1], acc=acc_text(key))
+            if not show_progress or not console.is_terminal:
+                console.print(f"  {j.defense} × {j.threat} chunk {j.chunk}: images {j.start}-{j.stop - 1}, "
+                              f"robust so far {acc_text(key)}, {res.seconds:.1f}s")
+
+        ex = executor or LocalExecutor(device=device, data_root=suite.data.data_dir)
+        t0 = time.perf_counter()
+        ex.execute(suite, todo, on_result, on_progress)
+        wall = time.perf_counter() - t0
+
+    summary = finalize(suite, run_dir, jobs)
+    meta = read_json(meta_path)
+    meta.update(status="complete", finished_at=_dt.datetime.now().isoformat(timespec="seconds"),
+                wall_seconds_this_invocation=round(wall, 2))
+    atomic_write_json(meta_path, meta)
+    return RunOutcome(run_dir, summary, len(done), len(todo))
+
+
+def load_samples(run_dir: Path, jobs: list[Job]) -> tuple[pd.DataFrame, dict[tuple[str, str], float]]:
+    rows, seconds = [], defaultdict(float)
+    for j in jobs:
+        path = chunk_path(run_dir, j.defense, j.threat, j.chunk)
+        if not path.is_file():
+            raise RunError(f"missing records for job {j.key}: {path}")
+        blob = read_json(path)
+        seconds[(j.defense, j.threat)] += blob["seconds"]
+        for r in blob["records"]:
+            rows.append({"defense": j.defense, "threat_model": j.threat, "chunk": j.chunk, **r})
+    return pd.DataFrame(rows), seconds
+
+
+def finalize(suite: SuiteConfig, run_dir: Path, jobs: list[Job]) -> pd.DataFrame:
+    samples, seconds = load_samples(run_dir, jobs)
+    samples = samples.sort_values(["defense", "threat_model", "index"], kind="stable")
+    atomic_write_text(run_dir / "samples.csv", samples.to_csv(index=False))
+    table = summarise(suite, samples, seconds)
+    atomic_write_text(run_dir / "summary.csv", table.to_csv(index=False, float_format="%.4f"))
+    atomic_write_text(run_dir / "summary.md", summary_markdown(suite, table))
+    return table

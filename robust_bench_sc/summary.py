@@ -1,0 +1,96 @@
+"""Per-sample records → one summary row per (defense, threat model)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from robust_bench_sc.config import SuiteConfig
+
+SUMMARY_COLUMNS = [
+    "defense", "threat_model", "attack", "backend", "norm", "epsilon", "bpda", "n_images",
+    "clean_accuracy", "robust_accuracy", "success_rate", "mean_l2", "median_l2",
+    "mean_linf", "n_flagged", "seconds", "subset",
+]
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval for k successes out of n, in percent."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (100 * max(0.0, centre - half), 100 * min(1.0, centre + half))
+
+
+def summarise(suite: SuiteConfig, samples: pd.DataFrame, seconds: dict[tuple[str, str], float]) -> pd.DataFrame:
+    rows: list[dict[str, Any]] = []
+    for d in suite.defenses:
+        for t in suite.threat_models:
+            part = samples[(samples["defense"] == d.label) & (samples["threat_model"] == t.name)]
+            n = len(part)
+            if n == 0:
+                continue
+            fooled = part[part["attacked"] & part["fooled"]]
+            attacked = int(part["attacked"].sum())
+            eps = t.epsilon_value
+            rows.append({
+                "defense": d.label,
+                "threat_model": t.name,
+                "attack": t.kind,
+                "backend": t.backend,
+                "norm": t.norm_name,
+                "epsilon": eps if eps is not None else math.nan,
+                "bpda": t.bpda or "",
+                "n_images": n,
+                "clean_accuracy": 100.0 * part["clean_correct"].mean(),
+                "robust_accuracy": 100.0 * part["robust"].mean(),
+                "success_rate": 100.0 * len(fooled) / attacked if attacked else math.nan,
+                "mean_l2": fooled["l2"].mean() if len(fooled) else math.nan,
+                "median_l2": fooled["l2"].median() if len(fooled) else math.nan,
+                "mean_linf": fooled["linf"].mean() if len(fooled) else math.nan,
+                "n_flagged": int((part["flags"].fillna("") != "").sum()),
+                "seconds": round(seconds.get((d.label, t.name), 0.0), 3),
+                "subset": f"first {n} CIFAR-10 test images",
+            })
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def cell(row: pd.Series, minimum_norm: bool) -> str:
+    """The number a paper table shows for this (defense, threat model)."""
+    if minimum_norm:
+        if math.isnan(row["mean_l2"]):
+            return f"no success ({row['robust_accuracy']:.2f}% survive)"
+        return f"‖e‖₂ = {row['mean_l2']:.2f} ({row['success_rate']:.0f}% succ.)"
+    if row["attack"] == "none":
+        return f"{row['clean_accuracy']:.2f}"
+    return f"{row['robust_accuracy']:.2f}"
+
+
+def summary_markdown(suite: SuiteConfig, table: pd.DataFrame) -> str:
+    """Defenses as rows, threat models as columns (accuracies in %)."""
+    threats = [t for t in suite.threat_models if (table["threat_model"] == t.name).any()]
+    header = "| defense | " + " | ".join(t.name for t in threats) + " |"
+    lines = [f"# {suite.name}", ""]
+    if len(table):
+        lines.append(f"On the {table['subset'].iloc[0]} (accuracies in %; minimum-norm attacks as mean ‖e‖₂ of successful perturbations).")
+    if suite.profile:
+        lines.append(f"\nReduced profile `{suite.profile}`: not the faithful setting; run without `--profile` for the full suite.")
+    if suite.overrides:
+        lines.append(f"\nOverrides: `{' '.join(suite.overrides)}`.")
+    lines += ["", header, "|" + "---|" * (len(threats) + 1)]
+    for d in suite.defenses:
+        cells = []
+        for t in threats:
+            r = table[(table["defense"] == d.label) & (table["threat_model"] == t.name)]
+            cells.append(cell(r.iloc[0], t.minimum_norm) if len(r) else "—")
+        lines.append(f"| {d.label} | " + " | ".join(cells) + " |")
+    lines += ["", "| threat model | attack | backend | norm | ε | BPDA |", "|---|---|---|---|---|---|"]
+    for t in threats:
+        eps = t.epsilon_value
+        lines.append(f"| {t.name} | {t.kind} | {t.backend} | {t.norm_name or '—'} | {'' if eps is None else f'{eps:.6g}'} | {t.bpda or '—'} |")
+    return "\n".join(lines) + "\n"

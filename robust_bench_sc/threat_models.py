@@ -1,0 +1,325 @@
+"""Threat-model schemas: what a YAML file in ``attack_suites/`` may say.
+
+Each kind is a pydantic model selected by its ``attack`` field and registered in
+:data:`THREAT_MODELS`; unknown keys are errors. Every budget (steps, restarts, queries,
+batch size) is a field, nothing is hidden in code. Implementations live in
+``robust_bench_sc.attacks`` and are imported only when a threat model is run.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+Norm = Literal["linf", "l2", "l1"]
+_FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
+_RELATIVE = re.compile(r"^\s*(?:eps|epsilon)\s*(?:([*/])\s*([0-9.eE+-]+(?:\s*/\s*[0-9.eE+-]+)?))?\s*$")
+
+
+def parse_number(value: Any) -> float:
+    """A number, or a fraction written like ``8/255``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        m = _FRACTION.match(value)
+        if m:
+            return float(m.group(1)) / float(m.group(2))
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ValueError(f"expected a number or a fraction like '8/255', got {value!r}")
+
+
+def _number(v: Any) -> float:
+    return parse_number(v)
+
+
+Number = Annotated[float, BeforeValidator(_number)]
+
+
+def resolve_relative(value: Any, epsilon: float) -> float:
+    """``step_size`` given as a number, a fraction, or relative: ``epsilon/8``, ``eps*0.25``."""
+    if isinstance(value, str):
+        m = _RELATIVE.match(value)
+        if m:
+            if m.group(1) is None:
+                return epsilon
+            factor = parse_number(m.group(2))
+            return epsilon / factor if m.group(1) == "/" else epsilon * factor
+    return parse_number(value)
+
+
+THREAT_MODELS: dict[str, type["ThreatModel"]] = {}
+
+
+def register_threat_model(cls):
+    THREAT_MODELS[cls.kind] = cls
+    return cls
+
+
+class ThreatModel(BaseModel):
+    """Fields every threat model has."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: ClassVar[str] = ""
+    gradient_based: ClassVar[bool] = False
+    minimum_norm: ClassVar[bool] = False
+
+    name: str = ""
+    attack: str
+    description: str = ""
+    batch_size: int = Field(100, ge=1)
+    backend: str = "native"
+    bpda: str | None = Field(None, description="BPDA stand-in name, 'auto' for the defense's default, or null")
+    eot: int = Field(1, ge=1, description="forward passes averaged per gradient (randomised defenses)")
+    recheck: int = Field(1, ge=1, description="re-evaluations of each success against a randomised defense")
+    only_correct: bool = Field(True, description="attack only images the defense classifies correctly")
+
+    allowed_backends: ClassVar[tuple[str, ...]] = ("native",)
+
+    @field_validator("backend")
+    @classmethod
+    def _check_backend(cls, v: str) -> str:
+        if v not in cls.allowed_backends:
+            raise ValueError(f"backend {v!r} is not available for attack {cls.kind!r}; allowed: {', '.join(cls.allowed_backends)}")
+        return v
+
+    @property
+    def norm_name(self) -> str:
+        return getattr(self, "norm", "") or ""
+
+    @property
+    def epsilon_value(self) -> float | None:
+        return getattr(self, "epsilon", None)
+
+
+@register_threat_model
+class CleanThreat(ThreatModel):
+    """No attack: clean accuracy."""
+
+    kind: ClassVar[str] = "none"
+    attack: Literal["none"] = "none"
+
+
+@register_threat_model
+class PGDThreat(ThreatModel):
+    """Projected gradient descent inside an ℓp ball (Madry et al.; paper eq. 1).
+
+    ``l1_step``: ``dense`` is the paper's ℓ1 attack (gradient / ‖gradient‖₁ · δ, then
+    rescaled onto the ℓ1 sphere, clipped to [0, 1] only for evaluation: weak); ``sparse``
+    is steepest descent over the top coordinates with exact projection onto the ℓ1 ball
+    ∩ [0, 1] box (strong, as foolbox's SparseL1Descent).
+    """
+
+    kind: ClassVar[str] = "pgd"
+    gradient_based: ClassVar[bool] = True
+    allowed_backends: ClassVar[tuple[str, ...]] = ("native", "torchattacks", "foolbox", "art")
+
+    attack: Literal["pgd"] = "pgd"
+    norm: Norm
+    epsilon: Number = Field(gt=0)
+    steps: int = Field(40, ge=1)
+    step_size: Number | str = "epsilon/8"
+    restarts: int = Field(1, ge=1)
+    random_start: bool = True
+    loss: Literal["ce", "cw"] = "ce"
+    early_stop: bool = Field(True, description="stop restarting a sample once it is fooled")
+    l1_step: Literal["dense", "sparse"] = "sparse"
+    l1_sparsity: float = Field(0.99, ge=0.0, lt=1.0, description="sparse ℓ1 step: quantile of |gradient| kept")
+
+    @field_validator("step_size")
+    @classmethod
+    def _check_step(cls, v):
+        if isinstance(v, str):
+            if _RELATIVE.match(v):
+                return v
+            return parse_number(v)
+        return v
+
+    @property
+    def step(self) -> float:
+        return resolve_relative(self.step_size, self.epsilon)
+
+    @model_validator(mode="after")
+    def _check_combo(self):
+        if self.backend != "native" and self.norm == "l1" and self.l1_step == "dense":
+            raise ValueError("the paper's dense ℓ1 step (l1_step: dense) exists only in backend 'native'")
+        if self.backend == "torchattacks" and self.norm == "l1":
+            raise ValueError("torchattacks has no ℓ1 PGD; use backend native or foolbox")
+        return self
+
+
+@register_threat_model
+class CWThreat(ThreatModel):
+    """Carlini–Wagner ℓ2 (minimum norm): success rate and perturbation norms."""
+
+    kind: ClassVar[str] = "cw"
+    gradient_based: ClassVar[bool] = True
+    minimum_norm: ClassVar[bool] = True
+    allowed_backends: ClassVar[tuple[str, ...]] = ("foolbox", "torchattacks")
+
+    attack: Literal["cw"] = "cw"
+    backend: str = "foolbox"
+    norm: Literal["l2"] = "l2"
+    steps: int = Field(1000, ge=1)
+    binary_search_steps: int = Field(9, ge=1)
+    confidence: float = 0.0
+    learning_rate: float = Field(0.01, gt=0)
+    initial_const: float = Field(0.001, gt=0)
+    epsilon: Number | None = Field(None, description="report accuracy at this ℓ2 budget too")
+
+
+@register_threat_model
+class BoundaryThreat(ThreatModel):
+    """Brendel et al.'s decision-based Boundary attack (foolbox), started from the closest
+    image (ℓ2) of another predicted label. Steps default to foolbox's 25000 as in the paper."""
+
+    kind: ClassVar[str] = "boundary"
+    minimum_norm: ClassVar[bool] = True
+    allowed_backends: ClassVar[tuple[str, ...]] = ("foolbox",)
+
+    attack: Literal["boundary"] = "boundary"
+    backend: str = "foolbox"
+    norm: Literal["l2"] = "l2"
+    steps: int = Field(25000, ge=1)
+    spherical_step: float = Field(0.01, gt=0)
+    source_step: float = Field(0.01, gt=0)
+    source_step_convergance: float = Field(1e-7, gt=0)
+    step_adaptation: float = Field(1.5, gt=1)
+    update_stats_every_k: int = Field(10, ge=1)
+    init_pool: Literal["train", "test"] = "train"
+    epsilon: Number | None = Field(None, description="report accuracy at this ℓ2 budget too")
+
+
+@register_threat_model
+class HopSkipJumpThreat(ThreatModel):
+    """HopSkipJumpAttack (decision based, ℓ2): mean norm of successful perturbations."""
+
+    kind: ClassVar[str] = "hsj"
+    minimum_norm: ClassVar[bool] = True
+    allowed_backends: ClassVar[tuple[str, ...]] = ("art", "foolbox")
+
+    attack: Literal["hsj"] = "hsj"
+    backend: str = "art"
+    norm: Literal["l2"] = "l2"
+    max_iter: int = Field(50, ge=1)
+    max_eval: int = Field(10000, ge=1)
+    init_eval: int = Field(100, ge=1)
+    init_size: int = Field(100, ge=1)
+    epsilon: Number | None = None
+
+
+@register_threat_model
+class ZooThreat(ThreatModel):
+    """ZOO (ART): zeroth-order coordinate descent, on a seeded random subset of correctly
+    classified images (paper Table 4: 100 images)."""
+
+    kind: ClassVar[str] = "zoo"
+    minimum_norm: ClassVar[bool] = True
+    allowed_backends: ClassVar[tuple[str, ...]] = ("art",)
+
+    attack: Literal["zoo"] = "zoo"
+    backend: str = "art"
+    norm: Literal["l2"] = "l2"
+    n_samples: int = Field(100, ge=1, description="random correctly classified images attacked")
+    confidence: float = 0.0
+    learning_rate: float = Field(0.01, gt=0)
+    max_iter: int = Field(100, ge=1)
+    binary_search_steps: int = Field(1, ge=1)
+    initial_const: float = Field(1e-3, gt=0)
+    nb_parallel: int = Field(128, ge=1)
+    variable_h: float = Field(1e-4, gt=0)
+    use_resize: bool = False
+    use_importance: bool = False
+    abort_early: bool = True
+    batch_size: int = Field(1, ge=1)
+    epsilon: Number | None = None
+
+
+@register_threat_model
+class SquareThreat(ThreatModel):
+    """Square attack (score based), through the reference AutoAttack implementation."""
+
+    kind: ClassVar[str] = "square"
+    allowed_backends: ClassVar[tuple[str, ...]] = ("autoattack",)
+
+    attack: Literal["square"] = "square"
+    backend: str = "autoattack"
+    norm: Literal["linf", "l2"]
+    epsilon: Number = Field(gt=0)
+    n_queries: int = Field(5000, ge=1)
+    p_init: float = Field(0.8, gt=0)
+    restarts: int = Field(1, ge=1)
+
+
+@register_threat_model
+class AutoAttackThreat(ThreatModel):
+    """AutoAttack (pyautoattack, the reference implementation): standard or a custom list."""
+
+    kind: ClassVar[str] = "autoattack"
+    gradient_based: ClassVar[bool] = True
+    allowed_backends: ClassVar[tuple[str, ...]] = ("autoattack",)
+
+    attack: Literal["autoattack"] = "autoattack"
+    backend: str = "autoattack"
+    norm: Norm
+    epsilon: Number = Field(gt=0)
+    version: Literal["standard", "plus", "rand", "custom"] = "standard"
+    attacks_to_run: list[str] = Field(default_factory=list)
+    n_queries: int = Field(5000, ge=1, description="Square's query budget")
+
+    @model_validator(mode="after")
+    def _custom_needs_list(self):
+        if self.version == "custom" and not self.attacks_to_run:
+            raise ValueError("version 'custom' needs attacks_to_run, e.g. [apgd-ce, apgd-dlr]")
+        return self
+
+
+@register_threat_model
+class TransferThreat(ThreatModel):
+    """Adversarial examples crafted on ``source`` (any defense plugin) with the white-box
+    threat model ``craft``, evaluated on the defense under test."""
+
+    kind: ClassVar[str] = "transfer"
+    allowed_backends: ClassVar[tuple[str, ...]] = ("native",)
+
+    attack: Literal["transfer"] = "transfer"
+    source: str | dict[str, Any]
+    source_bpda: str | None = None
+    craft: dict[str, Any]
+
+    @property
+    def norm_name(self) -> str:
+        return str(self.craft.get("norm", ""))
+
+    @property
+    def epsilon_value(self) -> float | None:
+        eps = self.craft.get("epsilon")
+        return None if eps is None else parse_number(eps)
+
+
+@register_threat_model
+class WorstCaseThreat(ThreatModel):
+    """Several attacks; a sample is robust only if it survives all of them (AutoAttack's
+    per-sample worst case). Each attack runs only on the samples still robust."""
+
+    kind: ClassVar[str] = "worst_case"
+    allowed_backends: ClassVar[tuple[str, ...]] = ("native",)
+
+    attack: Literal["worst_case"] = "worst_case"
+    attacks: list[dict[str, Any]] = Field(min_length=1)
+
+    @property
+    def norm_name(self) -> str:
+        norms = {a.get("norm", "") for a in self.attacks}
+        return norms.pop() if len(norms) == 1 else "mixed"
+
+    @property
+    def epsilon_value(self) -> float | None:
+        eps = {parse_number(a["epsilon"]) for a in self.attacks if "epsilon" in a}
+        return eps.pop() if len(eps) == 1 else None

@@ -1,0 +1,64 @@
+"""Executes jobs: loads the data and defenses it needs (once) and evaluates a chunk.
+
+A worker gets the suite, a job and where the data lives, never the images themselves,
+so the same code runs in-process (local executor) or on a remote node.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from robust_bench_sc.attacks.base import AttackContext
+from robust_bench_sc.config import SuiteConfig
+from robust_bench_sc.data import Split, load_test
+from robust_bench_sc.defense import Defense
+from robust_bench_sc.evaluate import evaluate_threat
+from robust_bench_sc.plan import Job
+from robust_bench_sc.plugins import build_defense
+
+
+@dataclass
+class ChunkResult:
+    job: Job
+    records: list[dict[str, Any]]
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"job": self.job.to_dict(), "seconds": self.seconds, "records": self.records}
+
+
+class Worker:
+    def __init__(self, suite: SuiteConfig, device: str = "cpu", data_root: str | None = None):
+        self.suite = suite
+        self.device = torch.device(device)
+        self.data_root = data_root or suite.data.data_dir
+        self._data: Split | None = None
+        self._defenses: dict[str, Defense] = {}
+        self._cache: dict[str, Any] = {}
+
+    @property
+    def data(self) -> Split:
+        if self._data is None:
+            self._data = load_test(self.suite.data.n_images, self.data_root)
+        return self._data
+
+    def defense(self, index: int) -> Defense:
+        spec = self.suite.defenses[index]
+        if spec.label not in self._defenses:
+            self._defenses[spec.label] = build_defense(spec.ref, spec.params, name=spec.label).to(self.device)
+        return self._defenses[spec.label]
+
+    def run(self, job: Job, progress: Callable[[int], None] | None = None) -> ChunkResult:
+        t0 = time.perf_counter()
+        defense = self.defense(job.defense_index)
+        threat = self.suite.threat_models[job.threat_index]
+        part = self.data.take(range(job.start, job.stop))
+        ctx = AttackContext(defense=defense, device=self.device, seed=job.seed, progress=progress,
+                            data_root=self.data_root, cache=self._cache)
+        records = evaluate_threat(defense, threat, part.x, part.y, part.idx, ctx)
+        return ChunkResult(job, records, time.perf_counter() - t0)

@@ -1,0 +1,89 @@
+"""YAML reading that remembers where every key stands, for errors that name the line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file is malformed; the message names file, line and key."""
+
+
+class _LineLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False):
+    mapping = {}
+    lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in mapping:
+            raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
+        mapping[key] = loader.construct_object(value_node, deep=deep)
+        lines[key] = key_node.start_mark.line + 1
+    return _LinedDict(mapping, lines, node.start_mark.line + 1)
+
+
+class _LinedDict(dict):
+    def __init__(self, data, lines, line):
+        super().__init__(data)
+        self.key_lines = lines
+        self.line = line
+
+
+class _LinedList(list):
+    def __init__(self, data, line):
+        super().__init__(data)
+        self.line = line
+
+
+def _construct_seq(loader, node, deep=False):
+    return _LinedList(loader.construct_sequence(node, deep=True), node.start_mark.line + 1)
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; syntax errors become :class:`ConfigError` naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    text = path.read_text()
+    try:
+        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ConfigError(f"{path}: YAML syntax error at {where}: {exc.problem}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def line_of(data: Any, loc: tuple) -> int | None:
+    """Best line number for a pydantic error location inside data loaded by :func:`load_yaml`."""
+    node, best = data, getattr(data, "line", None)
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            best = getattr(node, "key_lines", {}).get(part, best)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            best = getattr(node, "line", best)
+        else:
+            break
+    return best
+
+
+def plain(data: Any) -> Any:
+    """Strip line bookkeeping: plain dicts and lists."""
+    if isinstance(data, dict):
+        return {k: plain(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [plain(v) for v in data]
+    return data
