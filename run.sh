@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up, then run the main job on bundled defaults: Table 1 at the reduced `quick` profile
+# (about ten minutes on 2 CPU cores). For the faithful setting: scbench run suites/table1.yaml
+set -euo pipefail
+cd "$(dirname "$0")"
+bash setup.sh
+scbench run suites/table1.yaml --profile quick "$@"

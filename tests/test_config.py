@@ -1,0 +1,123 @@
+"""Suite and threat-model validation: errors name the file, the line and allowed values."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from robust_bench_sc.cli import app
+from robust_bench_sc.config import load_suite
+from robust_bench_sc.paths import REPO_ROOT
+from robust_bench_sc.threat_models import PGDThreat, parse_number, resolve_relative
+from robust_bench_sc.yamlio import ConfigError
+
+
+def write(tmp_path: Path, text: str, name: str = "suite.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text).lstrip())
+    return p
+
+
+GOOD = """
+name: t
+data: {n_images: 20, chunk_size: 10}
+defenses: [madry_pgd_at]
+threat_models:
+  - clean
+  - name: linf
+    attack: pgd
+    norm: linf
+    epsilon: 8/255
+    steps: 3
+"""
+
+
+def test_good_suite_resolves(tmp_path):
+    s = load_suite(write(tmp_path, GOOD))
+    assert [t.name for t in s.threat_models] == ["clean", "linf"]
+    pgd = s.threat("linf")
+    assert isinstance(pgd, PGDThreat)
+    assert pgd.epsilon == pytest.approx(8 / 255)
+    assert pgd.step == pytest.approx(1 / 255)  # default epsilon/8
+    assert s.resolved()["threat_models"][1]["steps"] == 3
+
+
+@pytest.mark.parametrize(
+    "text,pattern",
+    [
+        # typo in a top-level key
+        (GOOD.replace("threat_models:", "threat_model:"), r"suite\.yaml, line 4: unknown key 'threat_model' \(did you mean 'threat_models'"),
+        # unknown attack kind
+        (GOOD.replace("attack: pgd", "attack: pdg"), r"line 7: .*attack: unknown value 'pdg' \(did you mean 'pgd'\?\); allowed values: autoattack, boundary"),
+        # bad norm value
+        (GOOD.replace("norm: linf", "norm: l3"), r"line 8: threat_models\.1\.norm: Input should be 'linf', 'l2' or 'l1'"),
+        # misspelt field in a threat model
+        (GOOD.replace("steps: 3", "stepz: 3"), r"line 10: threat_models\.1\.stepz: unknown key \(did you mean 'steps'.*allowed keys: attack, backend"),
+        # epsilon that is not a number
+        (GOOD.replace("8/255", "eight"), r"line 9: threat_models\.1\.epsilon: .*fraction like '8/255'"),
+        # unknown threat-model file name
+        (GOOD.replace("  - clean", "  - clen"), r"unknown threat model 'clen' \(did you mean 'clean'\?\)"),
+        # n_images out of range
+        (GOOD.replace("n_images: 20", "n_images: 5000"), r"line 2: data\.n_images: Input should be less than or equal to 1000"),
+        # YAML syntax error
+        (GOOD.replace("defenses: [madry_pgd_at]", "defenses: [madry_pgd_at"), r"YAML syntax error at line"),
+        # backend not available for this attack
+        (GOOD.replace("steps: 3", "steps: 3\n    backend: magic"), r"backend 'magic' is not available for attack 'pgd'; allowed: native, torchattacks, foolbox, art"),
+    ],
+)
+def test_malformed_suites_name_file_line_and_allowed_values(tmp_path, text, pattern):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=pattern) as exc:
+        load_suite(p)
+    assert str(p) in str(exc.value)
+
+
+def test_error_in_threat_model_file_names_that_file(tmp_path):
+    (tmp_path / "attack_suites").mkdir()
+    tm = write(tmp_path / "attack_suites", "attack: pgd\nnorm: linf\nepsilon: 8/255\nrestart: 3\n", "mine.yaml")
+    (tmp_path / "suites").mkdir()
+    p = write(tmp_path / "suites", "name: x\ndefenses: [trades]\nthreat_models: [mine]\n")
+    with pytest.raises(ConfigError, match=rf"{tm}, line 4: restart: unknown key \(did you mean 'restarts'"):
+        load_suite(p)
+
+
+def test_set_overrides_and_profiles(tmp_path):
+    text = GOOD + "profiles:\n  quick: {n_images: 10, set: {steps: 1}}\n"
+    p = write(tmp_path, text)
+    s = load_suite(p, overrides=["linf.restarts=4"], profile="quick")
+    assert s.data.n_images == 10 and s.threat("linf").steps == 1 and s.threat("linf").restarts == 4
+    assert s.content_hash() != load_suite(p).content_hash()
+    with pytest.raises(ConfigError, match="no threat model named 'lnf'.*did you mean 'linf'"):
+        load_suite(p, overrides=["lnf.steps=2"])
+    with pytest.raises(ConfigError, match="no threat model of .* has a field 'stepz'"):
+        load_suite(p, overrides=["stepz=2"])
+    with pytest.raises(ConfigError, match="no profile 'quik'.*did you mean 'quick'"):
+        load_suite(p, profile="quik")
+
+
+def test_numbers_and_relative_steps():
+    assert parse_number("8/255") == pytest.approx(8 / 255)
+    assert parse_number(0.6) == 0.6
+    assert resolve_relative("epsilon/8", 0.6) == pytest.approx(0.075)
+    assert resolve_relative("eps*0.5", 2.0) == pytest.approx(1.0)
+    assert resolve_relative("0.5/255", 1.0) == pytest.approx(0.5 / 255)
+
+
+def test_validate_command_reports_errors_without_traceback(tmp_path):
+    p = write(tmp_path, GOOD.replace("attack: pgd", "attack: pdg"))
+    res = CliRunner().invoke(app, ["validate", str(p)])
+    assert res.exit_code == 2
+    assert "did you mean 'pgd'" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["validate", str(write(tmp_path, GOOD, "ok.yaml"))])
+    assert res.exit_code == 0, res.output
+    assert "ok" in res.output
+
+
+def test_every_bundled_suite_and_threat_model_validates():
+    for p in sorted((REPO_ROOT / "suites").glob("*.yaml")):
+        load_suite(p)
+    res = CliRunner().invoke(app, ["threat-models"])
+    assert res.exit_code == 0, res.output
