@@ -51,6 +51,14 @@ class Profile(BaseModel):
     set: dict[str, Any] = Field(default_factory=dict)
 
 
+class ResourcesConfig(BaseModel):
+    """What one job asks of a distributed executor (Ray); does not change the numbers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    num_cpus: float = Field(1, gt=0, description="CPUs reserved per job (also its torch threads)")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs per job; default 1 with a cuda device, else 0")
+
+
 class SuiteConfig(BaseModel):
     """A validated suite with every threat model resolved to its schema."""
 
@@ -63,6 +71,7 @@ class SuiteConfig(BaseModel):
     threat_models: list[ThreatModel] = Field(min_length=1)
     profiles: dict[str, Profile] = Field(default_factory=dict)
     diagnostics: bool = False
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)  # not in resolved(): no effect on numbers
     profile: str | None = None
     overrides: list[str] = Field(default_factory=list)
 
@@ -273,6 +282,7 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
                 base.setdefault("name", tm_path.stem)
                 base.update(d)
                 d = base
+            d.setdefault("name", str(d.get("attack", f"threat_model_{i}")))
             resolved.append(d)
             origins.append((source, entry))
         else:
@@ -294,7 +304,7 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
     try:
         suite = SuiteConfig.model_validate(data)
     except ValidationError as exc:
-        cls_by_loc = {"data": DataConfig}
+        cls_by_loc = {"data": DataConfig, "resources": ResourcesConfig}
         msgs = []
         for err in exc.errors():
             loc = err["loc"]

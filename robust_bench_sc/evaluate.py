@@ -55,7 +55,7 @@ def _run_attack(threat: ThreatModel, ctx: AttackContext, x: torch.Tensor, y: tor
             ctx.progress(xb.shape[0])
     x_adv = torch.cat(xs)
     claimed = None if any(c is None for c in claims) else torch.cat(claims)
-    keys = set().union(*infos) if infos else set()
+    keys = list(dict.fromkeys(k for inf in infos for k in inf))
     info = {k: torch.cat([inf[k] for inf in infos]) for k in keys if all(k in inf for inf in infos)}
     return x_adv, claimed, info
 

@@ -195,6 +195,10 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
     meta.update(status="complete", finished_at=_dt.datetime.now().isoformat(timespec="seconds"),
                 wall_seconds_this_invocation=round(wall, 2))
     atomic_write_json(meta_path, meta)
+    if suite.diagnostics:  # gradient-masking / attack-failure indicators per defense
+        from robust_bench_sc.diagnostics import run_suite_diagnostics
+
+        run_suite_diagnostics(suite, run_dir, device=device, console=console)
     return RunOutcome(run_dir, summary, len(done), len(todo))
 
 
@@ -211,9 +215,21 @@ def load_samples(run_dir: Path, jobs: list[Job]) -> tuple[pd.DataFrame, dict[tup
     return pd.DataFrame(rows), seconds
 
 
+SAMPLE_COLUMNS = ("defense", "threat_model", "chunk", "index", "label", "clean_pred", "clean_correct", "attacked",
+                  "adv_pred", "fooled", "fooled_frac", "robust", "linf", "l2", "l1", "claimed", "flags")
+
+
+def _column_order(columns) -> list[str]:
+    """The documented record fields first, backend info after them by name: the same
+    samples.csv whichever process (and hash seed) produced the records."""
+    cols = list(columns)
+    return [c for c in SAMPLE_COLUMNS if c in cols] + sorted(c for c in cols if c not in SAMPLE_COLUMNS)
+
+
 def finalize(suite: SuiteConfig, run_dir: Path, jobs: list[Job]) -> pd.DataFrame:
     samples, seconds = load_samples(run_dir, jobs)
     samples = samples.sort_values(["defense", "threat_model", "index"], kind="stable")
+    samples = samples[_column_order(samples.columns)]
     atomic_write_text(run_dir / "samples.csv", samples.to_csv(index=False))
     table = summarise(suite, samples, seconds)
     atomic_write_text(run_dir / "summary.csv", table.to_csv(index=False, float_format="%.4f"))

@@ -72,25 +72,8 @@ def cell(row: pd.Series, minimum_norm: bool) -> str:
 
 
 def summary_markdown(suite: SuiteConfig, table: pd.DataFrame) -> str:
-    """Defenses as rows, threat models as columns (accuracies in %)."""
-    threats = [t for t in suite.threat_models if (table["threat_model"] == t.name).any()]
-    header = "| defense | " + " | ".join(t.name for t in threats) + " |"
-    lines = [f"# {suite.name}", ""]
-    if len(table):
-        lines.append(f"On the {table['subset'].iloc[0]} (accuracies in %; minimum-norm attacks as mean ‖e‖₂ of successful perturbations).")
-    if suite.profile:
-        lines.append(f"\nReduced profile `{suite.profile}`: not the faithful setting; run without `--profile` for the full suite.")
-    if suite.overrides:
-        lines.append(f"\nOverrides: `{' '.join(suite.overrides)}`.")
-    lines += ["", header, "|" + "---|" * (len(threats) + 1)]
-    for d in suite.defenses:
-        cells = []
-        for t in threats:
-            r = table[(table["defense"] == d.label) & (table["threat_model"] == t.name)]
-            cells.append(cell(r.iloc[0], t.minimum_norm) if len(r) else "—")
-        lines.append(f"| {d.label} | " + " | ".join(cells) + " |")
-    lines += ["", "| threat model | attack | backend | norm | ε | BPDA |", "|---|---|---|---|---|---|"]
-    for t in threats:
-        eps = t.epsilon_value
-        lines.append(f"| {t.name} | {t.kind} | {t.backend} | {t.norm_name or '—'} | {'' if eps is None else f'{eps:.6g}'} | {t.bpda or '—'} |")
-    return "\n".join(lines) + "\n"
+    """Defenses as rows, threat models as columns (accuracies in % with n and 95 % Wilson
+    intervals); rendered by :mod:`robust_bench_sc.reports`, as ``scbench report`` does."""
+    from robust_bench_sc.reports import report_from_suite, to_markdown
+
+    return to_markdown(report_from_suite(suite, table))

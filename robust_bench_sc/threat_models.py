@@ -151,6 +151,8 @@ class PGDThreat(ThreatModel):
             raise ValueError("the paper's dense ℓ1 step (l1_step: dense) exists only in backend 'native'")
         if self.backend == "torchattacks" and self.norm == "l1":
             raise ValueError("torchattacks has no ℓ1 PGD; use backend native or foolbox")
+        if self.backend == "torchattacks" and self.loss != "ce":
+            raise ValueError("torchattacks PGD has cross-entropy loss only; use backend native, foolbox or art for loss: cw")
         return self
 
 
@@ -171,7 +173,15 @@ class CWThreat(ThreatModel):
     confidence: float = 0.0
     learning_rate: float = Field(0.01, gt=0)
     initial_const: float = Field(0.001, gt=0)
+    abort_early: bool = Field(True, description="foolbox: stop a binary-search step once the loss stalls")
     epsilon: Number | None = Field(None, description="report accuracy at this ℓ2 budget too")
+
+    @model_validator(mode="after")
+    def _check_backend_params(self):
+        if self.backend == "torchattacks" and self.binary_search_steps != 1:
+            raise ValueError("torchattacks CW uses one fixed constant c = initial_const (no binary search); "
+                             "set binary_search_steps: 1 and initial_const (e.g. 1.0), or use backend foolbox")
+        return self
 
 
 @register_threat_model
@@ -193,6 +203,7 @@ class BoundaryThreat(ThreatModel):
     step_adaptation: float = Field(1.5, gt=1)
     update_stats_every_k: int = Field(10, ge=1)
     init_pool: Literal["train", "test"] = "train"
+    init_pool_size: int | None = Field(None, ge=1, description="use only the first N pool images (None: all; 50000 for train)")
     epsilon: Number | None = Field(None, description="report accuracy at this ℓ2 budget too")
 
 
@@ -211,6 +222,9 @@ class HopSkipJumpThreat(ThreatModel):
     max_eval: int = Field(10000, ge=1)
     init_eval: int = Field(100, ge=1)
     init_size: int = Field(100, ge=1)
+    gamma: float = Field(1.0, gt=0, description="foolbox only: binary-search threshold factor")
+    stepsize_search: Literal["geometric_progression", "grid_search"] = "geometric_progression"
+    hsj_batch_size: int = Field(64, ge=1, description="ART only: batch of model queries")
     epsilon: Number | None = None
 
 
@@ -237,7 +251,8 @@ class ZooThreat(ThreatModel):
     use_resize: bool = False
     use_importance: bool = False
     abort_early: bool = True
-    batch_size: int = Field(1, ge=1)
+    zoo_batch_size: int = Field(1, ge=1, description="ART ZooAttack batch_size (images optimised together)")
+    batch_size: int = Field(1000, ge=1, description="images per attack call: the n_samples are drawn from each call's correctly classified images, so keep it ≥ the suite's chunk_size")
     epsilon: Number | None = None
 
 

@@ -1,0 +1,194 @@
+"""Report plots (matplotlib, Agg backend; each written as PNG and PDF).
+
+* Robust accuracy vs ε, with 95 % Wilson bands, for every ε sweep: threat models that
+  share attack, norm and every other setting and differ only in ε (detected, so a suite
+  "declares" a sweep simply by listing such threat models). The ε = 0 point is the clean
+  accuracy on the same images.
+* Perturbation-norm distributions (histogram and ECDF of ‖e‖₂ of successful samples) for
+  minimum-norm attacks (cw / boundary / hsj / zoo).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from robust_bench_sc.reports import Report, ThreatInfo, fmt_eps  # noqa: E402
+from robust_bench_sc.storage import safe_name  # noqa: E402
+from robust_bench_sc.summary import wilson_interval  # noqa: E402
+
+_NORM_LABEL = {"linf": "ℓ∞", "l2": "ℓ2", "l1": "ℓ1"}
+
+
+@dataclass
+class Plot:
+    title: str
+    png: Path
+    pdf: Path
+    caption: str
+
+
+def _strip_eps(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _strip_eps(v) for k, v in obj.items() if k not in ("epsilon", "name", "description")}
+    if isinstance(obj, list):
+        return [_strip_eps(v) for v in obj]
+    return obj
+
+
+def sweep_groups(threats: list[ThreatInfo]) -> list[list[ThreatInfo]]:
+    """Groups (≥ 2 distinct ε) of threat models identical except for ε, sorted by ε."""
+    groups: dict[str, list[ThreatInfo]] = {}
+    for t in threats:
+        if t.epsilon is None or t.kind in ("none",) or t.minimum_norm:
+            continue
+        key = json.dumps(_strip_eps(t.config), sort_keys=True, default=str)
+        groups.setdefault(key, []).append(t)
+    out = []
+    for g in groups.values():
+        if len({t.epsilon for t in g}) >= 2:
+            out.append(sorted(g, key=lambda t: t.epsilon))
+    return out
+
+
+def _save(fig, stem: Path) -> tuple[Path, Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    png, pdf = stem.with_suffix(".png"), stem.with_suffix(".pdf")
+    fig.savefig(png, dpi=130, bbox_inches="tight")
+    fig.savefig(pdf, bbox_inches="tight")
+    plt.close(fig)
+    return png, pdf
+
+
+def _colors(n: int):
+    cmap = plt.get_cmap("tab10")
+    return [cmap(i % 10) for i in range(n)]
+
+
+def plot_sweep(report: Report, group: list[ThreatInfo], stem: Path) -> Plot:
+    s = report.samples
+    norm = group[0].norm
+    linf = norm == "linf"
+    scale = 255.0 if linf else 1.0
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    n_seen = set()
+    for d, color in zip(report.defenses, _colors(len(report.defenses))):
+        xs, ys, lo, hi = [], [], [], []
+        first = True
+        for t in group:
+            part = s[(s["defense"] == d.label) & (s["threat_model"] == t.label)] if s is not None else None
+            if part is None or not len(part):
+                continue
+            n = len(part)
+            n_seen.add(n)
+            if first:  # ε = 0: clean accuracy on the same images
+                k0 = int(part["clean_correct"].sum())
+                a, b = wilson_interval(k0, n)
+                xs.append(0.0), ys.append(100 * k0 / n), lo.append(a), hi.append(b)
+                first = False
+            k = int(part["robust"].sum())
+            a, b = wilson_interval(k, n)
+            xs.append(t.epsilon * scale), ys.append(100 * k / n), lo.append(a), hi.append(b)
+        if not xs:
+            continue
+        ax.plot(xs, ys, "o-", color=color, label=d.label, lw=1.8, ms=4)
+        ax.fill_between(xs, lo, hi, color=color, alpha=0.18, lw=0)
+    g0 = group[0]
+    ax.set_xlabel(f"ε ({_NORM_LABEL.get(norm, norm)}" + (", ×1/255)" if linf else ")"))
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    names = ", ".join(t.label for t in group)
+    nn = "/".join(str(n) for n in sorted(n_seen))
+    title = f"{g0.kind} {_NORM_LABEL.get(norm, norm)}: robust accuracy vs ε"
+    ax.set_title(f"{title}\n(first {nn} CIFAR-10 test images; bands: 95% Wilson)", fontsize=10)
+    png, pdf = _save(fig, stem)
+    eps = ", ".join(fmt_eps(t.epsilon, norm) for t in group)
+    return Plot(title, png, pdf, f"Robust accuracy vs ε over threat models {names} (ε = {eps}; ε = 0 is clean "
+                                 f"accuracy), first {nn} CIFAR-10 test images, 95% Wilson bands.")
+
+
+def plot_norms(report: Report, threat: ThreatInfo, stem: Path) -> Plot | None:
+    s = report.samples
+    if s is None:
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    any_data = False
+    all_l2 = []
+    per = []
+    for d, color in zip(report.defenses, _colors(len(report.defenses))):
+        part = s[(s["defense"] == d.label) & (s["threat_model"] == threat.label)]
+        if not len(part):
+            continue
+        attacked = part[part["attacked"]]
+        ok = attacked[attacked["fooled"]]["l2"].astype(float).dropna().to_numpy()
+        ok = ok[np.isfinite(ok)]
+        per.append((d, color, ok, len(attacked)))
+        all_l2.extend(ok.tolist())
+    if all_l2:
+        hi = max(all_l2) * 1.05 or 1.0
+        bins = np.linspace(0, hi, 30)
+        for d, color, ok, n_att in per:
+            if not len(ok):
+                continue
+            any_data = True
+            ax1.hist(ok, bins=bins, color=color, alpha=0.45, label=f"{d.label} (n={len(ok)})")
+            xs = np.sort(ok)
+            ys = 100 * np.arange(1, len(xs) + 1) / max(n_att, 1)
+            ax2.step(np.concatenate([[0], xs]), np.concatenate([[0], ys]), where="post", color=color,
+                     label=f"{d.label}: mean {ok.mean():.2f}, {100 * len(ok) / max(n_att, 1):.0f}% succ.")
+    if not any_data:
+        plt.close(fig)
+        return None
+    ax1.yaxis.set_major_locator(MaxNLocator(integer=True))
+    if threat.epsilon is not None:  # the threat model's budget: robust accuracy is read off there
+        for ax in (ax1, ax2):
+            ax.axvline(threat.epsilon, color="k", ls="--", lw=0.8)
+        ax2.annotate(f"ε = {threat.epsilon:g}", (threat.epsilon, 96), fontsize=8, xytext=(3, 0),
+                     textcoords="offset points")
+    ax1.set_xlabel("‖e‖₂ of successful perturbations")
+    ax1.set_ylabel("images")
+    ax1.legend(fontsize=8)
+    ax1.grid(alpha=0.3)
+    ax2.set_xlabel("‖e‖₂ budget")
+    ax2.set_ylabel("attack success (% of attacked images)")
+    ax2.set_ylim(-2, 102)
+    ax2.set_xlim(left=0)
+    ax2.legend(fontsize=8, loc="lower right")
+    ax2.grid(alpha=0.3)
+    title = f"{threat.label} ({threat.kind}): perturbation norms"
+    fig.suptitle(f"{title} (first {int(s[s['threat_model'] == threat.label].groupby('defense').size().max())} "
+                 f"CIFAR-10 test images)", fontsize=10)
+    png, pdf = _save(fig, stem)
+    return Plot(title, png, pdf, f"Histogram (left) and ECDF (right) of ‖e‖₂ of the successful {threat.kind} "
+                                 f"perturbations; the ECDF is over attacked images, so it ends at the success rate.")
+
+
+def make_plots(report: Report, out_dir: Path) -> list[Plot]:
+    """Every plot the report supports, written under ``out_dir``."""
+    if report.samples is None or not len(report.samples):
+        return []
+    plots: list[Plot] = []
+    for g in sweep_groups(report.threats):
+        stem = out_dir / f"sweep_{safe_name(g[0].kind)}_{safe_name(g[0].norm)}_{safe_name(g[0].label)}"
+        plots.append(plot_sweep(report, g, stem))
+    for t in report.threats:
+        if t.minimum_norm:
+            p = plot_norms(report, t, out_dir / f"norms_{safe_name(t.label)}")
+            if p is not None:
+                plots.append(p)
+    return plots
+
+
+__all__ = ["Plot", "sweep_groups", "plot_sweep", "plot_norms", "make_plots"]

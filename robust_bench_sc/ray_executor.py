@@ -1,0 +1,246 @@
+"""Run a suite's jobs as Ray tasks, on one machine or a cluster, with the local numbers.
+
+Each planned :class:`~robust_bench_sc.plan.Job` becomes one Ray task. A task receives the
+suite (put once into the object store), the job and where the data lives, never the
+images: every node reads its own copy of the data and reference weights
+(``SCBENCH_SHARED`` / ``SCBENCH_DATA`` / ``SCBENCH_REFERENCE`` in that node's
+environment, or ``data.data_dir`` of the suite). A worker process keeps one
+:class:`~robust_bench_sc.worker.Worker` per suite, so data and defenses load once per
+process, not once per job.
+
+The numbers do not depend on where or in which order jobs run: a job's seed comes from
+the plan, and each task returns a hash of the images it evaluated, which the driver
+compares with its own (a node holding different data is an error, not a silent change).
+
+Results come back to the driver, which alone calls ``on_result`` (and so alone writes the
+run directory). Tasks are retried (``max_retries``) when their worker process or node
+dies; an exception raised by the evaluation itself is not retried (it would fail again)
+and stops the run after the jobs already finished are recorded, so a re-run resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from robust_bench_sc.config import SuiteConfig
+from robust_bench_sc.executor import Executor, ProgressCallback, ResultCallback
+from robust_bench_sc.plan import Job
+from robust_bench_sc.runner import RunError
+from robust_bench_sc.worker import ChunkResult, Worker
+
+__all__ = ["RayExecutor", "RayJobError", "DataMismatchError"]
+
+
+class RayJobError(RunError):
+    """A job failed on a Ray worker (not retried: the evaluation itself raised)."""
+
+
+class DataMismatchError(RunError):
+    """A node evaluated different images than the driver holds."""
+
+
+def split_hash(x, y) -> str:
+    """Same digest as ``runner.data_hash``: images as bytes 0-255 plus labels."""
+    h = hashlib.sha256(x.mul(255).round().byte().numpy().tobytes())
+    h.update(y.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# -- inside a worker process ------------------------------------------------------------
+
+_WORKERS: OrderedDict[tuple, tuple[Worker, str]] = OrderedDict()
+_MAX_CACHED = 2  # suites whose data/defenses a worker process keeps loaded
+
+
+@dataclass
+class TaskOutput:
+    result: ChunkResult
+    data_hash: str
+    node: str       # host name
+    node_id: str    # Ray node id ("" outside Ray)
+    pid: int
+
+
+def _cached_worker(suite: SuiteConfig, device: str, data_root: str | None) -> tuple[Worker, str]:
+    key = (suite.content_hash(), device, data_root)
+    hit = _WORKERS.get(key)
+    if hit is None:
+        worker = Worker(suite, device=device, data_root=data_root)
+        data = worker.data
+        hit = (worker, split_hash(data.x, data.y))
+        _WORKERS[key] = hit
+        while len(_WORKERS) > _MAX_CACHED:
+            _WORKERS.popitem(last=False)
+    else:
+        _WORKERS.move_to_end(key)
+    return hit
+
+
+def run_job(suite: SuiteConfig, job: Job, device: str, data_root: str | None, threads: int) -> TaskOutput:
+    """The body of a Ray task (a plain function, so it can be tested without Ray)."""
+    import torch
+
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    worker, digest = _cached_worker(suite, device, data_root)
+    node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    return TaskOutput(worker.run(job), digest, socket.gethostname(), node_id, os.getpid())
+
+
+_remote_run_job = ray.remote(run_job)
+
+
+# -- in the driver ----------------------------------------------------------------------
+
+class RayExecutor(Executor):
+    """Dispatches jobs as Ray tasks and streams results back as they complete.
+
+    device: torch device on the workers (``cuda`` asks each task for a GPU unless the
+        suite's ``resources.num_gpus`` says otherwise).
+    address: a running cluster (``ray start --head`` prints it; ``auto`` finds a local
+        one). Without it a local Ray instance with ``num_cpus`` CPUs is started for the
+        run and shut down after it. If Ray is already initialised in this process (e.g. a
+        test cluster), that instance is used and left running.
+    num_cpus: CPUs of the local instance (default: all of this machine's).
+    data_root: data folder the workers read; default the suite's ``data.data_dir``, else
+        each node's own ``SCBENCH_DATA`` / ``SCBENCH_SHARED``.
+    max_retries: retries of a task whose worker process or node died.
+    max_in_flight: tasks submitted at once (default: all; lower it for huge plans).
+    threads: torch threads per task (default: the task's ``num_cpus``, at least 1).
+    check_data: compare each node's image hash with the driver's.
+    """
+
+    def __init__(self, device: str = "cpu", address: str | None = None, num_cpus: int | None = None,
+                 data_root: str | None = None, max_retries: int = 3, max_in_flight: int | None = None,
+                 threads: int | None = None, check_data: bool = True, log_to_driver: bool = True,
+                 init_kwargs: dict[str, Any] | None = None):
+        self.device = device
+        self.address = address
+        self.num_cpus = num_cpus
+        self.data_root = data_root
+        self.max_retries = max_retries
+        self.max_in_flight = max_in_flight
+        self.threads = threads
+        self.check_data = check_data
+        self.log_to_driver = log_to_driver
+        self.init_kwargs = dict(init_kwargs or {})
+        self.last_stats: dict[str, Any] = {}
+
+    # -- ray lifetime ---------------------------------------------------------------------
+    def _connect(self) -> bool:
+        """Initialise Ray if needed; True when this call started it (so we shut it down)."""
+        if ray.is_initialized():
+            return False
+        kwargs: dict[str, Any] = {"log_to_driver": self.log_to_driver, "include_dashboard": False,
+                                  "configure_logging": False}
+        kwargs.update(self.init_kwargs)
+        if self.address:
+            ray.init(address=self.address, **kwargs)
+        else:
+            ray.init(num_cpus=self.num_cpus or os.cpu_count() or 1, **kwargs)
+        return True
+
+    def task_options(self, suite: SuiteConfig) -> dict[str, Any]:
+        res = suite.resources
+        num_gpus = res.num_gpus
+        if num_gpus is None:
+            num_gpus = 1 if str(self.device).startswith("cuda") else 0
+        return {"num_cpus": res.num_cpus, "num_gpus": num_gpus, "max_retries": self.max_retries,
+                "retry_exceptions": False}
+
+    # -- execution --------------------------------------------------------------------------
+    def execute(self, suite: SuiteConfig, jobs: list[Job], on_result: ResultCallback,
+                on_progress: ProgressCallback | None = None) -> None:
+        if not jobs:
+            return
+        started = self._connect()
+        try:
+            self._execute(suite, jobs, on_result, on_progress)
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _expected_hash(self, suite: SuiteConfig) -> str:
+        from robust_bench_sc.data import load_test
+
+        split = load_test(suite.data.n_images, self.data_root or suite.data.data_dir)
+        return split_hash(split.x, split.y)
+
+    def _execute(self, suite, jobs, on_result, on_progress) -> None:
+        t0 = time.perf_counter()
+        opts = self.task_options(suite)
+        threads = self.threads if self.threads is not None else max(1, int(opts["num_cpus"]))
+        fn = _remote_run_job.options(**opts)
+        suite_ref = ray.put(suite)
+        expected = self._expected_hash(suite) if self.check_data else None
+        data_root = self.data_root or suite.data.data_dir
+
+        queue = list(jobs)
+        limit = self.max_in_flight or len(queue)
+        pending: dict[ray.ObjectRef, Job] = {}
+        tasks: list[dict[str, Any]] = []
+        error: BaseException | None = None
+
+        def submit():
+            while queue and len(pending) < limit:
+                job = queue.pop(0)
+                pending[fn.remote(suite_ref, job, self.device, data_root, threads)] = job
+
+        def collect(ref) -> None:
+            nonlocal error
+            job = pending.pop(ref)
+            try:
+                out: TaskOutput = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                hint = ""
+                if "ModuleNotFoundError" in str(exc) or "No module named" in str(exc):
+                    hint = " (is robust_bench_sc, with its plug-ins, installed on every node?)"
+                elif isinstance(exc, ray.exceptions.WorkerCrashedError):
+                    hint = f" (its worker died {self.max_retries + 1} times)"
+                cause = getattr(exc, "cause", None)
+                what = f"{type(cause).__name__}: {cause}" if isinstance(cause, BaseException) else str(exc)
+                if error is None:
+                    error = RayJobError(f"job {job.key} failed on a Ray worker{hint}: {what}")
+                    error.__cause__ = exc  # the worker's traceback
+                return
+            if expected is not None and out.data_hash != expected:
+                error = error or DataMismatchError(
+                    f"node {out.node} (pid {out.pid}) evaluated images with hash {out.data_hash}, the driver "
+                    f"holds {expected}: point SCBENCH_DATA / SCBENCH_SHARED on that node at the same data")
+                return
+            tasks.append({"job": job.key, "node": out.node, "node_id": out.node_id, "pid": out.pid,
+                          "seconds": round(out.result.seconds, 3)})
+            if on_progress:
+                on_progress(out.result.job, out.result.job.stop - out.result.job.start)
+            on_result(out.result)
+
+        submit()
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                collect(ref)
+            if error is not None:
+                break
+            submit()
+        if error is not None:
+            # record whatever already finished, cancel the rest, then report the failure
+            for ref in list(pending):
+                ray.cancel(ref, force=False)
+            if pending:
+                done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+                for ref in done:
+                    try:
+                        collect(ref)
+                    except Exception:  # noqa: BLE001 - already failing; keep the first error
+                        pass
+            raise error
+        self.last_stats = {"jobs": len(jobs), "seconds": round(time.perf_counter() - t0, 3),
+                           "task_options": opts, "threads": threads, "tasks": tasks}
