@@ -32,6 +32,11 @@ def summarise(suite: SuiteConfig, samples: pd.DataFrame, seconds: dict[tuple[str
     for d in suite.defenses:
         for t in suite.threat_models:
             part = samples[(samples["defense"] == d.label) & (samples["threat_model"] == t.name)]
+            subset = f"first {len(part)} CIFAR-10 test images"
+            if "selected" in part.columns and part["selected"].notna().any():
+                # attacks on a random subset (ZOO): count only the images drawn
+                part = part[part["selected"] == 1]
+                subset = f"{len(part)} seeded random correctly classified images of the {subset}"
             n = len(part)
             if n == 0:
                 continue
@@ -55,7 +60,7 @@ def summarise(suite: SuiteConfig, samples: pd.DataFrame, seconds: dict[tuple[str
                 "mean_linf": fooled["linf"].mean() if len(fooled) else math.nan,
                 "n_flagged": int((part["flags"].fillna("") != "").sum()),
                 "seconds": round(seconds.get((d.label, t.name), 0.0), 3),
-                "subset": f"first {n} CIFAR-10 test images",
+                "subset": subset,
             })
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
