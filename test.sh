@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Set up, then run the default test suite on the CPU (what CI runs through .ci/run).
-# Slow checks are marked `slow` and run separately: python -m pytest -m slow
+# Set up (with the optional Ray extra, so its tests run), run the default test suite on the
+# CPU, then the smoke suite (every attack family on 8 images) checked against the committed
+# baseline. This is what CI runs through .ci/run.
+# Slow checks are marked `slow` and run separately: python3 -m pytest -m slow
 set -euo pipefail
 cd "$(dirname "$0")"
-bash setup.sh
+SCBENCH_EXTRAS=test,ray bash setup.sh
+export RAY_USAGE_STATS_ENABLED=0
 python3 -m pytest -q -p no:cacheprovider "$@"
+out=$(mktemp -d)/smoke
+scbench run suites/smoke.yaml --out "$out" --quiet
+scbench check "$out" --baseline results/baselines/smoke.json
