@@ -108,8 +108,8 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
     run_dir = run_dir.resolve()
     meta_path = run_dir / "run.json"
     suite_hash = suite.content_hash()
-    if meta_path.exists():
-        old = read_json(meta_path)
+    old = read_json(meta_path) if meta_path.exists() else None
+    if old is not None:
         if old.get("suite_hash") != suite_hash:
             raise RunError(
                 f"{run_dir} holds a run of a different suite configuration (hash {old.get('suite_hash')} ≠ "
@@ -137,8 +137,8 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
         "n_jobs": len(jobs),
         "config": suite.resolved(),
     }
-    if meta_path.exists():
-        meta["first_started_at"] = read_json(meta_path).get("first_started_at") or read_json(meta_path).get("started_at")
+    if old is not None:
+        meta["first_started_at"] = old.get("first_started_at") or old.get("started_at")
     atomic_write_json(meta_path, meta)
     if done:
         console.print(f"[bold]resuming[/] {run_dir}: {len(done)}/{len(jobs)} jobs already recorded")
