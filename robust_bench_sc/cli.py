@@ -44,9 +44,15 @@ def run(
     executor: str = typer.Option("local", "--executor", help="local or ray"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="address of a Ray cluster (with --executor ray)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads of the local executor (default: torch's); no effect on the numbers"),
 ):
     """Run every defense of SUITE through every threat model; write tables and per-sample records."""
     import os
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
     if data_dir:
         os.environ["SCBENCH_DATA"] = str(data_dir)

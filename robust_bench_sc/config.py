@@ -48,6 +48,8 @@ class Profile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     description: str = ""
     n_images: int | None = Field(None, ge=1, le=N_TEST_AVAILABLE)
+    defenses: list[str] | None = Field(None, description="run only these of the suite's defenses (labels)")
+    threat_models: list[str] | None = Field(None, description="run only these of the suite's threat models (names)")
     set: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -322,4 +324,15 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
     dup = {n for n in labels if labels.count(n) > 1}
     if dup:
         raise ConfigError(f"{source}: defense names must be unique; repeated: {', '.join(sorted(dup))} (give each a 'name')")
+    if profile is not None:  # a profile may run a subset of the rows / columns
+        prof = suite.profiles[profile]
+        for field, have, label_of in (("defenses", labels, lambda d: d.label), ("threat_models", names, lambda t: t.name)):
+            keep = getattr(prof, field)
+            if not keep:
+                continue
+            unknown = [k for k in keep if k not in have]
+            if unknown:
+                raise ConfigError(f"{source}: profile {profile!r}: {field} {', '.join(unknown)} not in the suite"
+                                  f"{did_you_mean(unknown[0], have)}; suite {field}: {', '.join(have)}")
+            suite = suite.model_copy(update={field: [x for x in getattr(suite, field) if label_of(x) in keep]})
     return suite

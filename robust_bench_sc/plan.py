@@ -40,7 +40,8 @@ def plan_jobs(suite: SuiteConfig) -> list[Job]:
     jobs = []
     for di, d in enumerate(suite.defenses):
         for ti, t in enumerate(suite.threat_models):
-            for c, start in enumerate(range(0, n, size)):
-                jobs.append(Job(d.label, di, t.name, ti, c, start, min(start + size, n),
+            nt = min(n, t.max_images) if t.max_images else n
+            for c, start in enumerate(range(0, nt, size)):
+                jobs.append(Job(d.label, di, t.name, ti, c, start, min(start + size, nt),
                                 job_seed(suite.seed, d.label, t.name, c)))
     return jobs

@@ -79,6 +79,8 @@ class ThreatModel(BaseModel):
     eot: int = Field(1, ge=1, description="forward passes averaged per gradient (randomised defenses)")
     recheck: int = Field(1, ge=1, description="re-evaluations of each success against a randomised defense")
     only_correct: bool = Field(True, description="attack only images the defense classifies correctly")
+    max_images: int | None = Field(None, ge=1, description="evaluate only the first N of the suite's images "
+                                   "(e.g. a 25000-step Boundary column on 50 of 1000); tables state the subset")
 
     allowed_backends: ClassVar[tuple[str, ...]] = ("native",)
 
