@@ -582,6 +582,26 @@ def _more_iterations(run: DiagnosticRun):
     return status, ev, _flagged(run, mask), {"gained": k}
 
 
+@indicator("single_step_beats_iterative", "single-step attack beats the iterative one", "Carlini et al. 2019; Athalye et al. 2018",
+           MASKING)
+def _single_step(run: DiagnosticRun):
+    """FGSM (one step of size ε from the clean point, no random start) on the images the
+    plain PGD missed: an iterative attack must be at least as strong as its first step, so
+    FGSM succeeding where PGD fails points at a loss surface that misleads small steps
+    (gradient masking) rather than at robustness."""
+    c = run.cfg
+    survivors = run.base_robust()
+    t = run.pgd(name="diag_fgsm", steps=1, restarts=1, step_size=c.epsilon, random_start=False)
+    recs = run.evaluate("fgsm", t, subset=survivors)
+    still = run.robust_mask(recs)
+    mask = survivors & ~still
+    k = int(mask.sum())
+    status = run.gain_status(k)
+    ev = (f"FGSM (1 step of ε) fooled {k}/{int(survivors.sum())} images PGD-{c.steps} missed "
+          f"(robust accuracy {run.pct(int(survivors.sum()))} → {run.pct(int((survivors & still).sum()))})")
+    return status, ev, _flagged(run, mask), {"gained": k}
+
+
 @indicator("bpda_eot_beats_plain", "BPDA / EOT beats the plain attack", "Carlini et al. 2019; Athalye et al. 2018",
            MASKING)
 def _bpda_eot(run: DiagnosticRun):
@@ -693,7 +713,8 @@ def diagnose(defense: Defense, cfg: DiagnosticsConfig | None = None, log: Callab
 
 _PREFERRED = ["silent_success", "incomplete_optimisation", "transfer_failure", "unavailable_gradients",
               "unstable_predictions", "unconstrained_attack", "randomness", "probability_outputs",
-              "gradient_free_beats_whitebox", "epsilon_monotonicity", "more_iterations", "bpda_eot_beats_plain"]
+              "gradient_free_beats_whitebox", "epsilon_monotonicity", "more_iterations", "single_step_beats_iterative",
+              "bpda_eot_beats_plain"]
 
 
 # --------------------------------------------------------------------------- output

@@ -121,3 +121,30 @@ def test_every_bundled_suite_and_threat_model_validates():
         load_suite(p)
     res = CliRunner().invoke(app, ["threat-models"])
     assert res.exit_code == 0, res.output
+
+
+def test_profile_runs_a_subset_and_max_images_limits_one_column(tmp_path):
+    from robust_bench_sc.plan import plan_jobs
+
+    text = GOOD.replace("defenses: [madry_pgd_at]", "defenses: [madry_pgd_at, trades]") + textwrap.dedent("""
+        profiles:
+          one:
+            defenses: [trades]
+            threat_models: [linf]
+            set: {linf.max_images: 15}
+          typo:
+            defenses: [trade]
+        """)
+    path = write(tmp_path, text)
+    full = load_suite(path)
+    assert len(plan_jobs(full)) == 2 * 2 * 2  # 2 defenses × 2 threat models × 2 chunks of 10
+    sub = load_suite(path, profile="one")
+    assert [d.label for d in sub.defenses] == ["trades"] and [t.name for t in sub.threat_models] == ["linf"]
+    jobs = plan_jobs(sub)
+    assert [(j.start, j.stop) for j in jobs] == [(0, 10), (10, 15)]
+    # a subset keeps each job's seed: the same chunk gives the same numbers as in the full suite
+    same = [j for j in plan_jobs(full) if j.defense == "trades" and j.threat == "linf"]
+    assert [j.seed for j in jobs] == [j.seed for j in same]
+    assert sub.content_hash() != full.content_hash()
+    with pytest.raises(ConfigError, match=r"profile 'typo': defenses trade not in the suite \(did you mean 'trades'"):
+        load_suite(path, profile="typo")

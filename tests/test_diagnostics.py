@@ -17,7 +17,7 @@ from robust_bench_sc.defense import Capabilities, Defense
 from robust_bench_sc.diagnostics import (FAIL, INDICATORS, PASS, SKIP, WARN, DiagnosticsConfig, IndicatorResult,
                                          diagnose, random_search_linf, report_markdown, save_report, verdict)
 
-MASKING_CHECKS = ["unavailable_gradients", "unconstrained_attack", "bpda_eot_beats_plain",
+MASKING_CHECKS = ["unavailable_gradients", "unconstrained_attack", "bpda_eot_beats_plain", "single_step_beats_iterative",
                   "probability_outputs", "randomness"]
 
 
@@ -71,7 +71,7 @@ def test_registry_has_the_indicators():
     assert {"silent_success", "incomplete_optimisation", "transfer_failure", "unavailable_gradients",
             "unstable_predictions", "unconstrained_attack", "randomness", "probability_outputs",
             "gradient_free_beats_whitebox", "epsilon_monotonicity", "more_iterations",
-            "bpda_eot_beats_plain"} <= names
+            "single_step_beats_iterative", "bpda_eot_beats_plain"} <= names
 
 
 def test_masking_defense_is_flagged(madry):
@@ -97,6 +97,17 @@ def test_undefended_madry_is_not_flagged(madry):
     assert st["probability_outputs"] == PASS and st["randomness"] == PASS
     assert rep.verdict_code in ("trustworthy", "trustworthy_with_warnings", "attack_failure")
     assert 0.0 <= rep.plain_robust_accuracy <= rep.clean_accuracy
+
+
+def test_single_step_beating_a_crippled_iterative_attack_is_flagged(madry):
+    # a "PGD" whose steps are 1/1000 of ε only keeps its random start; FGSM's one full
+    # step of ε must then fool images it missed, and the check must say so
+    crippled = _small(n_images=20, steps=2, step_size="epsilon/1000")
+    rep = diagnose(madry, crippled, only=["single_step_beats_iterative"])
+    r = rep.indicators[0]
+    assert r.status == FAIL and r.metrics["gained"] >= 2 and len(r.flagged) == r.metrics["gained"]
+    fair = diagnose(madry, _small(n_images=20, steps=10), only=["single_step_beats_iterative"]).indicators[0]
+    assert fair.status == PASS and fair.metrics["gained"] <= 1
 
 
 def test_softmax_and_undeclared_randomness_are_flagged():
