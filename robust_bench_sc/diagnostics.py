@@ -234,6 +234,19 @@ class DiagnosticRun:
             self._cache["clean_logits"] = self.logits(self.x)
         return self._cache["clean_logits"]
 
+    def gain_over_plain(self, key: str, threat=None, recs=None):
+        """Run ``threat`` (or take ``recs``) on the images the plain PGD missed. Returns
+        (mask of images it fooled there, count, status by the gain rule, 'robust a → b')."""
+        survivors = self.base_robust()
+        if recs is None:
+            recs = self.evaluate(key, threat, subset=survivors)
+        still = self.robust_mask(recs)
+        mask = survivors & ~still
+        k = int(mask.sum())
+        change = (f"{k}/{int(survivors.sum())} images PGD-{self.cfg.steps} missed (robust accuracy "
+                  f"{self.pct(int(survivors.sum()))} → {self.pct(int((survivors & still).sum()))})")
+        return mask, k, self.gain_status(k), change
+
     def gain_status(self, gained: int) -> str:
         """Status for 'another attack fooled ``gained`` images the plain attack missed'."""
         c = self.cfg
@@ -516,14 +529,9 @@ def _gradient_free_records(run: DiagnosticRun, subset: torch.Tensor) -> tuple[li
 def _gradient_free(run: DiagnosticRun):
     if run.cfg.gradient_free == "none":
         return SKIP, "disabled (--gradient-free none)", None, {}
-    survivors = run.base_robust()
-    recs, what = _gradient_free_records(run, survivors)
-    still = run.robust_mask(recs)
-    mask = survivors & ~still
-    k = int(mask.sum())
-    status = run.gain_status(k)
-    ev = (f"{what} fooled {k}/{int(survivors.sum())} images that plain PGD-{run.cfg.steps} missed "
-          f"(robust accuracy {run.pct(int(survivors.sum()))} → {run.pct(int((survivors & still).sum()))})")
+    recs, what = _gradient_free_records(run, run.base_robust())
+    mask, k, status, change = run.gain_over_plain("gradient_free", recs=recs)
+    ev = f"{what} fooled {change}"
     return status, ev, _flagged(run, mask), {"gained": k, "attack": what}
 
 
@@ -569,16 +577,9 @@ def _monotone(run: DiagnosticRun):
 @indicator("more_iterations", "more steps / restarts still help", "Carlini et al. 2019", OPTIMISATION)
 def _more_iterations(run: DiagnosticRun):
     c = run.cfg
-    survivors = run.base_robust()
     t = run.pgd(name="diag_strong_pgd", steps=c.strong_steps, restarts=c.strong_restarts)
-    recs = run.evaluate("strong_pgd", t, subset=survivors)
-    still = run.robust_mask(recs)
-    mask = survivors & ~still
-    k = int(mask.sum())
-    status = run.gain_status(k)
-    ev = (f"PGD {c.strong_steps} steps × {c.strong_restarts} restarts fooled {k}/{int(survivors.sum())} images "
-          f"PGD {c.steps}×{c.restarts} missed (robust accuracy {run.pct(int(survivors.sum()))} → "
-          f"{run.pct(int((survivors & still).sum()))})")
+    mask, k, status, change = run.gain_over_plain("strong_pgd", t)
+    ev = f"PGD {c.strong_steps} steps × {c.strong_restarts} restarts (vs {c.restarts}) fooled {change}"
     return status, ev, _flagged(run, mask), {"gained": k}
 
 
@@ -590,15 +591,9 @@ def _single_step(run: DiagnosticRun):
     FGSM succeeding where PGD fails points at a loss surface that misleads small steps
     (gradient masking) rather than at robustness."""
     c = run.cfg
-    survivors = run.base_robust()
     t = run.pgd(name="diag_fgsm", steps=1, restarts=1, step_size=c.epsilon, random_start=False)
-    recs = run.evaluate("fgsm", t, subset=survivors)
-    still = run.robust_mask(recs)
-    mask = survivors & ~still
-    k = int(mask.sum())
-    status = run.gain_status(k)
-    ev = (f"FGSM (1 step of ε) fooled {k}/{int(survivors.sum())} images PGD-{c.steps} missed "
-          f"(robust accuracy {run.pct(int(survivors.sum()))} → {run.pct(int((survivors & still).sum()))})")
+    mask, k, status, change = run.gain_over_plain("fgsm", t)
+    ev = f"FGSM (1 step of ε) fooled {change}"
     return status, ev, _flagged(run, mask), {"gained": k}
 
 
@@ -608,7 +603,6 @@ def _bpda_eot(run: DiagnosticRun):
     c = run.cfg
     if run.defense.preprocess is None and not run.randomised:
         return SKIP, "no preprocess and deterministic: plain gradients are the exact ones", None, {}
-    survivors = run.base_robust()
     kw: dict[str, Any] = {}
     parts = []
     if run.defense.preprocess is not None:
@@ -618,14 +612,9 @@ def _bpda_eot(run: DiagnosticRun):
         kw["eot"] = max(c.eot * 2, 2)
         parts.append(f"eot {kw['eot']}")
     t = run.pgd(name="diag_bpda_eot_pgd", **kw)
-    recs = run.evaluate("bpda_eot_pgd", t, subset=survivors)
-    still = run.robust_mask(recs)
-    mask = survivors & ~still
-    k = int(mask.sum())
-    status = run.gain_status(k)
+    mask, k, status, change = run.gain_over_plain("bpda_eot_pgd", t)
     run._cache["bpda_gain"] = k
-    ev = (f"PGD-{c.steps} with {', '.join(parts)} fooled {k}/{int(survivors.sum())} images plain PGD missed "
-          f"(robust accuracy {run.pct(int(survivors.sum()))} → {run.pct(int((survivors & still).sum()))})")
+    ev = f"PGD-{c.steps} with {', '.join(parts)} fooled {change}"
     return status, ev, _flagged(run, mask), {"gained": k, "variant": ", ".join(parts)}
 
 

@@ -325,6 +325,9 @@ def fmt_eps(eps: float | None, norm: str = "") -> str:
     return f"{eps:.6g}"
 
 
+_BUDGET_SETTINGS = ("steps", "restarts", "n_queries", "max_iter", "max_images")
+
+
 def threat_settings(t: ThreatInfo) -> str:
     """The non-default settings of a threat model, compactly."""
     from robust_bench_sc.threat_models import THREAT_MODELS
@@ -334,7 +337,9 @@ def threat_settings(t: ThreatInfo) -> str:
     for k, v in t.config.items():
         if k in _SKIP_SETTINGS:
             continue
-        if cls is not None and k in cls.model_fields:
+        if k in _BUDGET_SETTINGS and v is not None:
+            pass  # budgets are always shown: a reader needs them to judge a number
+        elif cls is not None and k in cls.model_fields:
             f = cls.model_fields[k]
             default = f.get_default(call_default_factory=True) if not f.is_required() else object()
             if default == v:

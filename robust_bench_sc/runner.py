@@ -192,8 +192,10 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
 
     summary = finalize(suite, run_dir, jobs)
     meta = read_json(meta_path)
+    before = (old or {}).get("wall_seconds_total", (old or {}).get("wall_seconds_this_invocation", 0.0))
     meta.update(status="complete", finished_at=_dt.datetime.now().isoformat(timespec="seconds"),
-                wall_seconds_this_invocation=round(wall, 2))
+                wall_seconds_this_invocation=round(wall, 2),
+                wall_seconds_total=round(before + wall, 2))  # over the invocations that finished
     atomic_write_json(meta_path, meta)
     if suite.diagnostics:  # gradient-masking / attack-failure indicators per defense
         from robust_bench_sc.diagnostics import run_suite_diagnostics
