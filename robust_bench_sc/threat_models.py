@@ -131,6 +131,9 @@ class PGDThreat(ThreatModel):
     random_start: bool = True
     loss: Literal["ce", "cw"] = "ce"
     early_stop: bool = Field(True, description="stop restarting a sample once it is fooled")
+    keep_adversarial_iterate: bool = Field(
+        True, description="native: return the first adversarial iterate of a restart when its last iterate is not "
+                          "(off: the last iterate only, as plain Madry PGD)")
     l1_step: Literal["dense", "sparse"] = "sparse"
     l1_sparsity: float = Field(0.99, ge=0.0, lt=1.0, description="sparse ℓ1 step: quantile of |gradient| kept")
 

@@ -72,6 +72,19 @@ def test_early_stop_skips_fooled_samples(madry, test_split):
     assert att["image_steps"].sum() < len(att) * 4 * 3
 
 
+def test_adversarial_iterate_is_kept(madry, test_split):
+    # step = ε from the corner of the ball makes PGD oscillate: some iterates are adversarial
+    # while the last one is not. Plain (last-iterate) PGD loses those; the default keeps them.
+    kw = dict(attack="pgd", norm="linf", epsilon=8 / 255, steps=6, restarts=1, step_size=8 / 255)
+    last = run_threat(madry, tm(keep_adversarial_iterate=False, **kw), test_split, 30)
+    kept = run_threat(madry, tm(**kw), test_split, 30)
+    silent = last[last["attacked"] & ~last["fooled"] & (last["iterate_fooled"] > 0)]
+    assert len(silent) > 0
+    assert not (kept["attacked"] & ~kept["fooled"] & (kept["iterate_fooled"] > 0)).any()
+    assert kept["robust"].sum() == last["robust"].sum() - len(silent)  # same seed, same iterates
+    assert (kept.loc[kept["attacked"], "linf"] <= 8 / 255 + 1e-6).all()
+
+
 def test_same_seed_same_numbers_different_seed_runs(madry, test_split):
     t = tm(attack="pgd", norm="linf", epsilon=4 / 255, steps=3, restarts=1)
     a = run_threat(madry, t, test_split, 20, seed=1)

@@ -150,9 +150,16 @@ class NativePGD(Attack):
             if t.norm == "l1" and t.l1_step == "sparse":
                 delta = project_l1_box(delta, xa, t.epsilon)
             restarts_used[active.cpu()] += 1
+            first_adv = torch.zeros_like(xa)
+            found = torch.zeros(xa.shape[0], dtype=torch.bool, device=x.device)
             for s in range(t.steps):
-                grad, loss, it_fooled = self._gradient(model, (xa + delta).clamp(0, 1), ya, t.eot)
+                x_it = (xa + delta).clamp(0, 1)
+                grad, loss, it_fooled = self._gradient(model, x_it, ya, t.eot)
                 iterate_fooled[active] |= it_fooled
+                new = it_fooled & ~found
+                if new.any():  # an adversarial iterate is a valid answer even if later steps leave it
+                    first_adv[new] = x_it[new].detach()
+                    found |= new
                 if r == 0 and s == 0:
                     loss_first[active.cpu()] = loss.cpu()
                 if s == (3 * t.steps) // 4:
@@ -163,6 +170,10 @@ class NativePGD(Attack):
                 logits = model(final)
                 now = logits.argmax(1) != ya
                 loss_last[active.cpu()] = attack_loss(logits, ya, t.loss).cpu()
+            if t.keep_adversarial_iterate:
+                back = found & ~now
+                final[back] = first_adv[back]
+                now = now | found
             # keep the first restart that fools a sample, else the latest attempt
             keep = now | ~fooled[active]
             x_adv[active[keep]] = final[keep]
