@@ -99,6 +99,23 @@ def test_undefended_madry_is_not_flagged(madry):
     assert 0.0 <= rep.plain_robust_accuracy <= rep.clean_accuracy
 
 
+class DetachedQuantise(nn.Module):
+    """Non-differentiable with a broken graph (as the sparse-coding top-T / ternary code)."""
+
+    def forward(self, x):
+        return (torch.round(x.detach() * 8) / 8)
+
+
+def test_broken_graph_does_not_crash_plain_pgd_and_is_flagged(madry):
+    broken = Defense("detached_madry", classifier=madry.classifier, preprocess=DetachedQuantise())
+    rep = diagnose(broken, _small(n_images=6, steps=3, unconstrained_steps=2),
+                   only=["unavailable_gradients", "unconstrained_attack", "bpda_eot_beats_plain"])
+    st = {r.name: r for r in rep.indicators}
+    assert st["unavailable_gradients"].status == FAIL and "graph broken" in st["unavailable_gradients"].evidence
+    assert st["unconstrained_attack"].status == FAIL  # zero gradients: the attack cannot move
+    assert rep.verdict_code == "gradient_masking"
+
+
 def test_single_step_beating_a_crippled_iterative_attack_is_flagged(madry):
     # a "PGD" whose steps are 1/1000 of ε only keeps its random start; FGSM's one full
     # step of ε must then fool images it missed, and the check must say so

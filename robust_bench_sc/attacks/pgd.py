@@ -96,8 +96,13 @@ class NativePGD(Attack):
             xr = x_in.detach().requires_grad_(True)
             logits = model(xr)
             loss = attack_loss(logits, y, self.threat.loss)
-            (g,) = torch.autograd.grad(loss.sum(), xr)
-            grad += g
+            if loss.requires_grad:
+                (g,) = torch.autograd.grad(loss.sum(), xr, allow_unused=True)
+                if g is not None:
+                    grad += g
+            # else: the graph is broken (a non-differentiable defense attacked without BPDA):
+            # the gradient is zero, as the attacker sees it; diagnostics flag it
+            # (unavailable_gradients) instead of the run crashing
             loss_sum += loss.detach()
             fooled |= logits.argmax(1) != y
         return grad / eot, loss_sum / eot, fooled
