@@ -235,18 +235,19 @@ class DiagnosticRun:
             self._cache["clean_logits"] = self.logits(self.x)
         return self._cache["clean_logits"]
 
-    def gain_over_plain(self, key: str, threat=None, recs=None):
-        """Run ``threat`` (or take ``recs``) on the images the plain PGD missed. Returns
-        (mask of images it fooled there, count, status by the gain rule, 'robust a → b')."""
+    def gain_over_plain(self, key: str, what: str, threat=None, recs=None, **metrics):
+        """The indicator result for "``what`` (``threat``, or its ``recs``) on the images the
+        plain PGD missed": status by the gain rule, evidence, the images it fooled there,
+        and metrics (``gained`` plus ``metrics``)."""
         survivors = self.base_robust()
         if recs is None:
             recs = self.evaluate(key, threat, subset=survivors)
         still = self.robust_mask(recs)
         mask = survivors & ~still
         k = int(mask.sum())
-        change = (f"{k}/{int(survivors.sum())} images PGD-{self.cfg.steps} missed (robust accuracy "
-                  f"{self.pct(int(survivors.sum()))} → {self.pct(int((survivors & still).sum()))})")
-        return mask, k, self.gain_status(k), change
+        ev = (f"{what} fooled {k}/{int(survivors.sum())} images PGD-{self.cfg.steps} missed (robust accuracy "
+              f"{self.pct(int(survivors.sum()))} → {self.pct(int((survivors & still).sum()))})")
+        return self.gain_status(k), ev, _flagged(self, mask), {"gained": k, **metrics}
 
     def gain_status(self, gained: int) -> str:
         """Status for 'another attack fooled ``gained`` images the plain attack missed'."""
@@ -532,9 +533,7 @@ def _gradient_free(run: DiagnosticRun):
     if run.cfg.gradient_free == "none":
         return SKIP, "disabled (--gradient-free none)", None, {}
     recs, what = _gradient_free_records(run, run.base_robust())
-    mask, k, status, change = run.gain_over_plain("gradient_free", recs=recs)
-    ev = f"{what} fooled {change}"
-    return status, ev, _flagged(run, mask), {"gained": k, "attack": what}
+    return run.gain_over_plain("gradient_free", what, recs=recs, attack=what)
 
 
 # --------------------------------------------------------------------------- Carlini et al.
@@ -580,9 +579,8 @@ def _monotone(run: DiagnosticRun):
 def _more_iterations(run: DiagnosticRun):
     c = run.cfg
     t = run.pgd(name="diag_strong_pgd", steps=c.strong_steps, restarts=c.strong_restarts)
-    mask, k, status, change = run.gain_over_plain("strong_pgd", t)
-    ev = f"PGD {c.strong_steps} steps × {c.strong_restarts} restarts (vs {c.restarts}) fooled {change}"
-    return status, ev, _flagged(run, mask), {"gained": k}
+    return run.gain_over_plain("strong_pgd", f"PGD {c.strong_steps} steps × {c.strong_restarts} restarts "
+                               f"(vs {c.restarts})", t)
 
 
 @indicator("single_step_beats_iterative", "single-step attack beats the iterative one", "Carlini et al. 2019; Athalye et al. 2018",
@@ -592,11 +590,8 @@ def _single_step(run: DiagnosticRun):
     plain PGD missed: an iterative attack must be at least as strong as its first step, so
     FGSM succeeding where PGD fails points at a loss surface that misleads small steps
     (gradient masking) rather than at robustness."""
-    c = run.cfg
-    t = run.pgd(name="diag_fgsm", steps=1, restarts=1, step_size=c.epsilon, random_start=False)
-    mask, k, status, change = run.gain_over_plain("fgsm", t)
-    ev = f"FGSM (1 step of ε) fooled {change}"
-    return status, ev, _flagged(run, mask), {"gained": k}
+    t = run.pgd(name="diag_fgsm", steps=1, restarts=1, step_size=run.cfg.epsilon, random_start=False)
+    return run.gain_over_plain("fgsm", "FGSM (1 step of ε)", t)
 
 
 @indicator("bpda_eot_beats_plain", "BPDA / EOT beats the plain attack", "Carlini et al. 2019; Athalye et al. 2018",
@@ -614,10 +609,10 @@ def _bpda_eot(run: DiagnosticRun):
         kw["eot"] = max(c.eot * 2, 2)
         parts.append(f"eot {kw['eot']}")
     t = run.pgd(name="diag_bpda_eot_pgd", **kw)
-    mask, k, status, change = run.gain_over_plain("bpda_eot_pgd", t)
-    run._cache["bpda_gain"] = k
-    ev = f"PGD-{c.steps} with {', '.join(parts)} fooled {change}"
-    return status, ev, _flagged(run, mask), {"gained": k, "variant": ", ".join(parts)}
+    result = run.gain_over_plain("bpda_eot_pgd", f"PGD-{c.steps} with {', '.join(parts)}", t,
+                                 variant=", ".join(parts))
+    run._cache["bpda_gain"] = result[3]["gained"]
+    return result
 
 
 # --------------------------------------------------------------------------- driver

@@ -8,15 +8,30 @@ import numpy as np
 import torch
 
 
+def _pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (imported on use)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out_png: str | Path) -> Path:
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=130)
+    _pyplot().close(fig)
+    return out_png
+
+
 def fig1a(out_png: str | Path, n_images: int = 100) -> Path:
     """Histogram of encoder coefficients (dictionary projections) vs the first-layer outputs of a
     standard CNN (the natural ResNet-32's conv1 on the same images). Each patch's (spatial
     position's) coefficients are divided by that patch's largest |coefficient|, so the plot shows
     how many coefficients of a typical patch are small (sparse) versus comparable to the largest."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     import torch.nn.functional as F
 
     from defenses.sparse_coding.frontend import load_dictionary
@@ -42,19 +57,12 @@ def fig1a(out_png: str | Path, n_images: int = 100) -> Path:
     ax.set_ylabel("density (log)")
     ax.set_title(f"Fig. 1a: coefficient distributions ({describe_subset(n_images)})", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=130)
-    plt.close(fig)
-    return out_png
+    return _save(fig, out_png)
 
 
 def fig3(out_png: str | Path, steepness=(2.0, 4.0, 8.0, 32.0)) -> Path:
     """The ternary activation and its smooth backward-pass approximations (axes divided by ||d||_1)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     from defenses.sparse_coding.frontend import BETA, EPSILON, smooth_ternary, ternary
 
@@ -70,11 +78,7 @@ def fig3(out_png: str | Path, steepness=(2.0, 4.0, 8.0, 32.0)) -> Path:
                  fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=130)
-    plt.close(fig)
-    return out_png
+    return _save(fig, out_png)
 
 
 def make_figures(out_dir: str | Path) -> list[Path]:

@@ -161,8 +161,8 @@ class NativePGD(Attack):
                 x_it = (xa + delta).clamp(0, 1)
                 grad, loss, it_fooled = self._gradient(model, x_it, ya, t.eot)
                 iterate_fooled[active] |= it_fooled
-                new = it_fooled & ~found
-                if new.any():  # an adversarial iterate is a valid answer even if later steps leave it
+                if t.keep_adversarial_iterate:  # an adversarial iterate is a valid answer even if later steps leave it
+                    new = it_fooled & ~found
                     first_adv[new] = x_it[new].detach()
                     found |= new
                 if r == 0 and s == 0:
