@@ -94,6 +94,22 @@ class Defense:
     def modules(self) -> list[nn.Module]:
         return [m for m in (self.classifier, self.preprocess, *self.bpda.values()) if m is not None]
 
+    def fingerprint(self) -> str:
+        """Hash of every parameter and buffer (classifier, preprocess, stand-ins): records
+        carry it, so a run never mixes numbers of different weights under one name."""
+        import hashlib
+
+        h = hashlib.sha256()
+        parts = {"classifier": self.classifier, "preprocess": self.preprocess,
+                 **{f"bpda.{k}": v for k, v in self.bpda.items()}}
+        for prefix, module in sorted(parts.items()):
+            if module is None:
+                continue
+            for key, value in sorted(module.state_dict().items()):
+                h.update(f"{prefix}.{key}:{value.dtype}:{tuple(value.shape)}".encode())
+                h.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
     def to(self, device: str | torch.device) -> "Defense":
         for m in self.modules():
             m.to(device)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from robust_bench_sc.config import SuiteConfig
 
@@ -45,3 +47,45 @@ def plan_jobs(suite: SuiteConfig) -> list[Job]:
                 jobs.append(Job(d.label, di, t.name, ti, c, start, min(start + size, nt),
                                 job_seed(suite.seed, d.label, t.name, c)))
     return jobs
+
+
+# Fields that label a threat model or size the run without changing any record of a job:
+# a job's images are its start/stop, so ``max_images`` and ``n_images`` do not enter.
+_LABEL_FIELDS = {"description", "max_images"}
+
+
+def spec_hash(suite_seed: int, defense: dict[str, Any], threat: dict[str, Any], job: Job) -> str:
+    """Identity of a job's records: what was attacked, how, which images, which seed.
+
+    ``defense`` / ``threat`` are the specs dumped without their default values, so a field
+    added to the code later (with its default) keeps older records valid; the code version
+    of every invocation is in ``run.json`` (``history``).
+    """
+    blob = {"suite_seed": suite_seed, "defense": defense,
+            "threat": {k: v for k, v in threat.items() if k not in _LABEL_FIELDS},
+            "start": job.start, "stop": job.stop, "seed": job.seed}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def job_spec_hash(suite: SuiteConfig, job: Job) -> str:
+    d = suite.defenses[job.defense_index].model_dump(exclude_defaults=True)
+    t = suite.threat_models[job.threat_index].model_dump(exclude_defaults=True)
+    return spec_hash(suite.seed, d, t, job)
+
+
+def legacy_spec_hash(config: dict[str, Any], job: dict[str, Any]) -> str | None:
+    """The spec hash of a record written before records carried one, rebuilt from the
+    resolved configuration its run.json stored; None when that is not possible."""
+    from robust_bench_sc.config import DefenseSpec
+    from robust_bench_sc.threat_models import THREAT_MODELS
+
+    try:
+        d = next(x for x in config["defenses"] if (x.get("name") or x["ref"]) == job["defense"])
+        t = next(x for x in config["threat_models"] if x["name"] == job["threat"])
+        dd = DefenseSpec.model_validate(d).model_dump(exclude_defaults=True)
+        td = THREAT_MODELS[t["attack"]].model_validate(t).model_dump(exclude_defaults=True)
+        j = Job(job["defense"], job["defense_index"], job["threat"], job["threat_index"], job["chunk"],
+                job["start"], job["stop"], job["seed"])
+        return spec_hash(config["seed"], dd, td, j)
+    except (KeyError, TypeError, ValueError, StopIteration):
+        return None

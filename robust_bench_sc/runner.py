@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +21,8 @@ from robust_bench_sc.config import SuiteConfig
 from robust_bench_sc.data import describe_subset, load_test
 from robust_bench_sc.executor import EXECUTORS, Executor, LocalExecutor
 from robust_bench_sc.paths import REPO_ROOT, data_dir
-from robust_bench_sc.plan import Job, plan_jobs
+from robust_bench_sc.plan import Job, job_spec_hash, legacy_spec_hash, plan_jobs
+from robust_bench_sc.plugins import build_defense
 from robust_bench_sc.registry import load_reference
 from robust_bench_sc.storage import atomic_write_json, atomic_write_text, chunk_path, read_json, safe_name
 from robust_bench_sc.summary import summarise, summary_markdown
@@ -55,8 +56,8 @@ def git_commit() -> dict[str, str | bool | None]:
         return {"commit": None, "dirty": None}
 
 
-def data_hash(suite: SuiteConfig) -> str:
-    split = load_test(suite.data.n_images, suite.data.data_dir)
+def data_hash(suite: SuiteConfig, n_images: int | None = None) -> str:
+    split = load_test(n_images or suite.data.n_images, suite.data.data_dir)
     h = hashlib.sha256(split.x.mul(255).round().byte().numpy().tobytes())
     h.update(split.y.numpy().tobytes())
     return h.hexdigest()[:16]
@@ -99,6 +100,65 @@ def make_executor(name: str, device: str, **kwargs) -> Executor:
     return cls(device=device, **kwargs)
 
 
+_HISTORY_KEYS = ("suite_hash", "profile", "overrides", "started_at", "finished_at", "status", "n_jobs", "git",
+                 "versions", "command")
+
+
+def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
+                      old: dict | None) -> tuple[list[Job], dict[str, str]]:
+    """Which planned jobs a run directory already holds records of, checked job by job.
+
+    A record counts when its spec hash (defense, threat-model settings, images, seed) equals
+    the planned job's: a run grows to more images, defenses or threat models, or runs a
+    subset, without recomputing anything. A record of different settings under a planned
+    job's name is refused; a record of the same settings over other images (the last chunk
+    before the run grew) is recomputed. Recorded weight fingerprints must match the
+    defense as it loads now. Returns the jobs done and the fingerprints per defense.
+    """
+    if old is not None and old.get("suite") not in (None, suite.name):
+        raise RunError(f"{run_dir} holds a run of suite {old.get('suite')!r}, not {suite.name!r}; "
+                       "choose another --out")
+    if old is not None and old.get("data_hash"):
+        n_old = (old.get("config") or {}).get("data", {}).get("n_images", suite.data.n_images)
+        if old["data_hash"] != data_hash(suite, n_old):
+            raise RunError(f"{run_dir} was computed on different images (data hash {old['data_hash']} of the first "
+                           f"{n_old} ≠ {data_hash(suite, n_old)} here); choose another --out")
+    done, superseded, conflicts = [], [], []
+    recorded_fp: dict[str, set[str]] = defaultdict(set)
+    for j in jobs:
+        path = chunk_path(run_dir, j.defense, j.threat, j.chunk)
+        if not path.is_file():
+            continue
+        blob = read_json(path)
+        rec = blob.get("spec_hash") or legacy_spec_hash((old or {}).get("config") or {}, blob.get("job", {}))
+        if rec == job_spec_hash(suite, j):
+            done.append(j)
+            if blob.get("defense_fingerprint"):
+                recorded_fp[j.defense].add(blob["defense_fingerprint"])
+        elif (blob.get("job", {}).get("start"), blob.get("job", {}).get("stop")) != (j.start, j.stop) and \
+                rec == job_spec_hash(suite, replace(j, start=blob["job"]["start"], stop=blob["job"]["stop"])):
+            superseded.append(path)
+        else:
+            conflicts.append(j.key)
+    if conflicts:
+        raise RunError(
+            f"{run_dir} holds records of a different suite configuration for {len(conflicts)} planned job(s) "
+            f"(e.g. {', '.join(conflicts[:3])}: other defense or threat-model settings or seed); refusing to mix "
+            "results. Choose another --out or delete that folder.")
+    known: dict[str, str] = {}
+    for label, fps in recorded_fp.items():
+        spec = next(d for d in suite.defenses if d.label == label)
+        now = build_defense(spec.ref, spec.params, name=label).fingerprint()
+        if fps != {now}:
+            raise RunError(f"defense {label!r} loads other weights than its records in {run_dir} were computed "
+                           f"with (fingerprint {', '.join(sorted(fps))} recorded, {now} now); restore those weights "
+                           "or choose another --out")
+        known[label] = now
+    for path in superseded:  # same settings, fewer images: the grown chunk replaces it
+        path.unlink()
+    return done, known
+
+
 def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "cpu",
               executor: Executor | None = None, console: Console | None = None,
               results_root: str | Path = "results", command: list[str] | None = None,
@@ -109,15 +169,11 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
     meta_path = run_dir / "run.json"
     suite_hash = suite.content_hash()
     old = read_json(meta_path) if meta_path.exists() else None
-    if old is not None:
-        if old.get("suite_hash") != suite_hash:
-            raise RunError(
-                f"{run_dir} holds a run of a different suite configuration (hash {old.get('suite_hash')} ≠ "
-                f"{suite_hash}); refusing to mix results. Choose another --out or delete that folder."
-            )
     jobs = plan_jobs(suite)
-    done = [j for j in jobs if chunk_path(run_dir, j.defense, j.threat, j.chunk).is_file()]
-    todo = [j for j in jobs if j not in set(done)]
+    done, known_fp = reconcile_records(suite, run_dir, jobs, old)
+    done_set = set(done)
+    todo = [j for j in jobs if j not in done_set]
+    grown = old is not None and old.get("suite_hash") != suite_hash
     meta = {
         "suite": suite.name,
         "suite_hash": suite_hash,
@@ -139,8 +195,13 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
     }
     if old is not None:
         meta["first_started_at"] = old.get("first_started_at") or old.get("started_at")
+        meta["history"] = [*old.get("history", []), {k: old.get(k) for k in _HISTORY_KEYS}]
+    meta["defense_fingerprints"] = dict(known_fp)
     atomic_write_json(meta_path, meta)
-    if done:
+    if grown:
+        console.print(f"[bold]growing[/] {run_dir} (earlier configuration {old.get('suite_hash')}, profile "
+                      f"{old.get('profile')}): {len(done)}/{len(jobs)} jobs already recorded with identical settings")
+    elif done:
         console.print(f"[bold]resuming[/] {run_dir}: {len(done)}/{len(jobs)} jobs already recorded")
     else:
         console.print(f"[bold]run[/] {suite.name} → {run_dir} ({len(jobs)} jobs, {describe_subset(suite.data.n_images)})")
@@ -176,6 +237,10 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
             path = chunk_path(run_dir, j.defense, j.threat, j.chunk)
             if path.exists():  # recorded exactly once
                 return
+            fp = res.defense_fingerprint
+            if fp and known_fp.setdefault(j.defense, fp) != fp:
+                raise RunError(f"defense {j.defense!r}: its weights changed during the run (fingerprint "
+                               f"{known_fp[j.defense]} before, {fp} now); nothing more was recorded")
             atomic_write_json(path, res.to_dict())
             key = (j.defense, j.threat)
             tally[key][0] += sum(int(r["robust"]) for r in res.records)
@@ -193,6 +258,7 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
     summary = finalize(suite, run_dir, jobs)
     meta = read_json(meta_path)
     before = (old or {}).get("wall_seconds_total", (old or {}).get("wall_seconds_this_invocation", 0.0))
+    meta["defense_fingerprints"] = dict(known_fp)
     meta.update(status="complete", finished_at=_dt.datetime.now().isoformat(timespec="seconds"),
                 wall_seconds_this_invocation=round(wall, 2),
                 wall_seconds_total=round(before + wall, 2))  # over the invocations that finished

@@ -18,7 +18,7 @@ from robust_bench_sc.config import SuiteConfig
 from robust_bench_sc.data import Split, load_test
 from robust_bench_sc.defense import Defense
 from robust_bench_sc.evaluate import evaluate_threat
-from robust_bench_sc.plan import Job
+from robust_bench_sc.plan import Job, job_spec_hash
 from robust_bench_sc.plugins import build_defense
 
 
@@ -27,9 +27,13 @@ class ChunkResult:
     job: Job
     records: list[dict[str, Any]]
     seconds: float
+    spec_hash: str | None = None           # plan.job_spec_hash: what the records are of
+    defense_fingerprint: str | None = None  # Defense.fingerprint(): which weights
 
     def to_dict(self) -> dict:
-        return {"job": self.job.to_dict(), "seconds": self.seconds, "records": self.records}
+        return {"job": self.job.to_dict(), "spec_hash": self.spec_hash,
+                "defense_fingerprint": self.defense_fingerprint, "seconds": self.seconds,
+                "records": self.records}
 
 
 class Worker:
@@ -39,6 +43,7 @@ class Worker:
         self.data_root = data_root or suite.data.data_dir
         self._data: Split | None = None
         self._defenses: dict[str, Defense] = {}
+        self._fingerprints: dict[str, str] = {}
         self._cache: dict[str, Any] = {}
 
     @property
@@ -50,7 +55,9 @@ class Worker:
     def defense(self, index: int) -> Defense:
         spec = self.suite.defenses[index]
         if spec.label not in self._defenses:
-            self._defenses[spec.label] = build_defense(spec.ref, spec.params, name=spec.label).to(self.device)
+            defense = build_defense(spec.ref, spec.params, name=spec.label)
+            self._fingerprints[spec.label] = defense.fingerprint()
+            self._defenses[spec.label] = defense.to(self.device)
         return self._defenses[spec.label]
 
     def run(self, job: Job, progress: Callable[[int], None] | None = None) -> ChunkResult:
@@ -61,4 +68,5 @@ class Worker:
         ctx = AttackContext(defense=defense, device=self.device, seed=job.seed, progress=progress,
                             data_root=self.data_root, cache=self._cache)
         records = evaluate_threat(defense, threat, part.x, part.y, part.idx, ctx)
-        return ChunkResult(job, records, time.perf_counter() - t0)
+        return ChunkResult(job, records, time.perf_counter() - t0, job_spec_hash(self.suite, job),
+                           self._fingerprints[job.defense])

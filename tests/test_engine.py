@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -249,3 +250,31 @@ def test_run_dir_of_another_suite_is_refused(tmp_path):
     res = CliRunner().invoke(app, ["run", str(suite), "--out", str(tmp_path / "r"), "--set", "steps=2", "--quiet"])
     assert res.exit_code == 1
     assert "different suite configuration" in res.output
+
+
+def test_run_grows_to_more_images_without_recomputing(tmp_path):
+    """A finished run on 3 images grows to 6: the full chunk is reused, the partial last
+    chunk (same settings, fewer images) is recomputed, and the records equal a fresh run."""
+    small = run_suite(load_suite(_suite(tmp_path, n=3, chunk=2, steps=2)), out=tmp_path / "grow", show_progress=False)
+    assert small.computed_chunks == 2 * 2 * 2
+    grown = run_suite(load_suite(_suite(tmp_path, n=6, chunk=2, steps=2)), out=tmp_path / "grow", show_progress=False)
+    assert (grown.resumed_chunks, grown.computed_chunks) == (2 * 2 * 1, 2 * 2 * 2)
+    fresh = run_suite(load_suite(_suite(tmp_path, n=6, chunk=2, steps=2)), out=tmp_path / "fresh", show_progress=False)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "grow" / "samples.csv"),
+                                  pd.read_csv(tmp_path / "fresh" / "samples.csv"))
+    meta = json.loads((tmp_path / "grow" / "run.json").read_text())
+    assert len(meta["history"]) == 1 and meta["history"][0]["status"] == "complete"
+    assert set(meta["defense_fingerprints"]) == {"madry_pgd_at", "mine"}
+
+
+def test_resume_refuses_records_of_other_weights(tmp_path):
+    """Same defense name and settings, other weights behind it: the run stops with the
+    fingerprints instead of mixing numbers of two models."""
+    run_suite(load_suite(_suite(tmp_path, n=2, chunk=2, steps=1)), out=tmp_path / "r", show_progress=False)
+    plugin = tmp_path / "elsewhere" / "my_defense.py"
+    suite = _suite(tmp_path, n=4, chunk=2, steps=1)
+    plugin.write_text(PLUGIN.replace("resnet32_trades.pt", "resnet32_natural.pt"))
+    cmd = [sys.executable, "-m", "robust_bench_sc.cli", "run", str(suite), "--out", str(tmp_path / "r"), "--quiet"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # a new process imports the new file
+    assert res.returncode == 1
+    assert "'mine' loads other weights" in res.stderr + res.stdout
