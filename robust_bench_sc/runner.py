@@ -105,7 +105,7 @@ _HISTORY_KEYS = ("suite_hash", "profile", "overrides", "started_at", "finished_a
 
 
 def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
-                      old: dict | None) -> tuple[list[Job], dict[str, str]]:
+                      old: dict | None, console: Console | None = None) -> tuple[list[Job], dict[str, str]]:
     """Which planned jobs a run directory already holds records of, checked job by job.
 
     A record counts when its spec hash (defense, threat-model settings, images, seed) equals
@@ -125,6 +125,7 @@ def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
                            f"{n_old} ≠ {data_hash(suite, n_old)} here); choose another --out")
     done, superseded, conflicts = [], [], []
     recorded_fp: dict[str, set[str]] = defaultdict(set)
+    unverified: set[str] = set()
     for j in jobs:
         path = chunk_path(run_dir, j.defense, j.threat, j.chunk)
         if not path.is_file():
@@ -135,6 +136,8 @@ def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
             done.append(j)
             if blob.get("defense_fingerprint"):
                 recorded_fp[j.defense].add(blob["defense_fingerprint"])
+            else:
+                unverified.add(j.defense)
         elif (blob.get("job", {}).get("start"), blob.get("job", {}).get("stop")) != (j.start, j.stop) and \
                 rec == job_spec_hash(suite, replace(j, start=blob["job"]["start"], stop=blob["job"]["stop"])):
             superseded.append(path)
@@ -154,6 +157,9 @@ def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
                            f"with (fingerprint {', '.join(sorted(fps))} recorded, {now} now); restore those weights "
                            "or choose another --out")
         known[label] = now
+    if unverified and console is not None:
+        console.print(f"[yellow]note[/]: records of {', '.join(sorted(unverified))} in {run_dir} predate weight "
+                      "fingerprints: which weights they used cannot be checked (run.json's git commit says)")
     for path in superseded:  # same settings, fewer images: the grown chunk replaces it
         path.unlink()
     return done, known
@@ -170,7 +176,7 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
     suite_hash = suite.content_hash()
     old = read_json(meta_path) if meta_path.exists() else None
     jobs = plan_jobs(suite)
-    done, known_fp = reconcile_records(suite, run_dir, jobs, old)
+    done, known_fp = reconcile_records(suite, run_dir, jobs, old, console)
     done_set = set(done)
     todo = [j for j in jobs if j not in done_set]
     grown = old is not None and old.get("suite_hash") != suite_hash
