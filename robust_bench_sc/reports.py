@@ -325,7 +325,7 @@ def fmt_eps(eps: float | None, norm: str = "") -> str:
     return f"{eps:.6g}"
 
 
-_BUDGET_SETTINGS = ("steps", "restarts", "n_queries", "max_iter", "max_images")
+_BUDGET_SETTINGS = ("steps", "restarts", "n_queries", "max_iter", "max_images", "apgd_iterations", "apgd_restarts")
 
 
 def threat_settings(t: ThreatInfo) -> str:

@@ -292,6 +292,9 @@ class AutoAttackThreat(ThreatModel):
     version: Literal["standard", "plus", "rand", "custom"] = "standard"
     attacks_to_run: list[str] = Field(default_factory=list)
     n_queries: int = Field(5000, ge=1, description="Square's query budget")
+    apgd_iterations: int | None = Field(None, ge=1, description="APGD-CE/DLR and APGD-T iterations (None: the version's 100)")
+    apgd_restarts: int | None = Field(
+        None, ge=1, description="APGD-CE/DLR restarts (None: the version's own — 1 in standard, 5 in custom)")
 
     @model_validator(mode="after")
     def _custom_needs_list(self):

@@ -178,3 +178,38 @@ def test_schema_refuses_unsupported_toolkit_modes():
         validate_threat_model({"attack": "cw", "backend": "torchattacks"}, "t")
     with pytest.raises(ConfigError, match="dense"):
         validate_threat_model(pgd("foolbox", norm="l1", eps=30, l1_step="dense"), "t")
+
+
+def test_autoattack_apgd_budgets_reach_pyautoattack(test_split):
+    """apgd_iterations / apgd_restarts are passed to the reference APGD: a classifier that
+    can never be fooled makes APGD spend its whole budget, counted in forward passes."""
+    from torch import nn
+
+    from robust_bench_sc import Defense
+
+    class Unfoolable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            logits = torch.zeros(x.shape[0], 10, dtype=x.dtype)
+            logits[:, 0] = 10.0
+            return logits + 0.0 * x.flatten(1).sum(1, keepdim=True)
+
+    x, y = test_split.x[:3], torch.zeros(3, dtype=torch.long)
+
+    def calls(**budget):
+        clf = Unfoolable()
+        d = Defense(name="unfoolable", classifier=clf).eval()
+        tm = validate_threat_model({"attack": "autoattack", "norm": "linf", "epsilon": EPS, "version": "custom",
+                                    "attacks_to_run": ["apgd-ce"], **budget}, "test")
+        recs = evaluate_threat(d, tm, x, y, test_split.idx[:3], AttackContext(d, torch.device("cpu"), 0))
+        assert all(r["robust"] for r in recs)
+        return clf.calls
+
+    one, two = calls(apgd_iterations=4, apgd_restarts=1), calls(apgd_iterations=4, apgd_restarts=2)
+    assert one < 20  # not the default 100 iterations
+    assert two - one >= 4  # a second restart of 4 iterations
+    assert calls(apgd_iterations=8, apgd_restarts=1) - one >= 4

@@ -59,5 +59,9 @@ class AutoAttackRunner(Attack):
         )
         aa.verbose = False  # pyautoattack has no constructor switch for it
         aa.square.n_queries = t.n_queries  # the versions hard-code 5000; the threat model decides
+        if t.apgd_iterations is not None:
+            aa.apgd.n_iter = aa.apgd_targeted.n_iter = t.apgd_iterations
+        if t.apgd_restarts is not None:
+            aa.apgd.n_restarts = t.apgd_restarts
         x_adv, y_adv = aa.run_standard_evaluation(x, y, batch_size=max(1, x.shape[0]))
         return AttackOutput(x_adv, (y_adv != y).cpu(), {})

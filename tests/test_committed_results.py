@@ -1,0 +1,57 @@
+"""The committed results describe the weights this checkout ships.
+
+Every run.json records the weight fingerprint of each defense it evaluated; if someone
+replaces a checkpoint (e.g. a new training cycle of T15.pt) without re-running the results
+that quote it, these tests fail and name the stale run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from robust_bench_sc.paths import REPO_ROOT
+from robust_bench_sc.plugins import build_defense
+
+RUNS = sorted(p for p in (REPO_ROOT / "results").glob("*/run.json")
+              if json.loads(p.read_text()).get("defense_fingerprints"))
+_built: dict[str, str] = {}
+
+
+def _fingerprint(config: dict, label: str) -> str:
+    spec = next(d for d in config["defenses"] if (d.get("name") or d["ref"]) == label)
+    key = json.dumps(spec, sort_keys=True)
+    if key not in _built:
+        _built[key] = build_defense(spec["ref"], spec.get("params") or {}, name=label).fingerprint()
+    return _built[key]
+
+
+def test_there_are_fingerprinted_runs():
+    names = {p.parent.name for p in RUNS}
+    assert {"clean", "table1_T15"} <= names, names
+
+
+@pytest.mark.parametrize("run_json", RUNS, ids=lambda p: p.parent.name)
+def test_committed_run_matches_shipped_weights(run_json: Path):
+    meta = json.loads(run_json.read_text())
+    for label, recorded in meta["defense_fingerprints"].items():
+        now = _fingerprint(meta["config"], label)
+        assert now == recorded, (f"{run_json.parent}: {label} was evaluated with weights {recorded}, "
+                                 f"the checkout ships {now}: re-run that result")
+
+
+def test_shipped_T15_reproduces_committed_clean_predictions(test_split):
+    """Per-sample: the shipped T15 weights predict exactly what results/clean recorded."""
+    samples = pd.read_csv(REPO_ROOT / "results" / "clean" / "samples.csv")
+    rec = samples[samples["defense"] == "sparse_coding_T15"].set_index("index").sort_index()
+    defense = build_defense("sparse_coding_T15")
+    n = 100
+    with torch.no_grad():
+        pred = defense(test_split.x[:n]).argmax(1).numpy()
+    idx = test_split.idx[:n].numpy()
+    assert (rec.loc[idx, "clean_pred"].to_numpy() == pred).all()
+    assert 0.7 <= (pred == test_split.y[:n].numpy()).mean() <= 0.95
