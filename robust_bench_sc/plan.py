@@ -80,9 +80,9 @@ def legacy_spec_hash(config: dict[str, Any], job: dict[str, Any]) -> str | None:
     from robust_bench_sc.threat_models import THREAT_MODELS
 
     try:
-        d = next(x for x in config["defenses"] if (x.get("name") or x["ref"]) == job["defense"])
+        d = next(s for s in map(DefenseSpec.model_validate, config["defenses"]) if s.label == job["defense"])
         t = next(x for x in config["threat_models"] if x["name"] == job["threat"])
-        dd = DefenseSpec.model_validate(d).model_dump(exclude_defaults=True)
+        dd = d.model_dump(exclude_defaults=True)
         td = THREAT_MODELS[t["attack"]].model_validate(t).model_dump(exclude_defaults=True)
         j = Job(job["defense"], job["defense_index"], job["threat"], job["threat_index"], job["chunk"],
                 job["start"], job["stop"], job["seed"])

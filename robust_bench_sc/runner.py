@@ -120,9 +120,10 @@ def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
                        "choose another --out")
     if old is not None and old.get("data_hash"):
         n_old = (old.get("config") or {}).get("data", {}).get("n_images", suite.data.n_images)
-        if old["data_hash"] != data_hash(suite, n_old):
+        here = data_hash(suite, n_old)
+        if old["data_hash"] != here:
             raise RunError(f"{run_dir} was computed on different images (data hash {old['data_hash']} of the first "
-                           f"{n_old} ≠ {data_hash(suite, n_old)} here); choose another --out")
+                           f"{n_old} ≠ {here} here); choose another --out")
     done, superseded, conflicts = [], [], []
     recorded_fp: dict[str, set[str]] = defaultdict(set)
     unverified: set[str] = set()
@@ -131,15 +132,17 @@ def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
         if not path.is_file():
             continue
         blob = read_json(path)
-        rec = blob.get("spec_hash") or legacy_spec_hash((old or {}).get("config") or {}, blob.get("job", {}))
+        rec_job = blob.get("job", {})
+        rec = blob.get("spec_hash") or legacy_spec_hash((old or {}).get("config") or {}, rec_job)
+        rec_range = (rec_job.get("start"), rec_job.get("stop"))
         if rec == job_spec_hash(suite, j):
             done.append(j)
             if blob.get("defense_fingerprint"):
                 recorded_fp[j.defense].add(blob["defense_fingerprint"])
             else:
                 unverified.add(j.defense)
-        elif (blob.get("job", {}).get("start"), blob.get("job", {}).get("stop")) != (j.start, j.stop) and \
-                rec == job_spec_hash(suite, replace(j, start=blob["job"]["start"], stop=blob["job"]["stop"])):
+        elif None not in rec_range and rec_range != (j.start, j.stop) and \
+                rec == job_spec_hash(suite, replace(j, start=rec_range[0], stop=rec_range[1])):
             superseded.append(path)
         else:
             conflicts.append(j.key)

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from robust_bench_sc.config import DefenseSpec
 from robust_bench_sc.paths import REPO_ROOT
 from robust_bench_sc.plugins import build_defense
 
@@ -23,10 +24,10 @@ _built: dict[str, str] = {}
 
 
 def _fingerprint(config: dict, label: str) -> str:
-    spec = next(d for d in config["defenses"] if (d.get("name") or d["ref"]) == label)
-    key = json.dumps(spec, sort_keys=True)
+    spec = next(s for s in map(DefenseSpec.model_validate, config["defenses"]) if s.label == label)
+    key = spec.model_dump_json()
     if key not in _built:
-        _built[key] = build_defense(spec["ref"], spec.get("params") or {}, name=label).fingerprint()
+        _built[key] = build_defense(spec.ref, spec.params, name=label).fingerprint()
     return _built[key]
 
 
