@@ -257,14 +257,15 @@ def diagnose(
 @app.command()
 def train(
     out: Path = typer.Option(..., "--out", help="run folder: last.pt (resumable), best.pt, latest_weights.pt, log.csv/json"),
-    T: int = typer.Option(15, "--T", help="top-T coefficients kept per patch (paper: 1, 2, 5, 10, 15, 20)"),
+    model: str = typer.Option("sparse_coding", "--model", help="what to train: sparse_coding (frontend + ResNet-32) or resnet32 (natural ResNet-32); plug-ins may add more"),
+    T: int = typer.Option(15, "--T", help="sparse_coding: top-T coefficients kept per patch (paper: 1, 2, 5, 10, 15, 20)"),
     epochs: float = typer.Option(70.0, "--epochs", help="length of the one-cycle schedule (fractions allowed)"),
-    peak_lr: float = typer.Option(0.02, "--lr", help="peak LR of the decoder (paper: 0.02; 0.05 for T=1,2)"),
-    classifier_lr_scale: float = typer.Option(1.0, "--classifier-lr-scale", help="classifier peak LR = lr x this (e.g. 0.25 with --warm-start)"),
+    peak_lr: float = typer.Option(0.02, "--lr", help="peak LR (paper: 0.02; 0.05 for T=1,2 and for the natural ResNet-32)"),
+    classifier_lr_scale: float = typer.Option(1.0, "--classifier-lr-scale", help="sparse_coding: classifier peak LR = lr x this (e.g. 0.25 with --warm-start)"),
     warmup_frac: float = typer.Option(0.5, "--warmup-frac", help="fraction of the schedule spent rising to the peak"),
     batch_size: int = typer.Option(64, "--batch-size"),
-    warm_start: Optional[Path] = typer.Option(None, "--warm-start", help="classifier state dict to start from (e.g. shared/reference/resnet32_behind_frontend_T15.pt)"),
-    init_from: Optional[Path] = typer.Option(None, "--init-from", help="full sparse-coding weights (e.g. weights/T15.pt) to continue from"),
+    warm_start: Optional[Path] = typer.Option(None, "--warm-start", help="sparse_coding: classifier state dict to start from (e.g. shared/reference/resnet32_behind_frontend_T15.pt)"),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="full weights to start a new run from (sparse_coding: a T{T}.pt of any T; resnet32: a ResNet-32 state dict)"),
     freeze_classifier: bool = typer.Option(False, "--freeze-classifier"),
     ckpt_every: int = typer.Option(100, "--ckpt-every", help="checkpoint every K steps (and at each epoch end)"),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="evaluate every K steps (default: --ckpt-every)"),
@@ -275,26 +276,41 @@ def train(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads"),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="continue from OUT/last.pt if present"),
-    dense: bool = typer.Option(False, "--dense", help="dense first transposed convolution (default: the exact sparse gather)"),
+    dense: bool = typer.Option(False, "--dense", help="sparse_coding: dense first transposed convolution (default: the exact sparse gather)"),
 ):
-    """Train the sparse-coding decoder jointly with ResNet-32 (resumable; Ctrl-C safe at checkpoints)."""
-    from defenses.sparse_coding.train import DeadDecoderError, TrainConfig, train as run_training
+    """Train a model (resumable: the same command continues OUT/last.pt; Ctrl-C safe at checkpoints)."""
+    from robust_bench_sc.data import DataError
+    from robust_bench_sc.registry import RegistryError
+    from robust_bench_sc.training import TRAINABLES, DeadModelError, TrainConfig, TrainingError
+    from robust_bench_sc.training import train as run_training
 
+    if device not in ("cpu", "cuda"):
+        _fail(f"--device {device}: allowed values are cpu, cuda")
+    if threads is not None and threads < 1:
+        _fail(f"--threads {threads}: must be a whole number >= 1")
+    if model not in TRAINABLES:
+        _fail(f"--model {model}: unknown; allowed: {', '.join(TRAINABLES.names())}")
+    for name, value in (("--epochs", epochs), ("--lr", peak_lr), ("--batch-size", batch_size)):
+        if not value > 0:
+            _fail(f"{name} {value}: must be > 0")
+    if not 0 <= warmup_frac <= 1:
+        _fail(f"--warmup-frac {warmup_frac}: must be in [0, 1]")
     if device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             _fail("--device cuda: no CUDA device available")
-    cfg = TrainConfig(T=T, epochs=epochs, batch_size=batch_size, peak_lr=peak_lr, classifier_lr_scale=classifier_lr_scale,
-                      warmup_frac=warmup_frac, warm_start=str(warm_start) if warm_start else None,
+    cfg = TrainConfig(model=model, T=T, epochs=epochs, batch_size=batch_size, peak_lr=peak_lr,
+                      classifier_lr_scale=classifier_lr_scale, warmup_frac=warmup_frac,
+                      warm_start=str(warm_start) if warm_start else None,
                       init_from=str(init_from) if init_from else None, freeze_classifier=freeze_classifier, seed=seed,
                       ckpt_every=ckpt_every, eval_every=eval_every, n_val=n_val, n_test=n_test, device=device,
                       threads=threads, fast=not dense, max_steps=max_steps)
     try:
         row = run_training(cfg, out, resume=resume, log=lambda s: console.print(s, highlight=False))
-    except DeadDecoderError as exc:
+    except DeadModelError as exc:
         _fail(str(exc), code=3)
-    except (FileNotFoundError, ValueError) as exc:
+    except (TrainingError, DataError, RegistryError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     console.print(f"last evaluation: {row}")
 
