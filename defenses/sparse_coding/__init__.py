@@ -71,3 +71,8 @@ def sparse_coding(T: int = 15, checkpoint: str | None = None, fast: bool = True,
 def sparse_coding_T15(checkpoint: str | None = None) -> Defense:
     """The shipped T=15 model (defenses/sparse_coding/weights/T15.pt)."""
     return sparse_coding(T=15, checkpoint=checkpoint)
+
+
+def sparse_coding_T20(checkpoint: str | None = None) -> Defense:
+    """T=20 (defenses/sparse_coding/weights/T20.pt: warm-started from T15.pt, see docs/sparse_coding.md)."""
+    return sparse_coding(T=20, checkpoint=checkpoint)
