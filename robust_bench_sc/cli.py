@@ -2,23 +2,242 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
+import traceback
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
+import click
 import typer
+import typer.core
+import typer.main
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Robustness benchmarks for image classifiers (sparse-coding frontend study).")
 console = Console()
 err = Console(stderr=True)
+_STATE = {"debug": bool(os.environ.get("SCBENCH_DEBUG"))}
 
 
 def _fail(msg: str, code: int = 2):
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _explain(exc: BaseException) -> str:
+    """One message for an exception that reached the command line. Our own errors say what
+    is wrong; anything else is shown with the innermost frame outside scbench and the
+    libraries (a plug-in's own code), else as an internal error."""
+    from robust_bench_sc.data import DataError
+    from robust_bench_sc.evaluate import DefenseOutputError
+    from robust_bench_sc.registry import RegistryError
+    from robust_bench_sc.regression import BaselineError
+    from robust_bench_sc.reports import ReportError
+    from robust_bench_sc.runner import RunError
+    from robust_bench_sc.storage import DamagedFileError, LockError
+    from robust_bench_sc.yamlio import ConfigError
+
+    ours = (ConfigError, RunError, RegistryError, DataError, ReportError, BaselineError, DefenseOutputError,
+            LockError, DamagedFileError)
+    if isinstance(exc, ours):
+        return str(exc)
+    if isinstance(exc, SyntaxError):  # a plug-in file that does not parse
+        return f"{exc.filename}, line {exc.lineno}: {type(exc).__name__}: {exc.msg}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    pkg = str(Path(__file__).resolve().parent) + os.sep
+    library = ("site-packages", "dist-packages", os.path.dirname(os.__file__))
+    plugin = [f for f in frames if not str(Path(f.filename).resolve()).startswith(pkg)
+              and not any(part in f.filename for part in library) and not f.filename.startswith("<frozen")]
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if plugin:
+        f = plugin[-1]
+        return (f"plug-in code raised {what}\n  at {f.filename}:{f.lineno}, in {f.name}: {(f.line or '').strip()}"
+                "\n  (--debug for the full traceback)")
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"internal error {what}{where}; rerun with --debug for the traceback"
+
+
+# typer (>= 0.2x) runs commands on its own copy of click: its exceptions are not click's
+_CLICK = getattr(typer.core, "_click", click)
+_PASS_THROUGH = (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort, SystemExit,
+                 *(getattr(_CLICK.exceptions, n) for n in ("ClickException", "Abort") if hasattr(_CLICK.exceptions, n)))
+_USAGE_ERRORS = (click.exceptions.UsageError, getattr(_CLICK.exceptions, "UsageError", click.exceptions.UsageError))
+
+
+def _handled(f):
+    """Every command: an error is one message with exit code 2 (``--debug``: the traceback too)."""
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except _PASS_THROUGH:
+            raise
+        except KeyboardInterrupt:
+            err.print("interrupted: what was recorded is kept; the same command resumes", highlight=False)
+            raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - the one place that turns errors into messages
+            if _STATE["debug"]:
+                traceback.print_exc()
+            _fail(_explain(exc))
+    return wrapper
+
+
+class _App(typer.Typer):
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+        return lambda f: (register(_handled(f)), f)[1]
+
+
+COMMANDS_GROUP = "robust_bench_sc.commands"
+
+
+def _command_entry_points() -> list:
+    """The entry points of command plug-ins (``[project.entry-points."robust_bench_sc.commands"]``)."""
+    from importlib.metadata import entry_points
+
+    return list(entry_points(group=COMMANDS_GROUP))
+
+
+def _plugin_command(ep):
+    """Load one command plug-in: its entry point names a function written as a typer command
+    (typer.Option/Argument defaults, a docstring); it runs wrapped like a built-in command."""
+    func = ep.load()
+    if not callable(func) or isinstance(func, type):
+        raise TypeError(f"{ep.value} is a {type(func).__name__}, not a command function")
+    sub = typer.Typer(add_completion=False)
+    sub.command(ep.name, rich_help_panel="Plug-in commands")(_handled(func))
+    cmd = typer.main.get_command(sub)
+    cmd.name = ep.name
+    return cmd
+
+
+class _Group(typer.core.TyperGroup):
+    """The built-in commands plus command plug-ins, each imported only when it runs or when
+    ``--help`` lists it. A plug-in that does not load is skipped with a warning naming it
+    (naming it on the command line is an error); the other commands are unaffected."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._plugins: dict[str, Any] | None = None  # name -> entry point, before loading
+        self._loaded: dict[str, Any] = {}  # name -> the loaded command
+        self._broken: dict[str, str] = {}  # name -> why it did not load (warned once)
+
+    def _plugin_entries(self) -> dict:
+        if self._plugins is None:
+            self._plugins = {}
+            for ep in _command_entry_points():
+                if ep.name in self.commands:
+                    self._warn(f"command plug-in {ep.name!r} ({ep.value}) has the name of a built-in command; ignored")
+                elif ep.name in self._plugins:
+                    self._warn(f"command plug-in {ep.name!r} ({ep.value}) is registered twice; "
+                               f"{self._plugins[ep.name].value} is used")
+                else:
+                    self._plugins[ep.name] = ep
+        return self._plugins
+
+    @staticmethod
+    def _warn(msg: str) -> None:
+        err.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+
+    def _load_plugin(self, name: str, warn: bool = True):
+        """The plug-in's command, or None when it does not load (with a warning if ``warn``)."""
+        if name in self._loaded or name in self._broken:
+            return self._loaded.get(name)
+        ep = self._plugin_entries()[name]
+        try:
+            self._loaded[name] = _plugin_command(ep)
+        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not break the other commands
+            if _STATE["debug"]:
+                traceback.print_exc()
+            what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            self._broken[name] = f"command plug-in {name!r} ({ep.value}) did not load: {what}"
+            if warn:
+                self._warn(self._broken[name] + "; skipped")
+            return None
+        return self._loaded[name]
+
+    def list_commands(self, ctx):
+        return list(super().list_commands(ctx)) + sorted(self._plugin_entries())
+
+    def get_command(self, ctx, cmd_name):
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None and cmd_name in self._plugin_entries():
+            cmd = self._load_plugin(cmd_name)
+        return cmd
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] in self._plugin_entries():
+            if self._load_plugin(args[0], warn=False) is None:
+                _fail(self._broken[args[0]])
+        try:
+            return super().resolve_command(ctx, args)
+        except _USAGE_ERRORS as exc:  # typer suggests built-in names only
+            if args and "Did you mean" not in exc.message:
+                import difflib
+
+                close = difflib.get_close_matches(args[0], list(self._plugin_entries()))
+                if close:
+                    exc.message = f"{exc.message.rstrip('.')}. Did you mean {', '.join(repr(c) for c in close)}?"
+            raise
+
+
+app = _App(cls=_Group, add_completion=False, no_args_is_help=True,
+           help="Robustness benchmarks for image classifiers (sparse-coding frontend study).")
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="print the traceback of an error too (or set SCBENCH_DEBUG=1)")):
+    """Robustness benchmarks for image classifiers (sparse-coding frontend study)."""
+    _STATE["debug"] = debug or bool(os.environ.get("SCBENCH_DEBUG"))
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        _fail(f"--device {device}: allowed values are cpu, cuda, cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        _fail(f"--device {device}: no CUDA device is available here")
+
+
+def _check_out_folder(path: Path, own: set[str] | None) -> None:
+    """Before any compute: ``path`` is (or can become) a writable folder (holding only files
+    named in ``own``, unless that is None)."""
+    if path.exists() and not path.is_dir():
+        _fail(f"--out {path}: is a file, not a folder")
+    if path.is_dir():
+        foreign = sorted(p.name for p in path.iterdir() if p.name not in own and not p.name.endswith(".tmp"))
+        if foreign and own is not None:
+            _fail(f"--out {path}: holds files this command did not write ({', '.join(foreign[:5])}); choose a new or empty folder")
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        _fail(f"--out {path}: {probe} is not writable")
+
+
+def _fresh_dir(base: Path) -> Path:
+    import datetime as _dt
+
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    cand, k = base / stamp, 1
+    while cand.exists():
+        cand, k = base / f"{stamp}-{k}", k + 1
+    return cand
+
+
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        _fail(f"--threads {threads}: must be a whole number >= 1")
 
 
 def _load(suite: Path, set_: list[str] | None, profile: str | None, n_images: int | None, seed: int | None):
@@ -47,8 +266,8 @@ def run(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads of the local executor (default: torch's); no effect on the numbers"),
 ):
     """Run every defense of SUITE through every threat model; write tables and per-sample records."""
-    import os
-
+    _check_threads(threads)
+    _check_device(device)
     if threads:
         import torch
 
@@ -57,21 +276,13 @@ def run(
     if data_dir:
         os.environ["SCBENCH_DATA"] = str(data_dir)
     cfg = _load(suite, set_, profile, n_images, seed)
-    from robust_bench_sc.data import DataError
-    from robust_bench_sc.registry import RegistryError
-    from robust_bench_sc.runner import RunError, make_executor, run_suite
+    from robust_bench_sc.runner import make_executor, run_suite
 
-    if device == "cuda":
-        import torch
+    ex = make_executor(executor, device, address=ray_address) if executor != "local" else None
+    outcome = run_suite(cfg, out=out, device=device, executor=ex, command=sys.argv, show_progress=not quiet)
+    from robust_bench_sc.storage import RunDir
 
-        if not torch.cuda.is_available():
-            _fail("--device cuda: no CUDA device is available here")
-    try:
-        ex = make_executor(executor, device, address=ray_address) if executor != "local" else None
-        outcome = run_suite(cfg, out=out, device=device, executor=ex, command=sys.argv, show_progress=not quiet)
-    except (RunError, RegistryError, DataError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc), 1)
-    console.print((outcome.run_dir / "summary.md").read_text(), highlight=False)
+    console.print(RunDir(outcome.run_dir).read_summary_md(), highlight=False)
     if cfg.profile:
         console.print(f"[yellow]Reduced profile '{cfg.profile}': numbers are not the faithful setting; "
                       f"run `scbench run {suite}` without --profile for that.[/]")
@@ -82,9 +293,13 @@ def run(
 def validate(suite: Path = typer.Argument(..., help="suite YAML file"),
              set_: Optional[list[str]] = typer.Option(None, "--set", help="key=value overrides to check too"),
              profile: Optional[str] = typer.Option(None, "--profile")):
-    """Check a suite (and the threat models it names) without running it."""
+    """Check a suite without running it: everything `run` checks before computing (threat models,
+    nested ones too; defenses load with their parameters; BPDA names; attack backends)."""
     cfg = _load(suite, set_, profile, None, None)
     from robust_bench_sc.plan import plan_jobs
+    from robust_bench_sc.runner import preflight
+
+    fingerprints = preflight(cfg)
 
     table = Table(title=f"{cfg.name}: {len(plan_jobs(cfg))} jobs on the first {cfg.data.n_images} CIFAR-10 test images")
     for col in ("threat model", "attack", "backend", "norm", "ε", "bpda"):
@@ -93,7 +308,7 @@ def validate(suite: Path = typer.Argument(..., help="suite YAML file"),
         eps = t.epsilon_value
         table.add_row(t.name, t.kind, t.backend, t.norm_name or "—", "" if eps is None else f"{eps:.6g}", t.bpda or "—")
     console.print(table)
-    console.print("defenses: " + ", ".join(d.label for d in cfg.defenses))
+    console.print("defenses (weight fingerprint): " + ", ".join(f"{d.label} ({fingerprints[d.label]})" for d in cfg.defenses))
     console.print(f"[green]ok[/] suite hash {cfg.content_hash()}")
 
 
@@ -120,8 +335,14 @@ def threat_models():
     table = Table(title=f"threat models in {ATTACK_SUITES_DIR}")
     for col in ("name", "attack", "backend", "norm", "ε"):
         table.add_column(col)
+    from robust_bench_sc.yamlio import ConfigError
+
     for p in sorted(ATTACK_SUITES_DIR.glob("*.yaml")):
-        t = load_threat_model_file(p)
+        try:
+            t = load_threat_model_file(p)
+        except ConfigError as exc:  # one bad file does not hide the others
+            err.print(f"[yellow]warning:[/] skipped {escape(str(exc))}", highlight=False, soft_wrap=True)
+            continue
         eps = t.epsilon_value
         table.add_row(p.stem, t.kind, t.backend, t.norm_name or "—", "" if eps is None else f"{eps:.6g}")
     console.print(table)
@@ -135,14 +356,15 @@ def report(
     out: Optional[Path] = typer.Option(None, "--out", help="write here instead of printing"),
     paper: bool = typer.Option(False, "--paper", help="show the paper's numbers (full test set) beside ours"),
     plots: Optional[Path] = typer.Option(None, "--plots", help="folder for PNG+PDF plots (default: <out>_plots/ with md)"),
+    embed: bool = typer.Option(False, "--embed", help="md: headings two levels down, for a section of another document"),
 ):
     """Comparison tables of one or more runs: defenses × threat models, n and 95% Wilson CIs."""
     from robust_bench_sc.reports import ReportError, render
 
     try:
-        text = render(run_dirs, fmt, paper=paper, out=out, plots_dir=plots)
+        text = render(run_dirs, fmt, paper=paper, out=out, plots_dir=plots, embed=embed)
     except ReportError as exc:
-        _fail(str(exc), 1)
+        _fail(str(exc))
     if out is None:
         sys.stdout.write(text)
     else:
@@ -157,18 +379,30 @@ def check(
     alpha: float = typer.Option(0.01, "--alpha", help="significance level of the McNemar / two-proportion test"),
     norm_tolerance: float = typer.Option(0.05, "--norm-tolerance", help="allowed relative change of mean ‖e‖₂"),
     update: bool = typer.Option(False, "--update", help="(re)write the baseline from this run"),
+    force: bool = typer.Option(False, "--force", help="with --update: replace a baseline of another suite (or a damaged one)"),
 ):
     """Compare a run with a committed baseline; exit 1 when a number moved or a pair disappeared."""
-    from robust_bench_sc.regression import BaselineError, baseline_from_run, check_run, format_result, write_baseline
+    from robust_bench_sc.regression import (BaselineError, baseline_from_run, check_run, compare, format_result,
+                                            read_baseline, write_baseline)
     from robust_bench_sc.reports import ReportError
 
     try:
         if update:
-            if baseline.is_file():
-                res = check_run(run_dir, baseline, tolerance, alpha, norm_tolerance)
-                print(format_result(res, run_dir, baseline, tolerance, alpha))
             new = baseline_from_run(run_dir)
-            if baseline.is_file() and not res.changes and not res.new_pairs and not res.warnings:
+            old = None
+            if baseline.exists():
+                try:
+                    old = read_baseline(baseline)
+                except BaselineError as exc:
+                    if not force:
+                        raise BaselineError(f"{exc}; --update --force replaces it") from None
+                if old is not None and old.get("suite") != new.get("suite") and not force:
+                    raise BaselineError(f"baseline {baseline} is of suite {old.get('suite')!r}, this run of "
+                                        f"{new.get('suite')!r}; --update --force replaces it")
+            if old is not None:
+                res = compare(old, new, tolerance, alpha, norm_tolerance)
+                print(format_result(res, run_dir, baseline, tolerance, alpha))
+            if old is not None and not res.changes and not res.new_pairs and not res.warnings:
                 print(f"baseline unchanged (same numbers and bits): {baseline}")  # no churn in git
                 return
             write_baseline(baseline, new)
@@ -186,7 +420,7 @@ def check(
 def diagnose(
     defense: str = typer.Argument(..., help="defense name, 'module:attr' or 'path/to/file.py:attr'"),
     n_images: int = typer.Option(50, "--n-images", help="first N CIFAR-10 test images"),
-    out: Optional[Path] = typer.Option(None, "--out", help="folder for diagnostics.json/.md (default results/diagnostics/<defense>)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for diagnostics.json/.md (default results/diagnose/<defense>/<timestamp>; the committed reports in results/diagnostics/ are never overwritten unless named here)"),
     bpda: Optional[str] = typer.Option(None, "--bpda", help="BPDA stand-in to compare with (default: the defense's default, else identity)"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
@@ -203,8 +437,14 @@ def diagnose(
     noise_draws: int = typer.Option(10, "--noise-draws"),
     eot: int = typer.Option(5, "--eot", help="EOT passes for randomised defenses"),
     skip: Optional[list[str]] = typer.Option(None, "--skip", help="indicator to skip (repeatable)"),
+    active: bool = typer.Option(False, "--active", help="run the binarization test (Zimmermann et al. 2022) instead of the passive indicators; --n-images then counts correctly classified images"),
+    threat: Optional[str] = typer.Option(None, "--threat", help="--active: threat model to test (name in attack_suites/ or a YAML file; default: the plain PGD of --norm/--eps/--steps/--restarts)"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="--active: threat-model field override key=value (repeatable), e.g. restarts=10"),
+    inner: int = typer.Option(99, "--inner", help="--active: inner points per image"),
+    threshold: float = typer.Option(0.95, "--threshold", help="--active: pass rate below which the evaluation fails the test"),
 ):
-    """Gradient-masking / attack-failure indicators for DEFENSE and a one-line verdict."""
+    """Gradient-masking / attack-failure indicators for DEFENSE and a one-line verdict
+    (``--active``: the binarization test of one threat model)."""
     import time as _time
 
     from robust_bench_sc.diagnostics import INDICATORS, DiagnosticsConfig, diagnose as _diagnose, save_report
@@ -213,11 +453,15 @@ def diagnose(
     from robust_bench_sc.storage import safe_name
     from robust_bench_sc.threat_models import parse_number
 
-    if device == "cuda":
-        import torch
+    from robust_bench_sc.data import N_TEST_AVAILABLE
 
-        if not torch.cuda.is_available():
-            _fail("--device cuda: no CUDA device is available here")
+    _check_device(device)
+    if not 1 <= n_images <= N_TEST_AVAILABLE:
+        _fail(f"--n-images {n_images}: must be in 1..{N_TEST_AVAILABLE} (the first {N_TEST_AVAILABLE} CIFAR-10 test images exist here)")
+    if active:
+        return _diagnose_active(defense, n_images, out, bpda, seed, device, norm, epsilon, steps, restarts, threat,
+                                set_ or [], inner, threshold)
+    _check_out_folder(out or Path("results") / "diagnose", {"diagnostics.json", "diagnostics.md"} if out else None)
     unknown = [s for s in skip or [] if s not in INDICATORS]
     if unknown:
         _fail(f"--skip: unknown indicator(s) {', '.join(unknown)}; known: {', '.join(INDICATORS.names())}")
@@ -238,7 +482,7 @@ def diagnose(
         with console.status("diagnosing") as status:
             rep = _diagnose(d, cfg, log=lambda s: status.update(f"{d.name}: {s}"))
     except (RegistryError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc), 1)
+        _fail(str(exc))
     table = Table(title=f"diagnostics: {rep.defense} (first {rep.n_images} CIFAR-10 test images; clean "
                         f"{100 * rep.clean_accuracy:.1f}%, plain PGD-{steps} {100 * rep.plain_robust_accuracy:.1f}%)")
     for col in ("indicator", "status", "evidence"):
@@ -249,9 +493,46 @@ def diagnose(
     console.print(table)
     code_colour = "green" if rep.verdict_code == "trustworthy" else "yellow" if "warn" in rep.verdict_code else "bold red"
     console.print(f"[{code_colour}]verdict:[/] {rep.verdict}", highlight=False)
-    out_dir = out or Path("results") / "diagnostics" / safe_name(rep.defense)
+    out_dir = out or _fresh_dir(Path("results") / "diagnose" / safe_name(rep.defense))
     j, m = save_report(rep, out_dir)
     console.print(f"wall time {_time.perf_counter() - t0:.0f} s; wrote {j} and {m}")
+
+
+def _diagnose_active(defense, n_images, out, bpda, seed, device, norm, epsilon, steps, restarts, threat, sets,
+                     inner, threshold):
+    """``scbench diagnose --active``: the binarization test (robust_bench_sc/binarization.py)."""
+    import time as _time
+
+    from robust_bench_sc.binarization import (BinarizationConfig, NotApplicable, binarization_test, resolve_threat,
+                                              save_report)
+    from robust_bench_sc.plugins import build_defense
+    from robust_bench_sc.registry import RegistryError
+    from robust_bench_sc.storage import safe_name
+    from robust_bench_sc.yamlio import ConfigError
+
+    if out is not None:
+        _check_out_folder(out, {"binarization.json", "binarization.md", "COMMAND.md"})
+    try:
+        tm = resolve_threat(threat, sets, norm=norm, epsilon=epsilon, steps=steps, restarts=restarts, bpda=bpda)
+        d = build_defense(defense)
+        if tm.bpda not in (None, "auto") and tm.bpda not in d.bpda_names():
+            _fail(f"bpda {tm.bpda!r}: defense {d.name!r} offers {', '.join(d.bpda_names()) or 'no stand-ins (no preprocess)'}")
+        cfg = BinarizationConfig(n_samples=n_images, n_inner=inner, pass_threshold=threshold, seed=seed, device=device)
+        t0 = _time.perf_counter()
+        with console.status("binarization test") as status:
+            rep = binarization_test(d, tm, cfg, log=lambda s: status.update(f"{d.name}: {s}"))
+    except NotApplicable as exc:
+        console.print(f"[yellow]not applicable:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(3)
+    except (ConfigError, RegistryError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc), 1)
+    colour = {"pass": "green", "fail": "bold red", "not_applicable": "yellow"}[rep.status]
+    console.print(f"[{colour}]binarization test {rep.status}:[/] {escape(rep.evidence)}", highlight=False, soft_wrap=True)
+    out_dir = out or _fresh_dir(Path("results") / "diagnose" / safe_name(rep.defense))
+    j, m = save_report(rep, out_dir)
+    console.print(f"wall time {_time.perf_counter() - t0:.0f} s; wrote {j} and {m}")
+    if rep.status == "fail":
+        raise typer.Exit(4)
 
 
 @app.command()
@@ -315,29 +596,10 @@ def train(
     console.print(f"last evaluation: {row}")
 
 
-@app.command("learn-dictionary")
-def learn_dictionary(
-    out: Path = typer.Option(..., "--out", help="output .npz (key atoms, (L, 48), unit-norm rows)"),
-    n_iter: Optional[int] = typer.Option(None, "--n-iter", help="mini-batch updates (default: the reference's 1000)"),
-    n_patches: int = typer.Option(200_000, "--n-patches", help="training patches sampled"),
-    seed: int = typer.Option(0, "--seed"),
-):
-    """Learn a patch dictionary with MiniBatchDictionaryLearning (reference parameters); the shipped defense uses the reference dictionary."""
-    from defenses.sparse_coding.dictionary import learn_dictionary as learn
-
-    console.print(f"wrote {learn(out, n_iter=n_iter, n_patches=n_patches, seed=seed, log=console.print)}")
-
-
-@app.command()
-def figures(out: Path = typer.Option(..., "--out", help="folder for the PNGs")):
-    """Paper Fig. 1a (coefficient histograms) and Fig. 3 (activation and its smooth backward approximations)."""
-    from defenses.sparse_coding.figures import make_figures
-
-    for p in make_figures(out):
-        console.print(f"wrote {p}")
-
-
 def main():
+    if "--debug" in sys.argv[1:]:  # accepted anywhere on the line, not only before the command
+        sys.argv.remove("--debug")
+        os.environ["SCBENCH_DEBUG"] = "1"
     app()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -38,10 +38,20 @@ class DefenseSpec(BaseModel):
     ref: str
     name: str = ""
     params: dict[str, Any] = Field(default_factory=dict)
+    threat_models: list[str] | None = Field(None, description="run only these of the suite's threat models on "
+                                            "this defense (names; default: all)")
 
     @property
     def label(self) -> str:
         return self.name or self.ref
+
+    def dump(self) -> dict[str, Any]:
+        """The resolved form; ``threat_models`` only when set, so suites without it keep
+        their content hash and job hashes."""
+        return self.model_dump(exclude={"threat_models"} if self.threat_models is None else None)
+
+    def runs(self, threat: str) -> bool:
+        return self.threat_models is None or threat in self.threat_models
 
 
 class Profile(BaseModel):
@@ -72,7 +82,11 @@ class SuiteConfig(BaseModel):
     defenses: list[DefenseSpec] = Field(min_length=1)
     threat_models: list[ThreatModel] = Field(min_length=1)
     profiles: dict[str, Profile] = Field(default_factory=dict)
-    diagnostics: bool = False
+    # true: passive indicators per defense; "active": the binarization test per (defense, threat model);
+    # "all": both (robust_bench_sc/diagnostics.py: run_suite_diagnostics)
+    diagnostics: bool | Literal["active", "all"] = False
+    worst_case_over: list[str] = Field(default_factory=list, description="threat models of the per-sample 'worst case' "
+                                       "column (robust only if robust under all); see summary.resolve_worst_case")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)  # not in resolved(): no effect on numbers
     profile: str | None = None
     overrides: list[str] = Field(default_factory=list)
@@ -91,11 +105,13 @@ class SuiteConfig(BaseModel):
             "description": self.description,
             "seed": self.seed,
             "data": self.data.model_dump(),
-            "defenses": [d.model_dump() for d in self.defenses],
+            "defenses": [d.dump() for d in self.defenses],
             "threat_models": [t.model_dump() for t in self.threat_models],
             "diagnostics": self.diagnostics,
             "profile": self.profile,
             "overrides": list(self.overrides),
+            # only when declared: suites without it keep their content hash
+            **({"worst_case_over": list(self.worst_case_over)} if self.worst_case_over else {}),
         }
 
     def content_hash(self) -> str:
@@ -114,18 +130,31 @@ class SuiteConfig(BaseModel):
 
 # -- errors -----------------------------------------------------------------------------
 
-def _format_validation(exc: ValidationError, source: str, data: Any, prefix: tuple = (), cls=None) -> str:
+def _format_validation(exc: ValidationError, source: str, data: Any, prefix: tuple = (), cls=None,
+                       blame: dict[str, str] | None = None) -> str:
+    """One line per pydantic error: ``source, line N: dotted.key: message``.
+
+    ``data``: the YAML as loaded with line numbers (:func:`line_of`); ``prefix``: where the
+    validated mapping sits in its file (the line is looked up without it); ``cls``: the
+    model whose keys an unknown key is checked against, or a function of the error's
+    location returning it (None: pydantic's own message); ``blame``: dotted key (or a parent
+    of it) → the option that set the value, named instead of the file (the key is then
+    given without ``prefix``)."""
     lines = []
     for err in exc.errors():
-        loc = tuple(prefix) + tuple(err["loc"])
-        line = line_of(data, tuple(err["loc"])) if data is not None else None
+        loc = tuple(err["loc"])
+        line = line_of(data, loc) if data is not None else None
         where = f"{source}" + (f", line {line}" if line else "")
-        key = ".".join(str(p) for p in loc) or "(top level)"
+        key = ".".join(str(p) for p in tuple(prefix) + loc) or "(top level)"
+        dotted = [".".join(str(p) for p in loc[:k]) for k in range(len(loc), 0, -1)]
+        setter = next((blame[d] for d in dotted if blame and d in blame), None)
+        if setter is not None:  # the value came from an option
+            where, key = setter, dotted[0]
         msg = err["msg"]
-        if err["type"] == "extra_forbidden" and cls is not None:
-            bad = str(err["loc"][-1])
-            allowed = sorted(cls.model_fields)
-            msg = f"unknown key{did_you_mean(bad, allowed)}; allowed keys: {', '.join(allowed)}"
+        model = cls(loc) if callable(cls) and not isinstance(cls, type) else cls
+        if err["type"] == "extra_forbidden" and model is not None:
+            allowed = sorted(model.model_fields)
+            msg = f"unknown key{did_you_mean(str(loc[-1]), allowed)}; allowed keys: {', '.join(allowed)}"
         elif err["type"] == "literal_error":
             msg = f"{msg} (got {err.get('input')!r})"
         lines.append(f"{where}: {key}: {msg}")
@@ -152,8 +181,9 @@ def _find_threat_file(name: str, search: list[Path]) -> Path:
 
 
 def validate_threat_model(raw: Any, source: str, lined: Any = None, default_name: str = "",
-                          prefix: tuple = ()) -> ThreatModel:
-    """Validate one threat-model mapping; errors name ``source`` and the line."""
+                          prefix: tuple = (), blame: dict[str, str] | None = None) -> ThreatModel:
+    """Validate one threat-model mapping; errors name ``source`` and the line (or, for a
+    field in ``blame``, the option that set it, e.g. ``--set steps=0``)."""
     where = lambda key: (f"{source}, line {line_of(lined, (key,))}" if lined is not None and line_of(lined, (key,)) else source)  # noqa: E731
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a threat model must be a mapping, got {type(raw).__name__}")
@@ -172,7 +202,65 @@ def validate_threat_model(raw: Any, source: str, lined: Any = None, default_name
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(exc, source, lined, prefix, cls)) from None
+        raise ConfigError(_format_validation(exc, source, lined, prefix, cls, blame)) from None
+    except (ArithmeticError, OverflowError) as exc:  # a validator's arithmetic on a bad value
+        raise ConfigError(f"{where(None)}: {'.'.join(map(str, prefix)) or 'threat model'}: {exc}") from None
+
+
+def worst_case_members(threat: ThreatModel) -> list[dict[str, Any]]:
+    """The member mappings of a ``worst_case`` threat model, as the engine runs them: each
+    named ``NAME[j]`` unless it has a name, inheriting the parent's non-default bpda, eot,
+    recheck and batch_size."""
+    out = []
+    for j, raw in enumerate(getattr(threat, "attacks", [])):
+        d = dict(raw)
+        d.setdefault("name", f"{threat.name}[{j}]")
+        for k in ("bpda", "eot", "recheck", "batch_size"):
+            if k not in d and getattr(threat, k) != type(threat).model_fields[k].default:
+                d[k] = getattr(threat, k)
+        out.append(d)
+    return out
+
+
+def transfer_craft(threat: ThreatModel) -> dict[str, Any]:
+    """The ``craft`` mapping of a ``transfer`` threat model, as the engine runs it."""
+    craft = dict(threat.craft)
+    craft.setdefault("name", f"{threat.name}/craft")
+    craft.setdefault("batch_size", threat.batch_size)
+    if threat.source_bpda is not None:
+        craft.setdefault("bpda", threat.source_bpda)
+    if craft.get("attack") == "pgd":
+        # the source's first adversarial iterate transfers far worse than the last iterate
+        # (measured: +10 of 60 images robust on trades), so crafting runs every step unless
+        # the craft asks for keep_adversarial_iterate (and with it, compaction)
+        craft.setdefault("keep_adversarial_iterate", False)
+    return craft
+
+
+def nested_threat_models(threat: ThreatModel, source: str = "", lined: Any = None,
+                         prefix: tuple = ()) -> list[ThreatModel]:
+    """Every threat model nested in ``threat`` (worst_case members, transfer craft, recursively),
+    validated; errors name ``source`` and the line of the nested entry."""
+    source = source or f"threat model {threat.name!r}"
+    out: list[ThreatModel] = []
+    if threat.kind == "worst_case":
+        items = [(("attacks", j), d) for j, d in enumerate(worst_case_members(threat))]
+    elif threat.kind == "transfer":
+        items = [(("craft",), transfer_craft(threat))]
+    else:
+        return out
+    for path, d in items:
+        node = lined
+        for part in path:
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+        sub = validate_threat_model(d, source, node if isinstance(node, dict) else None,
+                                    default_name=d.get("name", ""), prefix=tuple(prefix) + path)
+        out.append(sub)
+        out.extend(nested_threat_models(sub, source, node, tuple(prefix) + path))
+    return out
 
 
 def load_threat_model_file(path: Path) -> ThreatModel:
@@ -192,9 +280,13 @@ def parse_set(items: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def _apply_threat_overrides(tms: list[dict], sets: list[tuple[str, Any]], source: str) -> None:
+def _apply_threat_overrides(tms: list[dict], sets: list[tuple[str, Any]], source: str,
+                            labels: list[str] | None = None) -> list[dict[str, str]]:
+    """Apply threat-model overrides; returns, per threat model, field → the option that set it."""
     names = [t["name"] for t in tms]
-    for key, value in sets:
+    blame: list[dict[str, str]] = [{} for _ in tms]
+    labels = labels or [f"--set {k}={v}" for k, v in sets]
+    for (key, value), label in zip(sets, labels):
         if key in ("n_images", "seed", "chunk_size") or key.startswith("data."):
             continue
         target, dot, field = key.rpartition(".")
@@ -205,11 +297,13 @@ def _apply_threat_overrides(tms: list[dict], sets: list[tuple[str, Any]], source
             cls = THREAT_MODELS.get(t.get("attack", ""))
             if cls is not None and field in cls.model_fields and field not in ("name", "attack"):
                 t[field] = value
+                blame[tms.index(t)][field] = label
                 hit = True
         if not hit:
             if dot and target not in names:
                 raise ConfigError(f"--set {key}: no threat model named {target!r}{did_you_mean(target, names)}; threat models: {', '.join(names)}")
             raise ConfigError(f"--set {key}: no threat model of {source} has a field {field!r}")
+    return blame
 
 
 # -- suites -----------------------------------------------------------------------------
@@ -233,6 +327,8 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
     data.setdefault("name", path.stem)
     data.setdefault("data", {})
     sets = parse_set(overrides or [])
+    labels = [f"--set {item}" for item in overrides or []]
+    top_blame: dict[str, str] = {}  # suite field → the option (or profile) that set it
 
     profiles_raw = data.get("profiles") or {}
     if profile is not None:
@@ -241,19 +337,28 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
         prof = profiles_raw[profile] or {}
         if prof.get("n_images") is not None:
             data["data"]["n_images"] = prof["n_images"]
-        sets = parse_set([f"{k}={json.dumps(v)}" for k, v in (prof.get("set") or {}).items()]) + sets
+        prof_sets = (prof.get("set") or {}).items()
+        sets = parse_set([f"{k}={json.dumps(v)}" for k, v in prof_sets]) + sets
+        labels = [f"{source}: profile {profile!r}: set.{k}" for k, _ in prof_sets] + labels
+        if prof.get("n_images") is not None:
+            top_blame["data.n_images"] = f"{source}: profile {profile!r}: n_images"
 
-    for key, value in sets:
+    for (key, value), label in zip(sets, labels):
         if key in ("n_images", "data.n_images"):
             data["data"]["n_images"] = value
+            top_blame["data.n_images"] = label
         elif key in ("chunk_size", "data.chunk_size"):
             data["data"]["chunk_size"] = value
+            top_blame["data.chunk_size"] = label
         elif key == "seed":
             data["seed"] = value
+            top_blame["seed"] = label
     if n_images is not None:
         data["data"]["n_images"] = n_images
+        top_blame["data.n_images"] = f"--n-images {n_images}"
     if seed is not None:
         data["seed"] = seed
+        top_blame["seed"] = f"--seed {seed}"
 
     search = [path.resolve().parent.parent / "attack_suites", ATTACK_SUITES_DIR, path.resolve().parent]
     tms_raw = raw.get("threat_models")
@@ -289,12 +394,15 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
             origins.append((source, entry))
         else:
             raise ConfigError(f"{source}: threat_models[{i}]: expected a name or a mapping, got {entry!r}")
-    _apply_threat_overrides(resolved, sets, source)
+    blames = _apply_threat_overrides(resolved, sets, source, labels)
 
     tms = []
     for i, (d, (src, lined)) in enumerate(zip(resolved, origins)):
         default = d.get("name") or d.get("attack", f"tm{i}")
-        tms.append(validate_threat_model(d, src, lined, default_name=default, prefix=() if src != source else ("threat_models", i)))
+        prefix = () if src != source else ("threat_models", i)
+        tm = validate_threat_model(d, src, lined, default_name=default, prefix=prefix, blame=blames[i])
+        nested_threat_models(tm, src, lined, prefix)  # worst_case members, transfer craft: checked now
+        tms.append(tm)
     names = [t.name for t in tms]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -306,24 +414,20 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
     try:
         suite = SuiteConfig.model_validate(data)
     except ValidationError as exc:
-        cls_by_loc = {"data": DataConfig, "resources": ResourcesConfig}
-        msgs = []
-        for err in exc.errors():
-            loc = err["loc"]
-            line = line_of(raw, loc)
-            cls = cls_by_loc.get(loc[0]) if loc else None
-            if err["type"] == "extra_forbidden" and loc and loc[0] == "defenses":
-                cls = DefenseSpec
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden" and cls is not None:
-                allowed = sorted(cls.model_fields)
-                msg = f"unknown key{did_you_mean(str(loc[-1]), allowed)}; allowed keys: {', '.join(allowed)}"
-            msgs.append(f"{source}" + (f", line {line}" if line else "") + f": {'.'.join(map(str, loc))}: {msg}")
-        raise ConfigError("\n".join(msgs)) from None
+        section = {"data": DataConfig, "resources": ResourcesConfig, "defenses": DefenseSpec}
+        raise ConfigError(_format_validation(exc, source, raw, cls=lambda loc: section.get(loc[0]) if loc else None,
+                                             blame=top_blame)) from None
     labels = [d.label for d in suite.defenses]
     dup = {n for n in labels if labels.count(n) > 1}
     if dup:
         raise ConfigError(f"{source}: defense names must be unique; repeated: {', '.join(sorted(dup))} (give each a 'name')")
+    for i, d in enumerate(suite.defenses):
+        unknown = [k for k in d.threat_models or [] if k not in names]
+        if unknown:
+            line = line_of(raw, ("defenses", i, "threat_models"))
+            raise ConfigError(f"{source}" + (f", line {line}" if line else "") + f": defenses[{i}] ({d.label}): "
+                              f"threat_models {', '.join(unknown)} not in the suite{did_you_mean(unknown[0], names)}; "
+                              f"suite threat_models: {', '.join(names)}")
     if profile is not None:  # a profile may run a subset of the rows / columns
         prof = suite.profiles[profile]
         for field, have, label_of in (("defenses", labels, lambda d: d.label), ("threat_models", names, lambda t: t.name)):
@@ -335,4 +439,6 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
                 raise ConfigError(f"{source}: profile {profile!r}: {field} {', '.join(unknown)} not in the suite"
                                   f"{did_you_mean(unknown[0], have)}; suite {field}: {', '.join(have)}")
             suite = suite.model_copy(update={field: [x for x in getattr(suite, field) if label_of(x) in keep]})
-    return suite
+    from robust_bench_sc.summary import resolve_worst_case  # validated against every threat model, then profiled
+
+    return resolve_worst_case(suite, tms, raw, source)

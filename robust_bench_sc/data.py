@@ -17,7 +17,7 @@ from robust_bench_sc.paths import data_dir
 TEST_FILE = "test_first1000.npz"
 TRAIN_FILES = tuple(f"train_{i}.npz" for i in range(5))
 N_TEST_AVAILABLE = 1000
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+N_CLASSES = 10  # CIFAR-10: a defense returns one logit per class
 
 
 class DataError(RuntimeError):

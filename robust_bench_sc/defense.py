@@ -9,7 +9,7 @@ pass is always the exact defense.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -45,9 +45,19 @@ class Defense:
     classifier: nn.Module mapping images in ``input_range`` to logits.
     preprocess: optional nn.Module applied first (may be non-differentiable).
     bpda: approximation name → differentiable stand-in for ``preprocess`` (backward only).
-        ``identity`` is always available when there is a preprocess.
+        ``identity`` is always available when there is a preprocess. A stand-in module whose
+        forward value is *bitwise* ``preprocess(x)`` for every x (deterministic, same dtype) may
+        say so with the class or instance attribute ``exact_forward = True``: attacks then run
+        the stand-in alone with autograd (one forward + backward per step) instead of the exact
+        forward plus the stand-in's forward and backward. Without it (the default) the exact
+        forward gives the values and the stand-in only the backward (``bpda_apply``).
     capabilities: see :class:`Capabilities`.
     description: one line for ``scbench defenses``.
+    features, readout: optional split of ``classifier`` for the binarization test
+        (``robust_bench_sc.binarization``): ``classifier(h) == readout(features(h))`` with
+        ``readout`` an ``nn.Linear``. Leave both None when the classifier's last executed
+        ``nn.Linear`` is its final operation (ResNet-32 and every bundled defense): the split
+        is then found by :meth:`feature_split`. A defense with neither gets "not applicable".
     """
 
     name: str
@@ -56,6 +66,8 @@ class Defense:
     bpda: Mapping[str, nn.Module] = field(default_factory=dict)
     capabilities: Capabilities = field(default_factory=Capabilities)
     description: str = ""
+    features: nn.Module | None = None
+    readout: nn.Linear | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.classifier, nn.Module):
@@ -67,6 +79,12 @@ class Defense:
         for key, module in self.bpda.items():
             if not isinstance(module, nn.Module):
                 raise TypeError(f"defense {self.name!r}: bpda[{key!r}] must be an nn.Module")
+        if (self.features is None) != (self.readout is None):
+            raise ValueError(f"defense {self.name!r}: give both features and readout, or neither")
+        if self.features is not None and not isinstance(self.features, nn.Module):
+            raise TypeError(f"defense {self.name!r}: features must be an nn.Module")
+        if self.readout is not None and not isinstance(self.readout, nn.Linear):
+            raise TypeError(f"defense {self.name!r}: readout must be an nn.Linear")
 
     # -- evaluation -----------------------------------------------------------------
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,7 +110,17 @@ class Defense:
         raise ValueError(f"defense {self.name!r} offers BPDA stand-ins {self.bpda_names()}, not {name!r}")
 
     def modules(self) -> list[nn.Module]:
-        return [m for m in (self.classifier, self.preprocess, *self.bpda.values()) if m is not None]
+        return [m for m in (self.classifier, self.preprocess, *self.bpda.values(), self.features, self.readout)
+                if m is not None]
+
+    def feature_split(self, probe: torch.Tensor) -> "FeatureSplit":
+        """``classifier`` as features (everything up to its last linear layer) + readout.
+
+        ``probe``: a classifier input (``preprocess(x)`` for a few images) on which the
+        split is verified: ``readout(features(probe))`` must reproduce ``classifier(probe)``.
+        Raises :class:`NoFeatureSplit` (one line, why) when the defense cannot be split.
+        """
+        return FeatureSplit.of(self, probe)
 
     def fingerprint(self) -> str:
         """Hash of every parameter and buffer (classifier, preprocess, stand-ins): records
@@ -125,6 +153,103 @@ class Defense:
     def attack_model(self, bpda: str | None = None, eot: int = 1) -> nn.Module:
         """The nn.Module that attacks differentiate: exact forward, chosen backward."""
         return AttackModel(self, bpda=bpda, eot=eot)
+
+
+class NoFeatureSplit(ValueError):
+    """The defense exposes no features / linear readout split (binarization test: not applicable)."""
+
+
+class FeatureSplit:
+    """``classifier == readout ∘ features`` with a linear ``readout``.
+
+    ``features(h)``: the readout's input for classifier inputs ``h`` (flattened to N × d).
+    ``with_readout(linear)``: a new classifier module, the same features followed by
+    ``linear`` instead of the readout (the original modules are shared, not copied, and
+    are left unchanged).
+    """
+
+    def __init__(self, defense: "Defense", readout: nn.Linear, features: nn.Module | None):
+        self.defense, self.readout, self._features = defense, readout, features
+
+    @property
+    def dim(self) -> int:
+        return int(self.readout.in_features)
+
+    @classmethod
+    def of(cls, defense: "Defense", probe: torch.Tensor) -> "FeatureSplit":
+        name = defense.name
+        if defense.features is not None:
+            split = cls(defense, defense.readout, defense.features)
+            how = "the declared features/readout"
+        else:
+            linears = [m for m in defense.classifier.modules() if isinstance(m, nn.Linear)]
+            if not linears:
+                raise NoFeatureSplit(f"defense {name!r}: its classifier has no nn.Linear and it declares no "
+                                     f"features/readout split (Defense(features=..., readout=...)), so there is no "
+                                     f"last linear layer to replace")
+            order: list[nn.Linear] = []
+            handles = [m.register_forward_hook(lambda mod, i, o: order.append(mod)) for m in linears]
+            try:
+                with torch.no_grad():
+                    defense.classifier(probe)
+            finally:
+                for h in handles:
+                    h.remove()
+            if not order:
+                raise NoFeatureSplit(f"defense {name!r}: no nn.Linear of its classifier runs in its forward pass")
+            split = cls(defense, order[-1], None)
+            how = "the classifier's last executed nn.Linear"
+        # same random draws for both passes (a randomised classifier must still split exactly)
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            ref = defense.classifier(probe)
+            torch.manual_seed(0)
+            feats = split.features(probe)
+            if feats.shape[1] != split.dim:
+                raise NoFeatureSplit(f"defense {name!r}: features have {feats.shape[1]} values, the readout takes "
+                                     f"{split.dim}")
+            rebuilt = split.readout(feats)
+        if rebuilt.shape != ref.shape or not torch.allclose(rebuilt, ref, rtol=1e-4, atol=1e-4 * (1 + ref.abs().max())):
+            raise NoFeatureSplit(f"defense {name!r}: {how} is not the classifier's final operation (its output "
+                                 f"differs from the classifier's logits), so replacing it would change more than "
+                                 f"the readout; declare Defense(features=..., readout=...)")
+        return split
+
+    def features(self, h: torch.Tensor) -> torch.Tensor:
+        if self._features is not None:
+            return self._features(h).flatten(1)
+        box: list[torch.Tensor] = []
+
+        def grab(mod, inputs, out):
+            box.append(inputs[0])
+
+        handle = self.readout.register_forward_hook(grab)
+        try:
+            self.defense.classifier(h)
+        finally:
+            handle.remove()
+        return box[-1].flatten(1)
+
+    def with_readout(self, linear: nn.Module) -> nn.Module:
+        return _ReadoutSwapped(self.defense.classifier, self.readout, linear, self._features)
+
+
+class _ReadoutSwapped(nn.Module):
+    """The classifier with its readout replaced by ``linear`` (differentiable end to end)."""
+
+    def __init__(self, classifier: nn.Module, readout: nn.Linear, linear: nn.Module, features: nn.Module | None):
+        super().__init__()
+        self.classifier, self.linear, self.features = classifier, linear, features
+        self._readout = [readout]  # not registered: it is part of classifier
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.features is not None:
+            return self.linear(self.features(h).flatten(1))
+        handle = self._readout[0].register_forward_hook(lambda mod, inputs, out: self.linear(inputs[0]))
+        try:
+            return self.classifier(h)
+        finally:
+            handle.remove()
 
 
 class _BPDAFunction(torch.autograd.Function):
@@ -174,7 +299,10 @@ class AttackModel(nn.Module):
         if self.preprocess is None:
             h = x
         elif self.stand_in_module is not None and torch.is_grad_enabled() and x.requires_grad:
-            h = bpda_apply(x, self.preprocess, self.stand_in_module)
+            if getattr(self.stand_in_module, "exact_forward", False) is True:
+                h = self.stand_in_module(x)  # its value is the exact preprocess's: one forward + backward
+            else:
+                h = bpda_apply(x, self.preprocess, self.stand_in_module)
         else:
             h = self.preprocess(x)
         return self.classifier(h)
@@ -183,6 +311,3 @@ class AttackModel(nn.Module):
         if self.eot == 1:
             return self._once(x)
         return torch.stack([self._once(x) for _ in range(self.eot)]).mean(0)
-
-
-DefenseFactory = Callable[[], Defense]

@@ -752,13 +752,22 @@ def config_for_suite(suite, **overrides) -> DiagnosticsConfig:
 
 def run_suite_diagnostics(suite, run_dir: str | Path, device: str = "cpu", console=None,
                           overrides: dict[str, Any] | None = None) -> dict[str, str]:
-    """Diagnose every defense of ``suite``; writes ``diagnostics/<defense>.json/.md`` (resumable)."""
+    """Diagnose every defense of ``suite``; writes ``diagnostics/<defense>.json/.md`` (resumable).
+
+    ``diagnostics: active`` (or ``all``) in the suite runs the binarization test instead
+    (or as well): ``diagnostics/binarization/<defense>/<threat>.json/.md``."""
     from robust_bench_sc.plugins import build_defense
     from robust_bench_sc.storage import read_json, safe_name
 
+    verdicts: dict[str, str] = {}
+    if suite.diagnostics in ("active", "all"):
+        from robust_bench_sc.binarization import run_suite_binarization
+
+        verdicts.update(run_suite_binarization(suite, run_dir, device=device, console=console))
+        if suite.diagnostics == "active":
+            return verdicts
     out = Path(run_dir) / "diagnostics"
     cfg = config_for_suite(suite, device=device, **(overrides or {}))
-    verdicts = {}
     for spec in suite.defenses:
         stem = safe_name(spec.label)
         path = out / f"{stem}.json"

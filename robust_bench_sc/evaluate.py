@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from robust_bench_sc.attacks.base import AttackContext, get_attack
-from robust_bench_sc.config import validate_threat_model
+from robust_bench_sc.config import transfer_craft, validate_threat_model, worst_case_members
+from robust_bench_sc.data import N_CLASSES
 from robust_bench_sc.defense import Defense
 from robust_bench_sc.threat_models import ThreatModel, TransferThreat, WorstCaseThreat
 
@@ -22,11 +23,47 @@ NORM_TOL_REL = 1e-4
 NORM_TOL_ABS = 1e-5
 
 
+NO_PREDICTION = -1  # a sample whose logits were not finite: never counted as any class
+
+
+class DefenseOutputError(RuntimeError):
+    """A defense returned something that is not a batch of finite logits."""
+
+
+def checked_logits(defense: Defense, xb: torch.Tensor) -> torch.Tensor:
+    """``defense(xb)``, refused unless it is a tensor of shape (n, 10)."""
+    out = defense(xb)
+    n = xb.shape[0]
+    if not isinstance(out, torch.Tensor):
+        raise DefenseOutputError(f"defense {defense.name!r} returned {type(out).__name__}, expected a tensor of "
+                                 f"logits of shape ({n}, {N_CLASSES})")
+    if tuple(out.shape) != (n, N_CLASSES) or not out.is_floating_point():
+        raise DefenseOutputError(f"defense {defense.name!r} returned {out.dtype} of shape {tuple(out.shape)} for "
+                                 f"{n} images; expected float logits of shape ({n}, {N_CLASSES}) (one score per "
+                                 "CIFAR-10 class)")
+    return out
+
+
 @torch.no_grad()
-def predict(defense: Defense, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+def predict(defense: Defense, x: torch.Tensor, batch_size: int, device: torch.device,
+            non_finite: str = "raise") -> torch.Tensor:
+    """Predicted classes. Logits are checked (shape (n, 10)); a row with a NaN or inf logit
+    raises :class:`DefenseOutputError` (``non_finite="raise"``) or predicts ``NO_PREDICTION``
+    (``"flag"``: it then matches no label), never argmax-of-NaN counted as a class."""
     out = []
     for i in range(0, x.shape[0], batch_size):
-        out.append(defense(x[i : i + batch_size].to(device)).argmax(1).cpu())
+        logits = checked_logits(defense, x[i : i + batch_size].to(device))
+        pred = logits.argmax(1)
+        bad = ~torch.isfinite(logits).all(1)
+        if bad.any():
+            if non_finite == "raise":
+                rows = (bad.nonzero().squeeze(1) + i).tolist()
+                raise DefenseOutputError(
+                    f"defense {defense.name!r} returned non-finite logits (NaN or inf) for {len(rows)} of "
+                    f"{x.shape[0]} images evaluated (positions {', '.join(map(str, rows[:5]))}"
+                    f"{', ...' if len(rows) > 5 else ''}); its predictions would be meaningless")
+            pred = torch.where(bad, torch.full_like(pred, NO_PREDICTION), pred)
+        out.append(pred.cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
@@ -77,12 +114,14 @@ def _check_and_predict(defense, threat_norm, eps, x, y, x_adv, recheck, device, 
         if not within[i]:
             flags[i].append("norm_exceeded")
     checked = torch.where(valid.view(-1, 1, 1, 1), x_adv, x)
-    preds = torch.stack([predict(defense, checked, batch_size, device) for _ in range(recheck)])
+    preds = torch.stack([predict(defense, checked, batch_size, device, non_finite="flag") for _ in range(recheck)])
+    for i in (preds == NO_PREDICTION).any(0).nonzero().squeeze(1).tolist():
+        flags[i].append("non_finite_logits")  # counted as fooled: the defense gave no class
     fooled_frac = (preds != y[None]).float().mean(0)
     return checked, preds[0], fooled_frac, perturbation_norms(x, checked), flags, valid
 
 
-def _records(idx, y, clean_pred, attacked, adv_pred, fooled_frac, norms, flags, claimed, info, robust, extra=None):
+def _records(idx, y, clean_pred, attacked, adv_pred, fooled_frac, norms, flags, claimed, info, robust):
     recs = []
     for i in range(y.shape[0]):
         r: dict[str, Any] = {
@@ -104,9 +143,6 @@ def _records(idx, y, clean_pred, attacked, adv_pred, fooled_frac, norms, flags, 
         for k, v in info.items():
             val = v[i].item()
             r[k] = None if isinstance(val, float) and math.isnan(val) else val
-        if extra:
-            for k, v in extra.items():
-                r[k] = v[i]
         recs.append(r)
     return recs
 
@@ -134,15 +170,13 @@ def evaluate_threat(defense: Defense, threat: ThreatModel, x: torch.Tensor, y: t
     x_adv = x.clone()
     claimed_all = None
     info_all: dict[str, torch.Tensor] = {}
-    extra: dict[str, list] = {}
     recheck = threat.recheck if defense.capabilities.randomised else 1
     if sel.numel():
         ctx.seed_everything()
         if isinstance(threat, TransferThreat):
-            xa, claimed, info, extra_sel = _craft_transfer(threat, ctx, x[sel], y[sel])
+            xa, claimed, info = _craft_transfer(threat, ctx, x[sel], y[sel])
         else:
             xa, claimed, info = _run_attack(threat, ctx, x[sel], y[sel])
-            extra_sel = {}
         x_adv[sel] = xa
         if claimed is not None:
             claimed_all = torch.zeros(n, dtype=torch.bool)
@@ -151,11 +185,6 @@ def evaluate_threat(defense: Defense, threat: ThreatModel, x: torch.Tensor, y: t
             full = torch.full((n,), float("nan"), dtype=torch.float64)
             full[sel] = v.double()
             info_all[k] = full
-        for k, vals in extra_sel.items():
-            col = [None] * n
-            for j, i in enumerate(sel.tolist()):
-                col[i] = vals[j]
-            extra[k] = col
     elif ctx.progress:
         ctx.progress(0)
     eps = threat.epsilon_value
@@ -175,7 +204,7 @@ def evaluate_threat(defense: Defense, threat: ThreatModel, x: torch.Tensor, y: t
     else:
         robust = correct & ~fooled
     return _records(idx, y, clean_pred, attacked, adv_pred, fooled_frac, norms, flags, claimed_all,
-                    info_all, robust, extra)
+                    info_all, robust)
 
 
 def _craft_transfer(threat: TransferThreat, ctx: AttackContext, x, y):
@@ -190,19 +219,14 @@ def _craft_transfer(threat: TransferThreat, ctx: AttackContext, x, y):
     if key not in ctx.cache:
         ctx.cache[key] = build_defense(ref, params, name=label).to(ctx.device)
     source = ctx.cache[key]
-    craft = dict(threat.craft)
-    craft.setdefault("name", f"{threat.name}/craft")
-    craft.setdefault("batch_size", threat.batch_size)
-    if threat.source_bpda is not None:
-        craft.setdefault("bpda", threat.source_bpda)
-    craft_tm = validate_threat_model(craft, f"threat model {threat.name!r}: craft")
+    craft_tm = validate_threat_model(transfer_craft(threat), f"threat model {threat.name!r}: craft")
     sub = AttackContext(defense=source, device=ctx.device, seed=ctx.seed, progress=ctx.progress,
                         data_root=ctx.data_root, cache=ctx.cache)
     xa, claimed, info = _run_attack(craft_tm, sub, x, y)
-    src_pred = predict(source, xa, threat.batch_size, ctx.device)
+    src_pred = predict(source, xa, threat.batch_size, ctx.device, non_finite="flag")
     info = dict(info)
     info["source_fooled"] = (src_pred != y.cpu()).float()
-    return xa, None, info, {}
+    return xa, None, info
 
 
 def _evaluate_worst_case(defense, threat: WorstCaseThreat, x, y, idx, ctx, clean_pred):
@@ -211,14 +235,8 @@ def _evaluate_worst_case(defense, threat: WorstCaseThreat, x, y, idx, ctx, clean
     robust = (clean_pred == y).clone()
     final: list[dict[str, Any] | None] = [None] * n
     subs = []
-    for j, raw in enumerate(threat.attacks):
-        d = dict(raw)
-        d.setdefault("name", f"{threat.name}[{j}]")
-        for k in ("bpda", "eot", "recheck", "batch_size"):
-            if k not in d and getattr(threat, k) != type(threat).model_fields[k].default:
-                d[k] = getattr(threat, k)
+    for j, d in enumerate(worst_case_members(threat)):
         subs.append(validate_threat_model(d, f"threat model {threat.name!r}: attacks[{j}]"))
-    last_recs = None
     for sub_tm in subs:
         alive = robust.nonzero().squeeze(1)
         if alive.numel() == 0:
@@ -230,12 +248,10 @@ def _evaluate_worst_case(defense, threat: WorstCaseThreat, x, y, idx, ctx, clean
             final[i] = rec
             if not rec["robust"]:
                 robust[i] = False
-        last_recs = recs
     base = evaluate_threat(defense, validate_threat_model({"attack": "none"}, "worst_case"), x, y, idx,
                            AttackContext(defense, ctx.device, ctx.seed), clean_pred)
     out = []
     for i in range(n):
         rec = final[i] if final[i] is not None else dict(base[i], fooled_by="")
         out.append(rec)
-    del last_recs
     return out

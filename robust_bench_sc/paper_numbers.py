@@ -31,6 +31,7 @@ class PaperColumn:
     loss: str | None = None
     minimum_norm: bool = False
     subset: str = FULL_TEST_SET
+    l1_step: str | None = None   # the paper's ℓ1 attack is its dense step; the strong sparse one is not its column
 
 
 COLUMNS: list[PaperColumn] = [
@@ -38,16 +39,12 @@ COLUMNS: list[PaperColumn] = [
     PaperColumn("linf_ce", "Whitebox (ℓ∞, ε = 8/255)", "Table 1", "pgd", "linf", 8 / 255, "ce"),
     PaperColumn("linf_cw", "Whitebox (C&W) (ℓ∞, ε = 8/255)", "Table 1", "pgd", "linf", 8 / 255, "cw"),
     PaperColumn("l2", "Whitebox (ℓ2, ε = 0.6)", "Table 1", "pgd", "l2", 0.6),
-    PaperColumn("l1", "Whitebox (ℓ1, ε = 30)", "Table 1", "pgd", "l1", 30.0),
+    PaperColumn("l1", "Whitebox (ℓ1, ε = 30)", "Table 1", "pgd", "l1", 30.0, l1_step="dense"),
     PaperColumn("boundary", "Decision Boundary BB", "Table 1", "boundary", "l2", minimum_norm=True),
     PaperColumn("hsj", "HopSkipJumpAttack", "Table 3", "hsj", "l2", minimum_norm=True),
     PaperColumn("zoo", "ZOO", "Table 4", "zoo", "l2", minimum_norm=True,
                 subset="100 random correctly classified CIFAR-10 test images"),
 ]
-COLUMN_BY_KEY = {c.key: c for c in COLUMNS}
-
-ROWS = ["Natural", "Adv. Training", "TRADES", "T = 15 (Ours)"]
-
 # Accuracies in %; minimum-norm columns: mean ‖e‖₂ of successful perturbations
 # (ZOO also has its success rate in %).
 TABLE1: dict[str, dict[str, float]] = {
@@ -99,13 +96,18 @@ def paper_value(row: str, column: PaperColumn) -> PaperCell | None:
 def paper_defense(ref: str, params: dict[str, Any] | None = None) -> str | None:
     """The paper row for one of our defenses (by plug-in reference), or None.
 
-    The sparse-coding frontend maps to ``T = 15 (Ours)`` only with T = 15 (its default).
+    The sparse-coding frontend maps to ``T = 15 (Ours)`` only with T = 15: its ``T``
+    parameter, else the T its registered name states (``sparse_coding_T20`` is T = 20,
+    which the paper's Table 1 does not have), else the default 15.
     """
+    import re
+
     base = ref.rsplit(":", 1)[-1].lower()
     if base in DEFENSE_ALIASES:
         return DEFENSE_ALIASES[base]
     if "sparse" in ref.lower():
-        t = (params or {}).get("T", (params or {}).get("t", 15))
+        named = re.search(r"_t(\d+)$", base)
+        t = (params or {}).get("T", (params or {}).get("t", int(named.group(1)) if named else 15))
         return "T = 15 (Ours)" if t == 15 else None
     return None
 
@@ -127,6 +129,8 @@ def paper_column(threat: dict[str, Any]) -> PaperColumn | None:
         if threat.get("norm") != c.norm or not _close(threat.get("epsilon"), c.epsilon):
             continue
         if c.loss is not None and threat.get("loss", "ce") != c.loss:
+            continue
+        if c.l1_step is not None and threat.get("l1_step", "sparse") != c.l1_step:
             continue
         return c
     return None

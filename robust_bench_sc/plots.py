@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -22,9 +22,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from robust_bench_sc.reports import Report, ThreatInfo, fmt_eps  # noqa: E402
+from robust_bench_sc.stats import wilson_interval  # noqa: E402
 from robust_bench_sc.storage import safe_name  # noqa: E402
-from robust_bench_sc.summary import wilson_interval  # noqa: E402
+from robust_bench_sc.summary import describe_images, fmt_eps  # noqa: E402
+
+if TYPE_CHECKING:  # annotations only: reports imports this module to draw a report's plots
+    from robust_bench_sc.reports import Report, ThreatInfo
 
 _NORM_LABEL = {"linf": "ℓ∞", "l2": "ℓ2", "l1": "ℓ1"}
 
@@ -81,15 +84,18 @@ def plot_sweep(report: Report, group: list[ThreatInfo], stem: Path) -> Plot:
     scale = 255.0 if linf else 1.0
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     n_seen = set()
+    images: dict[str, str] = {}   # defense → which images its curve is on
     for d, color in zip(report.defenses, _colors(len(report.defenses))):
         xs, ys, lo, hi = [], [], [], []
         first = True
+        seen_d: list[str] = []
         for t in group:
             part = s[(s["defense"] == d.label) & (s["threat_model"] == t.label)] if s is not None else None
             if part is None or not len(part):
                 continue
             n = len(part)
             n_seen.add(n)
+            seen_d.append(describe_images(part["index"]))
             if first:  # ε = 0: clean accuracy on the same images
                 k0 = int(part["clean_correct"].sum())
                 a, b = wilson_interval(k0, n)
@@ -100,6 +106,7 @@ def plot_sweep(report: Report, group: list[ThreatInfo], stem: Path) -> Plot:
             xs.append(t.epsilon * scale), ys.append(100 * k / n), lo.append(a), hi.append(b)
         if not xs:
             continue
+        images[d.label] = " / ".join(dict.fromkeys(seen_d))
         ax.plot(xs, ys, "o-", color=color, label=d.label, lw=1.8, ms=4)
         ax.fill_between(xs, lo, hi, color=color, alpha=0.18, lw=0)
     g0 = group[0]
@@ -108,6 +115,10 @@ def plot_sweep(report: Report, group: list[ThreatInfo], stem: Path) -> Plot:
     ax.set_ylim(-2, 102)
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
+    mixed = len(set(images.values())) > 1
+    if mixed:  # runs on different image sets: each curve says which images it is on
+        for line in ax.get_lines():
+            line.set_label(f"{line.get_label()} ({images[line.get_label()].replace(' CIFAR-10 test images', '')})")
     ax.legend(fontsize=8, loc="upper right")
     names = ", ".join(t.label for t in group)
     nn = "/".join(str(n) for n in sorted(n_seen))
@@ -115,8 +126,9 @@ def plot_sweep(report: Report, group: list[ThreatInfo], stem: Path) -> Plot:
     ax.set_title(f"{title}\n(first {nn} CIFAR-10 test images; bands: 95% Wilson)", fontsize=10)
     png, pdf = _save(fig, stem)
     eps = ", ".join(fmt_eps(t.epsilon, norm) for t in group)
+    on = "; ".join(f"{d}: {im}" for d, im in images.items()) if mixed else f"first {nn} CIFAR-10 test images"
     return Plot(title, png, pdf, f"Robust accuracy vs ε over threat models {names} (ε = {eps}; ε = 0 is clean "
-                                 f"accuracy), first {nn} CIFAR-10 test images, 95% Wilson bands.")
+                                 f"accuracy), {on}, 95% Wilson bands.")
 
 
 def plot_norms(report: Report, threat: ThreatInfo, stem: Path) -> Plot | None:
@@ -134,16 +146,18 @@ def plot_norms(report: Report, threat: ThreatInfo, stem: Path) -> Plot | None:
         attacked = part[part["attacked"]]
         ok = attacked[attacked["fooled"]]["l2"].astype(float).dropna().to_numpy()
         ok = ok[np.isfinite(ok)]
-        per.append((d, color, ok, len(attacked)))
+        per.append((d, color, ok, len(attacked), describe_images(part["index"])))
         all_l2.extend(ok.tolist())
     if all_l2:
         hi = max(all_l2) * 1.05 or 1.0
         bins = np.linspace(0, hi, 30)
-        for d, color, ok, n_att in per:
+        mixed = len({p[4] for p in per}) > 1
+        for d, color, ok, n_att, im in per:
             if not len(ok):
                 continue
             any_data = True
-            ax1.hist(ok, bins=bins, color=color, alpha=0.45, label=f"{d.label} (n={len(ok)})")
+            on = f", {im.replace(' CIFAR-10 test images', '')}" if mixed else ""
+            ax1.hist(ok, bins=bins, color=color, alpha=0.45, label=f"{d.label} (n={len(ok)}{on})")
             xs = np.sort(ok)
             ys = 100 * np.arange(1, len(xs) + 1) / max(n_att, 1)
             ax2.step(np.concatenate([[0], xs]), np.concatenate([[0], ys]), where="post", color=color,
@@ -168,11 +182,12 @@ def plot_norms(report: Report, threat: ThreatInfo, stem: Path) -> Plot | None:
     ax2.legend(fontsize=8, loc="lower right")
     ax2.grid(alpha=0.3)
     title = f"{threat.label} ({threat.kind}): perturbation norms"
-    fig.suptitle(f"{title} (first {int(s[s['threat_model'] == threat.label].groupby('defense').size().max())} "
-                 f"CIFAR-10 test images)", fontsize=10)
+    sets = list(dict.fromkeys(p[4] for p in per))
+    fig.suptitle(f"{title} ({sets[0] if len(sets) == 1 else 'images per defense in the legend'})", fontsize=10)
     png, pdf = _save(fig, stem)
     return Plot(title, png, pdf, f"Histogram (left) and ECDF (right) of ‖e‖₂ of the successful {threat.kind} "
-                                 f"perturbations; the ECDF is over attacked images, so it ends at the success rate.")
+                                 f"perturbations; the ECDF is over attacked images, so it ends at the success rate; "
+                                 + ("; ".join(f"{p[0].label}: {p[4]}" for p in per) if len(sets) > 1 else sets[0]) + ".")
 
 
 def make_plots(report: Report, out_dir: Path) -> list[Plot]:

@@ -27,6 +27,8 @@ from typing import Any
 import pandas as pd
 
 from robust_bench_sc.reports import load_run
+from robust_bench_sc.stats import mcnemar_exact, two_proportion
+from robust_bench_sc.storage import RunDir
 
 FORMAT = "scbench-baseline/1"
 
@@ -35,29 +37,7 @@ class BaselineError(RuntimeError):
     pass
 
 
-# -- statistics -------------------------------------------------------------------------
-
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value from the discordant counts b (1→0) and c (0→1)."""
-    n = b + c
-    if n == 0:
-        return 1.0
-    k = min(b, c)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
-    return min(1.0, 2.0 * tail)
-
-
-def two_proportion(k1: int, n1: int, k2: int, n2: int) -> float:
-    """Two-sided pooled two-proportion z-test p-value."""
-    if n1 == 0 or n2 == 0:
-        return math.nan
-    p = (k1 + k2) / (n1 + n2)
-    se = math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
-    if se == 0:
-        return 1.0 if k1 / n1 == k2 / n2 else 0.0
-    z = (k1 / n1 - k2 / n2) / se
-    return math.erfc(abs(z) / math.sqrt(2))
-
+# -- statistics (the tests themselves: robust_bench_sc.stats) --------------------------
 
 def _norm_pvalue(old: dict[int, float], new: dict[int, float], paired: bool) -> float:
     try:
@@ -102,7 +82,7 @@ def _bits(values) -> str:
 def baseline_from_run(run_dir: str | Path) -> dict[str, Any]:
     info, defenses, threats, table, samples = load_run(run_dir)
     if samples is None:
-        raise BaselineError(f"{run_dir}: no samples.csv; a baseline needs per-sample records")
+        raise BaselineError(f"{run_dir}: no {RunDir.SAMPLES}; a baseline needs per-sample records")
     mn = {t.name: t.minimum_norm for t in threats}
     entries: dict[str, dict[str, Any]] = {}
     for _, r in table.iterrows():
@@ -149,12 +129,50 @@ def read_baseline(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise BaselineError(f"baseline {path} does not exist; create it with: scbench check RUN_DIR --baseline {path} --update")
     try:
-        b = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        b = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BaselineError(f"baseline {path}: not valid JSON ({exc})") from None
-    if b.get("format") != FORMAT:
-        raise BaselineError(f"baseline {path}: format {b.get('format')!r}, expected {FORMAT!r}")
+    problem = baseline_problem(b)
+    if problem:
+        raise BaselineError(f"baseline {path}: {problem}")
     return b
+
+
+_ENTRY_FIELDS = {"n_images": int, "clean_accuracy": (int, float), "robust_accuracy": (int, float),
+                 "indices": list, "clean_bits": str, "robust_bits": str}
+
+
+def baseline_problem(b: Any) -> str | None:
+    """What makes ``b`` not a usable baseline (None when it is): the format, at least one
+    entry, and per entry the fields, index ranges and bit strings of matching length."""
+    if not isinstance(b, dict):
+        return f"a JSON {type(b).__name__}, expected an object with format {FORMAT!r} and entries"
+    if b.get("format") != FORMAT:
+        return f"format {b.get('format')!r}, expected {FORMAT!r}"
+    entries = b.get("entries")
+    if not isinstance(entries, dict) or not entries or not all(isinstance(v, dict) and v for v in entries.values()):
+        return ("no entries: nothing to compare against (a baseline needs entries.DEFENSE.THREAT_MODEL; "
+                "rebuild it with scbench check RUN_DIR --baseline PATH --update --force)")
+    for d, per in entries.items():
+        for t, e in per.items():
+            where = f"entries.{d}.{t}"
+            if not isinstance(e, dict):
+                return f"{where}: a JSON {type(e).__name__}, expected an object"
+            for key, typ in _ENTRY_FIELDS.items():
+                if key not in e:
+                    return f"{where}: missing {key!r}"
+                if not isinstance(e[key], typ) or isinstance(e[key], bool):
+                    return f"{where}.{key}: {type(e[key]).__name__}, expected {getattr(typ, '__name__', 'a number')}"
+            if not all(isinstance(r, list) and len(r) == 2 and all(isinstance(x, int) for x in r) and r[0] < r[1]
+                       for r in e["indices"]):
+                return f"{where}.indices: expected [[start, stop], ...] with start < stop"
+            n = sum(r[1] - r[0] for r in e["indices"])
+            for key in ("clean_bits", "robust_bits"):
+                if len(e[key]) != n or set(e[key]) - {"0", "1"}:
+                    return f"{where}.{key}: {len(e[key])} characters of 0/1 expected {n} (one per index)"
+            if e.get("minimum_norm") and not isinstance(e.get("l2", {}), dict):
+                return f"{where}.l2: expected an object of index → norm"
+    return None
 
 
 def write_baseline(path: str | Path, baseline: dict[str, Any]) -> None:

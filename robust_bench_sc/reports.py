@@ -7,7 +7,7 @@ images it is on ("first N CIFAR-10 test images"); with ``paper=True`` the paper'
 numbers (full test set, :mod:`robust_bench_sc.paper_numbers`) are shown beside ours.
 
 The runner's ``summary.md`` is rendered by :func:`to_markdown` too (see
-:func:`robust_bench_sc.summary.summary_markdown`).
+:func:`robust_bench_sc.runner.finalize`).
 
 Formats: :func:`to_markdown`, :func:`to_csv`, :func:`to_latex`, :func:`to_html`.
 """
@@ -25,11 +25,22 @@ from typing import Any, Iterable
 import pandas as pd
 
 from robust_bench_sc import paper_numbers as pn
-from robust_bench_sc.summary import wilson_interval
+from robust_bench_sc.stats import mean_interval, wilson_interval
+from robust_bench_sc.storage import RunDir
+from robust_bench_sc.summary import (WORST_CASE, WorstCaseError, describe_images, fmt_eps, worst_case_row,
+                                     worst_case_samples)
 
 MINIMUM_NORM_KINDS = {"cw", "boundary", "hsj", "zoo"}
 FORMATS = ("md", "csv", "latex", "html")
 _SKIP_SETTINGS = {"name", "attack", "description", "backend", "norm", "epsilon", "bpda"}
+# Settings that change how hard a threat model tries, not what it measures: runs that differ
+# only in these share one column (with a line saying which setting differs in which run);
+# any other difference (attack, norm, ε, loss, ℓ1 step, transfer source, worst-case set, ...)
+# gives the later run its own column, with the same kind of line.
+MERGEABLE_SETTINGS = {"steps", "restarts", "n_queries", "max_iter", "max_images", "apgd_iterations", "apgd_restarts",
+                      "binary_search_steps", "batch_size", "eot", "recheck", "early_stop", "keep_adversarial_iterate",
+                      "rescale_schedule", "init_pool_size", "max_eval", "init_eval", "init_size", "step_size",
+                      "hsj_batch_size", "zoo_batch_size", "nb_parallel", "p_init", "random_start", "backend", "bpda"}
 
 
 class ReportError(RuntimeError):
@@ -44,6 +55,7 @@ class ThreatInfo:
     name: str                       # its name in the run
     config: dict[str, Any]          # resolved threat-model configuration
     minimum_norm: bool
+    differs: dict[str, list[str]] = field(default_factory=dict)   # merged runs: setting → "value (run)" each
 
     @property
     def kind(self) -> str:
@@ -85,8 +97,9 @@ class DefenseInfo:
 
 @dataclass
 class RunInfo:
-    path: str
+    path: str                       # as given (relative paths stay relative: reports are reproducible text)
     meta: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -120,9 +133,24 @@ class Report:
             return subsets[0]
         ns = sorted({int(r["n_images"]) for r in self.cells.values()})
         plain = [f"first {n} CIFAR-10 test images" for n in ns]
+        where = "n per column in the last row; a cell names its images where its column mixes image sets"
         if sorted(subsets) == sorted(plain):
-            return f"first {' or '.join(str(n) for n in ns)} CIFAR-10 test images (n per column in the last row)"
-        return "; ".join(subsets) + " (n per column in the last row)"
+            return f"first {' or '.join(str(n) for n in ns)} CIFAR-10 test images ({where})"
+        return "; ".join(subsets) + f" ({where})"
+
+    def cell_images(self, defense: str, threat: str) -> str:
+        """Which images a cell is on, where its column mixes image sets ("" otherwise)."""
+        subsets = {_subset_of(r) for (d, t), r in self.cells.items() if t == threat}
+        r = self.cells.get((defense, threat))
+        if r is None or len(subsets) < 2:
+            return ""
+        s = _subset_of(r)
+        return s.removesuffix(" CIFAR-10 test images") if s.startswith("first ") else s
+
+
+def _subset_of(row: dict[str, Any]) -> str:
+    return row.get("subset") if isinstance(row.get("subset"), str) and row.get("subset") else \
+        f"first {int(row['n_images'])} CIFAR-10 test images"
 
 
 def _is_minimum_norm(config: dict[str, Any]) -> bool:
@@ -147,6 +175,11 @@ def report_from_suite(suite, table: pd.DataFrame, samples: pd.DataFrame | None =
     """A report of one suite's summary table (what the runner writes as summary.md)."""
     threats = [ThreatInfo(t.name, t.name, t.model_dump(), bool(t.minimum_norm))
                for t in suite.threat_models if (table["threat_model"] == t.name).any()]
+    over = list(getattr(suite, "worst_case_over", []) or [])
+    if over and (table["threat_model"] == WORST_CASE).any():
+        t0 = suite.threat(over[0])
+        threats.append(ThreatInfo(WORST_CASE, WORST_CASE, {"name": WORST_CASE, "attack": "worst_case", "over": over,
+                                                           "norm": t0.norm_name, "epsilon": t0.epsilon_value}, False))
     defenses = [DefenseInfo(d.label, d.ref, dict(d.params)) for d in suite.defenses]
     cells = {(r["defense"], r["threat_model"]): r.to_dict() for _, r in table.iterrows()}
     notes = []
@@ -157,31 +190,127 @@ def report_from_suite(suite, table: pd.DataFrame, samples: pd.DataFrame | None =
     return Report(suite.name, defenses, threats, cells, [], notes, samples)
 
 
+def _read_csv(path: Path, **kw) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, **kw)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{path}: damaged or truncated CSV ({str(exc).splitlines()[0]}); rerun `scbench run` "
+                          f"on {path.parent}") from None
+
+
 def _read_samples(run_dir: Path) -> pd.DataFrame | None:
-    path = run_dir / "samples.csv"
+    path = RunDir(run_dir).samples_path
     if not path.is_file():
         return None
-    df = pd.read_csv(path, low_memory=False)
+    df = _read_csv(path, low_memory=False)
     for col in ("clean_correct", "attacked", "fooled", "robust"):
         if col in df:
             df[col] = df[col].astype(str).str.lower().isin(("true", "1", "1.0"))
     return df
 
 
+def normalized_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored threat-model configuration with every field spelled out (a field added to the
+    code after the run counts as the behaviour the code then had: threat_models.ABSENT_MEANT),
+    so that two runs compare by what they did, not by which fields their code version wrote."""
+    from robust_bench_sc.threat_models import THREAT_MODELS, stored_config
+
+    cls = THREAT_MODELS.get(str(config.get("attack")))
+    if cls is None:
+        return dict(config)
+    try:
+        out = cls.model_validate(stored_config(config)).model_dump()
+    except ValueError:  # a configuration of an older schema: compare it as written
+        return dict(config)
+    out["name"] = config.get("name", out.get("name"))
+    return out
+
+
+def _norm_intervals(table: pd.DataFrame, samples: pd.DataFrame | None, threats: list[ThreatInfo]) -> pd.DataFrame:
+    """95 % interval of the mean ‖e‖₂ of the successes for every minimum-norm cell."""
+    table = table.copy()
+    table["mean_l2_ci_low"] = math.nan
+    table["mean_l2_ci_high"] = math.nan
+    if samples is None:
+        return table
+    mn = {t.name for t in threats if t.minimum_norm}
+    for i, r in table.iterrows():
+        if r["threat_model"] not in mn:
+            continue
+        part = samples[(samples["defense"] == r["defense"]) & (samples["threat_model"] == r["threat_model"])]
+        if "selected" in part.columns and part["selected"].notna().any():
+            part = part[part["selected"] == 1]
+        ok = part[part["attacked"] & part["fooled"]]["l2"]
+        table.loc[i, ["mean_l2_ci_low", "mean_l2_ci_high"]] = mean_interval(ok)
+    return table
+
+
+def _add_worst_case(run_dir: Path, config: dict[str, Any], table: pd.DataFrame, samples: pd.DataFrame | None,
+                    threats: list[ThreatInfo], notes: list[str]):
+    """The run's ``worst case`` column (its suite's ``worst_case_over``), recomputed from its
+    per-sample records (the same function as summary.csv's row), per-sample records included."""
+    over = [str(x) for x in (config.get("worst_case_over") or [])]
+    if not over:
+        return table, samples
+    by_name = {t.name: t for t in threats}
+    t0 = by_name.get(over[0])
+    threats.append(ThreatInfo(WORST_CASE, WORST_CASE, {
+        "name": WORST_CASE, "attack": "worst_case", "over": over, "norm": t0.norm if t0 else "",
+        "epsilon": t0.epsilon if t0 else None}, False))
+    if samples is None:
+        return table, samples  # summary.csv's rows, as written
+    table = table[table["threat_model"] != WORST_CASE]
+    rows, parts = [], []
+    for d in dict.fromkeys(samples["defense"]):
+        try:
+            part, why = worst_case_samples(samples, over, d)
+        except WorstCaseError as exc:
+            raise ReportError(f"{run_dir}: {exc}") from None
+        if part is None:
+            notes.append(f"{run_dir.name}: {why}.")
+            continue
+        secs = table[(table["defense"] == d) & table["threat_model"].isin(over)]["seconds"].sum()
+        rows.append(worst_case_row(part, t0.norm if t0 else "", t0.epsilon if t0 else None, float(secs)))
+        parts.append(part)
+    if rows:
+        table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
+        samples = pd.concat([samples, *parts], ignore_index=True)
+    return table, samples
+
+
 def load_run(run_dir: str | Path) -> tuple[RunInfo, list[DefenseInfo], list[ThreatInfo], pd.DataFrame, pd.DataFrame | None]:
+    """One run directory: its defenses, threat models (configurations normalised, see
+    :func:`normalized_config`), summary rows and per-sample records, with the ``worst case``
+    column its suite declares (``worst_case_over``) computed from the per-sample records."""
+    given = str(run_dir)
     run_dir = Path(run_dir)
-    meta_path = run_dir / "run.json"
+    meta_path = RunDir(run_dir).meta_path
     if not meta_path.is_file():
         raise ReportError(f"{run_dir}: not a run directory (no run.json)")
-    meta = json.loads(meta_path.read_text())
-    summary_path = run_dir / "summary.csv"
+    from robust_bench_sc.storage import read_json
+
+    try:
+        meta = read_json(meta_path)  # a damaged one is named, not a bare JSON error
+    except ValueError as exc:
+        raise ReportError(str(exc)) from None
+    if not isinstance(meta, dict):
+        raise ReportError(f"{meta_path}: not a run description (a JSON {type(meta).__name__})")
+    summary_path = RunDir(run_dir).summary_csv_path
     if not summary_path.is_file():
         raise ReportError(f"{run_dir}: no summary.csv (status {meta.get('status')!r}); finish it with `scbench run` first")
-    table = pd.read_csv(summary_path, keep_default_na=True)
+    table = _read_csv(summary_path, keep_default_na=True)
+    missing = {"defense", "threat_model"} - set(table.columns)
+    if missing:
+        raise ReportError(f"{summary_path}: damaged (no column {', '.join(sorted(missing))}); rerun `scbench run` on {run_dir}")
     table["bpda"] = table["bpda"].astype(object).fillna("") if "bpda" in table else ""
     config = meta.get("config") or {}
     defenses = [DefenseInfo(d.get("name") or d["ref"], d["ref"], d.get("params") or {}) for d in config.get("defenses", [])]
-    threats = [ThreatInfo(t["name"], t["name"], t, _is_minimum_norm(t)) for t in config.get("threat_models", [])]
+    threats = [ThreatInfo(t["name"], t["name"], normalized_config(t), _is_minimum_norm(t))
+               for t in config.get("threat_models", [])]
+    samples = _read_samples(run_dir)
+    notes: list[str] = []
+    table, samples = _add_worst_case(run_dir, config, table, samples, threats, notes)
+    table = _norm_intervals(table, samples, threats)
     # threat models/defenses found only in the table (old run.json): still shown
     for name in table["threat_model"].unique():
         if name not in {t.name for t in threats}:
@@ -191,15 +320,17 @@ def load_run(run_dir: str | Path) -> tuple[RunInfo, list[DefenseInfo], list[Thre
     for name in table["defense"].unique():
         if name not in {d.label for d in defenses}:
             defenses.append(DefenseInfo(name, name))
-    return RunInfo(str(run_dir.resolve()), meta), defenses, threats, table, _read_samples(run_dir)
+    return RunInfo(given, meta, notes), defenses, threats, table, samples
 
 
 def load_report(run_dirs: Iterable[str | Path], title: str | None = None) -> Report:
     """Merge runs: union of defenses (rows) and threat models (columns), in order of appearance.
 
-    A threat-model name used by two runs with different settings becomes two columns
-    (``name (suite)``); a (defense, threat model) measured by two runs is taken from the
-    later run, with a note.
+    A threat-model name used by two runs with different settings stays one column when they
+    differ only in :data:`MERGEABLE_SETTINGS` (budgets, backend, BPDA: how hard it tries) and
+    becomes two columns (``name (suite)``) otherwise; either way one note line says which
+    setting differs in which run and rows. A (defense, threat model) measured by two runs is
+    taken from the later run, with a note.
     """
     run_dirs = list({str(Path(r).resolve()): r for r in run_dirs}.values())  # each run once
     if not run_dirs:
@@ -210,24 +341,33 @@ def load_report(run_dirs: Iterable[str | Path], title: str | None = None) -> Rep
     cells: dict[tuple[str, str], dict[str, Any]] = {}
     origin: dict[tuple[str, str], str] = {}
     notes: list[str] = []
+    variants: dict[str, list[tuple[str, dict[str, Any]]]] = {}   # column label → (run label, config) per setting
+    split: list[tuple[str, str, list[str], str, str]] = []
     sample_parts = []
     for rd in run_dirs:
         info, ds, ts, table, samples = load_run(rd)
         runs.append(info)
+        notes.extend(info.notes)
         suite = info.meta.get("suite") or info.label
         tlabel: dict[str, str] = {}
         for t in ts:
             label = t.name
             same = threats.get(label)
             if same is not None and same.identity() != t.identity():
-                label = f"{t.name} ({suite})"
-                k = 2
-                while label in threats and threats[label].identity() != t.identity():
-                    label = f"{t.name} ({suite} {k})"
-                    k += 1
+                diff = _differences(variants[label][0][1], t.config)
+                if set(diff) <= MERGEABLE_SETTINGS:
+                    variants[label].append((info.label, t.config))
+                else:
+                    label = f"{t.name} ({suite})"
+                    k = 2
+                    while label in threats and threats[label].identity() != t.identity():
+                        label = f"{t.name} ({suite} {k})"
+                        k += 1
+                    split.append((t.name, label, sorted(diff), variants[t.name][0][0], info.label))
             tlabel[t.name] = label
             if label not in threats:
                 threats[label] = ThreatInfo(label, t.name, t.config, t.minimum_norm)
+                variants[label] = [(info.label, t.config)]
         dlabel: dict[str, str] = {}
         for d in ds:
             label = d.label
@@ -266,9 +406,35 @@ def load_report(run_dirs: Iterable[str | Path], title: str | None = None) -> Rep
         samples_all = None
     used_t = {k[1] for k in cells}
     used_d = {k[0] for k in cells}
+    run_label = {r.path: r.label for r in runs}
+    for label, vs in variants.items():
+        if len(vs) < 2 or label not in used_t:
+            continue
+        keys = sorted(set().union(*(_differences(vs[0][1], c) for _, c in vs[1:])))
+        parts = []
+        for run, c in vs:
+            rows = [d for (d, t), path in origin.items() if t == label and run_label.get(path) == run]
+            setting = ", ".join(f"{k}={_setting_text(c.get(k))}" for k in keys)
+            parts.append(f"{setting} in {run} ({', '.join(rows) or 'no row shown'})")
+        threats[label].differs = {k: [f"{_setting_text(c.get(k))} ({run})" for run, c in vs] for k in keys}
+        notes.append(f"`{label}` is one column over runs whose settings differ: {'; '.join(parts)}.")
+    for name, label, keys, first, later in split:
+        if label in used_t:
+            notes.append(f"`{name}` is two columns (`{name}`, `{label}`): {first} and {later} differ in "
+                         f"{', '.join(keys)}, which change what it measures.")
     title = title or " + ".join(dict.fromkeys(r.meta.get("suite") or r.label for r in runs))
     return Report(title, [d for d in defenses.values() if d.label in used_d],
                   [t for t in threats.values() if t.label in used_t], cells, runs, notes, samples_all)
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    keys = (set(a) | set(b)) - {"name", "description"}
+    return {k: (a.get(k), b.get(k)) for k in sorted(keys)
+            if json.dumps(a.get(k), sort_keys=True, default=str) != json.dumps(b.get(k), sort_keys=True, default=str)}
+
+
+def _setting_text(v: Any) -> str:
+    return json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
 
 
 # -- cells ------------------------------------------------------------------------------
@@ -295,7 +461,9 @@ def cell_value(row: dict[str, Any], threat: ThreatInfo) -> CellValue:
     n = int(row["n_images"])
     if threat.minimum_norm:
         eps = threat.epsilon
+        lo, hi = row.get("mean_l2_ci_low"), row.get("mean_l2_ci_high")
         return CellValue(float(row["mean_l2"]) if not _nan(row.get("mean_l2")) else math.nan, n,
+                         ci=None if _nan(lo) or _nan(hi) else (float(lo), float(hi)),
                          success_rate=None if _nan(row.get("success_rate")) else float(row["success_rate"]),
                          minimum_norm=True, budget=eps,
                          budget_accuracy=None if eps is None or _nan(row.get("robust_accuracy")) else float(row["robust_accuracy"]))
@@ -315,16 +483,6 @@ def paper_cell(defense: DefenseInfo, threat: ThreatInfo) -> CellValue | None:
     return CellValue(pc.value, pc.n_images, None, pc.success_rate, col.minimum_norm, "paper")
 
 
-def fmt_eps(eps: float | None, norm: str = "") -> str:
-    if eps is None or _nan(eps):
-        return ""
-    if norm == "linf":
-        k = eps * 255
-        if abs(k - round(k)) < 1e-6 and round(k) > 0:
-            return f"{int(round(k))}/255"
-    return f"{eps:.6g}"
-
-
 _BUDGET_SETTINGS = ("steps", "restarts", "n_queries", "max_iter", "max_images", "apgd_iterations", "apgd_restarts")
 
 
@@ -337,8 +495,13 @@ def threat_settings(t: ThreatInfo) -> str:
     for k, v in t.config.items():
         if k in _SKIP_SETTINGS:
             continue
+        if k in t.differs:
+            parts.append(f"{k}={' or '.join(t.differs[k])}")
+            continue
         if k in _BUDGET_SETTINGS and v is not None:
             pass  # budgets are always shown: a reader needs them to judge a number
+        elif k == "rescale_schedule" and _runs_square(t.config):
+            pass  # Square's schedule decides its strength at a reduced budget: always shown
         elif cls is not None and k in cls.model_fields:
             f = cls.model_fields[k]
             default = f.get_default(call_default_factory=True) if not f.is_required() else object()
@@ -348,7 +511,23 @@ def threat_settings(t: ThreatInfo) -> str:
     return ", ".join(parts)
 
 
-def _text_cell(c: CellValue | None, *, ci: bool = True) -> str:
+def _runs_square(c: dict[str, Any]) -> bool:
+    from robust_bench_sc.threat_models import SQUARE_VERSIONS
+
+    if c.get("attack") == "square":
+        return True
+    if c.get("attack") != "autoattack":
+        return False
+    v = c.get("version", "standard")
+    return "square" in ((c.get("attacks_to_run") or []) if v == "custom" else SQUARE_VERSIONS.get(v, ()))
+
+
+def _text_cell(c: CellValue | None, *, ci: bool = True, images: str = "") -> str:
+    text = _text_cell_value(c, ci=ci)
+    return f"{text} (on {images})" if images and c is not None and text != "—" else text
+
+
+def _text_cell_value(c: CellValue | None, *, ci: bool = True) -> str:
     if c is None:
         return "—"
     if c.minimum_norm:
@@ -356,7 +535,8 @@ def _text_cell(c: CellValue | None, *, ci: bool = True) -> str:
         at = "" if c.budget is None or c.budget_accuracy is None else f"; {c.budget_accuracy:.2f} at ε = {c.budget:g}"
         if c.missing:
             return f"no success{sr}{at}"
-        return f"‖e‖₂ = {c.value:.2f}{sr}{at}"
+        interval = f" [{c.ci[0]:.2f}, {c.ci[1]:.2f}]" if ci and c.ci is not None else ""
+        return f"‖e‖₂ = {c.value:.2f}{interval}{sr}{at}"
     if c.missing:
         return "—"
     if ci and c.ci is not None:
@@ -373,7 +553,7 @@ def _paper_footnote(report: Report) -> str:
     zoo = any(pn.paper_column(t.config) and pn.paper_column(t.config).key == "zoo" for t in report.threats)
     s = (f"† the paper's published numbers ({', '.join(tables) or 'Table 1'}), measured on the "
          f"{pn.FULL_TEST_SET}, not on our subset, with the paper's attack settings ({pn.PAPER_SETTINGS}), "
-         f"matched to our columns by attack, norm, ε and loss")
+         f"matched to our columns by attack, norm, ε, loss and ℓ1 step")
     if zoo:
         s += "; ZOO (Table 4): 100 random correctly classified test images"
     return s + "."
@@ -385,7 +565,8 @@ def column_n(report: Report, t: ThreatInfo) -> str:
 
 
 def describe(report: Report) -> str:
-    mn = "; minimum-norm attacks as mean ‖e‖₂ of successful perturbations and success rate"
+    mn = ("; minimum-norm attacks as mean ‖e‖₂ of successful perturbations [95% t-interval of the mean, where the "
+          "per-sample records are at hand] and success rate")
     return (f"On the {report.subset} (accuracies in % with 95% Wilson intervals in brackets"
             f"{mn if any(t.minimum_norm for t in report.threats) else ''}).")
 
@@ -406,7 +587,8 @@ def to_markdown(report: Report, paper: bool = False, plots: list | None = None,
               "|" + "---|" * (len(ts) + 1)]
     any_paper = False
     for d in report.defenses:
-        cells = [_text_cell(cell_value(r, t) if (r := report.cell(d.label, t.label)) is not None else None) for t in ts]
+        cells = [_text_cell(cell_value(r, t) if (r := report.cell(d.label, t.label)) is not None else None,
+                            images=report.cell_images(d.label, t.label)) for t in ts]
         lines.append(f"| {_md_escape(d.label)} | " + " | ".join(cells) + " |")
         if paper:
             pcs = [paper_cell(d, t) for t in ts]
@@ -469,6 +651,8 @@ def to_frame(report: Report, paper: bool = False) -> pd.DataFrame:
             for target, v in ((out, c), (pout, p)):
                 if t.minimum_norm:
                     target[f"{t.label}_mean_l2"] = v.value if v else math.nan
+                    target[f"{t.label}_mean_l2_ci_low"] = v.ci[0] if v and v.ci else math.nan
+                    target[f"{t.label}_mean_l2_ci_high"] = v.ci[1] if v and v.ci else math.nan
                     target[f"{t.label}_success_rate"] = v.success_rate if v and v.success_rate is not None else math.nan
                     if t.epsilon is not None:
                         target[f"{t.label}_accuracy_at_eps"] = v.budget_accuracy if v and v.budget_accuracy is not None else math.nan
@@ -477,6 +661,9 @@ def to_frame(report: Report, paper: bool = False) -> pd.DataFrame:
                     target[f"{t.label}_ci_low"] = v.ci[0] if v and v.ci else math.nan
                     target[f"{t.label}_ci_high"] = v.ci[1] if v and v.ci else math.nan
                 target[f"{t.label}_n"] = v.n if v else math.nan
+            # which images this figure is on (its own subset: merged runs may differ per row)
+            out[f"{t.label}_images"] = _subset_of(r) if r is not None else ""
+            pout[f"{t.label}_images"] = (pn.paper_column(t.config).subset if p is not None else "")
         rows.append(out)
         if paper and has_paper:
             rows.append(pout)
@@ -499,14 +686,20 @@ def latex_escape(s: Any) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(s))
 
 
-def _latex_cell(c: CellValue | None, ci: bool = True) -> str:
+def _latex_cell(c: CellValue | None, ci: bool = True, images: str = "") -> str:
+    text = _latex_cell_value(c, ci)
+    return text + f" {{\\scriptsize on {latex_escape(images)}}}" if images and c is not None and text != "--" else text
+
+
+def _latex_cell_value(c: CellValue | None, ci: bool = True) -> str:
     if c is None:
         return "--"
     if c.minimum_norm:
         sr = "" if c.success_rate is None else f" {{\\scriptsize ({c.success_rate:.0f}\\%)}}"
         if c.missing:
             return "no success" + sr
-        return f"$\\|e\\|_2 = {c.value:.2f}$" + sr
+        interval = f" {{\\scriptsize [{c.ci[0]:.2f}, {c.ci[1]:.2f}]}}" if ci and c.ci is not None else ""
+        return f"$\\|e\\|_2 = {c.value:.2f}$" + interval + sr
     if c.missing:
         return "--"
     if ci and c.ci is not None:
@@ -536,7 +729,8 @@ def to_latex(report: Report, paper: bool = False) -> str:
     out.append(r"\hline")
     any_paper = False
     for d in report.defenses:
-        cells = [_latex_cell(cell_value(r, t) if (r := report.cell(d.label, t.label)) is not None else None) for t in ts]
+        cells = [_latex_cell(cell_value(r, t) if (r := report.cell(d.label, t.label)) is not None else None,
+                             images=report.cell_images(d.label, t.label)) for t in ts]
         out.append(latex_escape(d.label) + " & " + " & ".join(cells) + r" \\")
         if paper:
             pcs = [paper_cell(d, t) for t in ts]
@@ -608,12 +802,13 @@ def _h(s: Any) -> str:
     return html.escape(str(s), quote=True)
 
 
-def _html_cell(c: CellValue | None, p: CellValue | None) -> str:
+def _html_cell(c: CellValue | None, p: CellValue | None, images: str = "") -> str:
     if c is None:
         inner, v = "—", ""
     elif c.minimum_norm:
         sr = "" if c.success_rate is None else f'<span class="ci">{c.success_rate:.0f}% succ., n={c.n}</span>'
-        inner = ("no success" if c.missing else f"‖e‖₂ = {c.value:.2f}") + sr
+        interval = f'<span class="ci">[{c.ci[0]:.2f}, {c.ci[1]:.2f}]</span>' if c.ci is not None and not c.missing else ""
+        inner = ("no success" if c.missing else f"‖e‖₂ = {c.value:.2f}") + interval + sr
         if c.budget is not None and c.budget_accuracy is not None:
             inner += f'<span class="ci">{c.budget_accuracy:.2f}% robust at ε = {c.budget:g}</span>'
         v = "" if c.missing else f"{c.value:.6g}"
@@ -622,6 +817,8 @@ def _html_cell(c: CellValue | None, p: CellValue | None) -> str:
         if c.ci is not None and not c.missing:
             inner += f'<span class="ci">[{c.ci[0]:.1f}, {c.ci[1]:.1f}], n={c.n}</span>'
         v = "" if c.missing else f"{c.value:.6g}"
+    if images and c is not None:
+        inner += f'<span class="ci">on {_h(images)}</span>'
     if p is not None:
         inner += f'<span class="paper">paper† {_h(_text_cell(p, ci=False))}</span>'
     return f'<td data-v="{_h(v)}">{inner}</td>'
@@ -648,7 +845,7 @@ def to_html(report: Report, paper: bool = False, plots: list | None = None) -> s
             r = report.cell(d.label, t.label)
             p = paper_cell(d, t) if paper else None
             any_paper |= p is not None
-            parts.append(_html_cell(cell_value(r, t) if r is not None else None, p))
+            parts.append(_html_cell(cell_value(r, t) if r is not None else None, p, report.cell_images(d.label, t.label)))
         parts.append("</tr>")
     parts.append("</tbody><tfoot><tr><td>n images</td>" +
                  "".join(f"<td>{_h(column_n(report, t))}</td>" for t in ts) + "</tr></tfoot></table>")
@@ -688,8 +885,11 @@ def to_html(report: Report, paper: bool = False, plots: list | None = None) -> s
 # -- entry point ------------------------------------------------------------------------
 
 def render(run_dirs: list[str | Path], fmt: str = "md", paper: bool = False, out: str | Path | None = None,
-           plots_dir: str | Path | None = None, with_plots: bool | None = None) -> str:
+           plots_dir: str | Path | None = None, with_plots: bool | None = None, embed: bool = False) -> str:
     """Render a report of ``run_dirs``; write it to ``out`` when given. Returns the text.
+
+    ``embed`` (md): headings two levels down (``#`` → ``###``), for a section of another
+    document, as the README's "Status against the paper" embeds it.
 
     Plots (PNG + PDF) go to ``plots_dir`` (default: ``<out stem>_plots/`` beside ``out``);
     the HTML page embeds them. Without ``out`` and ``plots_dir`` only HTML makes plots
@@ -714,6 +914,8 @@ def render(run_dirs: list[str | Path], fmt: str = "md", paper: bool = False, out
         plots = make_plots(report, Path(plots_dir))
     if fmt == "md":
         text = to_markdown(report, paper, plots, plots_relative_to=out_path.parent if out_path else None)
+        if embed:
+            text = "\n".join("##" + ln if ln.startswith("#") else ln for ln in text.split("\n"))
     elif fmt == "csv":
         text = to_csv(report, paper)
     elif fmt == "latex":

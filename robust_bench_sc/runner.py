@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import importlib.metadata as md
+import os
 import platform
 import subprocess
 import sys
@@ -24,8 +25,9 @@ from robust_bench_sc.paths import REPO_ROOT, data_dir
 from robust_bench_sc.plan import Job, job_spec_hash, legacy_spec_hash, plan_jobs
 from robust_bench_sc.plugins import build_defense
 from robust_bench_sc.registry import load_reference
-from robust_bench_sc.storage import atomic_write_json, atomic_write_text, chunk_path, read_json, safe_name
-from robust_bench_sc.summary import summarise, summary_markdown
+from robust_bench_sc.storage import DamagedFileError, LockError, RunDir, safe_name
+from robust_bench_sc.reports import report_from_suite, to_markdown
+from robust_bench_sc.summary import summarise
 from robust_bench_sc.worker import ChunkResult
 
 TOOLKITS = ("torch", "numpy", "foolbox", "adversarial-robustness-toolbox", "torchattacks", "pyautoattack",
@@ -68,16 +70,146 @@ def default_run_dir(suite: SuiteConfig, results_root: Path) -> Path:
     base = results_root / safe_name(suite.name)
     if base.is_dir():
         for cand in sorted(base.iterdir(), reverse=True):
-            meta = cand / "run.json"
-            if meta.is_file():
+            rd = RunDir(cand)
+            if rd.is_run():
                 try:
-                    m = read_json(meta)
+                    m = rd.read_meta()
                 except ValueError:
+                    continue
+                if rd.locked_by_live_process():  # another run is writing it: start a new folder
                     continue
                 if m.get("suite_hash") == suite.content_hash() and m.get("status") != "complete":
                     return cand
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return base / stamp
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")  # an atomic write killed before its rename
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Up-front checks of a run directory, before anything is computed: it is a folder (or
+    can be created), it is a run folder or empty (a run never overwrites files it did not
+    write), and it is writable."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"--out {run_dir}: is a file, not a folder; give a folder for the run")
+    if run_dir.is_dir():
+        entries = [p.name for p in run_dir.iterdir()]
+        layout = RunDir(run_dir)
+        if not layout.meta_path.exists():
+            foreign = sorted(n for n in entries if n != RunDir.LOCK and not _is_temp(n))
+            if foreign:
+                raise RunError(f"--out {run_dir}: an existing folder that is not a run folder (no run.json; holds "
+                               f"{', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); a run never writes "
+                               "over files it did not write: choose a new or empty folder")
+        records = layout.records_dir
+        subs = [records, *(p for p in records.rglob("*") if p.is_dir())] if records.is_dir() else []
+        for sub in [run_dir, *subs]:
+            if not os.access(sub, os.W_OK | os.X_OK):
+                raise RunError(f"--out {run_dir}: {sub} is not writable; choose another --out or fix its permissions")
+    else:
+        try:
+            run_dir.mkdir(parents=True)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise RunError(f"--out {run_dir}: cannot create the folder ({exc.strerror}); choose another --out") from None
+
+
+RECORD_KEYS = ("index", "label", "clean_pred", "clean_correct", "robust")
+
+
+def record_problem(blob, job: Job, idx, labels) -> str | None:
+    """Why a parsed record file cannot stand for ``job`` (None when it can): every sample of
+    the job's images, in order, with the documented fields."""
+    if not isinstance(blob, dict) or not isinstance(blob.get("records"), list):
+        return "not a record file (no 'records' list)"
+    recs = blob["records"]
+    want = list(idx[job.start:job.stop])
+    if len(recs) != len(want):
+        return f"holds {len(recs)} samples, the job has {len(want)} (images {job.start}-{job.stop - 1})"
+    for pos, (r, i, lab) in enumerate(zip(recs, want, labels[job.start:job.stop])):
+        if not isinstance(r, dict) or any(k not in r for k in RECORD_KEYS):
+            missing = [k for k in RECORD_KEYS if not isinstance(r, dict) or k not in r]
+            return f"sample {pos} lacks {', '.join(missing)}"
+        if r["index"] != i or r["label"] != lab:
+            return f"sample {pos} is image {r['index']} (label {r['label']}), the job's is {i} (label {lab})"
+        if not isinstance(r["robust"], bool) or not isinstance(r["clean_correct"], bool):
+            return f"sample {pos}: robust / clean_correct are not booleans"
+    if not isinstance(blob.get("seconds", 0.0), (int, float)):
+        return "'seconds' is not a number"
+    return None
+
+
+def _data_labels(suite: SuiteConfig) -> tuple[list[int], list[int]]:
+    split = load_test(suite.data.n_images, suite.data.data_dir)
+    return split.idx.tolist(), split.y.tolist()
+
+
+def preflight(suite: SuiteConfig) -> dict[str, str]:
+    """Every check ``run`` would otherwise make only when it reaches a job: each defense loads
+    (registry name or reference, parameters bound to its factory's signature, weights), each
+    threat model's BPDA stand-in exists on each defense it is run against, transfer sources
+    load and offer the craft's stand-in, every attack backend is registered. Nested
+    threat models are validated when the suite loads. Returns each defense's weight
+    fingerprint. Imports and builds the plug-ins: a suite is code."""
+    from robust_bench_sc.attacks.base import ATTACKS
+    from robust_bench_sc.config import transfer_craft, validate_threat_model, worst_case_members
+    from robust_bench_sc.registry import RegistryError
+
+    def build(ref, params, label, what):
+        try:
+            return build_defense(ref, params, name=label)
+        except RegistryError as exc:
+            raise RunError(f"{what}: {exc}") from None
+
+    defenses = {d.label: build(d.ref, d.params, d.label, f"defense {d.label!r}") for d in suite.defenses}
+
+    def check_bpda(tm, defense, what):
+        if tm.bpda in (None, "auto"):
+            return
+        names = defense.bpda_names()
+        if tm.bpda not in names:
+            offers = f"offers {', '.join(names)}" if names else "has no preprocess, so no BPDA stand-in applies"
+            raise RunError(f"threat model {what}: bpda {tm.bpda!r}: defense {defense.name!r} {offers}")
+
+    def check_backend(tm, what):
+        if tm.kind in ("none", "worst_case", "transfer"):
+            return
+        key = f"{tm.kind}:{tm.backend}"
+        if key not in ATTACKS:
+            raise RunError(f"threat model {what}: no attack implementation {key!r}; available: "
+                           f"{', '.join(ATTACKS.names())}")
+        try:
+            ATTACKS.get(key)
+        except ImportError as exc:
+            raise RunError(f"threat model {what}: backend {tm.backend!r} cannot be imported ({exc})") from None
+
+    sources: dict[str, object] = {}
+
+    def walk(tm, targets):
+        if tm.kind == "none":
+            return
+        if tm.kind == "worst_case":
+            for j, d in enumerate(worst_case_members(tm)):
+                walk(validate_threat_model(d, f"threat model {tm.name!r}: attacks[{j}]"), targets)
+            return
+        if tm.kind == "transfer":
+            src = tm.source if isinstance(tm.source, dict) else {"ref": tm.source}
+            label = src.get("name") or src.get("ref", "")
+            if label not in sources:
+                sources[label] = build(src.get("ref", ""), src.get("params") or {}, label,
+                                       f"threat model {tm.name!r}: source")
+            walk(validate_threat_model(transfer_craft(tm), f"threat model {tm.name!r}: craft"), [sources[label]])
+            return
+        check_backend(tm, repr(tm.name))
+        for d in targets:
+            check_bpda(tm, d, repr(tm.name))
+
+    for t in suite.threat_models:  # against the defenses that run it
+        walk(t, [defenses[d.label] for d in suite.defenses if d.runs(t.name)])
+    return {label: d.fingerprint() for label, d in defenses.items()}
 
 
 @dataclass
@@ -105,15 +237,18 @@ _HISTORY_KEYS = ("suite_hash", "profile", "overrides", "started_at", "finished_a
 
 
 def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
-                      old: dict | None, console: Console | None = None) -> tuple[list[Job], dict[str, str]]:
+                      old: dict | None, console: Console | None = None,
+                      fingerprints: dict[str, str] | None = None) -> tuple[list[Job], dict[str, str]]:
     """Which planned jobs a run directory already holds records of, checked job by job.
 
     A record counts when its spec hash (defense, threat-model settings, images, seed) equals
     the planned job's: a run grows to more images, defenses or threat models, or runs a
     subset, without recomputing anything. A record of different settings under a planned
     job's name is refused; a record of the same settings over other images (the last chunk
-    before the run grew) is recomputed. Recorded weight fingerprints must match the
-    defense as it loads now. Returns the jobs done and the fingerprints per defense.
+    before the run grew) is recomputed. A damaged record (truncated, unparsable, missing
+    samples, other images) is named, set aside as ``*.json.damaged`` and recomputed.
+    Recorded weight fingerprints must match the defense as it loads now (``fingerprints``:
+    as :func:`preflight` measured them). Returns the jobs done and the fingerprints per defense.
     """
     if old is not None and old.get("suite") not in (None, suite.name):
         raise RunError(f"{run_dir} holds a run of suite {old.get('suite')!r}, not {suite.name!r}; "
@@ -124,18 +259,32 @@ def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
         if old["data_hash"] != here:
             raise RunError(f"{run_dir} was computed on different images (data hash {old['data_hash']} of the first "
                            f"{n_old} ≠ {here} here); choose another --out")
-    done, superseded, conflicts = [], [], []
+    done, superseded, conflicts, damaged = [], [], [], []
     recorded_fp: dict[str, set[str]] = defaultdict(set)
     unverified: set[str] = set()
+    expected = None
+    layout = RunDir(run_dir)
     for j in jobs:
-        path = chunk_path(run_dir, j.defense, j.threat, j.chunk)
+        path = layout.chunk(j.defense, j.threat, j.chunk)
         if not path.is_file():
             continue
-        blob = read_json(path)
+        try:
+            blob = layout.read_chunk(j.defense, j.threat, j.chunk)
+        except DamagedFileError as exc:
+            damaged.append((path, str(exc).split(": ", 1)[-1]))
+            continue
+        if not isinstance(blob, dict) or not isinstance(blob.get("job", {}), dict):
+            damaged.append((path, "not a record file"))
+            continue
         rec_job = blob.get("job", {})
         rec = blob.get("spec_hash") or legacy_spec_hash((old or {}).get("config") or {}, rec_job)
         rec_range = (rec_job.get("start"), rec_job.get("stop"))
         if rec == job_spec_hash(suite, j):
+            expected = expected or _data_labels(suite)
+            problem = record_problem(blob, j, *expected)
+            if problem:
+                damaged.append((path, problem))
+                continue
             done.append(j)
             if blob.get("defense_fingerprint"):
                 recorded_fp[j.defense].add(blob["defense_fingerprint"])
@@ -151,10 +300,15 @@ def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
             f"{run_dir} holds records of a different suite configuration for {len(conflicts)} planned job(s) "
             f"(e.g. {', '.join(conflicts[:3])}: other defense or threat-model settings or seed); refusing to mix "
             "results. Choose another --out or delete that folder.")
+    for path, why in damaged:  # kept for inspection; the job is recomputed
+        os.replace(path, path.with_name(path.name + ".damaged"))
+        if console is not None:
+            console.print(f"[yellow]damaged record[/] {path}: {why}; set aside as {path.name}.damaged and "
+                          "recomputed", highlight=False)
     known: dict[str, str] = {}
     for label, fps in recorded_fp.items():
         spec = next(d for d in suite.defenses if d.label == label)
-        now = build_defense(spec.ref, spec.params, name=label).fingerprint()
+        now = (fingerprints or {}).get(label) or build_defense(spec.ref, spec.params, name=label).fingerprint()
         if fps != {now}:
             raise RunError(f"defense {label!r} loads other weights than its records in {run_dir} were computed "
                            f"with (fingerprint {', '.join(sorted(fps))} recorded, {now} now); restore those weights "
@@ -173,13 +327,37 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
               results_root: str | Path = "results", command: list[str] | None = None,
               show_progress: bool = True) -> RunOutcome:
     console = console or Console(stderr=True)
+    fingerprints = preflight(suite)  # every check of the suite and its plug-ins, before anything is written
     run_dir = Path(out) if out else default_run_dir(suite, Path(results_root))
     run_dir = run_dir.resolve()
-    meta_path = run_dir / "run.json"
+    prepare_run_dir(run_dir)
+    try:
+        lock = RunDir(run_dir).lock().acquire()  # one writer per run folder
+    except LockError as exc:
+        raise RunError(str(exc)) from None
+    if lock.stale_owner:
+        console.print(f"note: took over {lock.path} left by pid {lock.stale_owner.get('pid')} (no longer running)")
+    try:
+        return _run_locked(suite, run_dir, device, executor, console, command, show_progress, fingerprints)
+    finally:
+        lock.release()
+
+
+def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Executor | None, console: Console,
+                command: list[str] | None, show_progress: bool, fingerprints: dict[str, str]) -> RunOutcome:
+    layout = RunDir(run_dir)
+    meta_path = layout.meta_path
     suite_hash = suite.content_hash()
-    old = read_json(meta_path) if meta_path.exists() else None
+    try:
+        old = layout.read_meta()
+    except DamagedFileError as exc:
+        raise RunError(f"{exc}: it describes the records in {run_dir}, which cannot be checked without it; "
+                       "restore it, or choose another --out") from None
+    if old is not None and not isinstance(old, dict):
+        raise RunError(f"{meta_path}: not a run description (a JSON {type(old).__name__}); restore it, or choose "
+                       "another --out")
     jobs = plan_jobs(suite)
-    done, known_fp = reconcile_records(suite, run_dir, jobs, old, console)
+    done, known_fp = reconcile_records(suite, run_dir, jobs, old, console, fingerprints)
     done_set = set(done)
     todo = [j for j in jobs if j not in done_set]
     grown = old is not None and old.get("suite_hash") != suite_hash
@@ -206,7 +384,7 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
         meta["first_started_at"] = old.get("first_started_at") or old.get("started_at")
         meta["history"] = [*old.get("history", []), {k: old.get(k) for k in _HISTORY_KEYS}]
     meta["defense_fingerprints"] = dict(known_fp)
-    atomic_write_json(meta_path, meta)
+    layout.write_meta(meta)
     if grown:
         console.print(f"[bold]growing[/] {run_dir} (earlier configuration {old.get('suite_hash')}, profile "
                       f"{old.get('profile')}): {len(done)}/{len(jobs)} jobs already recorded with identical settings")
@@ -218,7 +396,7 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
     # progress: one bar per (defense, threat model)
     tally: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # robust, total
     for j in done:
-        for r in read_json(chunk_path(run_dir, j.defense, j.threat, j.chunk))["records"]:
+        for r in layout.read_chunk(j.defense, j.threat, j.chunk)["records"]:
             tally[(j.defense, j.threat)][0] += int(r["robust"])
             tally[(j.defense, j.threat)][1] += 1
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -243,14 +421,13 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
 
         def on_result(res: ChunkResult):
             j = res.job
-            path = chunk_path(run_dir, j.defense, j.threat, j.chunk)
-            if path.exists():  # recorded exactly once
+            if layout.chunk(j.defense, j.threat, j.chunk).exists():  # recorded exactly once
                 return
             fp = res.defense_fingerprint
             if fp and known_fp.setdefault(j.defense, fp) != fp:
                 raise RunError(f"defense {j.defense!r}: its weights changed during the run (fingerprint "
                                f"{known_fp[j.defense]} before, {fp} now); nothing more was recorded")
-            atomic_write_json(path, res.to_dict())
+            layout.write_chunk(j.defense, j.threat, j.chunk, res.to_dict())
             key = (j.defense, j.threat)
             tally[key][0] += sum(int(r["robust"]) for r in res.records)
             tally[key][1] += len(res.records)
@@ -265,13 +442,13 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
         wall = time.perf_counter() - t0
 
     summary = finalize(suite, run_dir, jobs)
-    meta = read_json(meta_path)
+    meta = layout.read_meta()
     before = (old or {}).get("wall_seconds_total", (old or {}).get("wall_seconds_this_invocation", 0.0))
     meta["defense_fingerprints"] = dict(known_fp)
     meta.update(status="complete", finished_at=_dt.datetime.now().isoformat(timespec="seconds"),
                 wall_seconds_this_invocation=round(wall, 2),
                 wall_seconds_total=round(before + wall, 2))  # over the invocations that finished
-    atomic_write_json(meta_path, meta)
+    layout.write_meta(meta)
     if suite.diagnostics:  # gradient-masking / attack-failure indicators per defense
         from robust_bench_sc.diagnostics import run_suite_diagnostics
 
@@ -279,13 +456,24 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
     return RunOutcome(run_dir, summary, len(done), len(todo))
 
 
-def load_samples(run_dir: Path, jobs: list[Job]) -> tuple[pd.DataFrame, dict[tuple[str, str], float]]:
+def load_samples(run_dir: Path, jobs: list[Job], suite: SuiteConfig | None = None,
+                 ) -> tuple[pd.DataFrame, dict[tuple[str, str], float]]:
     rows, seconds = [], defaultdict(float)
+    expected = None
+    layout = RunDir(run_dir)
     for j in jobs:
-        path = chunk_path(run_dir, j.defense, j.threat, j.chunk)
+        path = layout.chunk(j.defense, j.threat, j.chunk)
         if not path.is_file():
             raise RunError(f"missing records for job {j.key}: {path}")
-        blob = read_json(path)
+        try:
+            blob = layout.read_chunk(j.defense, j.threat, j.chunk)
+        except DamagedFileError as exc:
+            raise RunError(f"{exc}; rerun the same command to recompute it") from None
+        if expected is None and suite is not None:
+            expected = _data_labels(suite)
+        problem = record_problem(blob, j, *expected) if expected else None
+        if problem:
+            raise RunError(f"{path}: {problem}; rerun the same command to recompute it")
         seconds[(j.defense, j.threat)] += blob["seconds"]
         for r in blob["records"]:
             rows.append({"defense": j.defense, "threat_model": j.threat, "chunk": j.chunk, **r})
@@ -304,11 +492,12 @@ def _column_order(columns) -> list[str]:
 
 
 def finalize(suite: SuiteConfig, run_dir: Path, jobs: list[Job]) -> pd.DataFrame:
-    samples, seconds = load_samples(run_dir, jobs)
+    samples, seconds = load_samples(run_dir, jobs, suite)
     samples = samples.sort_values(["defense", "threat_model", "index"], kind="stable")
     samples = samples[_column_order(samples.columns)]
-    atomic_write_text(run_dir / "samples.csv", samples.to_csv(index=False))
+    layout = RunDir(run_dir)
+    layout.write_samples(samples.to_csv(index=False))
     table = summarise(suite, samples, seconds)
-    atomic_write_text(run_dir / "summary.csv", table.to_csv(index=False, float_format="%.4f"))
-    atomic_write_text(run_dir / "summary.md", summary_markdown(suite, table))
+    # summary.md: defenses as rows, threat models as columns, rendered as `scbench report` does
+    layout.write_summary(table.to_csv(index=False, float_format="%.4f"), to_markdown(report_from_suite(suite, table)))
     return table

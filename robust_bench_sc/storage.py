@@ -1,27 +1,63 @@
-"""Atomic files and the layout of a run directory.
+"""Atomic files and the layout of a run directory (:class:`RunDir`).
 
 A run directory holds ``run.json`` (metadata and the resolved suite), one JSON file per
 finished (defense, threat model, chunk) job under ``records/`` and, once the run is
 complete, ``samples.csv``, ``summary.csv`` and ``summary.md``. Every file is written to a
 temporary name and renamed, so a killed run never leaves a half-written file, and a rerun
-with the same suite skips every chunk already on disk.
+with the same suite skips every chunk already on disk. Written files get the mode a plain
+``open()`` would give them (the umask's; a replaced file keeps its mode). While a run writes
+a folder, ``.scbench.lock`` (pid, host, command) makes it the only writer.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import re
+import socket
+import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 
+class DamagedFileError(ValueError):
+    """A file we wrote (or should have) cannot be read back: truncated, not JSON, wrong shape."""
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # fallback: read by setting; restored at once
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path) -> int:
+    """An existing file keeps its mode; a new one gets what ``open()`` would give it (0666 & ~umask)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary name and rename: never a half-written file. The file gets the
+    mode a plain ``open(path, "w")`` would (the umask's, or the old file's when replacing)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _mode_for(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, mode)  # mkstemp creates 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -49,9 +85,226 @@ def safe_name(name: str) -> str:
 
 
 def chunk_path(run_dir: Path, defense: str, threat: str, chunk: int) -> Path:
-    return run_dir / "records" / safe_name(defense) / safe_name(threat) / f"chunk_{chunk:05d}.json"
+    return RunDir(run_dir).chunk(defense, threat, chunk)
 
 
 def read_json(path: Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """Parse a JSON file; a truncated or damaged one raises :class:`DamagedFileError` naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        size = os.path.getsize(path)
+        raise DamagedFileError(f"{path}: damaged or truncated JSON ({exc.msg} at line {exc.lineno}, "
+                               f"column {exc.colno}; {size} bytes)") from None
+    except UnicodeDecodeError as exc:
+        raise DamagedFileError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                               f"{exc.start}): not a file scbench wrote") from None
+
+
+# -- ownership of a run directory ----------------------------------------------------------
+
+LOCK_NAME = ".scbench.lock"
+
+
+class LockError(RuntimeError):
+    """Another process owns the run directory (or it cannot be written)."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    try:  # a killed child its parent has not reaped yet is gone for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+class RunLock:
+    """Exclusive ownership of a run directory: ``.scbench.lock`` created with O_EXCL, holding
+    the owner's pid, host and command. A lock left by a dead process on this host is stale
+    and taken over; a live (or other-host) owner is refused with who it is."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK_NAME
+        self.stale_owner: dict | None = None
+        self._held = False
+
+    def _describe(self, info: dict) -> str:
+        return (f"pid {info.get('pid')} on {info.get('host')}, started {info.get('started_at')}: "
+                f"{' '.join(map(str, info.get('command') or []))[:200]}")
+
+    def acquire(self) -> "RunLock":
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started_at": _dt.datetime.now().isoformat(timespec="seconds"), "command": list(sys.argv)}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~current_umask())
+            except FileExistsError:
+                holder = self._holder()
+                if holder == "gone":  # released meanwhile
+                    continue
+                if holder is None:
+                    raise LockError(f"{self.path}: an unreadable lock file (another scbench process may own "
+                                    f"{self.run_dir}); delete it if no scbench run uses that folder") from None
+                same_host = holder.get("host") == socket.gethostname()
+                if same_host and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"]):
+                    self.stale_owner = holder
+                    try:
+                        self.path.unlink()
+                    except FileNotFoundError:
+                        pass
+                    continue
+                where = "" if same_host else " (another host: its liveness cannot be checked from here)"
+                raise LockError(f"{self.run_dir} is in use by another scbench run ({self._describe(holder)}){where}; "
+                                f"wait for it, choose another --out, or delete {self.path} if that run is gone") from None
+            except PermissionError:
+                raise LockError(f"{self.run_dir}: not writable (permission denied); choose another --out") from None
+            except OSError as exc:
+                raise LockError(f"{self.run_dir}: cannot be written ({exc.strerror}); choose another --out") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(info, f)
+                f.flush()
+                os.fsync(f.fileno())
+            self._held = True
+            return self
+        raise LockError(f"{self.path}: could not take over a stale lock (another process raced for it)")
+
+    def _holder(self) -> dict | str | None:
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else None
+        except FileNotFoundError:
+            return "gone"
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+# -- the layout of a run directory -----------------------------------------------------------
+
+class RunDir:
+    """The one place that knows a run folder's layout; reading and writing its files.
+
+    ``run.json`` (the run's description), ``records/<defense>/<threat>/chunk_NNNNN.json`` (one
+    per finished job), ``samples.csv``, ``summary.csv``, ``summary.md`` (once complete),
+    ``.scbench.lock`` (while a process writes it) and ``diagnostics/`` (the suite's
+    diagnostics hook). Every write is atomic (:func:`atomic_write_bytes`); every JSON read
+    names a damaged file (:class:`DamagedFileError`)."""
+
+    META = "run.json"
+    RECORDS = "records"
+    SAMPLES = "samples.csv"
+    SUMMARY_CSV = "summary.csv"
+    SUMMARY_MD = "summary.md"
+    LOCK = LOCK_NAME
+    DIAGNOSTICS = "diagnostics"
+    FILES = (META, SAMPLES, SUMMARY_CSV, SUMMARY_MD)  # the plain files a complete run holds
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # paths
+    @property
+    def meta_path(self) -> Path:
+        return self.path / self.META
+
+    @property
+    def records_dir(self) -> Path:
+        return self.path / self.RECORDS
+
+    @property
+    def samples_path(self) -> Path:
+        return self.path / self.SAMPLES
+
+    @property
+    def summary_csv_path(self) -> Path:
+        return self.path / self.SUMMARY_CSV
+
+    @property
+    def summary_md_path(self) -> Path:
+        return self.path / self.SUMMARY_MD
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / self.LOCK
+
+    @property
+    def diagnostics_dir(self) -> Path:
+        return self.path / self.DIAGNOSTICS
+
+    def chunk(self, defense: str, threat: str, chunk: int) -> Path:
+        """The record file of one job."""
+        return self.records_dir / safe_name(defense) / safe_name(threat) / f"chunk_{chunk:05d}.json"
+
+    def is_run(self) -> bool:
+        """True when the folder holds a run description (it is a run folder, finished or not)."""
+        return self.meta_path.is_file()
+
+    # reading and writing
+    def read_meta(self) -> Any:
+        """The parsed ``run.json``; None when there is none; :class:`DamagedFileError` when damaged."""
+        return read_json(self.meta_path) if self.meta_path.exists() else None
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        atomic_write_json(self.meta_path, meta)
+
+    def read_chunk(self, defense: str, threat: str, chunk: int) -> Any:
+        return read_json(self.chunk(defense, threat, chunk))
+
+    def write_chunk(self, defense: str, threat: str, chunk: int, blob: dict[str, Any]) -> None:
+        atomic_write_json(self.chunk(defense, threat, chunk), blob)
+
+    def write_samples(self, samples_csv: str) -> None:
+        """``samples.csv`` (as text)."""
+        atomic_write_text(self.samples_path, samples_csv)
+
+    def write_summary(self, summary_csv: str, summary_md: str) -> None:
+        """``summary.csv`` and ``summary.md`` (as text), each written atomically."""
+        atomic_write_text(self.summary_csv_path, summary_csv)
+        atomic_write_text(self.summary_md_path, summary_md)
+
+    def read_summary_md(self) -> str:
+        return self.summary_md_path.read_text(encoding="utf-8")
+
+    def lock(self) -> RunLock:
+        """The (not yet acquired) lock of this folder: ``with run_dir.lock(): ...``."""
+        return RunLock(self.path)
+
+    def locked_by_live_process(self) -> bool:
+        """True while another live process holds this folder's lock."""
+        if not self.lock_path.exists():
+            return False
+        try:
+            RunLock(self.path).acquire().release()
+            return False
+        except LockError:
+            return True

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from robust_bench_sc.config import SuiteConfig
+from robust_bench_sc.yamlio import ConfigError
+
+if TYPE_CHECKING:  # annotations only: config imports this module (resolve_worst_case)
+    from robust_bench_sc.config import SuiteConfig
 
 SUMMARY_COLUMNS = [
     "defense", "threat_model", "attack", "backend", "norm", "epsilon", "bpda", "n_images",
@@ -16,18 +19,129 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval for k successes out of n, in percent."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (100 * max(0.0, centre - half), 100 * min(1.0, centre + half))
+# -- per-sample worst case across threat models -----------------------------------------
+
+WORST_CASE = "worst case"   # its threat_model name in summary.csv and its column in reports
+
+
+class WorstCaseError(ConfigError):
+    """The threat models of a worst case cannot be combined (other images, unknown names)."""
+
+
+def describe_images(index) -> str:
+    """'first N CIFAR-10 test images' when ``index`` is 0..N-1, else the count and range."""
+    idx = sorted({int(i) for i in index})
+    if not idx:
+        return "no images"
+    if idx == list(range(len(idx))):
+        return f"first {len(idx)} CIFAR-10 test images"
+    return f"{len(idx)} CIFAR-10 test images (indices {idx[0]}–{idx[-1]})"
+
+
+def resolve_worst_case(suite: SuiteConfig, all_threats: list, raw: Any, source: str) -> SuiteConfig:
+    """Validate a suite's ``worst_case_over`` against all its threat models (errors name the
+    file and line); then keep the names the (profiled) suite runs. A worst case needs ≥ 2
+    accuracy threat models at one norm and ε on the same images."""
+    over = list(suite.worst_case_over)
+    names = [t.name for t in all_threats]
+    if WORST_CASE in names:
+        raise WorstCaseError(f"{source}: a threat model may not be named {WORST_CASE!r} (the worst-case column's name)")
+    if not over:
+        return suite
+    from robust_bench_sc.registry import did_you_mean
+
+    line = getattr(raw, "key_lines", {}).get("worst_case_over")
+    where = f"{source}, line {line}: worst_case_over" if line else f"{source}: worst_case_over"
+    dup = sorted({n for n in over if over.count(n) > 1})
+    if dup:
+        raise WorstCaseError(f"{where}: repeated {', '.join(dup)}")
+    if len(over) < 2:
+        raise WorstCaseError(f"{where}: needs at least two threat models (a worst case over one is that one)")
+    by_name = {t.name: t for t in all_threats}
+    for n in over:
+        if n not in by_name:
+            raise WorstCaseError(f"{where}: unknown threat model {n!r}{did_you_mean(str(n), names)}; "
+                                 f"threat models of the suite: {', '.join(names)}")
+        t = by_name[n]
+        if t.kind == "none":
+            raise WorstCaseError(f"{where}: {n!r} is the clean evaluation, not an attack; list attacks only")
+        if t.kind == "zoo":
+            raise WorstCaseError(f"{where}: {n!r} (zoo) attacks a random subset of the images; "
+                                 "a worst case needs every image under every threat model")
+        if t.minimum_norm and t.epsilon_value is None:
+            raise WorstCaseError(f"{where}: {n!r} is a minimum-norm attack ({t.kind}) without epsilon; "
+                                 "give it an epsilon so that it has a robust bit at a budget")
+    budgets = {(by_name[n].norm_name, None if by_name[n].epsilon_value is None else round(by_name[n].epsilon_value, 9))
+               for n in over}
+    if len(budgets) > 1:
+        each = ", ".join(f"{n}: {by_name[n].norm_name} ε={by_name[n].epsilon_value:.6g}" for n in over)
+        raise WorstCaseError(f"{where}: the threat models must share one norm and ε ({each})")
+    caps = {by_name[n].max_images for n in over}
+    if len(caps) > 1:
+        each = ", ".join(f"{n}: {by_name[n].max_images or 'all'}" for n in over)
+        raise WorstCaseError(f"{where}: the threat models are on different images (max_images {each}); "
+                             "give them the same max_images")
+    running = {t.name for t in suite.threat_models}
+    kept = [n for n in over if n in running]
+    return suite.model_copy(update={"worst_case_over": kept if len(kept) >= 2 else []})
+
+
+def worst_case_samples(samples: pd.DataFrame, over: list[str], defense: str) -> tuple[pd.DataFrame | None, str]:
+    """Per-image worst case of ``defense`` over the threat models ``over``: robust only if
+    robust under every one of them. Returns (records, "") or (None, why not).
+
+    Raises :class:`WorstCaseError` when the threat models' records are on different images.
+    Records: index, label, clean_correct (under every threat model), attacked (by every one),
+    fooled (by at least one), robust, flags (joined), fooled_by (the threat models that fooled
+    it, ';'-separated).
+    """
+    parts = {t: samples[(samples["defense"] == defense) & (samples["threat_model"] == t)] for t in over}
+    missing = [t for t, p in parts.items() if p.empty]
+    if missing:
+        return None, f"{WORST_CASE} for {defense} not computed: no records of {', '.join(missing)}"
+    sets = {t: frozenset(int(i) for i in p["index"]) for t, p in parts.items()}
+    if len(set(sets.values())) > 1:
+        each = "; ".join(f"{t}: {describe_images(ix)}" for t, ix in sets.items())
+        raise WorstCaseError(f"{WORST_CASE} of {defense} over {', '.join(over)}: the threat models are on different "
+                             f"images ({each}); an image counts only if every threat model attacked it")
+    frames = [p.set_index(p["index"].astype(int)).sort_index() for p in parts.values()]
+    first = frames[0]
+    clean = pd.concat([f["clean_correct"].astype(bool) for f in frames], axis=1).all(axis=1)
+    attacked = pd.concat([f["attacked"].astype(bool) for f in frames], axis=1).all(axis=1)
+    robust_each = pd.concat([f["robust"].astype(bool).rename(t) for t, f in zip(over, frames)], axis=1)
+    robust = robust_each.all(axis=1)
+    flags = pd.concat([f["flags"].astype(object).where(f["flags"].notna(), "").astype(str) for f in frames],
+                      axis=1).apply(
+        lambda r: ";".join(dict.fromkeys(x for v in r for x in v.split(";") if x)), axis=1)
+    fooled_by = robust_each.apply(lambda r: ";".join(t for t in over if not r[t]), axis=1).where(clean, "")
+    out = pd.DataFrame({
+        "defense": defense, "threat_model": WORST_CASE, "index": first.index.to_numpy(),
+        "label": first["label"].to_numpy(), "clean_correct": clean.to_numpy(), "attacked": attacked.to_numpy(),
+        "fooled": (clean & ~robust).to_numpy(), "robust": robust.to_numpy(), "flags": flags.to_numpy(),
+        "fooled_by": fooled_by.to_numpy(),
+    })
+    return out, ""
+
+
+def worst_case_row(part: pd.DataFrame, norm: str, eps: float | None, seconds: float = 0.0) -> dict[str, Any]:
+    """The summary row of :func:`worst_case_samples`' records (``norm``, ``eps``: the budget
+    its threat models share)."""
+    n = len(part)
+    attacked = int(part["attacked"].sum())
+    return {
+        "defense": part["defense"].iloc[0], "threat_model": WORST_CASE, "attack": "worst_case", "backend": "",
+        "norm": norm, "epsilon": eps if eps is not None else math.nan, "bpda": "", "n_images": n,
+        "clean_accuracy": 100.0 * part["clean_correct"].mean(), "robust_accuracy": 100.0 * part["robust"].mean(),
+        "success_rate": 100.0 * int((part["attacked"] & part["fooled"]).sum()) / attacked if attacked else math.nan,
+        "mean_l2": math.nan, "median_l2": math.nan, "mean_linf": math.nan,
+        "n_flagged": int((part["flags"] != "").sum()), "seconds": round(seconds, 3),
+        "subset": describe_images(part["index"]),
+    }
 
 
 def summarise(suite: SuiteConfig, samples: pd.DataFrame, seconds: dict[tuple[str, str], float]) -> pd.DataFrame:
+    """One row per (defense, threat model); with the suite's ``worst_case_over``, one
+    ``worst case`` row per defense as well (per image: robust only if robust under every one)."""
     rows: list[dict[str, Any]] = []
     for d in suite.defenses:
         for t in suite.threat_models:
@@ -58,27 +172,30 @@ def summarise(suite: SuiteConfig, samples: pd.DataFrame, seconds: dict[tuple[str
                 "mean_l2": fooled["l2"].mean() if len(fooled) else math.nan,
                 "median_l2": fooled["l2"].median() if len(fooled) else math.nan,
                 "mean_linf": fooled["linf"].mean() if len(fooled) else math.nan,
-                "n_flagged": int((part["flags"].fillna("") != "").sum()),
+                "n_flagged": int((part["flags"].notna() & (part["flags"].astype(str) != "")).sum()),
                 "seconds": round(seconds.get((d.label, t.name), 0.0), 3),
                 "subset": subset,
             })
+    over = list(getattr(suite, "worst_case_over", []) or [])
+    if over:
+        t0 = suite.threat(over[0])
+        for d in suite.defenses:
+            part, _why = worst_case_samples(samples, over, d.label)
+            if part is not None:
+                rows.append(worst_case_row(part, t0.norm_name, t0.epsilon_value,
+                                           sum(seconds.get((d.label, t), 0.0) for t in over)))
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
-def cell(row: pd.Series, minimum_norm: bool) -> str:
-    """The number a paper table shows for this (defense, threat model)."""
-    if minimum_norm:
-        if math.isnan(row["mean_l2"]):
-            return f"no success ({row['robust_accuracy']:.2f}% survive)"
-        return f"‖e‖₂ = {row['mean_l2']:.2f} ({row['success_rate']:.0f}% succ.)"
-    if row["attack"] == "none":
-        return f"{row['clean_accuracy']:.2f}"
-    return f"{row['robust_accuracy']:.2f}"
-
-
-def summary_markdown(suite: SuiteConfig, table: pd.DataFrame) -> str:
-    """Defenses as rows, threat models as columns (accuracies in % with n and 95 % Wilson
-    intervals); rendered by :mod:`robust_bench_sc.reports`, as ``scbench report`` does."""
-    from robust_bench_sc.reports import report_from_suite, to_markdown
-
-    return to_markdown(report_from_suite(suite, table))
+def fmt_eps(eps: float | None, norm: str = "") -> str:
+    """A budget as tables print it: ``8/255`` for an ℓ∞ budget on the 8-bit grid, else 6 digits."""
+    try:
+        if eps is None or math.isnan(float(eps)):
+            return ""
+    except (TypeError, ValueError):
+        return ""
+    if norm == "linf":
+        k = eps * 255
+        if abs(k - round(k)) < 1e-6 and round(k) > 0:
+            return f"{int(round(k))}/255"
+    return f"{eps:.6g}"

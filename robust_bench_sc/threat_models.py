@@ -8,6 +8,7 @@ batch size) is a field, nothing is hidden in code. Implementations live in
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -22,17 +23,28 @@ def parse_number(value: Any) -> float:
     """A number, or a fraction written like ``8/255``."""
     if isinstance(value, bool):
         raise ValueError("expected a number, got a boolean")
+    out = None
     if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
+        out = float(value)
+    elif isinstance(value, str):
         m = _FRACTION.match(value)
-        if m:
-            return float(m.group(1)) / float(m.group(2))
         try:
-            return float(value)
-        except ValueError:
-            pass
-    raise ValueError(f"expected a number or a fraction like '8/255', got {value!r}")
+            if m:
+                if float(m.group(2)) == 0:
+                    raise ValueError(f"{value!r} divides by zero")
+                out = float(m.group(1)) / float(m.group(2))
+            else:
+                out = float(value)
+        except OverflowError:
+            out = math.inf
+        except ValueError as exc:
+            if "divides by zero" in str(exc):
+                raise
+    if out is None:
+        raise ValueError(f"expected a number or a fraction like '8/255', got {value!r}")
+    if not math.isfinite(out):  # .inf / .nan / 1e999: no budget, step or rate is infinite
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return out
 
 
 def _number(v: Any) -> float:
@@ -50,6 +62,8 @@ def resolve_relative(value: Any, epsilon: float) -> float:
             if m.group(1) is None:
                 return epsilon
             factor = parse_number(m.group(2))
+            if m.group(1) == "/" and factor == 0:
+                raise ValueError(f"step_size {value!r} divides by zero")
             return epsilon / factor if m.group(1) == "/" else epsilon * factor
     return parse_number(value)
 
@@ -132,8 +146,8 @@ class PGDThreat(ThreatModel):
     loss: Literal["ce", "cw"] = "ce"
     early_stop: bool = Field(True, description="stop restarting a sample once it is fooled")
     keep_adversarial_iterate: bool = Field(
-        True, description="native: return the first adversarial iterate of a restart when its last iterate is not "
-                          "(off: the last iterate only, as plain Madry PGD)")
+        True, description="native: an image's first adversarial iterate is its answer, and it leaves the batch "
+                          "there (off: the last iterate, every image to the last step, as plain Madry PGD)")
     l1_step: Literal["dense", "sparse"] = "sparse"
     l1_sparsity: float = Field(0.99, ge=0.0, lt=1.0, description="sparse ℓ1 step: quantile of |gradient| kept")
 
@@ -142,6 +156,7 @@ class PGDThreat(ThreatModel):
     def _check_step(cls, v):
         if isinstance(v, str):
             if _RELATIVE.match(v):
+                resolve_relative(v, 1.0)  # a zero or non-finite factor is an error now, not at run time
                 return v
             return parse_number(v)
         return v
@@ -261,20 +276,85 @@ class ZooThreat(ThreatModel):
     epsilon: Number | None = None
 
 
+# AutoAttack runs Square with 5000 queries and ``resc_schedule=False``: its schedule of the
+# square size (p halves at iterations 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000) is
+# calibrated for 10 000 queries, and at 5000 it reaches p_init / 128.
+AUTOATTACK_SQUARE_QUERIES = 5000
+_RESCALE_DOC = ("rescale the square-size schedule to the query budget (the toolkit's resc_schedule). Unset: on "
+                f"whenever the budget is not AutoAttack's {AUTOATTACK_SQUARE_QUERIES} queries, off at "
+                f"{AUTOATTACK_SQUARE_QUERIES} (AutoAttack's own setting)")
+
+
+def _rescale_rule(data: Any, queries_run: bool = True) -> Any:
+    """Fill an unset (or null) ``rescale_schedule``: on iff Square runs with a budget other than
+    AutoAttack's 5000 queries. Without it, Square at 1000 queries never gets below p_init / 16
+    (large squares for the whole run); at 5000 the unrescaled schedule is AutoAttack's.
+
+    The rule's value is stored explicitly, so a threat model whose behaviour it changed
+    (a budget ≠ 5000) has ``rescale_schedule: true`` in its spec hash and never reuses records
+    computed without rescaling, while every 5000-query threat model keeps its old hash."""
+    if not isinstance(data, dict) or data.get("rescale_schedule") is not None:
+        return data
+    q = data.get("n_queries", AUTOATTACK_SQUARE_QUERIES)
+    if isinstance(q, bool) or not isinstance(q, (int, float, str)):
+        return data  # let the field's own validation name the bad value
+    try:
+        q = int(q)
+    except ValueError:
+        return data
+    return {**data, "rescale_schedule": bool(queries_run and q != AUTOATTACK_SQUARE_QUERIES)}
+
+
+# Fields added after records were first written, with what their absence from a stored
+# configuration (run.json) meant: the code then behaved as this value, whatever the default
+# rule says today. Used to rebuild old records' identity (plan.legacy_spec_hash, reports).
+ABSENT_MEANT: dict[str, dict[str, Any]] = {
+    "square": {"rescale_schedule": False},
+    "autoattack": {"rescale_schedule": False},
+}
+
+
+def stored_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A threat-model configuration read back from a run.json, with fields that did not exist
+    when it was written set to the behaviour of the code that wrote it."""
+    missing = {k: v for k, v in ABSENT_MEANT.get(str(config.get("attack")), {}).items() if k not in config}
+    return {**config, **missing} if missing else config
+
+
 @register_threat_model
 class SquareThreat(ThreatModel):
-    """Square attack (score based), through the reference AutoAttack implementation."""
+    """Square attack (score based, margin loss): pyautoattack (``backend: autoattack``, the
+    reference implementation) or torchattacks (``backend: torchattacks``).
+
+    ``rescale_schedule`` (the toolkits' ``resc_schedule``): unset, it is **on whenever
+    ``n_queries`` is not AutoAttack's 5000** and off at 5000 (AutoAttack's own setting). The
+    toolkits' schedule halves the square size at fixed iterations calibrated for 10 000
+    queries; without rescaling, a 1000-query run keeps squares of at least p_init / 16 of the
+    image for its whole budget. Set it explicitly to override the rule.
+    """
 
     kind: ClassVar[str] = "square"
-    allowed_backends: ClassVar[tuple[str, ...]] = ("autoattack",)
+    allowed_backends: ClassVar[tuple[str, ...]] = ("autoattack", "torchattacks")
 
     attack: Literal["square"] = "square"
     backend: str = "autoattack"
     norm: Literal["linf", "l2"]
     epsilon: Number = Field(gt=0)
-    n_queries: int = Field(5000, ge=1)
+    n_queries: int = Field(AUTOATTACK_SQUARE_QUERIES, ge=1)
     p_init: float = Field(0.8, gt=0)
     restarts: int = Field(1, ge=1)
+    rescale_schedule: bool = Field(False, description=_RESCALE_DOC)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _schedule_rule(cls, data: Any) -> Any:
+        return _rescale_rule(data)
+
+
+# the attacks of pyautoattack's fixed versions (the ones with Square matter for its schedule)
+SQUARE_VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+                   "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+                   "rand": ("apgd-ce", "apgd-dlr")}
 
 
 @register_threat_model
@@ -295,6 +375,22 @@ class AutoAttackThreat(ThreatModel):
     apgd_iterations: int | None = Field(None, ge=1, description="APGD-CE/DLR and APGD-T iterations (None: the version's 100)")
     apgd_restarts: int | None = Field(
         None, ge=1, description="APGD-CE/DLR restarts (None: the version's own — 1 in standard, 5 in custom)")
+    rescale_schedule: bool = Field(False, description="Square's schedule: " + _RESCALE_DOC + " (only where Square "
+                                   "runs: standard, plus, or custom with square)")
+
+    @property
+    def runs_square(self) -> bool:
+        return "square" in (self.attacks_to_run if self.version == "custom" else SQUARE_VERSIONS.get(self.version, ()))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _schedule_rule(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        version = data.get("version", "standard")
+        runs = "square" in (data.get("attacks_to_run") or []) if version == "custom" else \
+            "square" in SQUARE_VERSIONS.get(version, ())
+        return _rescale_rule(data, queries_run=runs)
 
     @model_validator(mode="after")
     def _custom_needs_list(self):

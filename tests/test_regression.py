@@ -11,9 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from robust_bench_sc.cli import app
-from robust_bench_sc.regression import (
-    baseline_from_run, compare, from_ranges, mcnemar_exact, to_ranges, two_proportion,
-)
+from robust_bench_sc.regression import baseline_from_run, compare, from_ranges, to_ranges
+from robust_bench_sc.stats import mcnemar_exact, two_proportion
 from test_reports import make_small_run, min_norm_run  # noqa: F401 (fixture)
 
 

@@ -15,8 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from robust_bench_sc.cli import app
-from robust_bench_sc.reports import latex_escape, load_report, render, to_csv, to_latex, to_markdown
-from robust_bench_sc.summary import wilson_interval
+from robust_bench_sc.reports import (ReportError, _read_samples, latex_escape, load_report, render, to_csv, to_frame,
+                                     to_latex, to_markdown)
+from robust_bench_sc.stats import wilson_interval
 
 TINY_SUITE = """\
 name: tiny_report
@@ -172,7 +173,12 @@ def test_minimum_norm_cells_and_merge(small_run, min_norm_run):
     md = to_markdown(rep)
     s = pd.read_csv(min_norm_run / "samples.csv")
     part = s[(s.defense == "trades") & (s.threat_model == "cw_l2") & s.attacked]
-    assert f"‖e‖₂ = {part.l2.mean():.2f} (100% succ.)" in md
+    # mean ‖e‖₂ with its 95 % Student-t interval over the successes, then the success rate
+    from scipy import stats
+
+    v = part.l2.to_numpy()
+    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    assert f"‖e‖₂ = {v.mean():.2f} [{v.mean() - half:.2f}, {v.mean() + half:.2f}] (100% succ.)" in md
     assert "showing the latter" in md  # the same (defense, threat model) in both runs
 
 
@@ -248,6 +254,269 @@ def test_cli_report(small_run, tmp_path):
     r = CliRunner().invoke(app, ["report", str(small_run), "--format", "csv", "--out", str(out)])
     assert r.exit_code == 0 and out.read_text().startswith("defense,source,subset")
     r = CliRunner().invoke(app, ["report", str(tmp_path), "--format", "md"])
-    assert r.exit_code == 1 and "not a run directory" in r.output
+    assert r.exit_code == 2 and "not a run directory" in r.output
     r = CliRunner().invoke(app, ["report", str(small_run), "--format", "docx"])
-    assert r.exit_code == 1 and "unknown format" in r.output
+    assert r.exit_code == 2 and "unknown format" in r.output
+
+
+# -- per-sample worst case (suite field worst_case_over) ---------------------------------
+
+WORST_SUITE = """\
+name: tiny_worst
+seed: 0
+data: {n_images: 16, chunk_size: 16}
+defenses: [madry_pgd_at, trades]
+threat_models:
+  - clean
+  - {name: linf_ce, attack: pgd, norm: linf, epsilon: 8/255, steps: 2, restarts: 1}
+  - {name: linf_cw, attack: pgd, norm: linf, epsilon: 8/255, steps: 2, restarts: 1, loss: cw}
+  - {name: linf_fgsm, attack: pgd, norm: linf, epsilon: 8/255, steps: 1, step_size: epsilon, restarts: 1,
+     random_start: false}
+worst_case_over: [linf_ce, linf_cw, linf_fgsm]
+"""
+
+
+@pytest.fixture(scope="session")
+def worst_run(tmp_path_factory) -> Path:
+    from robust_bench_sc.config import load_suite
+    from robust_bench_sc.runner import run_suite
+
+    base = tmp_path_factory.mktemp("worst")
+    (base / "tiny_worst.yaml").write_text(WORST_SUITE)
+    return run_suite(load_suite(base / "tiny_worst.yaml"), out=base / "run", show_progress=False).run_dir
+
+
+def _expected_worst(run: Path, over: list[str]) -> dict[str, tuple[int, int]]:
+    """Robust images under every threat model, from samples.csv alone: defense → (k, n)."""
+    s = pd.read_csv(run / "samples.csv")
+    s = s[s.threat_model.isin(over)]
+    w = s.pivot_table(index=["defense", "index"], columns="threat_model", values="robust", aggfunc="first")
+    assert list(w.columns.sort_values()) == sorted(over)
+    ok = w.astype(bool).all(axis=1).groupby("defense")
+    return {d: (int(g.sum()), len(g)) for d, g in ok}
+
+
+def test_worst_case_in_summary_and_every_format(worst_run):
+    over = ["linf_ce", "linf_cw", "linf_fgsm"]
+    exp = _expected_worst(worst_run, over)
+    table = pd.read_csv(worst_run / "summary.csv")
+    s = pd.read_csv(worst_run / "samples.csv")
+    for d, (k, n) in exp.items():
+        row = table[(table.defense == d) & (table.threat_model == "worst case")].iloc[0]
+        assert n == 16 and row.n_images == 16 and row.robust_accuracy == pytest.approx(100 * k / n, abs=1e-3)
+        each = [100 * s[(s.defense == d) & (s.threat_model == t)].robust.mean() for t in over]
+        assert row.robust_accuracy <= min(each) + 1e-9
+        assert row.subset == "first 16 CIFAR-10 test images" and row.attack == "worst_case"
+    md = render([worst_run], "md")
+    header = next(ln for ln in md.splitlines() if ln.startswith("| defense |"))
+    assert header.endswith("| worst case |")
+    for d, (k, n) in exp.items():
+        lo, hi = wilson_interval(k, n)
+        line = next(ln for ln in md.splitlines() if ln.startswith(f"| {d} |"))
+        assert line.endswith(f"| {100 * k / n:.2f} [{lo:.1f}, {hi:.1f}] |"), line
+    assert 'over=["linf_ce", "linf_cw", "linf_fgsm"]' in md
+    assert (worst_run / "summary.md").read_text().count("worst case") >= 2   # the runner's summary.md too
+    df = pd.read_csv(io.StringIO(render([worst_run], "csv")))
+    for d, (k, n) in exp.items():
+        assert df[df.defense == d].iloc[0]["worst case"] == pytest.approx(100 * k / n, abs=1e-3)
+        assert df[df.defense == d].iloc[0]["worst case_n"] == 16
+    html = render([worst_run], "html", with_plots=False)
+    assert ">worst case<" in html and f"{100 * exp['trades'][0] / 16:.2f}" in html
+    tex = render([worst_run], "latex")
+    _check_latex(tex)
+    assert "worst case" in tex
+    # the regression baseline gets per-sample bits of the worst case as well
+    from robust_bench_sc.regression import baseline_from_run
+
+    e = baseline_from_run(worst_run)["entries"]["madry_pgd_at"]["worst case"]
+    assert e["robust_bits"].count("1") == exp["madry_pgd_at"][0] and len(e["robust_bits"]) == 16
+
+
+def test_worst_case_refuses_different_images(worst_run, tmp_path):
+    d = tmp_path / "run"
+    shutil.copytree(worst_run, d)
+    s = pd.read_csv(d / "samples.csv")
+    s = s[~((s.defense == "trades") & (s.threat_model == "linf_cw") & (s["index"] >= 12))]
+    s.to_csv(d / "samples.csv", index=False)
+    with pytest.raises(ReportError) as exc:
+        load_report([d])
+    msg = str(exc.value)
+    assert "\n" not in msg and "different images" in msg and "linf_cw: first 12 CIFAR-10 test images" in msg
+    r = CliRunner().invoke(app, ["report", str(d)])
+    assert r.exit_code != 0 and "different images" in r.output and "Traceback" not in r.output
+
+
+def _suite_error(tmp_path, worst: str, extra_threat: str = "") -> str:
+    from robust_bench_sc.config import load_suite
+    from robust_bench_sc.yamlio import ConfigError
+
+    f = tmp_path / "s.yaml"
+    f.write_text(WORST_SUITE.replace("worst_case_over: [linf_ce, linf_cw, linf_fgsm]", worst)
+                 .replace("threat_models:\n", "threat_models:\n" + extra_threat))
+    with pytest.raises(ConfigError) as exc:
+        load_suite(f)
+    return str(exc.value)
+
+
+def test_worst_case_over_validated_with_file_and_line(tmp_path):
+    line = WORST_SUITE.splitlines().index("worst_case_over: [linf_ce, linf_cw, linf_fgsm]") + 1
+    msg = _suite_error(tmp_path, "worst_case_over: [linf_ce, linf_cx]")
+    assert f"s.yaml, line {line}: worst_case_over: unknown threat model 'linf_cx'" in msg and "did you mean" in msg
+    assert "linf_ce, linf_cw, linf_fgsm" in msg
+    assert "one norm and ε" in _suite_error(
+        tmp_path, "worst_case_over: [linf_ce, l2]", "  - {name: l2, attack: pgd, norm: l2, epsilon: 0.5, steps: 2}\n")
+    assert "clean evaluation" in _suite_error(tmp_path, "worst_case_over: [clean, linf_ce]")
+    assert "at least two" in _suite_error(tmp_path, "worst_case_over: [linf_ce]")
+    assert "different images" in _suite_error(
+        tmp_path, "worst_case_over: [linf_ce, part]",
+        "  - {name: part, attack: pgd, norm: linf, epsilon: 8/255, steps: 2, max_images: 8}\n")
+    assert "may not be named" in _suite_error(
+        tmp_path, "worst_case_over: [linf_ce, linf_cw]", "  - {name: worst case, attack: pgd, norm: linf, epsilon: 8/255}\n")
+    for msg in (_suite_error(tmp_path, "worst_case_over: [linf_ce, linf_ce]"),):
+        assert "repeated linf_ce" in msg and "\n" not in msg
+
+
+def test_adaptive_suite_declares_its_worst_case():
+    from robust_bench_sc.config import load_suite
+
+    full = load_suite("suites/adaptive.yaml")
+    assert full.worst_case_over == ["autoattack_apgd", "square_5000", "square_1000_rescaled", "transfer_from_madry",
+                                    "transfer_from_trades", "transfer_from_bpda_surrogate", "pgd_strongest"]
+    first50 = load_suite("suites/adaptive.yaml", profile="first50")
+    assert "square_5000" not in first50.worst_case_over and len(first50.worst_case_over) == 6
+    assert {t.name: t.n_queries for t in full.threat_models if t.kind == "square"} == \
+        {"square_5000": 5000, "square_1000_rescaled": 1000}
+    assert [t.rescale_schedule for t in full.threat_models if t.kind == "square"] == [False, True]
+
+
+# -- merged runs with other settings: one column and one line ----------------------------
+
+def _subset_copy(src: Path, dst: Path, defense: str, edit=None) -> Path:
+    """``src`` restricted to one defense; ``edit(threat_models)`` changes run.json's settings."""
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "run.json").read_text())
+    meta["config"]["defenses"] = [d for d in meta["config"]["defenses"] if (d.get("name") or d["ref"]) == defense]
+    if edit:
+        edit(meta["config"]["threat_models"])
+    (dst / "run.json").write_text(json.dumps(meta))
+    for name in ("samples.csv", "summary.csv"):
+        t = pd.read_csv(dst / name)
+        t[t.defense == defense].to_csv(dst / name, index=False)
+    return dst
+
+
+def test_merge_with_other_settings_says_why_in_one_line(small_run, tmp_path):
+    def more_restarts(tms):
+        next(t for t in tms if t["name"] == "linf_8")["restarts"] = 5
+
+    def other_eps(tms):
+        next(t for t in tms if t["name"] == "linf_4")["epsilon"] = 2 / 255
+
+    a = _subset_copy(small_run, tmp_path / "a", "madry_pgd_at")
+    b = _subset_copy(small_run, tmp_path / "b", "trades", lambda t: (more_restarts(t), other_eps(t)))
+    rep = load_report([a, b])
+    labels = [t.label for t in rep.threats]
+    assert labels.count("linf_8") == 1 and not any(x.startswith("linf_8 (") for x in labels)
+    assert "linf_4 (tiny_report)" in labels      # ε differs: another measurement, its own column
+    notes = [n for n in rep.notes if "`linf_8`" in n]
+    assert notes == ["`linf_8` is one column over runs whose settings differ: restarts=1 in a (madry_pgd_at); "
+                     "restarts=5 in b (trades)."]
+    assert any(n.startswith("`linf_4` is two columns") and "epsilon" in n for n in rep.notes)
+    md = render([a, b], "md", paper=True)
+    assert md.count(notes[0]) == 1 and "restarts=1 (a) or 5 (b)" in md
+    # each row keeps its own run's number
+    acc_m, (lo, hi), _ = _expected(small_run, "madry_pgd_at", "linf_8")
+    acc_t, (lo2, hi2), _ = _expected(small_run, "trades", "linf_8")
+    row = {ln.split(" | ")[0][2:]: ln for ln in md.splitlines() if ln.startswith("| madry") or ln.startswith("| trades")}
+    assert f"{acc_m:.2f} [{lo:.1f}, {hi:.1f}]" in row["madry_pgd_at"]
+    assert f"{acc_t:.2f} [{lo2:.1f}, {hi2:.1f}]" in row["trades"]
+
+
+TABLE1_RUNS = ["results/table1_baselines", "results/table1_baselines_boundary", "results/table1_T15", "results/clean"]
+
+
+def test_committed_table1_is_one_table(monkeypatch):
+    """The committed Table 1 runs (baselines Nr 10 on 1000 images, T15 Nr 1 on 200): one
+    column set, the restarts difference in one line, every cell of a mixed column named."""
+    from robust_bench_sc.paths import REPO_ROOT
+
+    monkeypatch.chdir(REPO_ROOT)
+    rep = load_report(TABLE1_RUNS)
+    assert [t.label for t in rep.threats] == ["clean", "linf_pgd_ce", "linf_pgd_cw", "l2_pgd", "l1_pgd_paper",
+                                              "l1_pgd_strong", "boundary"]
+    assert ("`linf_pgd_ce` is one column over runs whose settings differ: restarts=10 in table1_baselines "
+            "(madry_pgd_at, trades); restarts=1 in table1_T15 (sparse_coding_T15).") in rep.notes
+    md = to_markdown(rep, paper=True)
+    t15 = next(ln for ln in md.splitlines() if ln.startswith("| sparse_coding_T15 |"))
+    madry = next(ln for ln in md.splitlines() if ln.startswith("| madry_pgd_at |"))
+    assert "55.00 [48.1, 61.7] (on first 200)" in t15 and "80.90 [78.3, 83.2]" in t15  # clean from results/clean
+    assert "44.00 [41.0, 47.1] (on first 1000)" in madry
+    # the paper's ℓ1 column is its dense attack: not shown beside the strong one
+    paper = next(ln for ln in md.splitlines() if ln.startswith("| *paper: Adv. Training†*"))
+    assert paper.split(" | ")[5:7] == ["*19.98*", ""]
+
+
+def test_readme_status_is_the_report_of_the_committed_runs(monkeypatch):
+    """README "Status against the paper" embeds, between markers, exactly what the command
+    in its opening marker prints for the committed runs: it cannot drift from results/."""
+    import shlex
+
+    from robust_bench_sc.paths import REPO_ROOT
+
+    text = (REPO_ROOT / "README.md").read_text()
+    m = re.search(r"<!-- BEGIN generated: (scbench report [^\n]*?) -->\n(.*?)<!-- END generated -->", text, re.S)
+    assert m, "README: no generated status section"
+    argv = shlex.split(m.group(1))[2:]
+    assert argv[:len(TABLE1_RUNS)] == TABLE1_RUNS and "--paper" in argv
+    monkeypatch.chdir(REPO_ROOT)
+    r = CliRunner().invoke(app, ["report", *argv])
+    assert r.exit_code == 0, r.output
+    assert m.group(2) == r.output, f"README status is stale: replace the block with the output of `{m.group(1)}`"
+    lines = r.output.splitlines()
+    body = lines[lines.index(next(ln for ln in lines if ln.startswith("| defense |"))) + 2:]
+    body = body[:body.index(next(ln for ln in body if ln.startswith("| n images |")))]
+    ours = [ln for ln in body if not ln.startswith("| *paper")]
+    assert {ln.split(" | ")[0][2:] for ln in ours} >= {"madry_pgd_at", "trades", "sparse_coding_T15", "natural"}
+    for line in ours:  # every figure of ours with its 95 % interval (n: in the cell or the n row)
+        for c in line.strip("| ").split(" | ")[1:]:
+            assert c == "—" or ("[" in c and "]" in c), (line, c)
+
+
+def test_figures_on_different_image_sets_say_which(small_run, tmp_path):
+    """Bad input: runs on different image sets (madry on the first 16, trades on the first 8)
+    merged into one report: each cell of a mixed column and each plot curve names its images."""
+    from robust_bench_sc.config import load_suite
+    from robust_bench_sc.plots import make_plots
+    from robust_bench_sc.summary import summarise
+
+    a = _subset_copy(small_run, tmp_path / "a", "madry_pgd_at")
+    b = _subset_copy(small_run, tmp_path / "b", "trades")
+    s = pd.read_csv(b / "samples.csv")
+    s = s[s["index"] < 8]
+    s.to_csv(b / "samples.csv", index=False)
+    f = tmp_path / "tiny8.yaml"
+    f.write_text(TINY_SUITE.replace("n_images: 16, chunk_size: 16", "n_images: 8, chunk_size: 8")
+                 .replace("defenses: [madry_pgd_at, trades]", "defenses: [trades]"))
+    s2 = _read_samples(b)
+    summarise(load_suite(f), s2, {}).to_csv(b / "summary.csv", index=False)
+    rep = load_report([a, b])
+    md = to_markdown(rep)
+    acc8, (lo, hi), n = _expected(b, "trades", "linf_8")
+    assert n == 8 and f"{acc8:.2f} [{lo:.1f}, {hi:.1f}] (on first 8)" in md
+    acc16, (lo, hi), _ = _expected(small_run, "madry_pgd_at", "linf_8")
+    assert f"{acc16:.2f} [{lo:.1f}, {hi:.1f}] (on first 16)" in md
+    assert "first 8 or 16 CIFAR-10 test images" in md
+    df = to_frame(rep)
+    assert list(df["linf_8_images"]) == ["first 16 CIFAR-10 test images", "first 8 CIFAR-10 test images"]
+    sweep = next(p for p in make_plots(rep, tmp_path / "plots") if p.png.name.startswith("sweep_"))
+    assert "madry_pgd_at: first 16 CIFAR-10 test images; trades: first 8 CIFAR-10 test images" in sweep.caption
+
+
+
+def test_paper_row_only_for_T15():
+    from robust_bench_sc.paper_numbers import paper_defense
+
+    assert paper_defense("sparse_coding_T15") == "T = 15 (Ours)"
+    assert paper_defense("sparse_coding_T20") is None            # not the paper's Table 1 row
+    assert paper_defense("sparse_coding_T20", {"T": 15}) == "T = 15 (Ours)"
+    assert paper_defense("madry_pgd_at") == "Adv. Training" and paper_defense("resnet_x") is None

@@ -5,9 +5,9 @@ encoder (conv with the dictionary atoms, 4x4 patches, stride 2: 32x32x3 -> 15x15
 convolutions, each followed by ReLU) -> centre crop to 32x32 (output >= 0, not clamped).
 
 Exact forward passes are non-differentiable (top-T, sign/threshold). The BPDA stand-ins
-(:class:`StandIn`) return *exactly the same values* but route gradients through smooth
-approximations, component by component (straight-through style), so the decoder's
-Jacobian is evaluated at the exact point.
+(:class:`StandIn`) return *bitwise the same values* (``exact_forward = True``: the engine then
+runs them alone) but route gradients through smooth approximations, component by component
+(straight-through style), so the decoder's Jacobian is evaluated at the exact point.
 
 Size arithmetic: encoder m = (32 - 4) // 2 + 1 = 15; ConvT(k4, s2): (15 - 1) * 2 + 4 = 32;
 ConvT(k3): 34; ConvT(k3): 36; centre crop 2 pixels each side -> 32.
@@ -60,6 +60,18 @@ def top_t_indices(c: torch.Tensor, k: int) -> torch.Tensor:
     return c.abs().topk(k, dim=1, sorted=True).indices
 
 
+def top_u_indices(c: torch.Tensor, t: int, u: int) -> torch.Tensor:
+    """Indices (B, u, H, W): ranks 1..t are exactly ``top_t_indices(c, t)`` (the exact forward's
+    call, so its choice among tied |c| is kept), ranks t+1..u the u - t largest |c| among the
+    other atoms (sorted). ``topk(u)``'s first t alone can differ from ``topk(t)`` where |c| ties
+    at rank t / t+1, which would make a stand-in's forward differ from the exact one."""
+    idx_t = top_t_indices(c, t)
+    if u == t:
+        return idx_t
+    rest = c.abs().scatter(1, idx_t, float("-inf"))  # the exact top-t can never be picked again
+    return torch.cat([idx_t, rest.topk(u - t, dim=1, sorted=True).indices], 1)
+
+
 def top_t(c: torch.Tensor, k: int) -> torch.Tensor:
     """``c`` with all but the k largest |c| per patch (atom axis 1) set to zero."""
     idx = top_t_indices(c, k)
@@ -81,7 +93,7 @@ def smooth_ternary(c: torch.Tensor, l1: torch.Tensor, beta: float = BETA, epsilo
 
 
 class _StraightThrough(torch.autograd.Function):
-    """Forward: ``exact``; backward: gradient of ``approx`` (both computed by the caller)."""
+    """Forward: ``exact`` (bitwise, a copy); backward: the gradient passes to ``approx`` unchanged."""
 
     @staticmethod
     def forward(ctx, exact, approx):
@@ -93,23 +105,54 @@ class _StraightThrough(torch.autograd.Function):
 
 
 def straight_through(exact: torch.Tensor, approx: torch.Tensor) -> torch.Tensor:
-    """Value of ``exact`` with the gradient of ``approx``: approx + (exact - approx).detach()."""
-    return approx + (exact - approx).detach()
+    """Value of ``exact`` (bitwise: not approx + (exact - approx).detach(), which rounds) with the
+    gradient of ``approx``."""
+    if exact.shape != approx.shape:
+        raise ValueError(f"straight_through: exact {tuple(exact.shape)} and approx {tuple(approx.shape)} differ in shape")
+    return _StraightThrough.apply(exact.detach(), approx)
 
 
 # --------------------------------------------------------------------------- fast first layer
-# out[b, o, 2i + ki, 2j + kj] += sum_t val[b, t, i, j] * W[idx[b, t, i, j], o, ki, kj]
-# computed as: rows (B*m*m, kh*kw*C) = gather-and-sum of weight rows (embedding_bag), then a
-# channels-last col2im by 16 strided adds. The weight gradient is a sparse (COO) matmul
-# Z^T @ grad_rows; the gradient w.r.t. the K values (BPDA) is a GEMM against all atoms + gather.
-def _col2im_nhwc(rows: torch.Tensor, b: int, m: int, c: int) -> torch.Tensor:
-    r = rows.view(b, m, m, 4, 4, c)
-    size = 2 * (m - 1) + 4
-    out = rows.new_zeros(b, size, size, c)
-    for ki in range(4):
-        for kj in range(4):
-            out[:, ki:ki + 2 * m - 1:2, kj:kj + 2 * m - 1:2, :] += r[:, :, :, ki, kj, :]
-    return out.permute(0, 3, 1, 2)  # NCHW view, channels-last memory
+# ConvTranspose2d(L -> C, k4, s2) from the K active atoms per patch:
+#   out[b, 2i + ki, 2j + kj, o] += sum_t val[b, t, i, j] * W[idx[b, t, i, j], o, ki, kj]
+# Forward, per output pixel: with the patch grid padded by one empty patch on each side, the
+# pixel y = 2p + s (s in {0, 1}) is covered by padded patch rows p (kernel row s + 2) and p + 1
+# (kernel row s), and likewise for columns. So every output pixel is a sum of exactly 4 K weight
+# rows of length C from the table W8[(atom * 16 + ki * 4 + kj)] = W[atom, :, ki, kj] (the empty
+# patch points at 16 zero rows), with the patch's value as weight: one fixed-size
+# ``F.embedding_bag`` that writes the (B, H, W, C) output directly (channels-last, what
+# deconv2 runs fastest on) with no (B*m*m, 16*C) intermediate and no col2im.
+# Backward (per patch, rows in (ki, kj, o) order, g = im2col of grad_out): the weight gradient is
+# a sparse (COO) matmul Z^T @ g; the value gradient is <g[n], W[idx[n, t]]> for the K gathered
+# entries only (embedding_bag's per-sample-weights backward), not a GEMM against all L atoms.
+_PSW_BACKWARD = getattr(torch.ops.aten, "_embedding_bag_per_sample_weights_backward", None)
+
+
+def _kernel_offsets() -> torch.Tensor:
+    """(s, r, da, dc) -> kernel position (s + 2 - 2 da) * 4 + (r + 2 - 2 dc)."""
+    off = torch.empty(2, 2, 2, 2, dtype=torch.int32)
+    for s in range(2):
+        for r in range(2):
+            for da in range(2):
+                for dc in range(2):
+                    off[s, r, da, dc] = (s + 2 - 2 * da) * 4 + (r + 2 - 2 * dc)
+    return off
+
+
+_KERNEL_OFFSETS = _kernel_offsets()
+
+
+def _pixel_bags(idx: torch.Tensor, val: torch.Tensor, n_atoms: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, weights), each (B * (2m+2)^2, 4K): the weight rows and values summed into each output pixel."""
+    b, k, m, _ = idx.shape
+    q = m + 1  # output pixels per axis = 2 q
+    ip = F.pad(idx.to(torch.int32), (1, 1, 1, 1), value=n_atoms).permute(0, 2, 3, 1)  # (b, m+2, m+2, k)
+    vp = F.pad(val, (1, 1, 1, 1), value=0.0).permute(0, 2, 3, 1)
+    ti = torch.stack([ip[:, da:da + q, dc:dc + q] for da in (0, 1) for dc in (0, 1)], 3)  # (b, q, q, 4, k)
+    tv = torch.stack([vp[:, da:da + q, dc:dc + q] for da in (0, 1) for dc in (0, 1)], 3)
+    rows = (ti * 16).view(b, q, 1, q, 1, 2, 2, k) + _KERNEL_OFFSETS.to(ti.device).view(1, 1, 2, 1, 2, 2, 2, 1)
+    vals = tv.view(b, q, 1, q, 1, 2, 2, k).expand(b, q, 2, q, 2, 2, 2, k)
+    return rows.reshape(b * 4 * q * q, 4 * k), vals.reshape(b * 4 * q * q, 4 * k)
 
 
 def _im2col_nhwc(g: torch.Tensor, m: int) -> torch.Tensor:
@@ -122,38 +165,62 @@ def _im2col_nhwc(g: torch.Tensor, m: int) -> torch.Tensor:
     return r.view(b * m * m, 16 * c)
 
 
+def _gathered_dots(g: torch.Tensor, wr: torch.Tensor, fi: torch.Tensor) -> torch.Tensor:
+    """out[n, t] = <g[n], wr[fi[n, t]]> for the (N, K) gathered rows only."""
+    n, k = fi.shape
+    if _PSW_BACKWARD is None:  # older/newer torch without the op: one GEMM against all rows, then a gather
+        return (g @ wr.t()).gather(1, fi)
+    offsets = torch.arange(0, n * k, k, device=fi.device)
+    bag_of = torch.arange(n, device=fi.device).repeat_interleave(k)
+    return _PSW_BACKWARD(g, wr, fi.reshape(-1), offsets, bag_of, 0, -1).view(n, k)  # mode 0 = sum
+
+
 class _SparseDeconv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, idx, val, w):
+    def forward(ctx, idx, val, w, bias):
         b, k, m, _ = idx.shape
         n_atoms, c = w.shape[0], w.shape[1]
-        wr = w.permute(0, 2, 3, 1).reshape(n_atoms, 16 * c)  # rows in (ki, kj, o) order
-        fi = idx.permute(0, 2, 3, 1).reshape(-1, k)
-        fv = val.permute(0, 2, 3, 1).reshape(-1, k).to(wr.dtype)
-        rows = F.embedding_bag(fi, wr, per_sample_weights=fv, mode="sum")
-        ctx.save_for_backward(fi, fv, wr)
-        ctx.dims = (b, k, m, n_atoms, c)
-        return _col2im_nhwc(rows, b, m, c)
+        table = torch.cat([w.permute(0, 2, 3, 1).reshape(n_atoms * 16, c), w.new_zeros(16, c)])
+        # trailing ranks whose value is 0 in every patch (a stand-in's ranks T+1..U) add exactly
+        # 0 to every sum: leave them out of the forward bags (the backward still sees all K)
+        used = val.detach().ne(0).flatten(2).any(2).any(0).nonzero()
+        k_fwd = int(used[-1]) + 1 if used.numel() else 1
+        rows, vals = _pixel_bags(idx[:, :k_fwd], val[:, :k_fwd].to(w.dtype), n_atoms)
+        out = F.embedding_bag(rows, table, per_sample_weights=vals, mode="sum")
+        size = 2 * m + 2
+        out = out.view(b, size, size, c)
+        if bias is not None:
+            out.add_(bias)
+        ctx.save_for_backward(idx, val, w)
+        ctx.has_bias = bias is not None
+        return out.permute(0, 3, 1, 2)  # NCHW view, channels-last memory
 
     @staticmethod
     def backward(ctx, grad_out):
-        fi, fv, wr = ctx.saved_tensors
-        b, k, m, n_atoms, c = ctx.dims
-        g = _im2col_nhwc(grad_out, m)  # (B*m*m, 16*C)
-        grad_val = grad_w = None
-        if ctx.needs_input_grad[2]:
+        idx, val, w = ctx.saved_tensors
+        b, k, m, _ = idx.shape
+        n_atoms, c = w.shape[0], w.shape[1]
+        _, need_val, need_w, need_bias = ctx.needs_input_grad
+        grad_val = grad_w = grad_bias = None
+        if need_bias and ctx.has_bias:
+            grad_bias = grad_out.sum(dim=(0, 2, 3))
+        if not (need_val or need_w):
+            return None, None, None, grad_bias
+        g = _im2col_nhwc(grad_out, m)  # (B*m*m, 16*C), rows in (ki, kj, o) order
+        fi = idx.permute(0, 2, 3, 1).reshape(-1, k)
+        if need_w:
             n = fi.shape[0]
+            fv = val.permute(0, 2, 3, 1).reshape(-1).to(w.dtype)
             rows_i = torch.arange(n, device=fi.device).repeat_interleave(k)
-            zt = torch.sparse_coo_tensor(torch.stack([fi.reshape(-1), rows_i]), fv.reshape(-1),
+            zt = torch.sparse_coo_tensor(torch.stack([fi.reshape(-1), rows_i]), fv,
                                          (n_atoms, n), check_invariants=False).coalesce()
             gw = torch.sparse.mm(zt, g)  # (L, 16*C)
             grad_w = gw.view(n_atoms, 4, 4, c).permute(0, 3, 1, 2)
-        if ctx.needs_input_grad[1]:
-            # d out / d val[n, t] = <g[n], W[idx[n, t]]>: one GEMM against all atoms, then a gather
-            # (compute-bound; a per-entry gather of weight rows is memory-bound and slower on CPU)
-            gv = (g @ wr.t()).gather(1, fi)
-            grad_val = gv.view(b, m, m, k).permute(0, 3, 1, 2)
-        return None, grad_val, grad_w
+        if need_val:
+            wr = w.permute(0, 2, 3, 1).reshape(n_atoms, 16 * c)
+            gv = _gathered_dots(g, wr, fi)
+            grad_val = gv.view(b, m, m, k).permute(0, 3, 1, 2).to(val.dtype)
+        return None, grad_val, grad_w, grad_bias
 
 
 # --------------------------------------------------------------------------- decoder
@@ -166,8 +233,8 @@ class Decoder(nn.Module):
 
     ``forward_dense(z)`` takes the dense (B, 500, 15, 15) code. ``forward_sparse(idx, val)``
     takes the K active atoms per patch (idx (B, K, 15, 15) long, val the same shape) and
-    computes the first transposed convolution exactly as a gather-and-sum of weight rows
-    (``embedding_bag``) followed by col2im (``F.fold``): O(K) instead of O(L) per patch.
+    computes the first transposed convolution exactly as a gather-and-sum of weight rows per
+    output pixel (``embedding_bag``, see ``_SparseDeconv``): O(K) instead of O(L) per patch.
     """
 
     def __init__(self, n_atoms: int = N_ATOMS, out_size: int = 32, widths: tuple[int, int] = (300, 100)):
@@ -195,8 +262,7 @@ class Decoder(nn.Module):
         w = self.deconv1.weight  # (L, C_out, kh, kw)
         if tuple(self.deconv1.stride) != (2, 2) or tuple(w.shape[-2:]) != (4, 4):
             raise ValueError("first_sparse is written for kernel 4, stride 2")
-        out = _SparseDeconv.apply(idx, val, w)
-        return out + self.deconv1.bias.view(1, -1, 1, 1)
+        return _SparseDeconv.apply(idx, val, w, self.deconv1.bias)
 
     def forward_dense(self, z: torch.Tensor) -> torch.Tensor:
         return self._tail(self.first_dense(z))
@@ -271,7 +337,15 @@ class StandIn(nn.Module):
     U: gradients flow through the top U >= T coefficients per patch (paper A.5; forward still
         keeps only the top T). U = T: gradients through the kept T only.
     Shares the frontend's buffers and decoder (not a copy), so it follows any weight update.
+
+    ``exact_forward = True`` (the engine's plug-in contract, ``robust_bench_sc.defense``): the
+    forward value is bitwise the exact frontend's -- ranks 1..T are the exact forward's own
+    ``top_t_indices`` call (ties broken the same way), the values are the exact ternary values
+    (``_StraightThrough``, no rounding), ranks T+1..U carry exact zeros, which the sparse first
+    layer skips -- so the engine runs the stand-in alone (one forward + backward per step).
     """
+
+    exact_forward = True
 
     def __init__(self, frontend: SparseCodingFrontend, smooth: bool, U: int | None = None,
                  steepness: float = STEEPNESS):
@@ -287,7 +361,7 @@ class StandIn(nn.Module):
         """(idx, val) of the top-U atoms per patch: values exact (ranks T+1..U are 0), gradients approximate."""
         fe = self.frontend
         n = min(self.U, c.shape[1])
-        idx = top_t_indices(c.detach(), n)  # sorted: the first T are the exact top-T
+        idx = top_u_indices(c.detach(), fe.T, n)  # ranks 1..T: the exact forward's top-T
         cu = c.gather(1, idx)
         l1 = fe.l1.expand_as(c).gather(1, idx)
         exact = ternary(cu.detach(), l1, fe.beta, fe.epsilon)

@@ -20,10 +20,11 @@ def _seed(ctx: AttackContext) -> int:
 
 
 class AutoAttackSquare(Attack):
-    """The Square attack (margin loss) as AutoAttack runs it (``resc_schedule=False``),
-    constructed directly so that n_queries, p_init and restarts are constructor arguments
-    rather than attributes changed after AutoAttack has set its own. Its restarts attack
-    only the samples still robust."""
+    """pyautoattack's Square attack (margin loss), constructed directly so that every
+    parameter (n_queries, p_init, restarts, the schedule) is a constructor argument rather
+    than an attribute changed after AutoAttack has set its own. ``resc_schedule`` is the
+    threat model's ``rescale_schedule`` (off at AutoAttack's 5000 queries, on otherwise,
+    unless set). Its restarts attack only the samples still robust."""
 
     threat: SquareThreat
 
@@ -35,7 +36,7 @@ class AutoAttackSquare(Attack):
         atk = SquareAttack(
             model, norm=NORMS[t.norm], n_queries=t.n_queries, eps=t.epsilon, p_init=t.p_init,
             n_restarts=t.restarts, seed=_seed(ctx), verbose=False, targeted=False, loss="margin",
-            resc_schedule=False, device=ctx.device,
+            resc_schedule=t.rescale_schedule, device=ctx.device,
         )
         with torch.no_grad():
             adv = atk.perturb(x, y)
@@ -59,6 +60,7 @@ class AutoAttackRunner(Attack):
         )
         aa.verbose = False  # pyautoattack has no constructor switch for it
         aa.square.n_queries = t.n_queries  # the versions hard-code 5000; the threat model decides
+        aa.square.rescale_schedule = t.rescale_schedule  # AutoAttack sets False (right at 5000 queries only)
         if t.apgd_iterations is not None:
             aa.apgd.n_iter = aa.apgd_targeted.n_iter = t.apgd_iterations
         if t.apgd_restarts is not None:

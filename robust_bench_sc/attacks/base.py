@@ -90,6 +90,7 @@ for _key, _target in {
     "hsj:foolbox": "robust_bench_sc.attacks.decision:FoolboxHopSkipJump",
     "zoo:art": "robust_bench_sc.attacks.decision:ArtZoo",
     "square:autoattack": "robust_bench_sc.attacks.autoattack:AutoAttackSquare",
+    "square:torchattacks": "robust_bench_sc.attacks.toolkits:TorchattacksSquare",
     "autoattack:autoattack": "robust_bench_sc.attacks.autoattack:AutoAttackRunner",
 }.items():
     ATTACKS.register(_key, _target)

@@ -2,7 +2,12 @@
 
 Per-sample early stop across restarts (a sample fooled by one restart is not attacked
 again), so at Nr=100 most image·steps are never computed for the samples that fall early.
-The number of image·steps actually computed is reported in ``info``.
+Within a restart, with ``keep_adversarial_iterate`` (the default), an image leaves the
+batch at its first adversarial iterate (compaction): that iterate is its answer, and the
+remaining images step on in a smaller batch. Plain last-iterate PGD
+(``keep_adversarial_iterate: false``) runs every image to the last step. The step each
+image stopped at and the image·steps actually computed are reported in ``info`` (see
+:meth:`NativePGD.run`).
 
 ℓ1 comes in two variants (see :class:`~robust_bench_sc.threat_models.PGDThreat`):
 ``dense`` (the paper's eq. 1, rescaled onto the ℓ1 sphere, clipped to the image box only
@@ -88,10 +93,12 @@ def random_start(x: torch.Tensor, norm: str, eps: float, g: torch.Generator) -> 
 class NativePGD(Attack):
     threat: PGDThreat
 
-    def _gradient(self, model, x_in, y, eot: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _gradient(self, model, x_in, y, eot: int):
+        """EOT-mean gradient and loss; fooled on any / on every one of the ``eot`` passes."""
         grad = torch.zeros_like(x_in)
         loss_sum = torch.zeros(x_in.shape[0], device=x_in.device)
         fooled = torch.zeros(x_in.shape[0], dtype=torch.bool, device=x_in.device)
+        fooled_all = torch.ones_like(fooled)
         for _ in range(eot):
             xr = x_in.detach().requires_grad_(True)
             logits = model(xr)
@@ -104,8 +111,10 @@ class NativePGD(Attack):
             # the gradient is zero, as the attacker sees it; diagnostics flag it
             # (unavailable_gradients) instead of the run crashing
             loss_sum += loss.detach()
-            fooled |= logits.argmax(1) != y
-        return grad / eot, loss_sum / eot, fooled
+            wrong = logits.argmax(1) != y
+            fooled |= wrong
+            fooled_all &= wrong
+        return grad / eot, loss_sum / eot, fooled, fooled_all
 
     def _step(self, delta, grad, x, step):
         t = self.threat
@@ -131,7 +140,38 @@ class NativePGD(Attack):
         e = e / (e.abs().sum(1, keepdim=True) + _TINY)
         return project_l1_box(delta + step * e.view_as(delta), x, eps)
 
+    def __init__(self, threat: PGDThreat, compact: bool = True):
+        super().__init__(threat)
+        # compact=False keeps images that have stopped in the batch (their results are
+        # ignored): the same answers at the cost of the uncompacted engine. Tests and
+        # benchmarks/bench_engine.py compare the two; threat models always compact.
+        self.compact = compact
+
     def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
+        """Attack ``x`` (labels ``y``); per-sample ``info`` (per image, over its restarts):
+
+        - ``restarts_used``: restarts that attacked the image (early stop: none after the
+          first that fooled it);
+        - ``stop_step``: index of the returned iterate in the restart that produced the
+          answer (0 = the random start, ``steps`` = the iterate after the last step). With
+          ``keep_adversarial_iterate`` an image leaves the batch at its first adversarial
+          iterate, which is its answer (< ``steps`` when that happened during the steps);
+          without it every image runs to ``steps``;
+        - ``image_steps``: gradient evaluations computed for the image (× ``eot``), i.e.
+          ``stop_step + 1`` for a restart it stopped in, ``steps`` for one it ran through;
+        - ``iterate_fooled``: some computed iterate was adversarial.
+
+        Against a randomised defense an image stops only at an iterate that fooled every
+        one of its ``eot`` passes (one lucky draw is no answer); if it never does, it runs
+        to the end and returns the last iterate when that fools, else its first iterate
+        that fooled some pass (as without compaction). A randomised defense's draws depend
+        on the batch, so there compaction keeps the answers' distribution, not each draw.
+        - ``loss_first``: attack loss at the first iterate of restart 1; ``loss_3q``: at
+          iterate ``3·steps//4`` of the latest restart, or at the stop iterate of an image
+          that stopped before it; ``loss_last``: at the returned iterate of the latest
+          restart (the stop iterate, or the one after the last step). Losses at computed
+          iterates are EOT means; the one after the last step is one forward pass.
+        """
         t = self.threat
         model = ctx.defense.attack_model(bpda=ctx.bpda_name(t), eot=1).to(ctx.device).eval()
         gen = ctx.generator()
@@ -140,10 +180,13 @@ class NativePGD(Attack):
         fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
         iterate_fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
         restarts_used = torch.zeros(n, dtype=torch.long)
+        stop_step = torch.full((n,), t.steps, dtype=torch.long)
+        image_steps = torch.zeros(n, dtype=torch.long)
         loss_first = torch.full((n,), float("nan"))
         loss_3q = torch.full((n,), float("nan"))
         loss_last = torch.full((n,), float("nan"))
         step = t.step
+        q3 = (3 * t.steps) // 4
         for r in range(t.restarts):
             active = (~fooled if t.early_stop else torch.ones_like(fooled)).nonzero().squeeze(1)
             if active.numel() == 0:
@@ -155,34 +198,72 @@ class NativePGD(Attack):
             if t.norm == "l1" and t.l1_step == "sparse":
                 delta = project_l1_box(delta, xa, t.epsilon)
             restarts_used[active.cpu()] += 1
-            first_adv = torch.zeros_like(xa)
-            found = torch.zeros(xa.shape[0], dtype=torch.bool, device=x.device)
+            na = xa.shape[0]
+            answer = xa.clone()  # the returned iterate per image of this restart
+            done = torch.zeros(na, dtype=torch.bool, device=x.device)  # stopped at an adversarial iterate
+            stop = torch.full((na,), t.steps, dtype=torch.long)
+            # the working batch: rows[i] is the position in xa of row i; alive: still stepping
+            rows = torch.arange(na, device=x.device)
+            xl, yl, dl = xa, ya, delta
+            alive = torch.ones(na, dtype=torch.bool, device=x.device)
+            # randomised defense: the first iterate that fooled some pass, the fallback answer
+            fallback, has_fallback = xa.clone(), torch.zeros(na, dtype=torch.bool, device=x.device)
+            fallback_step, fallback_loss = torch.zeros(na, dtype=torch.long), torch.zeros(na)
+            randomised = ctx.defense.capabilities.randomised
             for s in range(t.steps):
-                x_it = (xa + delta).clamp(0, 1)
-                grad, loss, it_fooled = self._gradient(model, x_it, ya, t.eot)
-                iterate_fooled[active] |= it_fooled
-                if t.keep_adversarial_iterate:  # an adversarial iterate is a valid answer even if later steps leave it
-                    new = it_fooled & ~found
-                    first_adv[new] = x_it[new].detach()
-                    found |= new
+                x_it = (xl + dl).clamp(0, 1)
+                grad, loss, it_fooled, it_fooled_all = self._gradient(model, x_it, yl, t.eot)
+                image_steps[active[rows].cpu()] += t.eot
+                it_fooled = it_fooled & alive
+                on = active[rows[alive]].cpu()
+                iterate_fooled[active[rows[it_fooled]]] = True
                 if r == 0 and s == 0:
-                    loss_first[active.cpu()] = loss.cpu()
-                if s == (3 * t.steps) // 4:
-                    loss_3q[active.cpu()] = loss.cpu()
-                delta = self._step(delta, grad, xa, step).detach()
-            final = (xa + delta).clamp(0, 1)
-            with torch.no_grad():
-                logits = model(final)
-                now = logits.argmax(1) != ya
-                loss_last[active.cpu()] = attack_loss(logits, ya, t.loss).cpu()
-            if t.keep_adversarial_iterate:
-                back = found & ~now
-                final[back] = first_adv[back]
-                now = now | found
+                    loss_first[on] = loss[alive].cpu()
+                if s == q3:
+                    loss_3q[on] = loss[alive].cpu()
+                if t.keep_adversarial_iterate and randomised:
+                    new = it_fooled & ~has_fallback[rows]
+                    fallback[rows[new]] = x_it[new].detach()
+                    has_fallback[rows[new]] = True
+                    fallback_step[rows[new].cpu()] = s
+                    fallback_loss[rows[new].cpu()] = loss[new].cpu()
+                stops = (it_fooled_all & alive) if randomised else it_fooled
+                if t.keep_adversarial_iterate and stops.any():
+                    # an adversarial iterate is the image's answer: it leaves the batch here
+                    pos = rows[stops]
+                    answer[pos] = x_it[stops].detach()
+                    done[pos] = True
+                    stop[pos.cpu()] = s
+                    gone = active[pos].cpu()
+                    loss_last[gone] = loss[stops].cpu()
+                    if s < q3:
+                        loss_3q[gone] = loss[stops].cpu()
+                    alive = alive & ~stops
+                    if self.compact:
+                        rows, xl, yl, dl, grad = rows[alive], xl[alive], yl[alive], dl[alive], grad[alive]
+                        alive = alive[alive]
+                        if rows.numel() == 0:
+                            break
+                dl = self._step(dl, grad, xl, step).detach()
+            if alive.any():
+                final = (xl[alive] + dl[alive]).clamp(0, 1)
+                ya_live = yl[alive]
+                with torch.no_grad():
+                    logits = model(final)
+                pos = rows[alive]
+                answer[pos] = final
+                done[pos] = logits.argmax(1) != ya_live
+                loss_last[active[pos].cpu()] = attack_loss(logits, ya_live, t.loss).cpu()
+                back = pos[~done[pos] & has_fallback[pos]]  # randomised: an earlier pass was fooled
+                answer[back] = fallback[back]
+                done[back] = True
+                stop[back.cpu()] = fallback_step[back.cpu()]
+                loss_last[active[back].cpu()] = fallback_loss[back.cpu()]
             # keep the first restart that fools a sample, else the latest attempt
-            keep = now | ~fooled[active]
-            x_adv[active[keep]] = final[keep]
-            fooled[active] |= now
+            keep = done | ~fooled[active]
+            x_adv[active[keep]] = answer[keep]
+            stop_step[active[keep].cpu()] = stop[keep.cpu()]
+            fooled[active] |= done
             if ctx.progress:
                 ctx.progress(0)
         return AttackOutput(
@@ -194,6 +275,7 @@ class NativePGD(Attack):
                 "loss_first": loss_first,
                 "loss_3q": loss_3q,
                 "loss_last": loss_last,
-                "image_steps": restarts_used * t.steps * t.eot,
+                "stop_step": stop_step,
+                "image_steps": image_steps,
             },
         )

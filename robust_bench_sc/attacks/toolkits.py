@@ -20,9 +20,9 @@ from torch import nn
 
 from robust_bench_sc.attacks.base import Attack, AttackContext, AttackOutput
 from robust_bench_sc.attacks.pgd import margin_loss
-from robust_bench_sc.threat_models import CWThreat, PGDThreat
+from robust_bench_sc.data import N_CLASSES
+from robust_bench_sc.threat_models import CWThreat, PGDThreat, SquareThreat
 
-N_CLASSES = 10
 INPUT_SHAPE = (3, 32, 32)
 
 
@@ -263,3 +263,27 @@ class TorchattacksCW(Attack):
         # torchattacks returns its last iterate where it failed: fall back to the input
         adv = torch.where(claimed.view(-1, 1, 1, 1), adv, x)
         return AttackOutput(adv, claimed.cpu(), {})
+
+
+# -- Square (score based) --------------------------------------------------------------------
+
+class TorchattacksSquare(Attack):
+    """torchattacks ``Square`` (margin loss, untargeted), every parameter from the threat model:
+    ``resc_schedule`` is ``rescale_schedule`` (torchattacks' own default is on, AutoAttack's off;
+    the threat model's rule decides). Its restarts attack only the samples still robust."""
+
+    threat: SquareThreat
+
+    def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
+        import torchattacks
+
+        t = self.threat
+        model = ctx.model(t)
+        atk = torchattacks.Square(
+            model, norm={"linf": "Linf", "l2": "L2"}[t.norm], eps=t.epsilon, n_queries=t.n_queries,
+            n_restarts=t.restarts, p_init=t.p_init, loss="margin", resc_schedule=t.rescale_schedule,
+            seed=int(ctx.seed % (2**31 - 1)), verbose=False,
+        )
+        adv = atk(x, y).detach()
+        return AttackOutput(adv, (predicted(model, adv) != y).cpu(), {})
+

@@ -1,0 +1,57 @@
+"""The statistics of reports and regression checks; this module imports nothing of ours.
+
+- :func:`wilson_interval`: 95 % Wilson score interval of an accuracy (in percent);
+- :func:`mean_interval`: Student-t interval of a mean (e.g. ‖e‖₂ of the successes);
+- :func:`mcnemar_exact`: two-sided exact McNemar test of paired per-image outcomes;
+- :func:`two_proportion`: two-sided pooled two-proportion z-test (unpaired outcomes).
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval for k successes out of n, in percent."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (100 * max(0.0, centre - half), 100 * min(1.0, centre + half))
+
+
+def mean_interval(values, level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of ``values`` (e.g. ‖e‖₂ of the successes); NaN below 2."""
+    import numpy as np
+    from scipy import stats
+
+    v = np.asarray([float(x) for x in values], dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) < 2:
+        return (math.nan, math.nan)
+    half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+    return (float(v.mean() - half), float(v.mean() + half))
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts b (1→0) and c (0→1)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    return min(1.0, 2.0 * tail)
+
+
+def two_proportion(k1: int, n1: int, k2: int, n2: int) -> float:
+    """Two-sided pooled two-proportion z-test p-value."""
+    if n1 == 0 or n2 == 0:
+        return math.nan
+    p = (k1 + k2) / (n1 + n2)
+    se = math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
+    if se == 0:
+        return 1.0 if k1 / n1 == k2 / n2 else 0.0
+    z = (k1 / n1 - k2 / n2) / se
+    return math.erfc(abs(z) / math.sqrt(2))

@@ -1,0 +1,402 @@
+"""Issue 17 (one step of redesign): command plug-ins through an entry point, the core never
+importing a plug-in, no import circle among robust_bench_sc modules, one owner of the run
+folder's layout, statistics in a module of their own."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from importlib.metadata import EntryPoint
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from robust_bench_sc import cli
+from robust_bench_sc.cli import COMMANDS_GROUP, app
+from robust_bench_sc.paths import REPO_ROOT
+
+PKG = REPO_ROOT / "robust_bench_sc"
+
+HELLO = '''
+import typer
+
+
+def hello(who: str = typer.Option("world", "--who", help="whom to greet")):
+    """Say hello (a test command plug-in)."""
+    print(f"hello {who}")
+
+
+def explode():
+    """Raise from plug-in code."""
+    raise ValueError("the plug-in broke")
+'''
+
+
+def _ep(name: str, value: str) -> EntryPoint:
+    return EntryPoint(name=name, value=value, group=COMMANDS_GROUP)
+
+
+@pytest.fixture
+def plugins(tmp_path, monkeypatch):
+    """The installed command plug-ins plus test ones: two that work, three broken ones, a clash."""
+    (tmp_path / "scbench_test_cmds.py").write_text(HELLO)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    real = cli._command_entry_points()
+    fake = [_ep("hello", "scbench_test_cmds:hello"), _ep("explode", "scbench_test_cmds:explode"),
+            _ep("gone", "scbench_no_such_module_xyz:cmd"), _ep("notfunc", "robust_bench_sc.cli:COMMANDS_GROUP"),
+            _ep("noattr", "scbench_test_cmds:missing"), _ep("run", "scbench_test_cmds:hello")]
+    monkeypatch.setattr(cli, "_command_entry_points", lambda: real + fake)
+    return real
+
+
+def test_sparse_coding_commands_are_registered_by_entry_point():
+    names = {ep.name: ep.value for ep in cli._command_entry_points()}
+    assert names == {"learn-dictionary": "defenses.sparse_coding.commands:learn_dictionary",
+                     "figures": "defenses.sparse_coding.commands:figures"}
+    out = subprocess.run(["scbench", "--help"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "learn-dictionary" in out.stdout and "figures" in out.stdout and "Plug-in commands" in out.stdout
+    assert out.stderr == ""  # no plug-in warning for the bundled ones
+
+
+def test_plugin_commands_run_and_a_broken_one_breaks_nothing_else(plugins):
+    runner = CliRunner()
+    r = runner.invoke(app, ["hello", "--who", "tests"])
+    assert (r.exit_code, r.stdout.strip()) == (0, "hello tests")
+    # --help lists the good ones and warns about each broken one by name and target; still exit 0
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0
+    for name in ("hello", "explode", "figures", "learn-dictionary", "run"):
+        assert name in r.stdout
+    for name in ("gone", "notfunc", "noattr"):
+        assert name not in r.stdout
+    assert "command plug-in 'gone' (scbench_no_such_module_xyz:cmd) did not load: ModuleNotFoundError" in r.stderr
+    assert "command plug-in 'notfunc' (robust_bench_sc.cli:COMMANDS_GROUP) did not load: TypeError" in r.stderr
+    assert "command plug-in 'noattr' (scbench_test_cmds:missing) did not load: AttributeError" in r.stderr
+    assert "command plug-in 'run' (scbench_test_cmds:hello) has the name of a built-in command; ignored" in r.stderr
+    # a built-in command is untouched by the broken plug-ins (they are not even imported)
+    r = runner.invoke(app, ["threat-models"])
+    assert r.exit_code == 0 and "linf_pgd_ce" in r.stdout and "did not load" not in r.stderr
+    # naming a broken plug-in is one error line, exit 2
+    r = runner.invoke(app, ["gone"])
+    assert r.exit_code == 2 and r.stderr.count("error:") == 1 and r.stderr.count("did not load") == 1
+    assert "command plug-in 'gone' (scbench_no_such_module_xyz:cmd) did not load: ModuleNotFoundError" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    # a misspelt plug-in command gets a suggestion, as a built-in one does
+    r = runner.invoke(app, ["helo"])
+    assert r.exit_code == 2 and "No such command 'helo'. Did you mean 'hello'?" in r.output
+    # an exception inside plug-in code is wrapped like a built-in command's
+    r = runner.invoke(app, ["explode"])
+    assert r.exit_code == 2
+    assert "plug-in code raised ValueError: the plug-in broke" in r.stderr and "scbench_test_cmds.py" in r.stderr
+
+
+def test_plugin_commands_load_lazily():
+    """Running a built-in command imports no plug-in; ``--help`` imports the command modules only."""
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom robust_bench_sc.cli import app\n"
+            "r = CliRunner().invoke(app, ['threat-models'])\nassert r.exit_code == 0, r.output\n"
+            "print(sorted(m for m in sys.modules if m.startswith('defenses')))\n"
+            "CliRunner().invoke(app, ['--help'])\n"
+            "print(sorted(m for m in sys.modules if m.startswith('defenses')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    before, after = out.stdout.strip().splitlines()
+    assert before == "[]"
+    assert after == "['defenses', 'defenses.sparse_coding', 'defenses.sparse_coding.commands']"
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.append((node.lineno, node.module))
+    return out
+
+
+def test_core_never_imports_a_plugin():
+    bad = [f"{p.relative_to(REPO_ROOT)}:{line}: {mod}" for p in sorted(PKG.rglob("*.py"))
+           for line, mod in _imports(p) if mod == "defenses" or mod.startswith("defenses.")]
+    assert bad == []
+
+
+# -- the run folder has one owner -------------------------------------------------------------
+
+TOY = '''
+import torch
+from torch import nn
+from robust_bench_sc import Defense
+
+
+def make():
+    g = torch.Generator().manual_seed(0)
+    lin = nn.Linear(3 * 32 * 32, 10)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(10, 3 * 32 * 32, generator=g) * 0.05)
+        lin.bias.zero_()
+    return Defense(name="toy", classifier=nn.Sequential(nn.Flatten(), lin), description="linear toy")
+'''
+
+TOY_SUITE = """name: layout
+seed: 0
+data: {{n_images: 4, chunk_size: 2}}
+defenses:
+  - ref: "{plugin}:make"
+    name: toy
+threat_models:
+  - clean
+  - attack: pgd
+    name: linf_1
+    norm: linf
+    epsilon: 8/255
+    steps: 1
+"""
+
+RUN_FOLDER_NAMES = {"run.json", "records", "samples.csv", "summary.csv", "summary.md", ".scbench.lock",
+                    "diagnostics"}
+
+
+def test_run_dir_names_the_layout_and_round_trips(tmp_path):
+    from robust_bench_sc.storage import DamagedFileError, RunDir, chunk_path
+
+    rd = RunDir(tmp_path / "r")
+    assert {RunDir.META, RunDir.RECORDS, RunDir.SAMPLES, RunDir.SUMMARY_CSV, RunDir.SUMMARY_MD, RunDir.LOCK,
+            RunDir.DIAGNOSTICS} == RUN_FOLDER_NAMES
+    assert rd.chunk("sparse coding/T15", "linf pgd", 7) == tmp_path / "r/records/sparse_coding_T15/linf_pgd/chunk_00007.json"
+    assert chunk_path(tmp_path / "r", "a", "b", 3) == rd.chunk("a", "b", 3)
+    assert rd.read_meta() is None and not rd.is_run()
+    rd.write_meta({"suite": "s", "status": "running"})
+    assert rd.is_run() and rd.read_meta() == {"suite": "s", "status": "running"}
+    rd.write_chunk("a", "b", 0, {"records": [{"index": 0}]})
+    assert rd.read_chunk("a", "b", 0) == {"records": [{"index": 0}]}
+    rd.write_summary("x\n1\n", "| x |\n")
+    assert rd.read_summary_md() == "| x |\n" and rd.summary_csv_path.read_text() == "x\n1\n"
+    rd.meta_path.write_text('{"suite": ')
+    with pytest.raises(DamagedFileError, match="run.json: damaged or truncated JSON"):
+        rd.read_meta()
+    with rd.lock():
+        assert rd.lock_path.exists()
+    assert not rd.lock_path.exists() and not rd.locked_by_live_process()
+
+
+def test_a_run_writes_exactly_the_run_dir_layout(tmp_path):
+    from robust_bench_sc.config import load_suite
+    from robust_bench_sc.runner import run_suite
+    from robust_bench_sc.storage import RunDir
+
+    plugin = tmp_path / "toy_layout.py"
+    plugin.write_text(TOY)
+    suite = tmp_path / "s.yaml"
+    suite.write_text(TOY_SUITE.format(plugin=plugin))
+    out = run_suite(load_suite(suite), out=tmp_path / "run", show_progress=False)
+    rd = RunDir(out.run_dir)
+    assert sorted(p.name for p in rd.path.iterdir()) == sorted(RunDir.FILES + (RunDir.RECORDS,))
+    chunks = sorted(str(p.relative_to(rd.path)) for p in rd.records_dir.rglob("*.json"))
+    assert chunks == [str(rd.chunk("toy", t, c).relative_to(rd.path)) for t in ("clean", "linf_1") for c in (0, 1)]
+    assert rd.read_meta()["status"] == "complete"
+    assert [r["index"] for r in rd.read_chunk("toy", "linf_1", 1)["records"]] == [2, 3]
+
+
+def _string_constants(path: Path) -> list[tuple[int, str]]:
+    return [(n.lineno, n.value) for n in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+
+@pytest.mark.parametrize("module", ["runner.py", "regression.py", "cli.py", "reports.py"])
+def test_run_folder_file_names_are_not_retyped(module):
+    """Only storage.RunDir spells the run folder's file names (messages may mention them)."""
+    hits = [f"{module}:{line}: {value!r}" for line, value in _string_constants(PKG / module)
+            if value in RUN_FOLDER_NAMES - {"records"}  # also the key of a record file's samples
+            or value.startswith(("chunk_", "records/"))]
+    assert hits == []
+
+
+# -- no import circle -------------------------------------------------------------------------
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO_ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in sorted(PKG.rglob("*.py"))}
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    t = node.test
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or \
+        (isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+
+
+def _ours(name: str) -> str | None:
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def import_graph(import_time_only: bool) -> dict[str, dict[str, int]]:
+    """module -> {module of ours it imports: line}. ``import_time_only``: the imports that run
+    when the module is imported (not those inside functions); ``if TYPE_CHECKING:`` never counts."""
+    graph: dict[str, dict[str, int]] = {}
+    for mod, path in MODULES.items():
+        tree = ast.parse(path.read_text(), str(path))
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        edges: dict[str, int] = {}
+
+        def visit(node, in_function):
+            if isinstance(node, ast.If) and _is_type_checking(node):
+                for child in node.orelse:
+                    visit(child, in_function)
+                return
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                in_function = True
+            if not (import_time_only and in_function):
+                targets = []
+                if isinstance(node, ast.Import):
+                    targets = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    base = node.module or ""
+                    if node.level:
+                        up = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                        base = ".".join(up + ([node.module] if node.module else []))
+                    targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
+                for t in targets:
+                    target = _ours(t)
+                    if target and target != mod:
+                        edges.setdefault(target, node.lineno)
+            for child in ast.iter_child_nodes(node):
+                visit(child, in_function)
+
+        visit(tree, False)
+        graph[mod] = edges
+    return graph
+
+
+def circles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, {}):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+# Imports inside a function that still close a circle, each with the step of issue 17 that removes it.
+KNOWN_BACK_EDGES = {
+    ("robust_bench_sc.diagnostics", "robust_bench_sc.binarization"): "the suite hook; the diagnostics package",
+}
+
+
+def test_circle_finder_finds_circles():
+    g = {"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1, "d": 1}, "d": {}, "e": {"e": 1}}
+    assert circles(g) == [["a", "b", "c"]]
+    full = import_graph(import_time_only=False)
+    assert full["robust_bench_sc.runner"]["robust_bench_sc.storage"] > 0  # real edges are seen
+    assert "robust_bench_sc.diagnostics" in full["robust_bench_sc.runner"]  # also inside functions
+    assert "robust_bench_sc.diagnostics" not in import_graph(import_time_only=True)["robust_bench_sc.runner"]
+
+
+def test_no_import_circle_among_our_modules():
+    assert circles(import_graph(import_time_only=True)) == []
+    full = import_graph(import_time_only=False)
+    for (a, b), why in KNOWN_BACK_EDGES.items():
+        assert b in full[a], f"{a} no longer imports {b}: drop it from KNOWN_BACK_EDGES ({why})"
+        del full[a][b]
+    assert circles(full) == [], "an import circle (imports inside functions count too)"
+
+
+def test_stats_imports_nothing_of_ours():
+    assert import_graph(import_time_only=False)["robust_bench_sc.stats"] == {}
+    from robust_bench_sc.stats import mcnemar_exact, mean_interval, two_proportion, wilson_interval
+
+    lo, hi = wilson_interval(45, 50)  # p = 0.9, n = 50: 78.6 .. 95.7 (Wilson 1927, z = 1.96)
+    assert (round(lo, 2), round(hi, 2)) == (78.64, 95.65)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 100.0
+    assert mcnemar_exact(10, 0) == pytest.approx(2 / 1024) and mcnemar_exact(4, 4) == 1.0
+    assert two_proportion(60, 100, 40, 100) == pytest.approx(0.004678, abs=1e-5)
+    lo, hi = mean_interval([1.0, 2.0, 3.0])  # mean 2, s = 1, t(0.975, 2) = 4.3027
+    assert (round(lo, 4), round(hi, 4)) == (round(2 - 4.302653 / 3 ** 0.5, 4), round(2 + 4.302653 / 3 ** 0.5, 4))
+
+
+def test_every_module_imports_alone():
+    """Each module imported first (none of ours loaded before it): an import circle that
+    depends on import order shows here."""
+    code = ("import importlib, sys, traceback\n"
+            f"mods = {sorted(MODULES)!r}\nbad = []\n"
+            "for m in mods:\n"
+            "    for k in [k for k in sys.modules if k == 'robust_bench_sc' or k.startswith('robust_bench_sc.')]:\n"
+            "        del sys.modules[k]\n"
+            "    try:\n        importlib.import_module(m)\n"
+            "    except Exception as exc:\n        bad.append(f'{m}: {type(exc).__name__}: {exc}')\n"
+            "print(bad)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+# -- one formatter of validation errors ------------------------------------------------------
+
+BAD_SUITE = """name: t
+data: {n_images: 20, chunk_size: 10, shuffle: true}
+defenses:
+  - ref: madry_pgd_at
+    nmae: x
+threat_models:
+  - name: linf
+    attack: pgd
+    norm: linf
+    epsilon: 8/255
+    steps: 3
+"""
+
+
+def test_suite_and_threat_model_errors_share_one_format(tmp_path):
+    from robust_bench_sc.config import load_suite
+    from robust_bench_sc.yamlio import ConfigError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD_SUITE)
+    good = tmp_path / "good.yaml"
+    good.write_text(BAD_SUITE.replace(", shuffle: true", "").replace("    nmae: x\n", ""))
+
+    def message(path, **kw):
+        with pytest.raises(ConfigError) as exc:
+            load_suite(path, **kw)
+        return str(exc.value).splitlines()
+
+    assert message(bad, n_images=5000) == [
+        "--n-images 5000: data.n_images: Input should be less than or equal to 1000",
+        f"{bad}, line 2: data.shuffle: unknown key; allowed keys: chunk_size, data_dir, n_images",
+        f"{bad}, line 5: defenses.0.nmae: unknown key (did you mean 'name'?); allowed keys: name, params, ref, "
+        "threat_models"]
+    assert message(good, overrides=["steps=0"]) == ["--set steps=0: steps: Input should be greater than or equal to 1"]
+    assert message(good, overrides=["linf.norm=l3"]) == [
+        "--set linf.norm=l3: norm: Input should be 'linf', 'l2' or 'l1' (got 'l3')"]
+    good.write_text(good.read_text().replace("norm: linf", "norm: l3"))
+    assert message(good) == [f"{good}, line 8: threat_models.0.norm: Input should be 'linf', 'l2' or 'l1' (got 'l3')"]
+    assert (PKG / "config.py").read_text().count(".errors()") == 1, "pydantic errors are formatted in one place"
