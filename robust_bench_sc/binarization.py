@@ -396,13 +396,9 @@ def report_markdown(rep: BinarizationReport) -> str:
 
 
 def save_report(rep: BinarizationReport, out_dir: str | Path, stem: str = "binarization") -> tuple[Path, Path]:
-    from robust_bench_sc.storage import atomic_write_json, atomic_write_text
+    from robust_bench_sc.storage import write_report_files
 
-    out_dir = Path(out_dir)
-    j, m = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    atomic_write_json(j, rep.to_dict())
-    atomic_write_text(m, report_markdown(rep))
-    return j, m
+    return write_report_files(out_dir, stem, rep.to_dict(), report_markdown(rep))
 
 
 def run_suite_binarization(suite, run_dir: str | Path, device: str = "cpu", console=None,

@@ -79,6 +79,15 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+
+def write_report_files(out_dir: str | Path, stem: str, data: Any, markdown: str) -> tuple[Path, Path]:
+    """A report as ``<stem>.json`` (``data``) and ``<stem>.md`` (``markdown``), each written atomically."""
+    out_dir = Path(out_dir)
+    j, m = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    atomic_write_json(j, data)
+    atomic_write_text(m, markdown)
+    return j, m
+
 def safe_name(name: str) -> str:
     """A file-system friendly version of a defense or threat-model name."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "unnamed"

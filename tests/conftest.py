@@ -25,3 +25,10 @@ def madry():
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     return build_defense("madry_pgd_at")
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    """48 real test images as (train, val) tensors for the trainers' tiny runs."""
+    d = load_test(48)
+    return (d.x[:32], d.y[:32]), (d.x[32:], d.y[32:])

@@ -452,12 +452,6 @@ def _tiny(tmp, **kw):
     return TrainConfig(**base)
 
 
-@pytest.fixture(scope="module")
-def tiny_data():
-    d = load_test(48)
-    return (d.x[:32], d.y[:32]), (d.x[32:], d.y[32:])
-
-
 def test_training_lowers_loss(tmp_path, tiny_data):
     tr, va = tiny_data
     cfg = _tiny(tmp_path, epochs=3, eval_every=4)

@@ -24,12 +24,6 @@ def _cfg(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-@pytest.fixture(scope="module")
-def tiny_data():
-    d = load_test(48)
-    return (d.x[:32], d.y[:32]), (d.x[32:], d.y[32:])
-
-
 def test_registry_lists_both_model_kinds():
     assert {"resnet32", "sparse_coding"} <= set(TRAINABLES.names())
 
