@@ -430,14 +430,15 @@ def test_bpda_engine_with_defense(images, tmp_path):
     assert float(g.abs().max()) > 0
 
 
-def test_missing_weights_error_names_path():
-    from defenses.sparse_coding import sparse_coding, weights_path
+def test_missing_weights_error_names_path(tmp_path, monkeypatch):
+    """A T whose weights file is absent (here: an empty weights folder) names the file it wanted."""
+    import defenses.sparse_coding as sc
 
+    monkeypatch.setattr(sc, "WEIGHTS_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="T2.pt") as exc:
-        if weights_path(2).is_file():
-            pytest.skip("T2 weights exist")
-        sparse_coding(T=2)
-    assert str(weights_path(2)) in str(exc.value)
+        sc.sparse_coding(T=2)
+    assert str(tmp_path / "T2.pt") in str(exc.value)
+    assert "scbench train --T 2" in str(exc.value)
 
 
 def test_dead_decoder_detection():
