@@ -73,6 +73,11 @@ def sparse_coding_T15(checkpoint: str | None = None) -> Defense:
     return sparse_coding(T=15, checkpoint=checkpoint)
 
 
+def sparse_coding_T2(checkpoint: str | None = None) -> Defense:
+    """T=2 (defenses/sparse_coding/weights/T2.pt: warm-started from T15.pt, see docs/sparse_coding.md)."""
+    return sparse_coding(T=2, checkpoint=checkpoint)
+
+
 def sparse_coding_T5(checkpoint: str | None = None) -> Defense:
     """T=5 (defenses/sparse_coding/weights/T5.pt: warm-started from T15.pt, see docs/sparse_coding.md)."""
     return sparse_coding(T=5, checkpoint=checkpoint)
