@@ -20,7 +20,8 @@ from defenses.sparse_coding.frontend import (
     top_t_indices,
     top_u_indices,
 )
-from defenses.sparse_coding.train import TrainConfig, decoder_is_dead, train
+from defenses.sparse_coding.train import decoder_is_dead
+from robust_bench_sc.training import TrainConfig, train
 from robust_bench_sc.data import load_test
 
 

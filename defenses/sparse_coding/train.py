@@ -13,10 +13,7 @@ from torch import nn
 
 from defenses.sparse_coding.frontend import SparseCodingFrontend
 from robust_bench_sc.models.resnet import ResNet32, load_state_dict_file
-from robust_bench_sc.training import (  # noqa: F401  (re-exported for callers of this module)
-    DeadModelError, TrainConfig, augment, epoch_order, evaluate, one_cycle, output_is_dead, step_generator,
-)
-from robust_bench_sc.training import train as _train
+from robust_bench_sc.training import DeadModelError, TrainConfig, output_is_dead
 
 
 class DeadDecoderError(DeadModelError):
@@ -107,10 +104,3 @@ def decoder_is_dead(out: torch.Tensor) -> bool:
     """Constant output over the batch (e.g. all ReLUs off): per-pixel std ~ 0 everywhere."""
     return output_is_dead(out)
 
-
-def train(cfg: TrainConfig, out_dir, resume: bool = True, train_data=None, val_data=None, test_data=None,
-          log=print) -> dict:
-    """:func:`robust_bench_sc.training.train` for a sparse-coding config (kept for callers of this module)."""
-    if cfg.model != "sparse_coding":
-        raise ValueError(f"defenses.sparse_coding.train trains sparse_coding, not {cfg.model!r}")
-    return _train(cfg, out_dir, resume=resume, train_data=train_data, val_data=val_data, test_data=test_data, log=log)
