@@ -41,7 +41,7 @@ from robust_bench_sc.defense import Defense, NoFeatureSplit
 PASS, FAIL, NOT_APPLICABLE = "pass", "fail", "not_applicable"
 
 # kinds with an ε-ball the attack must stay in; minimum-norm decision attacks have none
-_BALL_KINDS = ("pgd", "square", "autoattack", "cw")
+_BALL_KINDS = ("pgd", "square", "random_search", "autoattack", "cw")
 _NO_BALL = {
     "boundary": "the Boundary attack is a minimum-norm decision-based attack with no ε-ball to plant an "
                 "adversarial example in",
@@ -96,10 +96,10 @@ class BinarizationReport:
         return asdict(self)
 
     def as_indicator(self):
-        from robust_bench_sc.diagnostics import FAIL as D_FAIL
-        from robust_bench_sc.diagnostics import MASKING, IndicatorResult
-        from robust_bench_sc.diagnostics import PASS as D_PASS
-        from robust_bench_sc.diagnostics import SKIP
+        from robust_bench_sc.diagnostics.base import FAIL as D_FAIL
+        from robust_bench_sc.diagnostics.base import MASKING, IndicatorResult
+        from robust_bench_sc.diagnostics.base import PASS as D_PASS
+        from robust_bench_sc.diagnostics.base import SKIP
 
         st = {PASS: D_PASS, FAIL: D_FAIL, NOT_APPLICABLE: SKIP}[self.status]
         return IndicatorResult("binarization_test", "binarization test (active)", "Zimmermann et al. 2022", MASKING,
@@ -244,11 +244,10 @@ def _features(defense: Defense, split, x: torch.Tensor, passes: int, batch: int,
     with torch.no_grad():
         for i in range(0, x.shape[0], batch):
             xb = x[i: i + batch].to(device)
-            acc = None
+            acc = torch.zeros(())
             for _ in range(passes):
                 h = defense.preprocess(xb) if defense.preprocess is not None else xb
-                f = split.features(h).float()
-                acc = f if acc is None else acc + f
+                acc = acc + split.features(h).float()
             out.append((acc / passes).cpu())
     return torch.cat(out)
 
@@ -348,13 +347,16 @@ def binarization_test(defense: Defense, threat, cfg: BinarizationConfig | None =
     failed = [s["index"] for s in testable if not s["passed"]]
     what = (f"{threat.name} ({threat.kind}:{threat.backend}, {norm} ε = {eps:.6g}"
             + (f", bpda {threat.bpda}" if threat.bpda else "") + (f", eot {threat.eot}" if threat.eot > 1 else "") + ")")
+    ci: tuple[float, float] | None = None
+    rate: float | None = None
     if n == 0:
-        status, rate, ci = NOT_APPLICABLE, None, None
+        status = NOT_APPLICABLE
         evidence = (f"no testable sample: the readout separated none of {len(samples)} images "
                     f"({len(untestable)} untestable), so the test says nothing about {what}")
     else:
         rate = k / n
-        ci = tuple(round(v, 2) for v in wilson_interval(k, n))
+        lo, hi = wilson_interval(k, n)
+        ci = (round(lo, 2), round(hi, 2))
         status = PASS if rate >= cfg.pass_threshold else FAIL
         evidence = (f"{what} found the planted adversarial example on {k}/{n} testable images "
                     f"({100 * rate:.1f}%, 95% CI {ci[0]:.1f}–{ci[1]:.1f}%; threshold {100 * cfg.pass_threshold:g}%); "
@@ -383,7 +385,8 @@ def report_markdown(rep: BinarizationReport) -> str:
         "| testable | untestable | passed | pass rate | 95% CI (Wilson) |",
         "|---|---|---|---|---|",
         f"| {rep.n_testable} | {rep.n_untestable} | {rep.n_passed} | "
-        + (f"{100 * rep.pass_rate:.1f}% | {rep.ci95[0]:.1f}–{rep.ci95[1]:.1f}% |" if rep.pass_rate is not None
+        + (f"{100 * rep.pass_rate:.1f}% | {rep.ci95[0]:.1f}–{rep.ci95[1]:.1f}% |"
+           if rep.pass_rate is not None and rep.ci95 is not None
            else "— | — |"),
         "",
         f"Failed images: {', '.join(map(str, rep.failed_indices)) or 'none'}. "

@@ -7,7 +7,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import click
 import typer
@@ -22,7 +22,7 @@ err = Console(stderr=True)
 _STATE = {"debug": bool(os.environ.get("SCBENCH_DEBUG"))}
 
 
-def _fail(msg: str, code: int = 2):
+def _fail(msg: str, code: int = 2) -> NoReturn:
     err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -121,7 +121,7 @@ class _Group(typer.core.TyperGroup):
     ``--help`` lists it. A plug-in that does not load is skipped with a warning naming it
     (naming it on the command line is an error); the other commands are unaffected."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._plugins: dict[str, Any] | None = None  # name -> entry point, before loading
         self._loaded: dict[str, Any] = {}  # name -> the loaded command
@@ -197,6 +197,8 @@ def _options(debug: bool = typer.Option(False, "--debug", help="print the traceb
 
 
 def _check_device(device: str) -> None:
+    if device == "cpu":  # always there: no torch import before the suite is even read
+        return
     import torch
 
     try:
@@ -214,9 +216,9 @@ def _check_out_folder(path: Path, own: set[str] | None) -> None:
     named in ``own``, unless that is None)."""
     if path.exists() and not path.is_dir():
         _fail(f"--out {path}: is a file, not a folder")
-    if path.is_dir():
+    if path.is_dir() and own is not None:
         foreign = sorted(p.name for p in path.iterdir() if p.name not in own and not p.name.endswith(".tmp"))
-        if foreign and own is not None:
+        if foreign:
             _fail(f"--out {path}: holds files this command did not write ({', '.join(foreign[:5])}); choose a new or empty folder")
     probe = path
     while not probe.exists() and probe != probe.parent:
@@ -268,14 +270,13 @@ def run(
     """Run every defense of SUITE through every threat model; write tables and per-sample records."""
     _check_threads(threads)
     _check_device(device)
+    if data_dir:
+        os.environ["SCBENCH_DATA"] = str(data_dir)
+    cfg = _load(suite, set_, profile, n_images, seed)  # a bad suite fails here, before torch is imported
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-
-    if data_dir:
-        os.environ["SCBENCH_DATA"] = str(data_dir)
-    cfg = _load(suite, set_, profile, n_images, seed)
     from robust_bench_sc.runner import make_executor, run_suite
 
     ex = make_executor(executor, device, address=ray_address) if executor != "local" else None
@@ -301,7 +302,9 @@ def validate(suite: Path = typer.Argument(..., help="suite YAML file"),
 
     fingerprints = preflight(cfg)
 
-    table = Table(title=f"{cfg.name}: {len(plan_jobs(cfg))} jobs on the first {cfg.data.n_images} CIFAR-10 test images")
+    from robust_bench_sc.subsets import describe_subset
+
+    table = Table(title=f"{cfg.name}: {len(plan_jobs(cfg))} jobs on the {describe_subset(cfg.data.n_images)}")
     for col in ("threat model", "attack", "backend", "norm", "ε", "bpda"):
         table.add_column(col)
     for t in cfg.threat_models:
@@ -362,7 +365,8 @@ def report(
     from robust_bench_sc.reports import ReportError, render
 
     try:
-        text = render(run_dirs, fmt, paper=paper, out=out, plots_dir=plots, embed=embed)
+        dirs: list[str | Path] = list(run_dirs)
+        text = render(dirs, fmt, paper=paper, out=out, plots_dir=plots, embed=embed)
     except ReportError as exc:
         _fail(str(exc))
     if out is None:

@@ -15,8 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from robust_bench_sc.data import N_TEST_AVAILABLE
-from robust_bench_sc.paths import REPO_ROOT
+from robust_bench_sc.paths import N_TEST_AVAILABLE, REPO_ROOT
 from robust_bench_sc.registry import did_you_mean
 from robust_bench_sc.threat_models import THREAT_MODELS, ThreatModel
 from robust_bench_sc.yamlio import ConfigError, line_of, load_yaml, plain
@@ -83,7 +82,7 @@ class SuiteConfig(BaseModel):
     threat_models: list[ThreatModel] = Field(min_length=1)
     profiles: dict[str, Profile] = Field(default_factory=dict)
     # true: passive indicators per defense; "active": the binarization test per (defense, threat model);
-    # "all": both (robust_bench_sc/diagnostics.py: run_suite_diagnostics)
+    # "all": both (robust_bench_sc/diagnostics/suite.py: run_suite_diagnostics)
     diagnostics: bool | Literal["active", "all"] = False
     worst_case_over: list[str] = Field(default_factory=list, description="threat models of the per-sample 'worst case' "
                                        "column (robust only if robust under all); see summary.resolve_worst_case")
@@ -130,6 +129,43 @@ class SuiteConfig(BaseModel):
 
 # -- errors -----------------------------------------------------------------------------
 
+def _nested_path(model: Any, loc: tuple) -> tuple[tuple, list[Any]]:
+    """``loc`` without the union tags pydantic inserts at a nested threat model (``craft`` →
+    ``pgd`` → ``norm`` is written ``craft.norm``), and the model holding each remaining part."""
+    clean: list = []
+    holders: list[Any] = []
+    k = 0
+    while k < len(loc):
+        part = loc[k]
+        clean.append(part)
+        holders.append(model)
+        k += 1
+        if isinstance(model, type) and issubclass(model, ThreatModel) and part in model.nested_fields:
+            parent = model
+            if k < len(loc) and isinstance(loc[k], int):
+                clean.append(loc[k])
+                holders.append(parent)
+                k += 1
+            if k < len(loc) and loc[k] in THREAT_MODELS and loc[k] in parent.nested_kinds(part):
+                model = THREAT_MODELS[loc[k]]
+                k += 1
+            else:
+                model = None
+    return tuple(clean), holders
+
+
+def _nested_kind_message(err: Any, parent: type[ThreatModel], field: str) -> str:
+    """``attack`` of a nested entry missing, unknown or not allowed there."""
+    kinds = parent.nested_kinds(field)
+    if err["type"] == "union_tag_not_found":
+        return f"missing; allowed values: {', '.join(kinds)}"
+    tag = str((err.get("ctx") or {}).get("tag"))
+    if tag in THREAT_MODELS:
+        return (f"{tag!r} cannot be nested in {parent.kind}.{field} ({parent.nesting_refused(field, tag)}); "
+                f"allowed values: {', '.join(kinds)}")
+    return f"unknown value {tag!r}{did_you_mean(tag, kinds)}; allowed values: {', '.join(kinds)}"
+
+
 def _format_validation(exc: ValidationError, source: str, data: Any, prefix: tuple = (), cls=None,
                        blame: dict[str, str] | None = None) -> str:
     """One line per pydantic error: ``source, line N: dotted.key: message``.
@@ -137,22 +173,37 @@ def _format_validation(exc: ValidationError, source: str, data: Any, prefix: tup
     ``data``: the YAML as loaded with line numbers (:func:`line_of`); ``prefix``: where the
     validated mapping sits in its file (the line is looked up without it); ``cls``: the
     model whose keys an unknown key is checked against, or a function of the error's
-    location returning it (None: pydantic's own message); ``blame``: dotted key (or a parent
-    of it) → the option that set the value, named instead of the file (the key is then
-    given without ``prefix``)."""
+    location returning it (None: pydantic's own message); a threat model's nested entries
+    (transfer ``craft``, worst_case ``attacks``) are checked against their own schema;
+    ``blame``: dotted key (or a parent of it) → the option that set the value, named instead
+    of the file (the key is then given without ``prefix``)."""
     lines = []
     for err in exc.errors():
-        loc = tuple(err["loc"])
-        line = line_of(data, loc) if data is not None else None
+        raw_loc = tuple(err["loc"])
+        top = cls(raw_loc) if callable(cls) and not isinstance(cls, type) else cls
+        loc, holders = _nested_path(top, raw_loc)
+        msg = err["msg"]
+        nested_field = next((p for p in reversed(loc) if isinstance(p, str)), None)
+        parent = next((h for p, h in zip(reversed(loc), reversed(holders)) if isinstance(p, str)), None)
+        nesting: type[ThreatModel] | None = parent if isinstance(parent, type) and issubclass(parent, ThreatModel) \
+            and nested_field in parent.nested_fields else None
+        tag_error = nesting is not None and err["type"] in ("union_tag_not_found", "union_tag_invalid")
+        key_loc = loc + ("attack",) if tag_error and err["type"] == "union_tag_invalid" else loc
+        line = line_of(data, key_loc) if data is not None else None
+        if line is None and data is not None and key_loc != loc:
+            line = line_of(data, loc)
         where = f"{source}" + (f", line {line}" if line else "")
         key = ".".join(str(p) for p in tuple(prefix) + loc) or "(top level)"
         dotted = [".".join(str(p) for p in loc[:k]) for k in range(len(loc), 0, -1)]
         setter = next((blame[d] for d in dotted if blame and d in blame), None)
         if setter is not None:  # the value came from an option
             where, key = setter, dotted[0]
-        msg = err["msg"]
-        model = cls(loc) if callable(cls) and not isinstance(cls, type) else cls
-        if err["type"] == "extra_forbidden" and model is not None:
+        model = holders[-1] if holders else top
+        if nesting is not None and tag_error:
+            key, msg = f"{key}.attack", _nested_kind_message(err, nesting, str(nested_field))
+        elif nesting is not None and err["type"] in ("model_attributes_type", "model_type"):
+            msg = f"{msg}: write the threat model inline, as a mapping with an 'attack' key"
+        elif err["type"] == "extra_forbidden" and isinstance(model, type) and issubclass(model, BaseModel):
             allowed = sorted(model.model_fields)
             msg = f"unknown key{did_you_mean(str(loc[-1]), allowed)}; allowed keys: {', '.join(allowed)}"
         elif err["type"] == "literal_error":
@@ -205,62 +256,6 @@ def validate_threat_model(raw: Any, source: str, lined: Any = None, default_name
         raise ConfigError(_format_validation(exc, source, lined, prefix, cls, blame)) from None
     except (ArithmeticError, OverflowError) as exc:  # a validator's arithmetic on a bad value
         raise ConfigError(f"{where(None)}: {'.'.join(map(str, prefix)) or 'threat model'}: {exc}") from None
-
-
-def worst_case_members(threat: ThreatModel) -> list[dict[str, Any]]:
-    """The member mappings of a ``worst_case`` threat model, as the engine runs them: each
-    named ``NAME[j]`` unless it has a name, inheriting the parent's non-default bpda, eot,
-    recheck and batch_size."""
-    out = []
-    for j, raw in enumerate(getattr(threat, "attacks", [])):
-        d = dict(raw)
-        d.setdefault("name", f"{threat.name}[{j}]")
-        for k in ("bpda", "eot", "recheck", "batch_size"):
-            if k not in d and getattr(threat, k) != type(threat).model_fields[k].default:
-                d[k] = getattr(threat, k)
-        out.append(d)
-    return out
-
-
-def transfer_craft(threat: ThreatModel) -> dict[str, Any]:
-    """The ``craft`` mapping of a ``transfer`` threat model, as the engine runs it."""
-    craft = dict(threat.craft)
-    craft.setdefault("name", f"{threat.name}/craft")
-    craft.setdefault("batch_size", threat.batch_size)
-    if threat.source_bpda is not None:
-        craft.setdefault("bpda", threat.source_bpda)
-    if craft.get("attack") == "pgd":
-        # the source's first adversarial iterate transfers far worse than the last iterate
-        # (measured: +10 of 60 images robust on trades), so crafting runs every step unless
-        # the craft asks for keep_adversarial_iterate (and with it, compaction)
-        craft.setdefault("keep_adversarial_iterate", False)
-    return craft
-
-
-def nested_threat_models(threat: ThreatModel, source: str = "", lined: Any = None,
-                         prefix: tuple = ()) -> list[ThreatModel]:
-    """Every threat model nested in ``threat`` (worst_case members, transfer craft, recursively),
-    validated; errors name ``source`` and the line of the nested entry."""
-    source = source or f"threat model {threat.name!r}"
-    out: list[ThreatModel] = []
-    if threat.kind == "worst_case":
-        items = [(("attacks", j), d) for j, d in enumerate(worst_case_members(threat))]
-    elif threat.kind == "transfer":
-        items = [(("craft",), transfer_craft(threat))]
-    else:
-        return out
-    for path, d in items:
-        node = lined
-        for part in path:
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-                node = node[part]
-        sub = validate_threat_model(d, source, node if isinstance(node, dict) else None,
-                                    default_name=d.get("name", ""), prefix=tuple(prefix) + path)
-        out.append(sub)
-        out.extend(nested_threat_models(sub, source, node, tuple(prefix) + path))
-    return out
 
 
 def load_threat_model_file(path: Path) -> ThreatModel:
@@ -401,7 +396,6 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
         default = d.get("name") or d.get("attack", f"tm{i}")
         prefix = () if src != source else ("threat_models", i)
         tm = validate_threat_model(d, src, lined, default_name=default, prefix=prefix, blame=blames[i])
-        nested_threat_models(tm, src, lined, prefix)  # worst_case members, transfer craft: checked now
         tms.append(tm)
     names = [t.name for t in tms]
     dup = {n for n in names if names.count(n) > 1}

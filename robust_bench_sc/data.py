@@ -1,7 +1,8 @@
 """CIFAR-10 as shipped in shared/data/cifar10 (numpy shards, uint8 NHWC).
 
 Only the first 1000 official test images exist here; every figure computed on them must
-say "first N CIFAR-10 test images" (see :func:`describe_subset`).
+say "first N CIFAR-10 test images" (:func:`robust_bench_sc.subsets.describe_subset`, importable
+from here too).
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robust_bench_sc.paths import data_dir
+from robust_bench_sc.paths import N_TEST_AVAILABLE, data_dir
+from robust_bench_sc.subsets import describe_subset  # noqa: F401 (runner and plug-ins import it from here)
 
 TEST_FILE = "test_first1000.npz"
 TRAIN_FILES = tuple(f"train_{i}.npz" for i in range(5))
-N_TEST_AVAILABLE = 1000
 N_CLASSES = 10  # CIFAR-10: a defense returns one logit per class
 
 
@@ -82,7 +83,3 @@ def load_train(root: str | Path | None = None, shards: tuple[int, ...] = (0, 1, 
     """Training shards concatenated in order (all five = the 50,000 training images)."""
     parts = [_read_npz(data_dir(root) / TRAIN_FILES[s], 10000) for s in shards]
     return _to_split(*(np.concatenate([p[i] for p in parts]) for i in range(3)))
-
-
-def describe_subset(n_images: int) -> str:
-    return f"first {n_images} CIFAR-10 test images"

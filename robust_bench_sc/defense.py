@@ -155,6 +155,20 @@ class Defense:
         return AttackModel(self, bpda=bpda, eot=eot)
 
 
+AUTO_BPDA = "auto"
+
+
+def resolve_bpda(defense: Defense, bpda: str | None) -> str | None:
+    """The stand-in that ``bpda`` names on ``defense`` (the one ``bpda: auto`` rule): ``auto``
+    is the declared ``default_bpda``, else ``identity``, and None without a preprocess (there
+    is nothing to stand in for); any other value (None, a stand-in name) as given."""
+    if bpda != AUTO_BPDA:
+        return bpda
+    if defense.preprocess is None:
+        return None
+    return defense.capabilities.default_bpda or IDENTITY_BPDA
+
+
 class NoFeatureSplit(ValueError):
     """The defense exposes no features / linear readout split (binarization test: not applicable)."""
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-from robust_bench_sc.attacks.base import AttackContext, get_attack
-from robust_bench_sc.config import transfer_craft, validate_threat_model, worst_case_members
+from robust_bench_sc.attacks.base import Attack, AttackContext, get_attack
 from robust_bench_sc.data import N_CLASSES
 from robust_bench_sc.defense import Defense
-from robust_bench_sc.threat_models import ThreatModel, TransferThreat, WorstCaseThreat
+from robust_bench_sc.norms import NORMS
+from robust_bench_sc.threat_models import CleanThreat, ThreatModel, WorstCaseThreat
 
 BOX_TOL = 1e-5
 NORM_TOL_REL = 1e-4
@@ -69,7 +69,7 @@ def predict(defense: Defense, x: torch.Tensor, batch_size: int, device: torch.de
 
 def perturbation_norms(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, torch.Tensor]:
     d = (x_adv - x).flatten(1).double()
-    return {"linf": d.abs().max(1).values, "l2": d.norm(dim=1), "l1": d.abs().sum(1)}
+    return {name: norm.measure(d) for name, norm in NORMS.items()}
 
 
 def _budget_ok(norms: dict[str, torch.Tensor], norm: str, eps: float | None) -> torch.Tensor:
@@ -78,20 +78,24 @@ def _budget_ok(norms: dict[str, torch.Tensor], norm: str, eps: float | None) -> 
     return norms[norm] <= eps * (1 + NORM_TOL_REL) + NORM_TOL_ABS
 
 
-def _run_attack(threat: ThreatModel, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor):
-    """Run an attack batch by batch; returns x_adv, claimed (or None) and info."""
-    attack = get_attack(threat)
+def run_attack(threat: ThreatModel, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
+               attack: Attack | None = None):
+    """Run ``threat``'s attack (``attack``: an instance of it already built) batch by batch
+    (``Attack.batch_size``); returns x_adv, claimed (or None) and info, on the CPU."""
+    attack = attack or get_attack(threat)
+    size = attack.batch_size or max(x.shape[0], 1)
     xs, claims, infos = [], [], []
-    for i in range(0, x.shape[0], threat.batch_size):
-        xb, yb = x[i : i + threat.batch_size].to(ctx.device), y[i : i + threat.batch_size].to(ctx.device)
+    for i in range(0, x.shape[0], size):
+        xb, yb = x[i : i + size].to(ctx.device), y[i : i + size].to(ctx.device)
         out = attack.run(ctx, xb, yb)
         xs.append(out.x_adv.detach().cpu().float())
         claims.append(None if out.claimed is None else out.claimed.cpu().bool())
         infos.append({k: v.detach().cpu() for k, v in out.info.items()})
-        if ctx.progress:
+        if ctx.progress and attack.batch_size:
             ctx.progress(xb.shape[0])
     x_adv = torch.cat(xs)
-    claimed = None if any(c is None for c in claims) else torch.cat(claims)
+    given = [c for c in claims if c is not None]
+    claimed = torch.cat(given) if len(given) == len(claims) else None
     keys = list(dict.fromkeys(k for inf in infos for k in inf))
     info = {k: torch.cat([inf[k] for inf in infos]) for k in keys if all(k in inf for inf in infos)}
     return x_adv, claimed, info
@@ -173,10 +177,7 @@ def evaluate_threat(defense: Defense, threat: ThreatModel, x: torch.Tensor, y: t
     recheck = threat.recheck if defense.capabilities.randomised else 1
     if sel.numel():
         ctx.seed_everything()
-        if isinstance(threat, TransferThreat):
-            xa, claimed, info = _craft_transfer(threat, ctx, x[sel], y[sel])
-        else:
-            xa, claimed, info = _run_attack(threat, ctx, x[sel], y[sel])
+        xa, claimed, info = run_attack(threat, ctx, x[sel], y[sel])
         x_adv[sel] = xa
         if claimed is not None:
             claimed_all = torch.zeros(n, dtype=torch.bool)
@@ -207,37 +208,12 @@ def evaluate_threat(defense: Defense, threat: ThreatModel, x: torch.Tensor, y: t
                     info_all, robust)
 
 
-def _craft_transfer(threat: TransferThreat, ctx: AttackContext, x, y):
-    from robust_bench_sc.plugins import build_defense
-
-    if isinstance(threat.source, str):
-        ref, params, label = threat.source, {}, threat.source
-    else:
-        ref, params = threat.source["ref"], threat.source.get("params", {})
-        label = threat.source.get("name", ref)
-    key = f"transfer-source:{label}"
-    if key not in ctx.cache:
-        ctx.cache[key] = build_defense(ref, params, name=label).to(ctx.device)
-    source = ctx.cache[key]
-    craft_tm = validate_threat_model(transfer_craft(threat), f"threat model {threat.name!r}: craft")
-    sub = AttackContext(defense=source, device=ctx.device, seed=ctx.seed, progress=ctx.progress,
-                        data_root=ctx.data_root, cache=ctx.cache)
-    xa, claimed, info = _run_attack(craft_tm, sub, x, y)
-    src_pred = predict(source, xa, threat.batch_size, ctx.device, non_finite="flag")
-    info = dict(info)
-    info["source_fooled"] = (src_pred != y.cpu()).float()
-    return xa, None, info
-
-
 def _evaluate_worst_case(defense, threat: WorstCaseThreat, x, y, idx, ctx, clean_pred):
     """AutoAttack-style: each attack runs only on the samples every earlier one missed."""
     n = y.shape[0]
     robust = (clean_pred == y).clone()
     final: list[dict[str, Any] | None] = [None] * n
-    subs = []
-    for j, d in enumerate(worst_case_members(threat)):
-        subs.append(validate_threat_model(d, f"threat model {threat.name!r}: attacks[{j}]"))
-    for sub_tm in subs:
+    for sub_tm in threat.attacks:  # typed, named and with the parent's defaults (threat_models.py)
         alive = robust.nonzero().squeeze(1)
         if alive.numel() == 0:
             break
@@ -248,10 +224,6 @@ def _evaluate_worst_case(defense, threat: WorstCaseThreat, x, y, idx, ctx, clean
             final[i] = rec
             if not rec["robust"]:
                 robust[i] = False
-    base = evaluate_threat(defense, validate_threat_model({"attack": "none"}, "worst_case"), x, y, idx,
-                           AttackContext(defense, ctx.device, ctx.seed), clean_pred)
-    out = []
-    for i in range(n):
-        rec = final[i] if final[i] is not None else dict(base[i], fooled_by="")
-        out.append(rec)
-    return out
+    base = evaluate_threat(defense, CleanThreat(name="none"), x, y, idx, AttackContext(defense, ctx.device, ctx.seed),
+                           clean_pred)
+    return [rec if rec is not None else dict(base[i], fooled_by="") for i, rec in enumerate(final)]

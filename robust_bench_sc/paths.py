@@ -15,6 +15,10 @@ ENV_SHARED = "SCBENCH_SHARED"
 ENV_DATA = "SCBENCH_DATA"
 ENV_REFERENCE = "SCBENCH_REFERENCE"
 
+# Only the first 1000 official CIFAR-10 test images are shipped (shared/data/cifar10/SOURCE.md).
+# Here, not in data.py, so that validating a suite (config.py) does not import torch.
+N_TEST_AVAILABLE = 1000
+
 
 def shared_dir() -> Path:
     """The shared folder: $SCBENCH_SHARED, else ``../shared`` beside the repository."""

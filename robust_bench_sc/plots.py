@@ -22,15 +22,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from robust_bench_sc.norms import Norm  # noqa: E402
 from robust_bench_sc.stats import wilson_interval  # noqa: E402
 from robust_bench_sc.storage import safe_name  # noqa: E402
-from robust_bench_sc.summary import describe_images, fmt_eps  # noqa: E402
+from robust_bench_sc.subsets import describe_subset, short_subset  # noqa: E402
+from robust_bench_sc.summary import fmt_eps  # noqa: E402
 
 if TYPE_CHECKING:  # annotations only: reports imports this module to draw a report's plots
-    from robust_bench_sc.reports import Report, ThreatInfo
-
-_NORM_LABEL = {"linf": "ℓ∞", "l2": "ℓ2", "l1": "ℓ1"}
-
+    from robust_bench_sc.report_model import Report, ThreatInfo
 
 @dataclass
 class Plot:
@@ -59,7 +58,7 @@ def sweep_groups(threats: list[ThreatInfo]) -> list[list[ThreatInfo]]:
     out = []
     for g in groups.values():
         if len({t.epsilon for t in g}) >= 2:
-            out.append(sorted(g, key=lambda t: t.epsilon))
+            out.append(sorted(g, key=lambda t: float(t.epsilon)))  # type: ignore[arg-type]  # ε is set: see above
     return out
 
 
@@ -80,11 +79,13 @@ def _colors(n: int):
 def plot_sweep(report: Report, group: list[ThreatInfo], stem: Path) -> Plot:
     s = report.samples
     norm = group[0].norm
-    linf = norm == "linf"
-    scale = 255.0 if linf else 1.0
+    on_grid = bool((n_obj := Norm.get(norm)) and n_obj.pixel_grid)
+    label = n_obj.label if n_obj else norm
+    scale = 255.0 if on_grid else 1.0
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     n_seen = set()
     images: dict[str, str] = {}   # defense → which images its curve is on
+    legend: dict[str, str] = {}   # the same, short (the title names the data set)
     for d, color in zip(report.defenses, _colors(len(report.defenses))):
         xs, ys, lo, hi = [], [], [], []
         first = True
@@ -95,22 +96,30 @@ def plot_sweep(report: Report, group: list[ThreatInfo], stem: Path) -> Plot:
                 continue
             n = len(part)
             n_seen.add(n)
-            seen_d.append(describe_images(part["index"]))
+            seen_d.append(describe_subset(index=part["index"]))
             if first:  # ε = 0: clean accuracy on the same images
                 k0 = int(part["clean_correct"].sum())
                 a, b = wilson_interval(k0, n)
-                xs.append(0.0), ys.append(100 * k0 / n), lo.append(a), hi.append(b)
+                xs.append(0.0)
+                ys.append(100 * k0 / n)
+                lo.append(a)
+                hi.append(b)
                 first = False
             k = int(part["robust"].sum())
             a, b = wilson_interval(k, n)
-            xs.append(t.epsilon * scale), ys.append(100 * k / n), lo.append(a), hi.append(b)
+            assert t.epsilon is not None  # sweep_groups keeps threat models with an ε only
+            xs.append(t.epsilon * scale)
+            ys.append(100 * k / n)
+            lo.append(a)
+            hi.append(b)
         if not xs:
             continue
         images[d.label] = " / ".join(dict.fromkeys(seen_d))
+        legend[d.label] = " / ".join(dict.fromkeys(short_subset(x) for x in seen_d))
         ax.plot(xs, ys, "o-", color=color, label=d.label, lw=1.8, ms=4)
         ax.fill_between(xs, lo, hi, color=color, alpha=0.18, lw=0)
     g0 = group[0]
-    ax.set_xlabel(f"ε ({_NORM_LABEL.get(norm, norm)}" + (", ×1/255)" if linf else ")"))
+    ax.set_xlabel(f"ε ({label}" + (", ×1/255)" if on_grid else ")"))
     ax.set_ylabel("robust accuracy (%)")
     ax.set_ylim(-2, 102)
     ax.set_xlim(left=0)
@@ -118,15 +127,14 @@ def plot_sweep(report: Report, group: list[ThreatInfo], stem: Path) -> Plot:
     mixed = len(set(images.values())) > 1
     if mixed:  # runs on different image sets: each curve says which images it is on
         for line in ax.get_lines():
-            line.set_label(f"{line.get_label()} ({images[line.get_label()].replace(' CIFAR-10 test images', '')})")
+            line.set_label(f"{line.get_label()} ({legend[str(line.get_label())]})")
     ax.legend(fontsize=8, loc="upper right")
     names = ", ".join(t.label for t in group)
-    nn = "/".join(str(n) for n in sorted(n_seen))
-    title = f"{g0.kind} {_NORM_LABEL.get(norm, norm)}: robust accuracy vs ε"
-    ax.set_title(f"{title}\n(first {nn} CIFAR-10 test images; bands: 95% Wilson)", fontsize=10)
+    title = f"{g0.kind} {label}: robust accuracy vs ε"
+    ax.set_title(f"{title}\n({describe_subset(n_seen)}; bands: 95% Wilson)", fontsize=10)
     png, pdf = _save(fig, stem)
     eps = ", ".join(fmt_eps(t.epsilon, norm) for t in group)
-    on = "; ".join(f"{d}: {im}" for d, im in images.items()) if mixed else f"first {nn} CIFAR-10 test images"
+    on = "; ".join(f"{d}: {im}" for d, im in images.items()) if mixed else describe_subset(n_seen)
     return Plot(title, png, pdf, f"Robust accuracy vs ε over threat models {names} (ε = {eps}; ε = 0 is clean "
                                  f"accuracy), {on}, 95% Wilson bands.")
 
@@ -146,7 +154,7 @@ def plot_norms(report: Report, threat: ThreatInfo, stem: Path) -> Plot | None:
         attacked = part[part["attacked"]]
         ok = attacked[attacked["fooled"]]["l2"].astype(float).dropna().to_numpy()
         ok = ok[np.isfinite(ok)]
-        per.append((d, color, ok, len(attacked), describe_images(part["index"])))
+        per.append((d, color, ok, len(attacked), describe_subset(index=part["index"])))
         all_l2.extend(ok.tolist())
     if all_l2:
         hi = max(all_l2) * 1.05 or 1.0
@@ -156,7 +164,7 @@ def plot_norms(report: Report, threat: ThreatInfo, stem: Path) -> Plot | None:
             if not len(ok):
                 continue
             any_data = True
-            on = f", {im.replace(' CIFAR-10 test images', '')}" if mixed else ""
+            on = f", {short_subset(im)}" if mixed else ""
             ax1.hist(ok, bins=bins, color=color, alpha=0.45, label=f"{d.label} (n={len(ok)}{on})")
             xs = np.sort(ok)
             ys = 100 * np.arange(1, len(xs) + 1) / max(n_att, 1)

@@ -154,9 +154,9 @@ def preflight(suite: SuiteConfig) -> dict[str, str]:
     load and offer the craft's stand-in, every attack backend is registered. Nested
     threat models are validated when the suite loads. Returns each defense's weight
     fingerprint. Imports and builds the plug-ins: a suite is code."""
-    from robust_bench_sc.attacks.base import ATTACKS
-    from robust_bench_sc.config import transfer_craft, validate_threat_model, worst_case_members
+    from robust_bench_sc.attacks.base import ATTACKS, attack_class, attack_key
     from robust_bench_sc.registry import RegistryError
+    from robust_bench_sc.threat_models import TransferThreat, WorstCaseThreat
 
     def build(ref, params, label, what):
         try:
@@ -175,35 +175,33 @@ def preflight(suite: SuiteConfig) -> dict[str, str]:
             raise RunError(f"threat model {what}: bpda {tm.bpda!r}: defense {defense.name!r} {offers}")
 
     def check_backend(tm, what):
-        if tm.kind in ("none", "worst_case", "transfer"):
+        if type(tm).backends.get(tm.backend) is None:  # evaluated by the engine itself (clean, worst case)
             return
-        key = f"{tm.kind}:{tm.backend}"
+        key = attack_key(tm)
         if key not in ATTACKS:
             raise RunError(f"threat model {what}: no attack implementation {key!r}; available: "
                            f"{', '.join(ATTACKS.names())}")
         try:
-            ATTACKS.get(key)
+            attack_class(tm)
         except ImportError as exc:
             raise RunError(f"threat model {what}: backend {tm.backend!r} cannot be imported ({exc})") from None
 
     sources: dict[str, object] = {}
 
-    def walk(tm, targets):
+    def walk(tm, targets):  # nested threat models are typed and validated already (threat_models.py)
         if tm.kind == "none":
             return
-        if tm.kind == "worst_case":
-            for j, d in enumerate(worst_case_members(tm)):
-                walk(validate_threat_model(d, f"threat model {tm.name!r}: attacks[{j}]"), targets)
-            return
-        if tm.kind == "transfer":
-            src = tm.source if isinstance(tm.source, dict) else {"ref": tm.source}
-            label = src.get("name") or src.get("ref", "")
-            if label not in sources:
-                sources[label] = build(src.get("ref", ""), src.get("params") or {}, label,
-                                       f"threat model {tm.name!r}: source")
-            walk(validate_threat_model(transfer_craft(tm), f"threat model {tm.name!r}: craft"), [sources[label]])
+        if isinstance(tm, WorstCaseThreat):
+            for sub in tm.attacks:
+                walk(sub, targets)
             return
         check_backend(tm, repr(tm.name))
+        if isinstance(tm, TransferThreat):
+            ref, params, label = tm.source_spec
+            if label not in sources:
+                sources[label] = build(ref, params, label, f"threat model {tm.name!r}: source")
+            walk(tm.craft, [sources[label]])
+            return
         for d in targets:
             check_bpda(tm, d, repr(tm.name))
 

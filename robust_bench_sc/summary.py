@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from robust_bench_sc.norms import Norm
+from robust_bench_sc.subsets import describe_subset
 from robust_bench_sc.yamlio import ConfigError
 
 if TYPE_CHECKING:  # annotations only: config imports this module (resolve_worst_case)
@@ -26,16 +28,6 @@ WORST_CASE = "worst case"   # its threat_model name in summary.csv and its colum
 
 class WorstCaseError(ConfigError):
     """The threat models of a worst case cannot be combined (other images, unknown names)."""
-
-
-def describe_images(index) -> str:
-    """'first N CIFAR-10 test images' when ``index`` is 0..N-1, else the count and range."""
-    idx = sorted({int(i) for i in index})
-    if not idx:
-        return "no images"
-    if idx == list(range(len(idx))):
-        return f"first {len(idx)} CIFAR-10 test images"
-    return f"{len(idx)} CIFAR-10 test images (indices {idx[0]}–{idx[-1]})"
 
 
 def resolve_worst_case(suite: SuiteConfig, all_threats: list, raw: Any, source: str) -> SuiteConfig:
@@ -101,7 +93,7 @@ def worst_case_samples(samples: pd.DataFrame, over: list[str], defense: str) -> 
         return None, f"{WORST_CASE} for {defense} not computed: no records of {', '.join(missing)}"
     sets = {t: frozenset(int(i) for i in p["index"]) for t, p in parts.items()}
     if len(set(sets.values())) > 1:
-        each = "; ".join(f"{t}: {describe_images(ix)}" for t, ix in sets.items())
+        each = "; ".join(f"{t}: {describe_subset(index=ix)}" for t, ix in sets.items())
         raise WorstCaseError(f"{WORST_CASE} of {defense} over {', '.join(over)}: the threat models are on different "
                              f"images ({each}); an image counts only if every threat model attacked it")
     frames = [p.set_index(p["index"].astype(int)).sort_index() for p in parts.values()]
@@ -135,7 +127,7 @@ def worst_case_row(part: pd.DataFrame, norm: str, eps: float | None, seconds: fl
         "success_rate": 100.0 * int((part["attacked"] & part["fooled"]).sum()) / attacked if attacked else math.nan,
         "mean_l2": math.nan, "median_l2": math.nan, "mean_linf": math.nan,
         "n_flagged": int((part["flags"] != "").sum()), "seconds": round(seconds, 3),
-        "subset": describe_images(part["index"]),
+        "subset": describe_subset(index=part["index"]),
     }
 
 
@@ -146,11 +138,12 @@ def summarise(suite: SuiteConfig, samples: pd.DataFrame, seconds: dict[tuple[str
     for d in suite.defenses:
         for t in suite.threat_models:
             part = samples[(samples["defense"] == d.label) & (samples["threat_model"] == t.name)]
-            subset = f"first {len(part)} CIFAR-10 test images"
+            subset = describe_subset(index=part["index"])
             if "selected" in part.columns and part["selected"].notna().any():
                 # attacks on a random subset (ZOO): count only the images drawn
-                part = part[part["selected"] == 1]
-                subset = f"{len(part)} seeded random correctly classified images of the {subset}"
+                drawn = part[part["selected"] == 1]
+                subset = describe_subset(index=part["index"], drawn=len(drawn))
+                part = drawn
             n = len(part)
             if n == 0:
                 continue
@@ -194,7 +187,7 @@ def fmt_eps(eps: float | None, norm: str = "") -> str:
             return ""
     except (TypeError, ValueError):
         return ""
-    if norm == "linf":
+    if (n := Norm.get(norm)) is not None and n.pixel_grid:
         k = eps * 255
         if abs(k - round(k)) < 1e-6 and round(k) > 0:
             return f"{int(round(k))}/255"

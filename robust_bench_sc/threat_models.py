@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_serializer, field_validator,
+                      model_validator)
 
 Norm = Literal["linf", "l2", "l1"]
 _FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
@@ -69,9 +70,16 @@ def resolve_relative(value: Any, epsilon: float) -> float:
 
 
 THREAT_MODELS: dict[str, type["ThreatModel"]] = {}
+_NESTED_BUILT = False  # set once the nested unions (end of this module) are built
 
 
 def register_threat_model(cls):
+    if _NESTED_BUILT:
+        raise TypeError(f"threat model {cls.kind!r} registered after the nested unions were built: define it in "
+                        "robust_bench_sc/threat_models.py above them (transfer craft and worst_case members are "
+                        "typed by the threat models registered before)")
+    if not cls.backends:
+        raise TypeError(f"threat model {cls.kind!r} declares no backends")
     THREAT_MODELS[cls.kind] = cls
     return cls
 
@@ -96,14 +104,38 @@ class ThreatModel(BaseModel):
     max_images: int | None = Field(None, ge=1, description="evaluate only the first N of the suite's images "
                                    "(e.g. a 25000-step Boundary column on 50 of 1000); tables state the subset")
 
-    allowed_backends: ClassVar[tuple[str, ...]] = ("native",)
+    # The one declaration of a schema's backends: backend name → its implementation
+    # ("module:Class", an ``attacks.base.Attack`` imported only when it runs), or None where
+    # the engine (``robust_bench_sc.evaluate``) evaluates the threat model itself. The
+    # ``backend`` validator and the attack lookup (``attacks.base.attack_class``) read it.
+    backends: ClassVar[dict[str, str | None]] = {}
+    # fields holding threat models (typed, validated with their parent): see nested_kinds
+    nested_fields: ClassVar[tuple[str, ...]] = ()
 
     @field_validator("backend")
     @classmethod
     def _check_backend(cls, v: str) -> str:
-        if v not in cls.allowed_backends:
-            raise ValueError(f"backend {v!r} is not available for attack {cls.kind!r}; allowed: {', '.join(cls.allowed_backends)}")
+        if v not in cls.backends:
+            raise ValueError(f"backend {v!r} is not available for attack {cls.kind!r}; allowed: {', '.join(cls.backends)}")
         return v
+
+    @classmethod
+    def nested_kinds(cls, field: str) -> list[str]:
+        """The attack kinds a nested field (one of ``nested_fields``) accepts."""
+        return []
+
+    @classmethod
+    def nesting_refused(cls, field: str, kind: str) -> str:
+        """Why ``kind`` (a known attack) cannot stand in the nested ``field``."""
+        return f"not allowed in {field}"
+
+    def nested(self) -> list[ThreatModel]:
+        """The threat models nested directly in this one (transfer craft, worst-case members)."""
+        out: list[ThreatModel] = []
+        for f in self.nested_fields:
+            v = getattr(self, f)
+            out.extend(v if isinstance(v, list) else [v])
+        return out
 
     @property
     def norm_name(self) -> str:
@@ -119,6 +151,7 @@ class CleanThreat(ThreatModel):
     """No attack: clean accuracy."""
 
     kind: ClassVar[str] = "none"
+    backends: ClassVar[dict[str, str | None]] = {"native": None}
     attack: Literal["none"] = "none"
 
 
@@ -134,7 +167,11 @@ class PGDThreat(ThreatModel):
 
     kind: ClassVar[str] = "pgd"
     gradient_based: ClassVar[bool] = True
-    allowed_backends: ClassVar[tuple[str, ...]] = ("native", "torchattacks", "foolbox", "art")
+    backends: ClassVar[dict[str, str | None]] = {
+        "native": "robust_bench_sc.attacks.pgd:NativePGD",
+        "torchattacks": "robust_bench_sc.attacks.toolkits:TorchattacksPGD",
+        "foolbox": "robust_bench_sc.attacks.toolkits:FoolboxPGD",
+        "art": "robust_bench_sc.attacks.toolkits:ArtPGD"}
 
     attack: Literal["pgd"] = "pgd"
     norm: Norm
@@ -183,7 +220,8 @@ class CWThreat(ThreatModel):
     kind: ClassVar[str] = "cw"
     gradient_based: ClassVar[bool] = True
     minimum_norm: ClassVar[bool] = True
-    allowed_backends: ClassVar[tuple[str, ...]] = ("foolbox", "torchattacks")
+    backends: ClassVar[dict[str, str | None]] = {"foolbox": "robust_bench_sc.attacks.toolkits:FoolboxCW",
+                                                 "torchattacks": "robust_bench_sc.attacks.toolkits:TorchattacksCW"}
 
     attack: Literal["cw"] = "cw"
     backend: str = "foolbox"
@@ -211,7 +249,7 @@ class BoundaryThreat(ThreatModel):
 
     kind: ClassVar[str] = "boundary"
     minimum_norm: ClassVar[bool] = True
-    allowed_backends: ClassVar[tuple[str, ...]] = ("foolbox",)
+    backends: ClassVar[dict[str, str | None]] = {"foolbox": "robust_bench_sc.attacks.decision:FoolboxBoundary"}
 
     attack: Literal["boundary"] = "boundary"
     backend: str = "foolbox"
@@ -233,7 +271,8 @@ class HopSkipJumpThreat(ThreatModel):
 
     kind: ClassVar[str] = "hsj"
     minimum_norm: ClassVar[bool] = True
-    allowed_backends: ClassVar[tuple[str, ...]] = ("art", "foolbox")
+    backends: ClassVar[dict[str, str | None]] = {"art": "robust_bench_sc.attacks.decision:ArtHopSkipJump",
+                                                 "foolbox": "robust_bench_sc.attacks.decision:FoolboxHopSkipJump"}
 
     attack: Literal["hsj"] = "hsj"
     backend: str = "art"
@@ -255,7 +294,7 @@ class ZooThreat(ThreatModel):
 
     kind: ClassVar[str] = "zoo"
     minimum_norm: ClassVar[bool] = True
-    allowed_backends: ClassVar[tuple[str, ...]] = ("art",)
+    backends: ClassVar[dict[str, str | None]] = {"art": "robust_bench_sc.attacks.decision:ArtZoo"}
 
     attack: Literal["zoo"] = "zoo"
     backend: str = "art"
@@ -334,7 +373,9 @@ class SquareThreat(ThreatModel):
     """
 
     kind: ClassVar[str] = "square"
-    allowed_backends: ClassVar[tuple[str, ...]] = ("autoattack", "torchattacks")
+    backends: ClassVar[dict[str, str | None]] = {
+        "autoattack": "robust_bench_sc.attacks.autoattack:AutoAttackSquare",
+        "torchattacks": "robust_bench_sc.attacks.toolkits:TorchattacksSquare"}
 
     attack: Literal["square"] = "square"
     backend: str = "autoattack"
@@ -363,7 +404,7 @@ class AutoAttackThreat(ThreatModel):
 
     kind: ClassVar[str] = "autoattack"
     gradient_based: ClassVar[bool] = True
-    allowed_backends: ClassVar[tuple[str, ...]] = ("autoattack",)
+    backends: ClassVar[dict[str, str | None]] = {"autoattack": "robust_bench_sc.attacks.autoattack:AutoAttackRunner"}
 
     attack: Literal["autoattack"] = "autoattack"
     backend: str = "autoattack"
@@ -400,45 +441,209 @@ class AutoAttackThreat(ThreatModel):
 
 
 @register_threat_model
-class TransferThreat(ThreatModel):
-    """Adversarial examples crafted on ``source`` (any defense plugin) with the white-box
-    threat model ``craft``, evaluated on the defense under test."""
+class RandomSearchThreat(ThreatModel):
+    """A score-based random search in the ℓ∞ ball (``robust_bench_sc.attacks.random_search``,
+    our own, Square-like, gradient free): ±ε windows that shrink from ``p_init`` of the image
+    to one pixel over ``n_queries``; scores average ``eot`` forward passes."""
 
-    kind: ClassVar[str] = "transfer"
-    allowed_backends: ClassVar[tuple[str, ...]] = ("native",)
+    kind: ClassVar[str] = "random_search"
+    backends: ClassVar[dict[str, str | None]] = {"native": "robust_bench_sc.attacks.random_search:RandomSearch"}
 
-    attack: Literal["transfer"] = "transfer"
-    source: str | dict[str, Any]
-    source_bpda: str | None = None
-    craft: dict[str, Any]
+    attack: Literal["random_search"] = "random_search"
+    norm: Literal["linf"] = "linf"
+    epsilon: Number = Field(gt=0)
+    n_queries: int = Field(100, ge=1)
+    p_init: float = Field(0.1, gt=0, le=1, description="the first window's share of the image area")
 
-    @property
-    def norm_name(self) -> str:
-        return str(self.craft.get("norm", ""))
 
-    @property
-    def epsilon_value(self) -> float | None:
-        eps = self.craft.get("epsilon")
-        return None if eps is None else parse_number(eps)
+# -- threat models holding threat models ---------------------------------------------------
+
+def _as_written(v: Any) -> Any:
+    """A nested entry as its author wrote it: a mapping (copied), or a threat model built in
+    Python as the mapping of the fields it was given. What a parent serialises (spec hash,
+    run.json), so that the defaults a parent fills in below never enter a record's identity."""
+    if isinstance(v, ThreatModel):
+        return {"attack": v.kind, **v.model_dump(exclude_unset=True)}
+    if isinstance(v, dict):
+        return {k: _as_written(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_as_written(x) for x in v]
+    return v
+
+
+class _Nesting(ThreatModel):
+    """A threat model holding others: each nested entry is validated as written (its errors
+    name its own keys and lines), then again with the defaults it takes from its parent
+    (:meth:`_filled`). It serialises as written: the spec hashes of records computed when these
+    entries were untyped mappings stay the same."""
+
+    _written: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _validate_nested(cls, data: Any, handler: Any) -> Any:
+        if not isinstance(data, dict):
+            return handler(data)
+        written = {f: _as_written(data[f]) for f in cls.nested_fields if f in data}
+        first = handler({**data, **written})
+        filled = first._filled(written)
+        out = handler({**data, **filled}) if filled != written else first
+        out._written = written
+        return out
+
+    def _filled(self, written: dict[str, Any]) -> dict[str, Any]:
+        return written
+
+    def _as_given(self, field: str) -> Any:
+        if field in self._written:
+            return _as_written(self._written[field])
+        return _as_written(getattr(self, field))  # built without validation (model_construct)
+
+
+def _nested_union(kinds: list[str]) -> Any:
+    return Annotated[Union[tuple(THREAT_MODELS[k] for k in kinds)], Field(discriminator="attack")]  # noqa: UP007
 
 
 @register_threat_model
-class WorstCaseThreat(ThreatModel):
-    """Several attacks; a sample is robust only if it survives all of them (AutoAttack's
-    per-sample worst case). Each attack runs only on the samples still robust."""
+class TransferThreat(_Nesting):
+    """Adversarial examples crafted on ``source`` (any defense plugin) with the white-box
+    threat model ``craft``, evaluated on the defense under test.
 
-    kind: ClassVar[str] = "worst_case"
-    allowed_backends: ClassVar[tuple[str, ...]] = ("native",)
+    ``craft`` is a gradient-based threat model (pgd, cw, autoattack; not nested transfer or
+    worst_case). Unless it says otherwise it is named ``NAME/craft``, runs with the transfer's
+    ``batch_size``, follows ``source_bpda`` and, as PGD, runs every step
+    (``keep_adversarial_iterate: false``: the source's first adversarial iterate transfers far
+    worse than the last, measured +10 of 60 images robust on trades)."""
 
-    attack: Literal["worst_case"] = "worst_case"
-    attacks: list[dict[str, Any]] = Field(min_length=1)
+    kind: ClassVar[str] = "transfer"
+    backends: ClassVar[dict[str, str | None]] = {"native": "robust_bench_sc.attacks.transfer:TransferAttack"}
+    nested_fields: ClassVar[tuple[str, ...]] = ("craft",)
+
+    attack: Literal["transfer"] = "transfer"
+    source: str | dict[str, Any] = Field(description="a defense: registry name or reference, or "
+                                         "{ref, name, params} as in a suite's defenses")
+    source_bpda: str | None = None
+    craft: CraftThreat
+
+    @classmethod
+    def nested_kinds(cls, field: str) -> list[str]:
+        return sorted(k for k, c in THREAT_MODELS.items() if c.gradient_based and not c.nested_fields)
+
+    @classmethod
+    def nesting_refused(cls, field: str, kind: str) -> str:
+        if kind == "none":
+            return "crafting needs an attack"
+        if THREAT_MODELS[kind].nested_fields:
+            return f"craft is one white-box attack on the source, not a {kind}"
+        return "craft is a white-box attack on the source; a gradient-free one belongs on the defense itself"
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, v: str | dict[str, Any]) -> str | dict[str, Any]:
+        if isinstance(v, dict):
+            unknown = sorted(set(v) - {"ref", "name", "params"})
+            if unknown:
+                raise ValueError(f"unknown key {unknown[0]!r}; allowed keys: name, params, ref")
+            if not isinstance(v.get("ref"), str) or not v["ref"]:
+                raise ValueError("a source mapping needs ref: a registry name or module:attr / file.py:attr")
+            if not isinstance(v.get("name", ""), str) or not isinstance(v.get("params", {}), dict):
+                raise ValueError("source name must be a string and params a mapping")
+        return v
+
+    @field_serializer("craft")
+    def _dump_craft(self, craft: ThreatModel) -> Any:
+        return self._as_given("craft")
+
+    def _filled(self, written: dict[str, Any]) -> dict[str, Any]:
+        craft = dict(written["craft"])
+        craft.setdefault("name", f"{self.name}/craft")
+        craft.setdefault("batch_size", self.batch_size)
+        if self.source_bpda is not None:
+            craft.setdefault("bpda", self.source_bpda)
+        if craft.get("attack") == "pgd":
+            craft.setdefault("keep_adversarial_iterate", False)
+        return {"craft": craft}
+
+    @property
+    def source_spec(self) -> tuple[str, dict[str, Any], str]:
+        """The source defense as (ref, params, label)."""
+        if isinstance(self.source, str):
+            return self.source, {}, self.source
+        return self.source["ref"], dict(self.source.get("params") or {}), self.source.get("name") or self.source["ref"]
 
     @property
     def norm_name(self) -> str:
-        norms = {a.get("norm", "") for a in self.attacks}
+        return self.craft.norm_name
+
+    @property
+    def epsilon_value(self) -> float | None:
+        return self.craft.epsilon_value
+
+
+@register_threat_model
+class WorstCaseThreat(_Nesting):
+    """Several attacks; a sample is robust only if it survives all of them (AutoAttack's
+    per-sample worst case). Each attack runs only on the samples still robust.
+
+    Members are any threat model but clean and worst_case; unless one says otherwise it is
+    named ``NAME[j]`` and takes the parent's bpda, eot, recheck and batch_size where those are
+    not their defaults."""
+
+    kind: ClassVar[str] = "worst_case"
+    backends: ClassVar[dict[str, str | None]] = {"native": None}  # evaluate.py runs the members
+    nested_fields: ClassVar[tuple[str, ...]] = ("attacks",)
+    INHERITED: ClassVar[tuple[str, ...]] = ("bpda", "eot", "recheck", "batch_size")
+
+    attack: Literal["worst_case"] = "worst_case"
+    attacks: list[MemberThreat] = Field(min_length=1)
+
+    @classmethod
+    def nested_kinds(cls, field: str) -> list[str]:
+        return sorted(k for k in THREAT_MODELS if k not in ("none", "worst_case"))
+
+    @classmethod
+    def nesting_refused(cls, field: str, kind: str) -> str:
+        if kind == "none":
+            return "clean accuracy is already where every worst case starts"
+        return "list its attacks in this one"
+
+    @field_serializer("attacks")
+    def _dump_attacks(self, attacks: list[ThreatModel]) -> Any:
+        return self._as_given("attacks")
+
+    def _filled(self, written: dict[str, Any]) -> dict[str, Any]:
+        members = written["attacks"]
+        if not isinstance(members, list):
+            return written
+        out = []
+        for j, raw in enumerate(members):
+            d = dict(raw)
+            d.setdefault("name", f"{self.name}[{j}]")
+            for k in self.INHERITED:
+                if k not in d and getattr(self, k) != type(self).model_fields[k].default:
+                    d[k] = getattr(self, k)
+            out.append(d)
+        return {"attacks": out}
+
+    @property
+    def norm_name(self) -> str:
+        norms = {a.norm_name for a in self.attacks}
         return norms.pop() if len(norms) == 1 else "mixed"
 
     @property
     def epsilon_value(self) -> float | None:
-        eps = {parse_number(a["epsilon"]) for a in self.attacks if "epsilon" in a}
+        eps = {a.epsilon_value for a in self.attacks if a.epsilon_value is not None}
         return eps.pop() if len(eps) == 1 else None
+
+
+# The nested unions, from every threat model registered above (keep this block last: a
+# threat model registered after it could not be nested; register_threat_model refuses it).
+if TYPE_CHECKING:  # the type checker sees the base class; pydantic the discriminated unions
+    CraftThreat = ThreatModel
+    MemberThreat = ThreatModel
+else:
+    CraftThreat = _nested_union(TransferThreat.nested_kinds("craft"))
+    MemberThreat = _nested_union(WorstCaseThreat.nested_kinds("attacks"))
+TransferThreat.model_rebuild()
+WorstCaseThreat.model_rebuild()
+_NESTED_BUILT = True

@@ -66,7 +66,7 @@ class Worker:
         threat = self.suite.threat_models[job.threat_index]
         part = self.data.take(range(job.start, job.stop))
         ctx = AttackContext(defense=defense, device=self.device, seed=job.seed, progress=progress,
-                            data_root=self.data_root, cache=self._cache)
+                            data_root=self.data_root, cache=self._cache, build_defense=build_defense)
         records = evaluate_threat(defense, threat, part.x, part.y, part.idx, ctx)
         return ChunkResult(job, records, time.perf_counter() - t0, job_spec_hash(self.suite, job),
                            self._fingerprints[job.defense])

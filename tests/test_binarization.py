@@ -176,6 +176,21 @@ def test_masked_preprocess_fails_without_bpda_and_passes_with_identity():
     assert [s["target_margin"] for s in bpda.samples] == [s["target_margin"] for s in masked.samples]
 
 
+def test_gradient_free_random_search_passes_where_masked_pgd_fails():
+    """``attack: random_search`` is an ordinary ball attack: the test applies to it, and a
+    search that never uses gradients finds the planted example behind round(8x)/8."""
+    d = Defense("quantised_tiny", classifier=TinyNet(), preprocess=Quantise(),
+                capabilities=Capabilities(differentiable=False))
+    rs = validate_threat_model({"attack": "random_search", "name": "t_rs", "epsilon": EPS, "n_queries": 100}, "test")
+    rep = binarization_test(d, rs, small())
+    assert rep.status == PASS and rep.n_passed == rep.n_testable >= 3, rep.evidence
+    assert "random_search:native" in rep.evidence
+    for s in rep.samples:
+        if s["testable"]:
+            assert s["attack"]["linf"] <= EPS * (1 + 1e-4) and s["attack"]["flags"] == ""
+    assert binarization_test(d, pgd(steps=10), small()).status == FAIL
+
+
 def test_binarized_network_keeps_preprocess_and_stand_ins(test_split):
     d = Defense("q", classifier=TinyNet(), preprocess=Quantise(), bpda={"soft": nn.Identity()})
     split = d.feature_split(Quantise()(test_split.x[:2]))

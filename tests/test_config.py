@@ -148,3 +148,68 @@ def test_profile_runs_a_subset_and_max_images_limits_one_column(tmp_path):
     assert sub.content_hash() != full.content_hash()
     with pytest.raises(ConfigError, match=r"profile 'typo': defenses trade not in the suite \(did you mean 'trades'"):
         load_suite(path, profile="typo")
+
+
+# -- nested threat models (transfer craft, worst_case attacks) are validated on load -----------
+
+NESTED = """
+name: t
+data: {n_images: 4, chunk_size: 4}
+defenses: [madry_pgd_at]
+threat_models:
+  - name: tr
+    attack: transfer
+    source: trades
+    craft:
+      attack: pgd
+      norm: linf
+      epsilon: 8/255
+      steps: 1
+  - name: wc
+    attack: worst_case
+    attacks:
+      - {attack: pgd, norm: linf, epsilon: 8/255, steps: 1}
+      - attack: square
+        norm: linf
+        epsilon: 8/255
+        n_queries: 5
+"""
+
+
+@pytest.mark.parametrize("old, new, where, message", [
+    ("      steps: 1\n  - name: wc", "      stepz: 1\n  - name: wc", "line 12",
+     "threat_models.0.craft.stepz: unknown key (did you mean 'steps'"),
+    ("      epsilon: 8/255\n      steps: 1", "      epsilon: -8/255\n      steps: 1", "line 11",
+     "threat_models.0.craft.epsilon: Input should be greater than 0"),
+    ("        epsilon: 8/255\n        n_queries", "        epsilon: 8/0\n        n_queries", "line 19",
+     "threat_models.1.attacks.1.epsilon: Value error, '8/0' divides by zero"),
+    ("      - {attack: pgd, norm: linf, epsilon: 8/255, steps: 1}",
+     "      - {attack: worst_case, attacks: [{attack: pgd, norm: linf, epsilon: 8/255}]}", "line 16",
+     "threat_models.1.attacks.0.attack: 'worst_case' cannot be nested in worst_case.attacks (list its attacks in "
+     "this one); allowed values: autoattack, boundary, cw, hsj, pgd,"),
+    ("      attack: pgd\n", "      attack: square\n", "line 9",
+     "threat_models.0.craft.attack: 'square' cannot be nested in transfer.craft (craft is a white-box attack on "
+     "the source; a gradient-free one belongs on the defense itself); allowed values: autoattack, cw, pgd"),
+    ("      - {attack: pgd, norm: linf, epsilon: 8/255, steps: 1}", "      - {attack: pgdd}", "line 16",
+     "threat_models.1.attacks.0.attack: unknown value 'pgdd' (did you mean 'pgd'?); allowed values: autoattack"),
+])
+def test_bad_nested_attack_is_one_line_from_validate_and_run(tmp_path, old, new, where, message):
+    assert NESTED.count(old) == 1
+    p = write(tmp_path, NESTED.replace(old, new))
+    with pytest.raises(ConfigError) as exc:
+        load_suite(p)
+    assert str(exc.value).splitlines() == [str(exc.value)] and str(exc.value).startswith(f"{p}, {where}: {message}")
+    out = tmp_path / "run"
+    for args in (["validate", str(p)], ["run", str(p), "--out", str(out), "--quiet", "--threads", "1"]):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2, res.output
+        assert "Traceback" not in res.output and res.output.count("error:") == 1, res.output
+        assert f"{p}, {where}: {message}" in res.output, res.output
+    assert not out.exists()  # refused before anything was computed or written
+
+
+def test_good_nested_suite_validates_and_keeps_its_written_form(tmp_path):
+    s = load_suite(write(tmp_path, NESTED))
+    assert s.threat("tr").craft.keep_adversarial_iterate is False and s.threat("wc").attacks[1].name == "wc[1]"
+    assert s.resolved()["threat_models"][0]["craft"] == {"attack": "pgd", "norm": "linf", "epsilon": "8/255",
+                                                         "steps": 1}

@@ -520,3 +520,20 @@ def test_paper_row_only_for_T15():
     assert paper_defense("sparse_coding_T20") is None            # not the paper's Table 1 row
     assert paper_defense("sparse_coding_T20", {"T": 15}) == "T = 15 (Ours)"
     assert paper_defense("madry_pgd_at") == "Adv. Training" and paper_defense("resnet_x") is None
+
+
+def test_describe_subset_is_the_one_wording():
+    from robust_bench_sc.subsets import describe_subset, short_subset
+
+    assert describe_subset(200) == "first 200 CIFAR-10 test images"
+    assert describe_subset(np.int64(50)) == "first 50 CIFAR-10 test images"
+    assert describe_subset([1000, 50, 200, 50]) == "first 50 or 200 or 1000 CIFAR-10 test images"
+    assert describe_subset(index=np.array([2, 0, 1, 1])) == "first 3 CIFAR-10 test images"
+    assert describe_subset(index=[4, 9, 5]) == "3 CIFAR-10 test images (indices 4–9)"
+    assert describe_subset(index=[]) == "no images"
+    assert describe_subset(index=range(200), drawn=100) == \
+        "100 seeded random correctly classified images of the first 200 CIFAR-10 test images"
+    assert short_subset("first 200 CIFAR-10 test images") == "first 200"
+    assert short_subset("3 CIFAR-10 test images (indices 4–9)") == "3 CIFAR-10 test images (indices 4–9)"
+    with pytest.raises(TypeError, match="give n_images or index"):
+        describe_subset(5, index=[0])

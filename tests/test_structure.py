@@ -306,10 +306,9 @@ def circles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
     return found
 
 
-# Imports inside a function that still close a circle, each with the step of issue 17 that removes it.
-KNOWN_BACK_EDGES = {
-    ("robust_bench_sc.diagnostics", "robust_bench_sc.binarization"): "the suite hook; the diagnostics package",
-}
+# Imports inside a function that still close a circle, each with the step of issue 17 that removes it
+# (none left: the diagnostics package's suite hook removed diagnostics <-> binarization).
+KNOWN_BACK_EDGES: dict[tuple[str, str], str] = {}
 
 
 def test_circle_finder_finds_circles():
@@ -400,3 +399,51 @@ def test_suite_and_threat_model_errors_share_one_format(tmp_path):
     good.write_text(good.read_text().replace("norm: linf", "norm: l3"))
     assert message(good) == [f"{good}, line 8: threat_models.0.norm: Input should be 'linf', 'l2' or 'l1' (got 'l3')"]
     assert (PKG / "config.py").read_text().count(".errors()") == 1, "pydantic errors are formatted in one place"
+
+
+# -- start-up: the package and the command line import torch only when a command needs it -----
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint(' '.join(sorted(sys.modules)))"],
+                         capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return set(out.stdout.split())
+
+
+def test_importing_the_package_and_the_cli_does_not_import_torch():
+    assert "torch" not in _modules_after("import robust_bench_sc")
+    assert "torch" not in _modules_after("import robust_bench_sc.cli")
+    # the public names still resolve (PEP 562), and only then is torch imported
+    loaded = _modules_after("import robust_bench_sc as rb\nassert rb.Defense.__module__ == 'robust_bench_sc.defense'\n"
+                            "assert rb.benchmark.__module__ == 'robust_bench_sc.api'")
+    assert {"torch", "robust_bench_sc.api"} <= loaded
+    with pytest.raises(AttributeError, match="module 'robust_bench_sc' has no attribute 'nope'"):
+        import robust_bench_sc
+
+        robust_bench_sc.nope  # noqa: B018
+
+
+def test_validate_of_a_bad_suite_fails_before_torch_is_imported(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndata: {n_images: 5, shufle: 1}\ndefenses: [madry_pgd_at]\nthreat_models: [clean]\n")
+    code = ("from typer.testing import CliRunner\nfrom robust_bench_sc.cli import app\n"
+            f"r = CliRunner().invoke(app, ['validate', {str(bad)!r}])\n"
+            "assert r.exit_code == 2, r.output\n"
+            "assert 'line 2: data.shufle: unknown key' in r.output, r.output")
+    loaded = _modules_after(code)
+    assert "torch" not in loaded and "robust_bench_sc.config" in loaded
+
+
+def test_the_engine_imports_neither_config_nor_plugins():
+    """evaluate.py runs typed threat models; the runner supplies how transfer sources are built."""
+    edges = import_graph(import_time_only=False)["robust_bench_sc.evaluate"]
+    assert "robust_bench_sc.attacks.base" in edges  # real edges are seen
+    assert not {"robust_bench_sc.config", "robust_bench_sc.plugins"} & set(edges), edges
+
+
+def test_help_does_not_import_torch():
+    code = ("from typer.testing import CliRunner\nfrom robust_bench_sc.cli import app\n"
+            "r = CliRunner().invoke(app, ['--help'])\nassert r.exit_code == 0 and 'figures' in r.output, r.output")
+    loaded = _modules_after(code)
+    assert "defenses.sparse_coding.commands" in loaded
+    assert "torch" not in loaded

@@ -213,3 +213,23 @@ def test_autoattack_apgd_budgets_reach_pyautoattack(test_split):
     assert one < 20  # not the default 100 iterations
     assert two - one >= 4  # a second restart of 4 iterations
     assert calls(apgd_iterations=8, apgd_restarts=1) - one >= 4
+
+
+def test_predicted_in_batches_is_one_pass():
+    """The attacks' prediction helper: batches (moved to the device one at a time) give the
+    one-pass argmax, in order, on the input's device."""
+    from robust_bench_sc.attacks.toolkits import predicted
+
+    g = torch.Generator().manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 10))
+    x = torch.randn(23, 3, 2, 2, generator=g)
+    with torch.no_grad():
+        ref = net(x).argmax(1)
+    assert len(set(ref.tolist())) > 3  # a test of order needs different classes
+    for b in (1, 4, 23, 100):
+        out = predicted(net, x, b, torch.device("cpu"))
+        assert torch.equal(out, ref) and out.device == x.device
+    assert torch.equal(predicted(net, x), ref)
+    assert predicted(net, x[:0], 5).shape == (0,)
+    with pytest.raises(ValueError, match="batch_size must be ≥ 1, got 0"):
+        predicted(net, x, 0)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
 
-from robust_bench_sc.defense import Capabilities, Defense
+if TYPE_CHECKING:  # torch is imported when a model is built, not for `scbench --help`
+    from robust_bench_sc.defense import Defense
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SUPPORTED_T = (1, 2, 5, 10, 15, 20)
@@ -26,6 +27,8 @@ def weights_path(T: int) -> Path:
 
 def build_net(T: int = 15, weights: str | Path | None = None, fast: bool = True):
     """The trained :class:`~defenses.sparse_coding.train.SparseCodingNet` (eval mode)."""
+    import torch
+
     from defenses.sparse_coding.frontend import SparseCodingFrontend
     from defenses.sparse_coding.train import SparseCodingNet, load_weights
     from robust_bench_sc.models.resnet import ResNet32
@@ -51,6 +54,7 @@ def sparse_coding(T: int = 15, checkpoint: str | None = None, fast: bool = True,
                   steepness: float = 4.0) -> Defense:
     """Sparse-coding frontend (top-T, ternary activation, decoder) + ResNet-32."""
     from defenses.sparse_coding.frontend import make_stand_ins
+    from robust_bench_sc.defense import Capabilities, Defense
 
     T = int(T)
     if T not in SUPPORTED_T and checkpoint is None:

@@ -10,10 +10,8 @@ import torch
 
 from robust_bench_sc.attacks.base import Attack, AttackContext, AttackOutput
 from robust_bench_sc.attacks.toolkits import predicted
+from robust_bench_sc.norms import Norm
 from robust_bench_sc.threat_models import AutoAttackThreat, SquareThreat
-
-NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
-
 
 def _seed(ctx: AttackContext) -> int:
     return int(ctx.seed % (2**31 - 1))
@@ -34,7 +32,7 @@ class AutoAttackSquare(Attack):
         t = self.threat
         model = ctx.model(t)
         atk = SquareAttack(
-            model, norm=NORMS[t.norm], n_queries=t.n_queries, eps=t.epsilon, p_init=t.p_init,
+            model, norm=Norm.of(t.norm).toolkit, n_queries=t.n_queries, eps=t.epsilon, p_init=t.p_init,
             n_restarts=t.restarts, seed=_seed(ctx), verbose=False, targeted=False, loss="margin",
             resc_schedule=t.rescale_schedule, device=ctx.device,
         )
@@ -56,7 +54,7 @@ class AutoAttackRunner(Attack):
         model = ctx.model(t)
         aa = AutoAttack(
             model, attacks=list(t.attacks_to_run) if t.version == "custom" else None, device=ctx.device,
-            eps=t.epsilon, norm=NORMS[t.norm], seed=_seed(ctx), version=t.version,
+            eps=t.epsilon, norm=Norm.of(t.norm).toolkit, seed=_seed(ctx), version=t.version,
         )
         aa.verbose = False  # pyautoattack has no constructor switch for it
         aa.square.n_queries = t.n_queries  # the versions hard-code 5000; the threat model decides

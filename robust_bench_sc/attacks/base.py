@@ -9,16 +9,16 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from robust_bench_sc.defense import Defense
-from robust_bench_sc.registry import Registry
-from robust_bench_sc.threat_models import ThreatModel
+from robust_bench_sc.defense import Defense, resolve_bpda
+from robust_bench_sc.registry import Registry, RegistryError
+from robust_bench_sc.threat_models import THREAT_MODELS, ThreatModel
 
 
 @dataclass
@@ -41,14 +41,28 @@ class AttackContext:
     progress: Callable[[int], None] | None = None
     data_root: str | None = None
     cache: dict[str, Any] = field(default_factory=dict)
+    # builds a defense the threat model names besides the one under test (a transfer
+    # source): ``build_defense(ref, params, name=label)``; the runner's workers pass
+    # ``plugins.build_defense``, so the engine itself never imports the plug-ins
+    build_defense: Callable[..., Defense] | None = None
+
+    def source_defense(self, ref: str, params: dict[str, Any], label: str) -> Defense:
+        """The defense ``ref`` (built once per worker, on this context's device)."""
+        key = f"transfer-source:{label}"
+        if key not in self.cache:
+            if self.build_defense is None:
+                raise RuntimeError(f"this AttackContext cannot build the transfer source {label!r}: pass "
+                                   "build_defense (e.g. robust_bench_sc.plugins.build_defense) when creating it")
+            self.cache[key] = self.build_defense(ref, params, name=label).to(self.device)
+        return self.cache[key]
+
+    def on(self, defense: Defense) -> AttackContext:
+        """The same context (device, seed, progress, cache, builder) for another defense."""
+        return replace(self, defense=defense)
 
     def bpda_name(self, threat: ThreatModel) -> str | None:
         """Resolve ``bpda: auto`` to the defense's declared default stand-in."""
-        if threat.bpda == "auto":
-            if self.defense.preprocess is None:
-                return None
-            return self.defense.capabilities.default_bpda or "identity"
-        return threat.bpda
+        return resolve_bpda(self.defense, threat.bpda)
 
     def model(self, threat: ThreatModel) -> nn.Module:
         """The module whose gradients the attack follows (exact forward, BPDA/EOT backward)."""
@@ -67,35 +81,44 @@ class AttackContext:
 
 
 class Attack(ABC):
-    """An attack configured by one threat model."""
+    """An attack configured by one threat model (constructed as ``cls(threat=threat)``)."""
 
     def __init__(self, threat: ThreatModel):
         self.threat = threat
+
+    @property
+    def batch_size(self) -> int | None:
+        """Images per :meth:`run` call (the engine splits the images it attacks into such
+        batches and reports progress after each); None: all of them in one call, the attack
+        batching and reporting progress (``ctx.progress``) itself."""
+        return self.threat.batch_size
 
     @abstractmethod
     def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
         """Attack a batch of correctly classified images (float NCHW in [0, 1])."""
 
 
+# "<kind>:<backend>" → implementation, read from each schema's ``backends`` (the one place
+# they are declared, robust_bench_sc/threat_models.py); entries are imported when first run.
 ATTACKS: Registry = Registry("attack backend")
-for _key, _target in {
-    "pgd:native": "robust_bench_sc.attacks.pgd:NativePGD",
-    "pgd:torchattacks": "robust_bench_sc.attacks.toolkits:TorchattacksPGD",
-    "pgd:foolbox": "robust_bench_sc.attacks.toolkits:FoolboxPGD",
-    "pgd:art": "robust_bench_sc.attacks.toolkits:ArtPGD",
-    "cw:foolbox": "robust_bench_sc.attacks.toolkits:FoolboxCW",
-    "cw:torchattacks": "robust_bench_sc.attacks.toolkits:TorchattacksCW",
-    "boundary:foolbox": "robust_bench_sc.attacks.decision:FoolboxBoundary",
-    "hsj:art": "robust_bench_sc.attacks.decision:ArtHopSkipJump",
-    "hsj:foolbox": "robust_bench_sc.attacks.decision:FoolboxHopSkipJump",
-    "zoo:art": "robust_bench_sc.attacks.decision:ArtZoo",
-    "square:autoattack": "robust_bench_sc.attacks.autoattack:AutoAttackSquare",
-    "square:torchattacks": "robust_bench_sc.attacks.toolkits:TorchattacksSquare",
-    "autoattack:autoattack": "robust_bench_sc.attacks.autoattack:AutoAttackRunner",
-}.items():
-    ATTACKS.register(_key, _target)
+for _kind, _schema in THREAT_MODELS.items():
+    for _backend, _target in _schema.backends.items():
+        if _target is not None:
+            ATTACKS.register(f"{_kind}:{_backend}", _target)
+
+
+def attack_key(threat: ThreatModel) -> str:
+    return f"{threat.kind}:{threat.backend}"
+
+
+def attack_class(threat: ThreatModel) -> type[Attack]:
+    """The implementation ``threat``'s schema declares for its backend (imported now)."""
+    target = type(threat).backends.get(threat.backend)
+    if target is None:
+        raise RegistryError(f"threat model {threat.name!r}: attack {threat.kind!r} (backend {threat.backend!r}) "
+                            "has no attack class; the engine evaluates it itself (robust_bench_sc.evaluate)")
+    return ATTACKS.get(attack_key(threat))
 
 
 def get_attack(threat: ThreatModel) -> Attack:
-    cls = ATTACKS.get(f"{threat.kind}:{threat.backend}")
-    return cls(threat)
+    return attack_class(threat)(threat=threat)

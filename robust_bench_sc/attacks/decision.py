@@ -36,11 +36,7 @@ def _pool_predictions(ctx: AttackContext, which: str, size: int | None, batch: i
     key = f"boundary-pool-preds:{ctx.defense.name}:{which}:{size}"
     if key not in ctx.cache:
         xs = _pool_images(ctx, which, size)
-        out = []
-        with torch.no_grad():
-            for i in range(0, xs.shape[0], batch):
-                out.append(ctx.defense(xs[i : i + batch].to(ctx.device)).argmax(1).cpu())
-        ctx.cache[key] = torch.cat(out)
+        ctx.cache[key] = predicted(ctx.defense, xs, batch, ctx.device).cpu()
     return ctx.cache[key]
 
 

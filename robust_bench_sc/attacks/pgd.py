@@ -21,9 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from robust_bench_sc.attacks.base import Attack, AttackContext, AttackOutput
+from robust_bench_sc.norms import TINY, Norm, project_l1
 from robust_bench_sc.threat_models import PGDThreat
-
-_TINY = 1e-12
 
 
 def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -40,54 +39,15 @@ def attack_loss(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tenso
     return margin_loss(logits, y)
 
 
-def _flat_norm(t: torch.Tensor, p: float) -> torch.Tensor:
-    return t.flatten(1).norm(p=p, dim=1).view(-1, *([1] * (t.dim() - 1)))
-
-
 def project_l1_box(v: torch.Tensor, x: torch.Tensor, eps: float, iters: int = 60) -> torch.Tensor:
-    """Exact Euclidean projection of perturbations ``v`` onto {‖d‖₁ ≤ ε, 0 ≤ x+d ≤ 1}.
-
-    The problem is separable given the multiplier λ: d = clip(soft(v, λ), −x, 1−x), with
-    λ ≥ 0 the smallest value whose ℓ1 norm is ≤ ε (bisection; the feasible end is returned).
-    """
-    lo, hi_box = -x, 1.0 - x
-    shape = v.shape
-    vf, lof, hif = v.flatten(1), lo.flatten(1), hi_box.flatten(1)
-
-    def shrink(lam):
-        return torch.clamp(torch.sign(vf) * torch.clamp(vf.abs() - lam, min=0.0), lof, hif)
-
-    d0 = shrink(torch.zeros(vf.shape[0], 1, dtype=v.dtype, device=v.device))
-    need = d0.abs().sum(1) > eps
-    if not need.any():
-        return d0.view(shape)
-    lam_lo = torch.zeros(vf.shape[0], 1, dtype=v.dtype, device=v.device)
-    lam_hi = vf.abs().max(1, keepdim=True).values
-    for _ in range(iters):
-        mid = (lam_lo + lam_hi) / 2
-        over = shrink(mid).abs().sum(1, keepdim=True) > eps
-        lam_lo = torch.where(over, mid, lam_lo)
-        lam_hi = torch.where(over, lam_hi, mid)
-    d = torch.where(need[:, None], shrink(lam_hi), d0)
-    return d.view(shape)
+    """Exact Euclidean projection of perturbations ``v`` onto {‖d‖₁ ≤ ε, 0 ≤ x+d ≤ 1}
+    (:func:`robust_bench_sc.norms.project_l1` with the image box)."""
+    return project_l1(v, eps, -x, 1.0 - x, iters)
 
 
 def random_start(x: torch.Tensor, norm: str, eps: float, g: torch.Generator) -> torch.Tensor:
-    """A random perturbation inside the ε-ball (uniform in the ball for ℓ∞ and ℓ1)."""
-    b, d = x.shape[0], x[0].numel()
-    if norm == "linf":
-        delta = (torch.rand(x.shape, generator=g) * 2 - 1) * eps
-    elif norm == "l2":
-        u = torch.randn(b, d, generator=g)
-        u = u / u.norm(dim=1, keepdim=True)
-        r = torch.rand(b, 1, generator=g) ** (1.0 / d)
-        delta = (u * r * eps).view_as(x)
-    else:  # uniform in the ℓ1 ball: first d of a Dirichlet(1, ..., 1) over d+1, random signs
-        e = -torch.log(torch.rand(b, d + 1, generator=g).clamp_min(1e-20))
-        w = (e / e.sum(1, keepdim=True))[:, :d]
-        sign = torch.randint(0, 2, (b, d), generator=g) * 2 - 1
-        delta = (w * sign * eps).view_as(x)
-    return delta.to(x.device, x.dtype)
+    """A random perturbation inside the ε-ball (uniform in the ball): :meth:`Norm.random_start`."""
+    return Norm.of(norm).random_start(x, eps, g)
 
 
 class NativePGD(Attack):
@@ -119,17 +79,14 @@ class NativePGD(Attack):
     def _step(self, delta, grad, x, step):
         t = self.threat
         eps = t.epsilon
-        if t.norm == "linf":
-            delta = (delta + step * grad.sign()).clamp(-eps, eps)
-            return (x + delta).clamp(0, 1) - x
-        if t.norm == "l2":
-            delta = delta + step * grad / (_flat_norm(grad, 2) + _TINY)
-            delta = delta * torch.clamp(eps / (_flat_norm(delta, 2) + _TINY), max=1.0)
+        norm = Norm.of(t.norm)
+        if t.norm != "l1":
+            delta = norm.project(norm.ascent_step(delta, grad, step), eps)
             return (x + delta).clamp(0, 1) - x
         if t.l1_step == "dense":
             # Paper eq. 1: dense step, rescaled onto the ℓ1 sphere; no box clipping here.
-            delta = delta + step * grad / (_flat_norm(grad, 1) + _TINY)
-            return delta * (eps / (_flat_norm(delta, 1) + _TINY))
+            delta = norm.ascent_step(delta, grad, step)
+            return delta * (eps / (norm.size(delta) + TINY))
         # Sparse steepest ascent: the top (1 − l1_sparsity) share of |gradient| among
         # coordinates that can still move in the ascent direction.
         xd = x + delta
@@ -137,7 +94,7 @@ class NativePGD(Attack):
         g = (grad * movable).flatten(1)
         q = torch.quantile(g.abs(), t.l1_sparsity, dim=1, keepdim=True)
         e = torch.where((g.abs() >= q) & (g != 0), g.sign(), torch.zeros_like(g))
-        e = e / (e.abs().sum(1, keepdim=True) + _TINY)
+        e = e / (e.abs().sum(1, keepdim=True) + TINY)
         return project_l1_box(delta + step * e.view_as(delta), x, eps)
 
     def __init__(self, threat: PGDThreat, compact: bool = True):

@@ -21,14 +21,26 @@ from torch import nn
 from robust_bench_sc.attacks.base import Attack, AttackContext, AttackOutput
 from robust_bench_sc.attacks.pgd import margin_loss
 from robust_bench_sc.data import N_CLASSES
+from robust_bench_sc.norms import L1, L2, LINF, Norm
 from robust_bench_sc.threat_models import CWThreat, PGDThreat, SquareThreat
 
 INPUT_SHAPE = (3, 32, 32)
 
 
 @torch.no_grad()
-def predicted(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model(x).argmax(1)
+def predicted(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int | None = None,
+              device: torch.device | None = None) -> torch.Tensor:
+    """Predicted classes (argmax of one forward pass each), on ``x``'s device: the attacks'
+    own bookkeeping of which inputs fool ``model``. With ``batch_size``, in batches moved to
+    ``device`` one at a time (a large pool stays where it is). Unchecked logits: the scored
+    predictions are :func:`robust_bench_sc.evaluate.predict`'s, which checks them."""
+    if batch_size is None:
+        return model(x if device is None else x.to(device)).argmax(1).to(x.device)
+    if batch_size < 1:
+        raise ValueError(f"predicted: batch_size must be ≥ 1, got {batch_size}")
+    out = [model(x[i : i + batch_size] if device is None else x[i : i + batch_size].to(device)).argmax(1).to(x.device)
+           for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
 
 
 def restart_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, restarts: int, early_stop: bool,
@@ -117,14 +129,11 @@ class TorchattacksPGD(Attack):
         import torchattacks
 
         t = self.threat
-        if t.norm == "linf":
-            atk = torchattacks.PGD(model, eps=t.epsilon, alpha=t.step, steps=t.steps, random_start=t.random_start)
-        elif t.norm == "l2":
-            atk = torchattacks.PGDL2(model, eps=t.epsilon, alpha=t.step, steps=t.steps,
-                                     random_start=t.random_start, eps_for_division=1e-10)
-        else:
+        norm = Norm.of(t.norm)
+        if norm is L1:
             raise ValueError("torchattacks has no ℓ1 PGD")
-        return atk
+        cls, extra = (torchattacks.PGD, {}) if norm is LINF else (torchattacks.PGDL2, {"eps_for_division": 1e-10})
+        return cls(model, eps=t.epsilon, alpha=t.step, steps=t.steps, random_start=t.random_start, **extra)
 
     def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
         t = self.threat
@@ -134,14 +143,14 @@ class TorchattacksPGD(Attack):
         return AttackOutput(x_adv, fooled.cpu(), _pgd_info(used, t))
 
 
-def _foolbox_pgd_class(norm: str, loss: str):
+def _foolbox_pgd_class(norm: Norm, loss: str):
     import foolbox as fb
 
-    base = {"linf": fb.attacks.LinfPGD, "l2": fb.attacks.L2PGD, "l1": fb.attacks.SparseL1DescentAttack}[norm]
+    base = {LINF: fb.attacks.LinfPGD, L2: fb.attacks.L2PGD, L1: fb.attacks.SparseL1DescentAttack}[norm]
     if loss == "ce":
         return base
 
-    class MarginPGD(base):  # foolbox documents get_loss_fn as the place to change the loss
+    class MarginPGD(base):  # type: ignore[valid-type,misc]  # foolbox documents get_loss_fn as the place to change the loss
         def get_loss_fn(self, model, labels):
             import eagerpy as ep
 
@@ -162,9 +171,10 @@ class FoolboxPGD(Attack):
 
     def _make(self):
         t = self.threat
-        cls = _foolbox_pgd_class(t.norm, t.loss)
+        norm = Norm.of(t.norm)
+        cls = _foolbox_pgd_class(norm, t.loss)
         kw = dict(rel_stepsize=t.step / t.epsilon, abs_stepsize=t.step, steps=t.steps, random_start=t.random_start)
-        if t.norm == "l1":
+        if norm is L1:
             kw["quantile"] = t.l1_sparsity
         return cls(**kw)
 
@@ -199,7 +209,7 @@ class ArtPGD(Attack):
         clf = art_classifier(model, ctx.device, t.loss)
         atk = ProjectedGradientDescent(
             clf,
-            norm={"linf": np.inf, "l2": 2, "l1": 1}[t.norm],
+            norm=Norm.of(t.norm).p,
             eps=t.epsilon,
             eps_step=t.step,
             decay=None,
@@ -280,7 +290,7 @@ class TorchattacksSquare(Attack):
         t = self.threat
         model = ctx.model(t)
         atk = torchattacks.Square(
-            model, norm={"linf": "Linf", "l2": "L2"}[t.norm], eps=t.epsilon, n_queries=t.n_queries,
+            model, norm=Norm.of(t.norm).toolkit, eps=t.epsilon, n_queries=t.n_queries,
             n_restarts=t.restarts, p_init=t.p_init, loss="margin", resc_schedule=t.rescale_schedule,
             seed=int(ctx.seed % (2**31 - 1)), verbose=False,
         )

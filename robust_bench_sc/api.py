@@ -1,0 +1,253 @@
+"""One call from Python: ``benchmark(defense, threat_models=[...], n_images=N, out=DIR)``.
+
+A thin layer over the command line's path, not a second one: it builds the same validated
+:class:`~robust_bench_sc.config.SuiteConfig` that ``scbench run`` loads from a suite file
+(threat models from ``attack_suites/`` or inline, checked by the same schemas, nested ones
+too), hands it to :func:`~robust_bench_sc.runner.run_suite` (preflight, plan, records, resume,
+weight fingerprints, ``run.json``, ``summary.csv``) and returns the summary as a DataFrame.
+
+Calling it again with the same ``out`` reuses every recorded job whose spec hash matches and
+computes the rest; a defense whose weights differ from those its records in ``out`` were
+computed with is refused (both fingerprints named), as ``scbench run`` refuses it.
+
+An in-memory defense (a :class:`Defense` or an ``nn.Module``) enters the suite as the
+reference ``robust_bench_sc.api:in_memory_defense`` with ``params: {key: <name>}``: its job
+hashes depend on its name and the settings, its records carry the fingerprint of its weights.
+It exists only in the calling process, so such a run is local (no Ray) and cannot be resumed
+by ``scbench run``; registered names and ``module:attr`` references have neither limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+from robust_bench_sc.registry import RegistryError, did_you_mean
+from robust_bench_sc.yamlio import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from torch import nn
+
+    from robust_bench_sc.config import SuiteConfig
+    from robust_bench_sc.defense import Defense
+    from robust_bench_sc.threat_models import ThreatModel
+
+    DefenseLike = Union[Defense, nn.Module, str]
+    ThreatLike = Union[str, Mapping[str, Any], ThreatModel]
+
+IN_MEMORY_REF = "robust_bench_sc.api:in_memory_defense"
+SOURCE = "benchmark()"
+
+# label -> the in-memory Defense of the latest benchmark() call that used that label
+_IN_MEMORY: dict[str, Defense] = {}
+
+
+def in_memory_defense(key: str) -> Defense:
+    """The defense object passed to :func:`benchmark` under the name ``key`` (this process only)."""
+    try:
+        return _IN_MEMORY[key]
+    except KeyError:
+        raise RegistryError(f"in-memory defense {key!r} was passed to benchmark() in another process; it exists "
+                            "only there (name a registered defense or a 'module:attr' factory to run it elsewhere)"
+                            ) from None
+
+
+def wrap_module(module: nn.Module, name: str | None = None) -> Defense:
+    """A plain classifier as a :class:`Defense`: no preprocess, differentiable, deterministic.
+
+    ``module`` maps float images in [0, 1], NCHW (CIFAR-10: ``(n, 3, 32, 32)``), to logits
+    ``(n, 10)``; it is put in eval mode. ``name`` (default: the module's class name) labels it
+    in the tables and enters its job hashes; its weight fingerprint is a hash of its
+    ``state_dict()`` (every parameter and buffer), so other weights under one name are refused
+    in a run folder that holds records of the first.
+    """
+    from robust_bench_sc.defense import Capabilities, Defense
+
+    label = name or type(module).__name__
+    return Defense(name=label, classifier=module, capabilities=Capabilities(differentiable=True, randomised=False),
+                   description=f"{type(module).__name__} passed to benchmark() ([0, 1] NCHW images -> logits)")
+
+
+def _defense_spec(defense: Any, name: str | None, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The suite's defense entry for ``defense`` (registering an in-memory one)."""
+    from torch import nn
+
+    from robust_bench_sc.defense import Defense
+
+    if isinstance(defense, str):
+        if not defense.strip():
+            raise ConfigError(f"{SOURCE}: defense: an empty name; give a registered name (scbench defenses), "
+                              "'module:attr', a Defense or an nn.Module")
+        return {"ref": defense, "name": name or "", "params": dict(params or {})}
+    if params:
+        raise ConfigError(f"{SOURCE}: params: only for a registered name or 'module:attr' factory, not for a "
+                          f"{type(defense).__name__} object (got {sorted(params)})")
+    if isinstance(defense, Defense):
+        obj = dataclasses.replace(defense, name=name or defense.name)  # the caller's object keeps its name
+    elif isinstance(defense, nn.Module):
+        obj = wrap_module(defense, name)
+    else:
+        raise ConfigError(f"{SOURCE}: defense: expected a robust_bench_sc.Defense, a torch nn.Module, a registered "
+                          f"defense name or 'module:attr', got {type(defense).__name__}")
+    if not obj.name or not isinstance(obj.name, str):
+        raise ConfigError(f"{SOURCE}: defense: the Defense has no name; pass name=...")
+    _IN_MEMORY[obj.name] = obj
+    return {"ref": IN_MEMORY_REF, "name": obj.name, "params": {"key": obj.name}}
+
+
+def _threat_model(entry: Any, i: int) -> ThreatModel:
+    """One entry of ``threat_models`` → a validated threat model (its schema validates the
+    nested ones, transfer ``craft`` and worst_case ``attacks``, too)."""
+    from robust_bench_sc.config import (ATTACK_SUITES_DIR, load_threat_model_file, threat_model_names,
+                                        validate_threat_model)
+    from robust_bench_sc.threat_models import ThreatModel
+    from robust_bench_sc.yamlio import load_yaml, plain
+
+    where = f"{SOURCE}: threat_models[{i}]"
+
+    def named_file(name: str) -> Path:
+        path = ATTACK_SUITES_DIR / f"{name}.yaml"
+        if not path.is_file():
+            known = threat_model_names()
+            raise ConfigError(f"{where}: unknown threat model {name!r}{did_you_mean(name, known)}; files in "
+                              f"{ATTACK_SUITES_DIR}: {', '.join(known) or 'none'}")
+        return path
+
+    if isinstance(entry, ThreatModel):
+        tm = entry
+    elif isinstance(entry, (str, Path)):
+        text = str(entry)
+        path = Path(text) if text.endswith((".yaml", ".yml")) else named_file(text)
+        if not path.is_file():
+            raise ConfigError(f"{where}: no threat-model file {path}")
+        tm = load_threat_model_file(path)  # errors name that file and line
+    elif isinstance(entry, Mapping):
+        d = plain(dict(entry))
+        if "use" in d:  # a file of attack_suites/ with fields overridden, as in a suite
+            base_name = d.pop("use")
+            base_path = named_file(str(base_name))
+            base = plain(load_yaml(base_path))
+            base.setdefault("name", base_path.stem)
+            base.update(d)
+            d = base
+        tm = validate_threat_model(d, where, default_name=str(d.get("name") or d.get("attack") or f"threat_model_{i}"))
+    else:
+        raise ConfigError(f"{where}: expected a name in attack_suites/, a mapping or a ThreatModel, got "
+                          f"{type(entry).__name__}")
+    return tm
+
+
+def build_suite(defense: Any, threat_models: Sequence[Any], *, n_images: int | None = None, name: str | None = None,
+                params: Mapping[str, Any] | None = None, seed: int = 0, chunk_size: int = 100,
+                worst_case_over: Sequence[str] = (), data_dir: str | Path | None = None,
+                suite_name: str = "benchmark") -> SuiteConfig:
+    """The validated suite :func:`benchmark` runs (arguments as there); raises ConfigError."""
+    from pydantic import ValidationError
+
+    from robust_bench_sc.config import SuiteConfig
+    from robust_bench_sc.data import N_TEST_AVAILABLE
+    from robust_bench_sc.summary import resolve_worst_case
+
+    for label, value, low, high in (("n_images", n_images, 1, N_TEST_AVAILABLE), ("chunk_size", chunk_size, 1, None),
+                                    ("seed", seed, 0, None)):
+        if value is None and label == "n_images":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+            allowed = f"{low}..{high}" if high is not None else f">= {low}"
+            extra = f" (the first {N_TEST_AVAILABLE} CIFAR-10 test images exist here)" if label == "n_images" else ""
+            raise ConfigError(f"{SOURCE}: {label}={value!r}: must be a whole number in {allowed}{extra}")
+    if isinstance(threat_models, (str, Mapping)) or not isinstance(threat_models, Sequence) or not threat_models:
+        raise ConfigError(f"{SOURCE}: threat_models: a non-empty list of names in attack_suites/, mappings or "
+                          f"ThreatModel objects, got {threat_models!r}")
+    tms = [_threat_model(t, i) for i, t in enumerate(threat_models)]
+    names = [t.name for t in tms]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"{SOURCE}: threat model names must be unique; repeated: {', '.join(dup)} "
+                          "(give each a 'name')")
+    data: dict[str, Any] = {"chunk_size": chunk_size}
+    if n_images is not None:
+        data["n_images"] = n_images
+    if data_dir is not None:
+        data["data_dir"] = str(data_dir)
+    try:
+        suite = SuiteConfig.model_validate({
+            "name": suite_name, "seed": seed, "data": data, "defenses": [_defense_spec(defense, name, params)],
+            "threat_models": tms, "worst_case_over": list(worst_case_over)})
+    except ValidationError as exc:
+        raise ConfigError("; ".join(f"{SOURCE}: {'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                    for e in exc.errors())) from None
+    return resolve_worst_case(suite, tms, None, SOURCE)
+
+
+def benchmark(defense: DefenseLike, threat_models: Sequence[ThreatLike] = ("clean",), *,
+              n_images: int | None = None, out: str | Path | None = None, name: str | None = None,
+              params: Mapping[str, Any] | None = None, seed: int = 0, chunk_size: int = 100,
+              worst_case_over: Sequence[str] = (), device: str = "cpu", threads: int | None = None,
+              data_dir: str | Path | None = None, suite_name: str = "benchmark", results_root: str | Path = "results",
+              progress: bool = False, quiet: bool = False) -> pd.DataFrame:
+    """Run ``defense`` through ``threat_models`` on the first ``n_images`` CIFAR-10 test images.
+
+    Args:
+        defense: a :class:`~robust_bench_sc.Defense`; a plain ``torch.nn.Module`` classifier
+            (float images in [0, 1], NCHW ``(n, 3, 32, 32)`` → logits ``(n, 10)``; wrapped
+            as a Defense named ``name`` or its class name, its weight fingerprint computed from
+            its ``state_dict()``); or a registered defense name (``scbench defenses``) or
+            ``module:attr`` / ``file.py:attr`` factory, built with ``params``.
+        threat_models: names of files in ``attack_suites/`` (``scbench threat-models``), paths
+            of threat-model YAML files, mappings as a suite's inline entries (``use: NAME``
+            plus overrides allowed), or :class:`~robust_bench_sc.threat_models.ThreatModel`
+            objects.
+        n_images: the first N CIFAR-10 test images (1..1000; default all 1000).
+        out: run folder, as ``scbench run --out``. Called again with the same folder, the
+            run resumes (recorded jobs with the same spec hash are reused, not recomputed); a
+            defense whose weights changed, a record of other settings under a planned job's
+            name, or a folder of another suite is refused. Default: as the CLI,
+            ``<results_root>/<suite_name>/<timestamp>`` (the newest unfinished run of the
+            same settings is resumed).
+        name: the defense's label in the tables (enters its job seeds and hashes).
+        params: keyword arguments of a registered factory.
+        seed, chunk_size, worst_case_over: as in a suite file.
+        device: ``cpu`` or ``cuda``; threads: torch CPU threads (no effect on the numbers).
+        progress: progress bars; quiet: no messages at all on stderr.
+
+    Returns:
+        The summary, one row per (defense, threat model), with the columns of ``summary.csv``
+        (accuracies in %); ``.attrs`` holds ``run_dir``, ``computed_jobs`` and ``reused_jobs``.
+
+    Raises:
+        ConfigError (a ValueError) for bad arguments, one line naming the argument and the
+        allowed values; ``RunError`` for what the run refuses (as ``scbench run`` does).
+    """
+    import torch
+    from rich.console import Console
+
+    from robust_bench_sc.runner import run_suite
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ConfigError(f"{SOURCE}: device={device!r}: allowed values are cpu, cuda, cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{SOURCE}: device={device!r}: no CUDA device is available here")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"{SOURCE}: threads={threads!r}: must be a whole number >= 1")
+    suite = build_suite(defense, threat_models, n_images=n_images, name=name, params=params, seed=seed,
+                        chunk_size=chunk_size, worst_case_over=worst_case_over, data_dir=data_dir,
+                        suite_name=suite_name)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    label = suite.defenses[0].label
+    call = (f"robust_bench_sc.benchmark({label!r}, threat_models={[t.name for t in suite.threat_models]!r}, "
+            f"n_images={suite.data.n_images}, seed={suite.seed})")
+    outcome = run_suite(suite, out=out, device=device, console=Console(stderr=True, quiet=quiet),
+                        results_root=results_root, command=[call], show_progress=progress)
+    table = outcome.summary.reset_index(drop=True)
+    table.attrs.update(run_dir=str(outcome.run_dir), computed_jobs=outcome.computed_chunks,
+                       reused_jobs=outcome.resumed_chunks)
+    return table

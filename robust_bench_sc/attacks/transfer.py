@@ -1,0 +1,45 @@
+"""Transfer attack: adversarial examples crafted on another defense (the source).
+
+The craft (a white-box threat model, :class:`~robust_bench_sc.threat_models.TransferThreat`'s
+``craft``, with the defaults its schema fills in) runs against the source through the same
+engine loop as any attack; the engine then re-checks the crafted images on the defense
+under test as it re-checks every attack's output. The source is built through the
+context's ``build_defense`` (the runner supplies it), once per worker.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from robust_bench_sc.attacks.base import Attack, AttackContext, AttackOutput, get_attack
+from robust_bench_sc.evaluate import predict, run_attack
+from robust_bench_sc.threat_models import TransferThreat
+
+
+class TransferAttack(Attack):
+    """Craft on ``threat.source`` with ``threat.craft``; report whether each crafted image
+    fools the source (``info["source_fooled"]``). Claims nothing about the defense under test.
+
+    Args:
+        threat: the transfer threat model (source, source_bpda, craft).
+    """
+
+    threat: TransferThreat
+
+    def __init__(self, *, threat: TransferThreat):
+        super().__init__(threat)
+        self.craft = get_attack(threat.craft)  # the craft's backend is imported (and checked) now
+
+    @property
+    def batch_size(self) -> int | None:
+        # all selected images in one call: every craft batch runs before the source judges
+        # them, so the global generators a toolkit craft draws from see the same sequence
+        # whatever the source does; the craft's batches report progress
+        return None
+
+    def run(self, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor) -> AttackOutput:
+        ref, params, label = self.threat.source_spec
+        source = ctx.source_defense(ref, params, label)
+        x_adv, _, info = run_attack(self.threat.craft, ctx.on(source), x, y, attack=self.craft)
+        src_pred = predict(source, x_adv, self.threat.batch_size, ctx.device, non_finite="flag")
+        return AttackOutput(x_adv, None, {**info, "source_fooled": (src_pred != y.cpu()).float()})

@@ -1,0 +1,60 @@
+"""Text shared by the renderers: a cell as text, the description line, paper footnote."""
+
+from __future__ import annotations
+
+from robust_bench_sc import paper_numbers as pn
+from robust_bench_sc.report_model import CellValue, DefenseInfo, Report
+
+
+def _text_cell(c: CellValue | None, *, ci: bool = True, images: str = "") -> str:
+    text = _text_cell_value(c, ci=ci)
+    return f"{text} (on {images})" if images and c is not None and text != "—" else text
+
+
+def _text_cell_value(c: CellValue | None, *, ci: bool = True) -> str:
+    if c is None:
+        return "—"
+    if c.minimum_norm:
+        sr = "" if c.success_rate is None else f" ({c.success_rate:.0f}% succ.)"
+        at = "" if c.budget is None or c.budget_accuracy is None else f"; {c.budget_accuracy:.2f} at ε = {c.budget:g}"
+        if c.missing:
+            return f"no success{sr}{at}"
+        interval = f" [{c.ci[0]:.2f}, {c.ci[1]:.2f}]" if ci and c.ci is not None else ""
+        return f"‖e‖₂ = {c.value:.2f}{interval}{sr}{at}"
+    if c.missing:
+        return "—"
+    if ci and c.ci is not None:
+        return f"{c.value:.2f} [{c.ci[0]:.1f}, {c.ci[1]:.1f}]"
+    return f"{c.value:.2f}"
+
+
+def _paper_label(d: DefenseInfo) -> str:
+    return f"paper: {d.paper_row}†"
+
+
+def _paper_footnote(report: Report) -> str:
+    cols = [c for t in report.threats if (c := pn.paper_column(t.config)) is not None]
+    tables = sorted({c.table for c in cols})
+    zoo = any(c.key == "zoo" for c in cols)
+    s = (f"† the paper's published numbers ({', '.join(tables) or 'Table 1'}), measured on the "
+         f"{pn.FULL_TEST_SET}, not on our subset, with the paper's attack settings ({pn.PAPER_SETTINGS}), "
+         f"matched to our columns by attack, norm, ε, loss and ℓ1 step")
+    if zoo:
+        s += "; ZOO (Table 4): 100 random correctly classified test images"
+    return s + "."
+
+
+def describe(report: Report) -> str:
+    mn = ("; minimum-norm attacks as mean ‖e‖₂ of successful perturbations [95% t-interval of the mean, where the "
+          "per-sample records are at hand] and success rate")
+    return (f"On the {report.subset} (accuracies in % with 95% Wilson intervals in brackets"
+            f"{mn if any(t.minimum_norm for t in report.threats) else ''}).")
+
+
+
+def _git(meta: dict) -> str:
+    g = meta.get("git") or {}
+    c = g.get("commit")
+    if not c:
+        return "unknown"
+    return c[:10] + (" (dirty)" if g.get("dirty") else "")

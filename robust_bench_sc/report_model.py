@@ -1,0 +1,523 @@
+"""The report model: run directories → one :class:`Report` of defenses × threat models.
+
+Loading a run folder (:func:`load_run`: its run.json, summary.csv and per-sample records,
+its ``worst case`` column recomputed from the records, 95 % intervals of minimum-norm
+cells), merging runs into one table (:func:`load_report`: which threat models share a
+column, which cell comes from which run, the notes saying so), and what one table cell
+says (:func:`cell_value`, :func:`paper_cell`). The text of a report is the renderers'
+(:mod:`robust_bench_sc.renderers`); :mod:`robust_bench_sc.reports` ties the two together.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from robust_bench_sc import paper_numbers as pn
+from robust_bench_sc.stats import mean_interval, wilson_interval
+from robust_bench_sc.storage import RunDir
+from robust_bench_sc.subsets import describe_subset, short_subset
+from robust_bench_sc.summary import WORST_CASE, WorstCaseError, worst_case_row, worst_case_samples
+
+MINIMUM_NORM_KINDS = {"cw", "boundary", "hsj", "zoo"}
+_SKIP_SETTINGS = {"name", "attack", "description", "backend", "norm", "epsilon", "bpda"}
+# Settings that change how hard a threat model tries, not what it measures: runs that differ
+# only in these share one column (with a line saying which setting differs in which run);
+# any other difference (attack, norm, ε, loss, ℓ1 step, transfer source, worst-case set, ...)
+# gives the later run its own column, with the same kind of line.
+MERGEABLE_SETTINGS = {"steps", "restarts", "n_queries", "max_iter", "max_images", "apgd_iterations", "apgd_restarts",
+                      "binary_search_steps", "batch_size", "eot", "recheck", "early_stop", "keep_adversarial_iterate",
+                      "rescale_schedule", "init_pool_size", "max_eval", "init_eval", "init_size", "step_size",
+                      "hsj_batch_size", "zoo_batch_size", "nb_parallel", "p_init", "random_start", "backend", "bpda"}
+
+
+class ReportError(RuntimeError):
+    pass
+
+
+# -- data model -------------------------------------------------------------------------
+
+@dataclass
+class ThreatInfo:
+    label: str                      # column label (the threat model's name, made unique)
+    name: str                       # its name in the run
+    config: dict[str, Any]          # resolved threat-model configuration
+    minimum_norm: bool
+    differs: dict[str, list[str]] = field(default_factory=dict)   # merged runs: setting → "value (run)" each
+
+    @property
+    def kind(self) -> str:
+        return str(self.config.get("attack", ""))
+
+    @property
+    def norm(self) -> str:
+        n = self.config.get("norm")
+        if n is None and isinstance(self.config.get("craft"), dict):
+            n = self.config["craft"].get("norm")
+        return str(n or "")
+
+    @property
+    def epsilon(self) -> float | None:
+        e = self.config.get("epsilon")
+        if e is None and isinstance(self.config.get("craft"), dict):
+            e = self.config["craft"].get("epsilon")
+        try:
+            return None if e is None else float(e)
+        except (TypeError, ValueError):
+            return None
+
+    def identity(self) -> str:
+        """Everything that determines the numbers (not the name or description)."""
+        c = {k: v for k, v in self.config.items() if k not in ("name", "description")}
+        return json.dumps(c, sort_keys=True, default=str)
+
+
+@dataclass
+class DefenseInfo:
+    label: str
+    ref: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def paper_row(self) -> str | None:
+        return pn.paper_defense(self.ref, self.params)
+
+
+@dataclass
+class RunInfo:
+    path: str                       # as given (relative paths stay relative: reports are reproducible text)
+    meta: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return Path(self.path).name
+
+
+@dataclass
+class Report:
+    title: str
+    defenses: list[DefenseInfo]
+    threats: list[ThreatInfo]
+    cells: dict[tuple[str, str], dict[str, Any]]     # (defense label, threat label) → summary row
+    runs: list[RunInfo] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    samples: pd.DataFrame | None = None               # per-sample records, threat_model = column label
+
+    def cell(self, defense: str, threat: str) -> dict[str, Any] | None:
+        return self.cells.get((defense, threat))
+
+    @property
+    def subset(self) -> str:
+        """'first N CIFAR-10 test images' (or the list of distinct subsets)."""
+        subsets = []
+        for row in self.cells.values():
+            s = _subset_of(row)
+            if s not in subsets:
+                subsets.append(s)
+        if not subsets:
+            return "no images"
+        if len(subsets) == 1:
+            return subsets[0]
+        ns = sorted({int(r["n_images"]) for r in self.cells.values()})
+        plain = [describe_subset(n) for n in ns]
+        where = "n per column in the last row; a cell names its images where its column mixes image sets"
+        if sorted(subsets) == sorted(plain):
+            return f"{describe_subset(ns)} ({where})"
+        return "; ".join(subsets) + f" ({where})"
+
+    def cell_images(self, defense: str, threat: str) -> str:
+        """Which images a cell is on, where its column mixes image sets ("" otherwise)."""
+        subsets = {_subset_of(r) for (d, t), r in self.cells.items() if t == threat}
+        r = self.cells.get((defense, threat))
+        if r is None or len(subsets) < 2:
+            return ""
+        return short_subset(_subset_of(r))
+
+
+def _subset_of(row: dict[str, Any]) -> str:
+    """The images of a summary row: as the run wrote them, else (an old run) its first n."""
+    s = row.get("subset")
+    return s if isinstance(s, str) and s else describe_subset(int(row["n_images"]))
+
+
+def _is_minimum_norm(config: dict[str, Any]) -> bool:
+    from robust_bench_sc.threat_models import THREAT_MODELS
+
+    cls = THREAT_MODELS.get(str(config.get("attack")))
+    if cls is not None:
+        return bool(cls.minimum_norm)
+    return config.get("attack") in MINIMUM_NORM_KINDS
+
+
+def _nan(x) -> bool:
+    try:
+        return x is None or math.isnan(float(x))
+    except (TypeError, ValueError):
+        return True
+
+
+# -- building reports -------------------------------------------------------------------
+
+def report_from_suite(suite, table: pd.DataFrame, samples: pd.DataFrame | None = None) -> Report:
+    """A report of one suite's summary table (what the runner writes as summary.md)."""
+    threats = [ThreatInfo(t.name, t.name, t.model_dump(), bool(t.minimum_norm))
+               for t in suite.threat_models if (table["threat_model"] == t.name).any()]
+    over = list(getattr(suite, "worst_case_over", []) or [])
+    if over and (table["threat_model"] == WORST_CASE).any():
+        t0 = suite.threat(over[0])
+        threats.append(ThreatInfo(WORST_CASE, WORST_CASE, {"name": WORST_CASE, "attack": "worst_case", "over": over,
+                                                           "norm": t0.norm_name, "epsilon": t0.epsilon_value}, False))
+    defenses = [DefenseInfo(d.label, d.ref, dict(d.params)) for d in suite.defenses]
+    cells = {(r["defense"], r["threat_model"]): r.to_dict() for _, r in table.iterrows()}
+    notes = []
+    if suite.profile:
+        notes.append(f"Reduced profile `{suite.profile}`: not the faithful setting; run without `--profile` for the full suite.")
+    if suite.overrides:
+        notes.append(f"Overrides: `{' '.join(suite.overrides)}`.")
+    return Report(suite.name, defenses, threats, cells, [], notes, samples)
+
+
+def _read_csv(path: Path, **kw) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, **kw)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{path}: damaged or truncated CSV ({str(exc).splitlines()[0]}); rerun `scbench run` "
+                          f"on {path.parent}") from None
+
+
+def _read_samples(run_dir: Path) -> pd.DataFrame | None:
+    path = RunDir(run_dir).samples_path
+    if not path.is_file():
+        return None
+    df = _read_csv(path, low_memory=False)
+    for col in ("clean_correct", "attacked", "fooled", "robust"):
+        if col in df:
+            df[col] = df[col].astype(str).str.lower().isin(("true", "1", "1.0"))
+    return df
+
+
+def normalized_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored threat-model configuration with every field spelled out (a field added to the
+    code after the run counts as the behaviour the code then had: threat_models.ABSENT_MEANT),
+    so that two runs compare by what they did, not by which fields their code version wrote."""
+    from robust_bench_sc.threat_models import THREAT_MODELS, stored_config
+
+    cls = THREAT_MODELS.get(str(config.get("attack")))
+    if cls is None:
+        return dict(config)
+    try:
+        out = cls.model_validate(stored_config(config)).model_dump()
+    except ValueError:  # a configuration of an older schema: compare it as written
+        return dict(config)
+    out["name"] = config.get("name", out.get("name"))
+    return out
+
+
+def _norm_intervals(table: pd.DataFrame, samples: pd.DataFrame | None, threats: list[ThreatInfo]) -> pd.DataFrame:
+    """95 % interval of the mean ‖e‖₂ of the successes for every minimum-norm cell."""
+    table = table.copy()
+    table["mean_l2_ci_low"] = math.nan
+    table["mean_l2_ci_high"] = math.nan
+    if samples is None:
+        return table
+    mn = {t.name for t in threats if t.minimum_norm}
+    for i, r in table.iterrows():
+        if r["threat_model"] not in mn:
+            continue
+        part = samples[(samples["defense"] == r["defense"]) & (samples["threat_model"] == r["threat_model"])]
+        if "selected" in part.columns and part["selected"].notna().any():
+            part = part[part["selected"] == 1]
+        ok = part[part["attacked"] & part["fooled"]]["l2"]
+        table.loc[i, ["mean_l2_ci_low", "mean_l2_ci_high"]] = mean_interval(ok)
+    return table
+
+
+def _add_worst_case(run_dir: Path, config: dict[str, Any], table: pd.DataFrame, samples: pd.DataFrame | None,
+                    threats: list[ThreatInfo], notes: list[str]):
+    """The run's ``worst case`` column (its suite's ``worst_case_over``), recomputed from its
+    per-sample records (the same function as summary.csv's row), per-sample records included."""
+    over = [str(x) for x in (config.get("worst_case_over") or [])]
+    if not over:
+        return table, samples
+    by_name = {t.name: t for t in threats}
+    t0 = by_name.get(over[0])
+    threats.append(ThreatInfo(WORST_CASE, WORST_CASE, {
+        "name": WORST_CASE, "attack": "worst_case", "over": over, "norm": t0.norm if t0 else "",
+        "epsilon": t0.epsilon if t0 else None}, False))
+    if samples is None:
+        return table, samples  # summary.csv's rows, as written
+    table = table[table["threat_model"] != WORST_CASE]
+    rows, parts = [], []
+    for d in dict.fromkeys(samples["defense"]):
+        try:
+            part, why = worst_case_samples(samples, over, d)
+        except WorstCaseError as exc:
+            raise ReportError(f"{run_dir}: {exc}") from None
+        if part is None:
+            notes.append(f"{run_dir.name}: {why}.")
+            continue
+        secs = table[(table["defense"] == d) & table["threat_model"].isin(over)]["seconds"].sum()
+        rows.append(worst_case_row(part, t0.norm if t0 else "", t0.epsilon if t0 else None, float(secs)))
+        parts.append(part)
+    if rows:
+        table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
+        samples = pd.concat([samples, *parts], ignore_index=True)
+    return table, samples
+
+
+def load_run(run_dir: str | Path) -> tuple[RunInfo, list[DefenseInfo], list[ThreatInfo], pd.DataFrame, pd.DataFrame | None]:
+    """One run directory: its defenses, threat models (configurations normalised, see
+    :func:`normalized_config`), summary rows and per-sample records, with the ``worst case``
+    column its suite declares (``worst_case_over``) computed from the per-sample records."""
+    given = str(run_dir)
+    run_dir = Path(run_dir)
+    meta_path = RunDir(run_dir).meta_path
+    if not meta_path.is_file():
+        raise ReportError(f"{run_dir}: not a run directory (no run.json)")
+    from robust_bench_sc.storage import read_json
+
+    try:
+        meta = read_json(meta_path)  # a damaged one is named, not a bare JSON error
+    except ValueError as exc:
+        raise ReportError(str(exc)) from None
+    if not isinstance(meta, dict):
+        raise ReportError(f"{meta_path}: not a run description (a JSON {type(meta).__name__})")
+    summary_path = RunDir(run_dir).summary_csv_path
+    if not summary_path.is_file():
+        raise ReportError(f"{run_dir}: no summary.csv (status {meta.get('status')!r}); finish it with `scbench run` first")
+    table = _read_csv(summary_path, keep_default_na=True)
+    missing = {"defense", "threat_model"} - set(table.columns)
+    if missing:
+        raise ReportError(f"{summary_path}: damaged (no column {', '.join(sorted(missing))}); rerun `scbench run` on {run_dir}")
+    table["bpda"] = table["bpda"].astype(object).fillna("") if "bpda" in table else ""
+    config = meta.get("config") or {}
+    defenses = [DefenseInfo(d.get("name") or d["ref"], d["ref"], d.get("params") or {}) for d in config.get("defenses", [])]
+    threats = [ThreatInfo(t["name"], t["name"], normalized_config(t), _is_minimum_norm(t))
+               for t in config.get("threat_models", [])]
+    samples = _read_samples(run_dir)
+    notes: list[str] = []
+    table, samples = _add_worst_case(run_dir, config, table, samples, threats, notes)
+    table = _norm_intervals(table, samples, threats)
+    # threat models/defenses found only in the table (old run.json): still shown
+    for name in table["threat_model"].unique():
+        if name not in {t.name for t in threats}:
+            row = table[table["threat_model"] == name].iloc[0]
+            cfg = {"name": name, "attack": row.get("attack"), "norm": row.get("norm"), "epsilon": row.get("epsilon")}
+            threats.append(ThreatInfo(name, name, cfg, _is_minimum_norm(cfg)))
+    for name in table["defense"].unique():
+        if name not in {d.label for d in defenses}:
+            defenses.append(DefenseInfo(name, name))
+    return RunInfo(given, meta, notes), defenses, threats, table, samples
+
+
+def load_report(run_dirs: Iterable[str | Path], title: str | None = None) -> Report:
+    """Merge runs: union of defenses (rows) and threat models (columns), in order of appearance.
+
+    A threat-model name used by two runs with different settings stays one column when they
+    differ only in :data:`MERGEABLE_SETTINGS` (budgets, backend, BPDA: how hard it tries) and
+    becomes two columns (``name (suite)``) otherwise; either way one note line says which
+    setting differs in which run and rows. A (defense, threat model) measured by two runs is
+    taken from the later run, with a note.
+    """
+    run_dirs = list({str(Path(r).resolve()): r for r in run_dirs}.values())  # each run once
+    if not run_dirs:
+        raise ReportError("no run directories given")
+    runs: list[RunInfo] = []
+    defenses: dict[str, DefenseInfo] = {}
+    threats: dict[str, ThreatInfo] = {}
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    origin: dict[tuple[str, str], str] = {}
+    notes: list[str] = []
+    variants: dict[str, list[tuple[str, dict[str, Any]]]] = {}   # column label → (run label, config) per setting
+    split: list[tuple[str, str, list[str], str, str]] = []
+    sample_parts = []
+    for rd in run_dirs:
+        info, ds, ts, table, samples = load_run(rd)
+        runs.append(info)
+        notes.extend(info.notes)
+        suite = info.meta.get("suite") or info.label
+        tlabel: dict[str, str] = {}
+        for t in ts:
+            label = t.name
+            same = threats.get(label)
+            if same is not None and same.identity() != t.identity():
+                diff = _differences(variants[label][0][1], t.config)
+                if set(diff) <= MERGEABLE_SETTINGS:
+                    variants[label].append((info.label, t.config))
+                else:
+                    label = f"{t.name} ({suite})"
+                    k = 2
+                    while label in threats and threats[label].identity() != t.identity():
+                        label = f"{t.name} ({suite} {k})"
+                        k += 1
+                    split.append((t.name, label, sorted(diff), variants[t.name][0][0], info.label))
+            tlabel[t.name] = label
+            if label not in threats:
+                threats[label] = ThreatInfo(label, t.name, t.config, t.minimum_norm)
+                variants[label] = [(info.label, t.config)]
+        dlabel: dict[str, str] = {}
+        for d in ds:
+            label = d.label
+            same_d = defenses.get(label)
+            if same_d is not None and (same_d.ref, same_d.params) != (d.ref, d.params):
+                label = f"{d.label} ({suite})"
+            dlabel[d.label] = label
+            defenses.setdefault(label, DefenseInfo(label, d.ref, d.params))
+        for _, r in table.iterrows():
+            key = (dlabel.get(r["defense"], r["defense"]), tlabel.get(r["threat_model"], r["threat_model"]))
+            if key in cells:
+                notes.append(f"{key[0]} × {key[1]} is in {origin[key]} and {info.path}; showing the latter.")
+            row = r.to_dict()
+            row["defense"], row["threat_model"] = key
+            row["run"] = info.path
+            cells[key] = row
+            origin[key] = info.path
+        if samples is not None:
+            s = samples.copy()
+            s["defense"] = s["defense"].map(lambda x: dlabel.get(x, x))
+            s["threat_model"] = s["threat_model"].map(lambda x: tlabel.get(x, x))
+            s["run"] = info.path
+            sample_parts.append(s)
+        if info.meta.get("profile"):
+            notes.append(f"{info.label}: reduced profile `{info.meta['profile']}` (not the faithful setting).")
+        if info.meta.get("overrides"):
+            notes.append(f"{info.label}: overrides `{' '.join(info.meta['overrides'])}`.")
+        if info.meta.get("status") != "complete":
+            notes.append(f"{info.label}: run status {info.meta.get('status')!r}.")
+    if sample_parts:
+        samples_all = pd.concat(sample_parts, ignore_index=True)
+        # keep only the samples behind the cells shown
+        shown = [origin.get(k) for k in zip(samples_all["defense"], samples_all["threat_model"])]
+        samples_all = samples_all[[a == b for a, b in zip(shown, samples_all["run"])]].reset_index(drop=True)
+    else:
+        samples_all = None
+    used_t = {k[1] for k in cells}
+    used_d = {k[0] for k in cells}
+    run_label = {r.path: r.label for r in runs}
+    for label, vs in variants.items():
+        if len(vs) < 2 or label not in used_t:
+            continue
+        keys = sorted(set().union(*(_differences(vs[0][1], c) for _, c in vs[1:])))
+        parts = []
+        for run, c in vs:
+            rows = [d for (d, t), path in origin.items() if t == label and run_label.get(path) == run]
+            setting = ", ".join(f"{k}={_setting_text(c.get(k))}" for k in keys)
+            parts.append(f"{setting} in {run} ({', '.join(rows) or 'no row shown'})")
+        threats[label].differs = {k: [f"{_setting_text(c.get(k))} ({run})" for run, c in vs] for k in keys}
+        notes.append(f"`{label}` is one column over runs whose settings differ: {'; '.join(parts)}.")
+    for name, label, keys, first, later in split:
+        if label in used_t:
+            notes.append(f"`{name}` is two columns (`{name}`, `{label}`): {first} and {later} differ in "
+                         f"{', '.join(keys)}, which change what it measures.")
+    title = title or " + ".join(dict.fromkeys(r.meta.get("suite") or r.label for r in runs))
+    return Report(title, [d for d in defenses.values() if d.label in used_d],
+                  [t for t in threats.values() if t.label in used_t], cells, runs, notes, samples_all)
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    keys = (set(a) | set(b)) - {"name", "description"}
+    return {k: (a.get(k), b.get(k)) for k in sorted(keys)
+            if json.dumps(a.get(k), sort_keys=True, default=str) != json.dumps(b.get(k), sort_keys=True, default=str)}
+
+
+def _setting_text(v: Any) -> str:
+    return json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
+
+
+# -- cells ------------------------------------------------------------------------------
+
+@dataclass
+class CellValue:
+    """What one table cell says."""
+
+    value: float            # accuracy in %, or mean ‖e‖₂
+    n: int
+    ci: tuple[float, float] | None = None        # Wilson 95 % (accuracies)
+    success_rate: float | None = None            # minimum-norm attacks
+    minimum_norm: bool = False
+    source: str = "ours"                         # "ours" or "paper"
+    budget: float | None = None                  # minimum-norm attacks with an ε: accuracy at that budget
+    budget_accuracy: float | None = None
+
+    @property
+    def missing(self) -> bool:
+        return _nan(self.value)
+
+
+def cell_value(row: dict[str, Any], threat: ThreatInfo) -> CellValue:
+    n = int(row["n_images"])
+    if threat.minimum_norm:
+        eps = threat.epsilon
+        lo: Any = row.get("mean_l2_ci_low")
+        hi: Any = row.get("mean_l2_ci_high")
+        return CellValue(float(row["mean_l2"]) if not _nan(row.get("mean_l2")) else math.nan, n,
+                         ci=None if _nan(lo) or _nan(hi) else (float(lo), float(hi)),
+                         success_rate=None if _nan(row.get("success_rate")) else float(row["success_rate"]),
+                         minimum_norm=True, budget=eps,
+                         budget_accuracy=None if eps is None or _nan(row.get("robust_accuracy")) else float(row["robust_accuracy"]))
+    acc = float(row["clean_accuracy"] if threat.kind == "none" else row["robust_accuracy"])
+    k = int(round(acc * n / 100))
+    return CellValue(acc, n, wilson_interval(k, n))
+
+
+def paper_cell(defense: DefenseInfo, threat: ThreatInfo) -> CellValue | None:
+    row = defense.paper_row
+    col = pn.paper_column(threat.config)
+    if row is None or col is None:
+        return None
+    pc = pn.paper_value(row, col)
+    if pc is None:
+        return None
+    return CellValue(pc.value, pc.n_images, None, pc.success_rate, col.minimum_norm, "paper")
+
+
+_BUDGET_SETTINGS = ("steps", "restarts", "n_queries", "max_iter", "max_images", "apgd_iterations", "apgd_restarts")
+
+
+def threat_settings(t: ThreatInfo) -> str:
+    """The non-default settings of a threat model, compactly."""
+    from robust_bench_sc.threat_models import THREAT_MODELS
+
+    cls = THREAT_MODELS.get(t.kind)
+    parts = []
+    for k, v in t.config.items():
+        if k in _SKIP_SETTINGS:
+            continue
+        if k in t.differs:
+            parts.append(f"{k}={' or '.join(t.differs[k])}")
+            continue
+        if k in _BUDGET_SETTINGS and v is not None:
+            pass  # budgets are always shown: a reader needs them to judge a number
+        elif k == "rescale_schedule" and _runs_square(t.config):
+            pass  # Square's schedule decides its strength at a reduced budget: always shown
+        elif cls is not None and k in cls.model_fields:
+            f = cls.model_fields[k]
+            default = f.get_default(call_default_factory=True) if not f.is_required() else object()
+            if default == v:
+                continue
+        parts.append(f"{k}={json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}")
+    return ", ".join(parts)
+
+
+def _runs_square(c: dict[str, Any]) -> bool:
+    from robust_bench_sc.threat_models import SQUARE_VERSIONS
+
+    if c.get("attack") == "square":
+        return True
+    if c.get("attack") != "autoattack":
+        return False
+    v = c.get("version", "standard")
+    return "square" in ((c.get("attacks_to_run") or []) if v == "custom" else SQUARE_VERSIONS.get(v, ()))
+
+
+def column_n(report: Report, t: ThreatInfo) -> str:
+    ns = sorted({int(r["n_images"]) for (d, tt), r in report.cells.items() if tt == t.label})
+    return "/".join(str(n) for n in ns) or "—"
+
+
