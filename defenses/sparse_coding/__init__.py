@@ -77,6 +77,11 @@ def sparse_coding_T15(checkpoint: str | None = None) -> Defense:
     return sparse_coding(T=15, checkpoint=checkpoint)
 
 
+def sparse_coding_T1(checkpoint: str | None = None) -> Defense:
+    """T=1 (defenses/sparse_coding/weights/T1.pt: warm-started from T15.pt, see docs/sparse_coding.md)."""
+    return sparse_coding(T=1, checkpoint=checkpoint)
+
+
 def sparse_coding_T2(checkpoint: str | None = None) -> Defense:
     """T=2 (defenses/sparse_coding/weights/T2.pt: warm-started from T15.pt, see docs/sparse_coding.md)."""
     return sparse_coding(T=2, checkpoint=checkpoint)
