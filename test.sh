@@ -7,10 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 SCBENCH_EXTRAS=test,ray bash setup.sh
 export RAY_USAGE_STATS_ENABLED=0
-# Type check first (configured in pyproject.toml [tool.mypy]; mypy is pinned in the test extra).
-# Not yet a gate: modules being reworked for issue 17 still have type errors; enable this
-# line once `python3 -m mypy robust_bench_sc/` reports "Success".
-# python3 -m mypy robust_bench_sc/
+# Type check first (configured in pyproject.toml [tool.mypy], check_untyped_defs on; mypy is
+# pinned in the test extra, which setup.sh installs): a type error fails the run before pytest.
+python3 -m mypy robust_bench_sc/
 python3 -m pytest -q -p no:cacheprovider "$@"
 out=$(mktemp -d)/smoke
 scbench run suites/smoke.yaml --out "$out" --quiet

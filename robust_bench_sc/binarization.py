@@ -36,7 +36,10 @@ import torch
 from torch import nn
 
 from robust_bench_sc.attacks.base import AttackContext
+from robust_bench_sc.attacks.toolkits import predicted
 from robust_bench_sc.defense import Defense, NoFeatureSplit
+from robust_bench_sc.norms import NORMS, Norm
+from robust_bench_sc.subsets import describe_subset
 
 PASS, FAIL, NOT_APPLICABLE = "pass", "fail", "not_applicable"
 
@@ -95,18 +98,6 @@ class BinarizationReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def as_indicator(self):
-        from robust_bench_sc.diagnostics.base import FAIL as D_FAIL
-        from robust_bench_sc.diagnostics.base import MASKING, IndicatorResult
-        from robust_bench_sc.diagnostics.base import PASS as D_PASS
-        from robust_bench_sc.diagnostics.base import SKIP
-
-        st = {PASS: D_PASS, FAIL: D_FAIL, NOT_APPLICABLE: SKIP}[self.status]
-        return IndicatorResult("binarization_test", "binarization test (active)", "Zimmermann et al. 2022", MASKING,
-                               st, self.evidence, self.failed_indices,
-                               {"pass_rate": self.pass_rate, "ci95": self.ci95, "testable": self.n_testable,
-                                "untestable": self.n_untestable}, self.wall_seconds)
-
 
 # --------------------------------------------------------------------------- applicability
 def check_applicable(defense: Defense, threat) -> None:
@@ -124,9 +115,9 @@ def check_applicable(defense: Defense, threat) -> None:
     if not eps > 0:
         raise NotApplicable(f"binarization test not applicable to threat model {threat.name!r}: ε = {eps:g}, the "
                             f"ε-ball is the clean point alone, so no adversarial example can be planted in it")
-    if threat.norm_name not in ("linf", "l2", "l1"):
+    if Norm.get(threat.norm_name) is None:
         raise NotApplicable(f"binarization test not applicable to threat model {threat.name!r}: norm "
-                            f"{threat.norm_name!r}; allowed: linf, l2, l1")
+                            f"{threat.norm_name!r}; allowed: {', '.join(NORMS)}")
     if defense.capabilities.randomised and threat.eot < 2:
         raise NotApplicable(f"binarization test not applicable: defense {defense.name!r} is randomised and threat "
                             f"model {threat.name!r} has eot: {threat.eot}; without EOT the readout is fitted and "
@@ -154,20 +145,10 @@ def sample_points(x: torch.Tensor, norm: str, eps: float, n_inner: int, inner_ra
     """``n_inner`` inner points uniform in the ball of radius ``inner_radius``·ε and one point
     on the ε-sphere around the single image ``x`` (C×H×W), all clipped to [0, 1] (clipping
     only shrinks every coordinate of the perturbation, so points stay in the ball)."""
-    from robust_bench_sc.attacks.pgd import random_start
-
+    ball = Norm.of(norm)
     xs = x.unsqueeze(0).expand(n_inner, *x.shape)
-    inner = (xs + inner_radius * random_start(xs, norm, eps, g)).clamp(0, 1)
-    d = x.numel()
-    if norm == "linf":  # a vertex of the cube
-        delta = (torch.randint(0, 2, x.shape, generator=g).float() * 2 - 1) * eps
-    elif norm == "l2":
-        u = torch.randn(d, generator=g)
-        delta = (eps * u / u.norm()).view_as(x)
-    else:  # uniform direction on the ℓ1 sphere (Laplace, normalised)
-        u = -torch.log(torch.rand(d, generator=g).clamp_min(1e-12)) * (torch.randint(0, 2, (d,), generator=g) * 2 - 1)
-        delta = (eps * u / u.abs().sum()).view_as(x)
-    target = (x + delta).clamp(0, 1)
+    inner = (xs + inner_radius * ball.random_start(xs, eps, g)).clamp(0, 1)
+    target = (x + ball.on_sphere(x, eps, g)).clamp(0, 1)
     return inner, target
 
 
@@ -252,12 +233,6 @@ def _features(defense: Defense, split, x: torch.Tensor, passes: int, batch: int,
     return torch.cat(out)
 
 
-def _predict_all(defense: Defense, x: torch.Tensor, passes: int, device) -> torch.Tensor:
-    """Predictions of every pass (passes × N)."""
-    with torch.no_grad():
-        return torch.stack([defense(x.to(device)).argmax(1).cpu() for _ in range(passes)])
-
-
 def binarization_test(defense: Defense, threat, cfg: BinarizationConfig | None = None,
                       log: Callable[[str], None] | None = None) -> BinarizationReport:
     """Run the binarization test of ``threat`` (a validated threat model) on ``defense``.
@@ -317,7 +292,8 @@ def binarization_test(defense: Defense, threat, cfg: BinarizationConfig | None =
         with torch.no_grad():  # the fit on its own features (inner points: no second pass through the defense)
             inner_clean = float((TwoClassReadout(readout)(feats[1:-1].to(device)).argmax(1) == 0).float().mean())
         # acceptance on the two-class network itself, exact forward (every re-check pass)
-        p = _predict_all(bdef, torch.stack([x, target]), passes, device)
+        pair = torch.stack([x, target])
+        p = torch.stack([predicted(bdef, pair, device=device) for _ in range(passes)])  # passes × 2
         x_clean, t_adv = bool((p[:, 0] == 0).all()), bool((p[:, 1] == 1).all())
         with torch.no_grad():
             lt = bdef(target[None].to(device)).float().cpu()[0]
@@ -375,8 +351,8 @@ def report_markdown(rep: BinarizationReport) -> str:
     lines = [
         f"# Binarization test: {rep.defense} × {t.get('name')}",
         "",
-        f"Zimmermann et al. 2022. First {rep.n_samples} correctly classified images among the first "
-        f"{rep.n_images_scanned} CIFAR-10 test images; {c['n_inner']} inner points (radius {c['inner_radius']:g}·ε) "
+        f"Zimmermann et al. 2022. First {rep.n_samples} correctly classified images among the "
+        f"{describe_subset(rep.n_images_scanned)}; {c['n_inner']} inner points (radius {c['inner_radius']:g}·ε) "
         f"and one ε-sphere point per image; threshold {100 * c['pass_threshold']:g}%. Wall time "
         f"{rep.wall_seconds:.0f} s.",
         "",
@@ -409,7 +385,7 @@ def run_suite_binarization(suite, run_dir: str | Path, device: str = "cpu", cons
     """The test for every (defense, threat model) of ``suite``: ``<run>/diagnostics/binarization/
     <defense>/<threat>.json/.md``; a pair it does not apply to gets a ``.md`` with the reason."""
     from robust_bench_sc.plugins import build_defense
-    from robust_bench_sc.storage import atomic_write_text, read_json, safe_name
+    from robust_bench_sc.storage import RunDir, atomic_write_text, read_json, safe_name
 
     base = cfg or BinarizationConfig(seed=suite.seed, device=device,
                                      n_samples=min(suite.data.n_images, BinarizationConfig.n_samples))
@@ -417,7 +393,7 @@ def run_suite_binarization(suite, run_dir: str | Path, device: str = "cpu", cons
     for spec in suite.defenses:
         defense = None
         for threat in suite.threat_models:
-            folder = Path(run_dir) / "diagnostics" / "binarization" / safe_name(spec.label)
+            folder = RunDir(run_dir).diagnostics_dir / "binarization" / safe_name(spec.label)
             stem = safe_name(threat.name)
             key = f"{spec.label} × {threat.name}"
             jpath = folder / f"{stem}.json"

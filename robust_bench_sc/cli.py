@@ -452,9 +452,11 @@ def diagnose(
     import time as _time
 
     from robust_bench_sc.diagnostics import INDICATORS, DiagnosticsConfig, diagnose as _diagnose, save_report
+    from robust_bench_sc.diagnostics.config import GRADIENT_FREE, NORMS
     from robust_bench_sc.plugins import build_defense
     from robust_bench_sc.registry import RegistryError
     from robust_bench_sc.storage import safe_name
+    from robust_bench_sc.subsets import describe_subset
     from robust_bench_sc.threat_models import parse_number
 
     from robust_bench_sc.data import N_TEST_AVAILABLE
@@ -469,10 +471,10 @@ def diagnose(
     unknown = [s for s in skip or [] if s not in INDICATORS]
     if unknown:
         _fail(f"--skip: unknown indicator(s) {', '.join(unknown)}; known: {', '.join(INDICATORS.names())}")
-    if gradient_free not in ("auto", "square", "random_search", "none"):
-        _fail("--gradient-free: one of auto, square, random_search, none")
-    if norm not in ("linf", "l2"):
-        _fail("--norm: linf or l2")
+    if gradient_free not in GRADIENT_FREE:
+        _fail(f"--gradient-free: one of {', '.join(GRADIENT_FREE)}")
+    if norm not in NORMS:
+        _fail(f"--norm: {' or '.join(NORMS)}")
     try:
         d = build_defense(defense)
         if bpda is not None and bpda not in d.bpda_names():
@@ -487,7 +489,7 @@ def diagnose(
             rep = _diagnose(d, cfg, log=lambda s: status.update(f"{d.name}: {s}"))
     except (RegistryError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
-    table = Table(title=f"diagnostics: {rep.defense} (first {rep.n_images} CIFAR-10 test images; clean "
+    table = Table(title=f"diagnostics: {rep.defense} ({describe_subset(rep.n_images)}; clean "
                         f"{100 * rep.clean_accuracy:.1f}%, plain PGD-{steps} {100 * rep.plain_robust_accuracy:.1f}%)")
     for col in ("indicator", "status", "evidence"):
         table.add_column(col, overflow="fold")

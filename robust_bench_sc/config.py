@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from robust_bench_sc.paths import N_TEST_AVAILABLE, REPO_ROOT
 from robust_bench_sc.registry import did_you_mean
 from robust_bench_sc.threat_models import THREAT_MODELS, ThreatModel
-from robust_bench_sc.yamlio import ConfigError, line_of, load_yaml, plain
+from robust_bench_sc.yamlio import ConfigError, LinedDict, line_of, load_yaml, plain
 
 ATTACK_SUITES_DIR = REPO_ROOT / "attack_suites"
 
@@ -309,7 +309,7 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
     path = Path(path)
     raw = load_yaml(path)
     source = str(path)
-    if not isinstance(raw, dict):
+    if not isinstance(raw, LinedDict):  # every YAML mapping loads as a LinedDict
         raise ConfigError(f"{source}: a suite must be a mapping with name, data, defenses, threat_models")
     allowed_top = sorted(SuiteConfig.model_fields.keys() - {"profile", "overrides"})
     for key in raw:
@@ -358,8 +358,8 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
     search = [path.resolve().parent.parent / "attack_suites", ATTACK_SUITES_DIR, path.resolve().parent]
     tms_raw = raw.get("threat_models")
     if not isinstance(tms_raw, list) or not tms_raw:
-        line = raw.key_lines.get("threat_models", raw.line)
-        raise ConfigError(f"{source}, line {line}: threat_models: a non-empty list of names in attack_suites/ or mappings")
+        raise ConfigError(f"{source}, line {raw.key_lines.get('threat_models', raw.line)}: threat_models: "
+                          "a non-empty list of names in attack_suites/ or mappings")
     resolved: list[dict] = []
     origins: list[tuple[str, Any]] = []
     for i, entry in enumerate(tms_raw):

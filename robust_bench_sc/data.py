@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from robust_bench_sc.paths import N_TEST_AVAILABLE, data_dir
-from robust_bench_sc.subsets import describe_subset  # noqa: F401 (runner and plug-ins import it from here)
+from robust_bench_sc.subsets import describe_subset  # noqa: F401 (re-export: defenses/sparse_coding/figures.py imports it from here)
 
 TEST_FILE = "test_first1000.npz"
 TRAIN_FILES = tuple(f"train_{i}.npz" for i in range(5))

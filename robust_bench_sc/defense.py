@@ -192,7 +192,7 @@ class FeatureSplit:
     @classmethod
     def of(cls, defense: "Defense", probe: torch.Tensor) -> "FeatureSplit":
         name = defense.name
-        if defense.features is not None:
+        if defense.readout is not None:  # __post_init__: features and readout come together
             split = cls(defense, defense.readout, defense.features)
             how = "the declared features/readout"
         else:

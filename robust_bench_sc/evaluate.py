@@ -103,7 +103,7 @@ def run_attack(threat: ThreatModel, ctx: AttackContext, x: torch.Tensor, y: torc
 
 def _check_and_predict(defense, threat_norm, eps, x, y, x_adv, recheck, device, batch_size, minimum_norm):
     """Validate adversarial images and re-evaluate them on the exact defense."""
-    flags = [[] for _ in range(x.shape[0])]
+    flags: list[list[str]] = [[] for _ in range(x.shape[0])]
     finite = torch.isfinite(x_adv.flatten(1)).all(1)
     x_adv = torch.where(finite.view(-1, 1, 1, 1), x_adv, x)
     in_box = (x_adv.flatten(1).min(1).values >= -BOX_TOL) & (x_adv.flatten(1).max(1).values <= 1 + BOX_TOL)

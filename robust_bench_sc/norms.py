@@ -3,7 +3,7 @@ threat models use (``Norm.of("linf")``).
 
 A norm measures per-sample perturbations (what the records store and the budget checks
 compare), moves a perturbation one step along its steepest-ascent direction, projects onto
-its ε-ball, draws a random start inside the ball, and names itself for tables, plots and
+its ε-ball, draws a random start inside the ball (and a random point on its sphere), and names itself for tables, plots and
 the toolkits. Every operation is the expression the attacks used before this module
 existed, in the same floating-point order, so committed PGD records reproduce bit for bit.
 
@@ -67,6 +67,12 @@ class Norm:
         """A random perturbation inside the ε-ball, shaped like ``x``, drawn on the CPU from ``g``."""
         raise NotImplementedError
 
+    def on_sphere(self, x: torch.Tensor, eps: float, g: torch.Generator) -> torch.Tensor:
+        """A random perturbation of norm exactly ε for the single image ``x`` (any shape), drawn
+        on the CPU from ``g``: a vertex of the cube for ℓ∞, a uniform direction for ℓ2, a
+        normalised Laplace direction for ℓ1 (the binarization test's planted point)."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"Norm.of({self.name!r})"
 
@@ -87,6 +93,9 @@ class _Linf(Norm):
         """Uniform in the ε-cube."""
         return ((torch.rand(x.shape, generator=g) * 2 - 1) * eps).to(x.device, x.dtype)
 
+    def on_sphere(self, x, eps, g):
+        return ((torch.randint(0, 2, x.shape, generator=g).float() * 2 - 1) * eps).to(x.device, x.dtype)
+
 
 class _L2(Norm):
     name, p, label, tex, toolkit = "l2", 2, "ℓ2", r"\ell_2", "L2"
@@ -105,6 +114,10 @@ class _L2(Norm):
         r = torch.rand(b, 1, generator=g) ** (1.0 / d)
         return (u * r * eps).view_as(x).to(x.device, x.dtype)
 
+    def on_sphere(self, x, eps, g):
+        u = torch.randn(x.numel(), generator=g)
+        return (eps * u / u.norm()).view_as(x).to(x.device, x.dtype)
+
 
 class _L1(Norm):
     name, p, label, tex, toolkit = "l1", 1, "ℓ1", r"\ell_1", "L1"
@@ -122,6 +135,11 @@ class _L1(Norm):
         w = (e / e.sum(1, keepdim=True))[:, :d]
         sign = torch.randint(0, 2, (b, d), generator=g) * 2 - 1
         return (w * sign * eps).view_as(x).to(x.device, x.dtype)
+
+    def on_sphere(self, x, eps, g):
+        d = x.numel()
+        u = -torch.log(torch.rand(d, generator=g).clamp_min(1e-12)) * (torch.randint(0, 2, (d,), generator=g) * 2 - 1)
+        return (eps * u / u.abs().sum()).view_as(x).to(x.device, x.dtype)
 
 
 def project_l1(v: torch.Tensor, eps: float, lo: torch.Tensor | None = None, hi: torch.Tensor | None = None,

@@ -138,7 +138,7 @@ def read_baseline(path: str | Path) -> dict[str, Any]:
     return b
 
 
-_ENTRY_FIELDS = {"n_images": int, "clean_accuracy": (int, float), "robust_accuracy": (int, float),
+_ENTRY_FIELDS: dict[str, type | tuple[type, ...]] = {"n_images": int, "clean_accuracy": (int, float), "robust_accuracy": (int, float),
                  "indices": list, "clean_bits": str, "robust_bits": str}
 
 

@@ -506,14 +506,12 @@ def threat_settings(t: ThreatInfo) -> str:
 
 
 def _runs_square(c: dict[str, Any]) -> bool:
-    from robust_bench_sc.threat_models import SQUARE_VERSIONS
+    from robust_bench_sc.threat_models import autoattack_runs_square
 
     if c.get("attack") == "square":
         return True
-    if c.get("attack") != "autoattack":
-        return False
-    v = c.get("version", "standard")
-    return "square" in ((c.get("attacks_to_run") or []) if v == "custom" else SQUARE_VERSIONS.get(v, ()))
+    return c.get("attack") == "autoattack" and autoattack_runs_square(c.get("version", "standard"),
+                                                                      c.get("attacks_to_run"))
 
 
 def column_n(report: Report, t: ThreatInfo) -> str:

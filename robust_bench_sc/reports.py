@@ -22,7 +22,6 @@ from pathlib import Path
 from robust_bench_sc.renderers import FORMATS, latex_escape, to_csv, to_frame, to_html, to_latex, to_markdown
 from robust_bench_sc.report_model import (CellValue, DefenseInfo, Report, ReportError, RunInfo, ThreatInfo, cell_value,
                                           load_report, load_run, paper_cell, report_from_suite)
-from robust_bench_sc.report_model import _read_samples  # noqa: F401 (tests read records through it)
 
 
 def render(run_dirs: list[str | Path], fmt: str = "md", paper: bool = False, out: str | Path | None = None,

@@ -13,19 +13,21 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from robust_bench_sc.config import SuiteConfig
-from robust_bench_sc.data import describe_subset, load_test
+from robust_bench_sc.data import load_test
 from robust_bench_sc.executor import EXECUTORS, Executor, LocalExecutor
 from robust_bench_sc.paths import REPO_ROOT, data_dir
 from robust_bench_sc.plan import Job, job_spec_hash, legacy_spec_hash, plan_jobs
 from robust_bench_sc.plugins import build_defense
 from robust_bench_sc.registry import load_reference
 from robust_bench_sc.storage import DamagedFileError, LockError, RunDir, safe_name
+from robust_bench_sc.subsets import describe_subset
 from robust_bench_sc.reports import report_from_suite, to_markdown
 from robust_bench_sc.summary import summarise
 from robust_bench_sc.worker import ChunkResult
@@ -358,7 +360,6 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
     done, known_fp = reconcile_records(suite, run_dir, jobs, old, console, fingerprints)
     done_set = set(done)
     todo = [j for j in jobs if j not in done_set]
-    grown = old is not None and old.get("suite_hash") != suite_hash
     meta = {
         "suite": suite.name,
         "suite_hash": suite_hash,
@@ -383,7 +384,7 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
         meta["history"] = [*old.get("history", []), {k: old.get(k) for k in _HISTORY_KEYS}]
     meta["defense_fingerprints"] = dict(known_fp)
     layout.write_meta(meta)
-    if grown:
+    if old is not None and old.get("suite_hash") != suite_hash:  # grown: same folder, other settings
         console.print(f"[bold]growing[/] {run_dir} (earlier configuration {old.get('suite_hash')}, profile "
                       f"{old.get('profile')}): {len(done)}/{len(jobs)} jobs already recorded with identical settings")
     elif done:
@@ -401,7 +402,7 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
                         TextColumn("robust {task.fields[acc]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                         console=console, disable=not show_progress, transient=False)
     tasks = {}
-    per_pair = defaultdict(int)
+    per_pair: defaultdict[tuple[str, str], int] = defaultdict(int)  # images per (defense, threat model)
     for j in jobs:
         per_pair[(j.defense, j.threat)] += j.stop - j.start
 
@@ -441,7 +442,8 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
 
     summary = finalize(suite, run_dir, jobs)
     meta = layout.read_meta()
-    before = (old or {}).get("wall_seconds_total", (old or {}).get("wall_seconds_this_invocation", 0.0))
+    prior: dict[str, Any] = old or {}
+    before = float(prior.get("wall_seconds_total", prior.get("wall_seconds_this_invocation", 0.0)))
     meta["defense_fingerprints"] = dict(known_fp)
     meta.update(status="complete", finished_at=_dt.datetime.now().isoformat(timespec="seconds"),
                 wall_seconds_this_invocation=round(wall, 2),
@@ -456,7 +458,8 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
 
 def load_samples(run_dir: Path, jobs: list[Job], suite: SuiteConfig | None = None,
                  ) -> tuple[pd.DataFrame, dict[tuple[str, str], float]]:
-    rows, seconds = [], defaultdict(float)
+    rows: list[dict[str, Any]] = []
+    seconds: defaultdict[tuple[str, str], float] = defaultdict(float)
     expected = None
     layout = RunDir(run_dir)
     for j in jobs:

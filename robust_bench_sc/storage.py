@@ -20,7 +20,7 @@ import stat
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 class DamagedFileError(ValueError):
@@ -93,10 +93,6 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "unnamed"
 
 
-def chunk_path(run_dir: Path, defense: str, threat: str, chunk: int) -> Path:
-    return RunDir(run_dir).chunk(defense, threat, chunk)
-
-
 def read_json(path: Path) -> Any:
     """Parse a JSON file; a truncated or damaged one raises :class:`DamagedFileError` naming it."""
     try:
@@ -157,7 +153,7 @@ class RunLock:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~current_umask())
             except FileExistsError:
                 holder = self._holder()
-                if holder == "gone":  # released meanwhile
+                if isinstance(holder, str):  # "gone": released meanwhile
                     continue
                 if holder is None:
                     raise LockError(f"{self.path}: an unreadable lock file (another scbench process may own "
@@ -185,7 +181,8 @@ class RunLock:
             return self
         raise LockError(f"{self.path}: could not take over a stale lock (another process raced for it)")
 
-    def _holder(self) -> dict | str | None:
+    def _holder(self) -> dict | Literal["gone"] | None:
+        """The lock file's owner record; "gone" when the file vanished, None when unreadable."""
         try:
             data = json.loads(self.path.read_text())
             return data if isinstance(data, dict) else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_serializer, field_validator,
                       model_validator)
@@ -129,13 +129,13 @@ class ThreatModel(BaseModel):
         """Why ``kind`` (a known attack) cannot stand in the nested ``field``."""
         return f"not allowed in {field}"
 
-    def nested(self) -> list[ThreatModel]:
-        """The threat models nested directly in this one (transfer craft, worst-case members)."""
-        out: list[ThreatModel] = []
-        for f in self.nested_fields:
-            v = getattr(self, f)
-            out.extend(v if isinstance(v, list) else [v])
-        return out
+    @classmethod
+    def allowed_norms(cls) -> tuple[str, ...]:
+        """The norms this schema's ``norm`` field accepts (its ``Literal``), () when it has none."""
+        field = cls.model_fields.get("norm")
+        if field is None or get_origin(field.annotation) is not Literal:
+            return ()
+        return get_args(field.annotation)
 
     @property
     def norm_name(self) -> str:
@@ -398,6 +398,11 @@ SQUARE_VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
                    "rand": ("apgd-ce", "apgd-dlr")}
 
 
+def autoattack_runs_square(version: str, attacks_to_run: list[str] | None) -> bool:
+    """Whether AutoAttack ``version`` (with ``attacks_to_run`` for ``custom``) runs Square."""
+    return "square" in ((attacks_to_run or []) if version == "custom" else SQUARE_VERSIONS.get(version, ()))
+
+
 @register_threat_model
 class AutoAttackThreat(ThreatModel):
     """AutoAttack (pyautoattack, the reference implementation): standard or a custom list."""
@@ -419,19 +424,13 @@ class AutoAttackThreat(ThreatModel):
     rescale_schedule: bool = Field(False, description="Square's schedule: " + _RESCALE_DOC + " (only where Square "
                                    "runs: standard, plus, or custom with square)")
 
-    @property
-    def runs_square(self) -> bool:
-        return "square" in (self.attacks_to_run if self.version == "custom" else SQUARE_VERSIONS.get(self.version, ()))
-
     @model_validator(mode="before")
     @classmethod
     def _schedule_rule(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        version = data.get("version", "standard")
-        runs = "square" in (data.get("attacks_to_run") or []) if version == "custom" else \
-            "square" in SQUARE_VERSIONS.get(version, ())
-        return _rescale_rule(data, queries_run=runs)
+        return _rescale_rule(data, queries_run=autoattack_runs_square(data.get("version", "standard"),
+                                                                     data.get("attacks_to_run")))
 
     @model_validator(mode="after")
     def _custom_needs_list(self):

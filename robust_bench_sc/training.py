@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -132,7 +132,8 @@ class ResNet32Trainable:
             if missing or unexpected:
                 raise ValueError(f"--init-from {cfg.init_from}: not a ResNet-32 state dict "
                                  f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
-        return net.to(memory_format=torch.channels_last)
+        # torch's stubs omit Module.to(memory_format=...), which nn.Module.to accepts at run time
+        return net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def param_groups(self, net: nn.Module, cfg: TrainConfig) -> list[dict]:
         return [{"params": list(net.parameters()), "lr": cfg.peak_lr}]
@@ -220,7 +221,7 @@ def load_checkpoint(path: Path) -> dict:
 def saved_config(ck: dict, path: Path, asked: TrainConfig) -> TrainConfig:
     """The config stored in a checkpoint; refuses a resume folder of other settings (names the file)."""
     known = {f.name for f in fields(TrainConfig)}
-    raw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in ck["config"].items() if k in known}
+    raw: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in ck["config"].items() if k in known}
     raw.setdefault("model", "sparse_coding")  # checkpoints from before --model were all sparse-coding runs
     saved = TrainConfig(**raw)
     diff = [f"{k}={getattr(saved, k)!r} (asked {getattr(asked, k)!r})"
@@ -235,16 +236,20 @@ def saved_config(ck: dict, path: Path, asked: TrainConfig) -> TrainConfig:
 
 @torch.no_grad()
 def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 250, device: str = "cpu") -> float:
+    """Accuracy of ``net`` (in eval mode, restored afterwards) on ``x``, ``y`` (CPU tensors)."""
+    from robust_bench_sc.attacks.toolkits import predicted
+
     was = net.training
     net.eval()
-    correct = 0
-    for i in range(0, len(y), batch):
-        correct += int((net(x[i:i + batch].to(device)).argmax(1).cpu() == y[i:i + batch]).sum())
+    correct = int((predicted(net, x, batch, torch.device(device)) == y).sum())
     net.train(was)
     return correct / max(1, len(y))
 
 
-def _default_data(cfg: TrainConfig):
+Split = tuple[torch.Tensor, torch.Tensor]  # a data split: images, labels
+
+
+def _default_data(cfg: TrainConfig) -> tuple[Split, Split, Split | None]:
     from robust_bench_sc.data import load_test, load_train
 
     tr = load_train()

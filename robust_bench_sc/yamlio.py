@@ -16,33 +16,37 @@ class _LineLoader(yaml.SafeLoader):
     pass
 
 
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False):
-    mapping = {}
-    lines = {}
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> LinedDict:
+    mapping: dict = {}
+    lines: dict[Any, int] = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in mapping:
             raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
         mapping[key] = loader.construct_object(value_node, deep=deep)
         lines[key] = key_node.start_mark.line + 1
-    return _LinedDict(mapping, lines, node.start_mark.line + 1)
+    return LinedDict(mapping, lines, node.start_mark.line + 1)
 
 
-class _LinedDict(dict):
-    def __init__(self, data, lines, line):
+class LinedDict(dict):
+    """A YAML mapping that remembers its own line and the line of each key (1-based)."""
+
+    def __init__(self, data: dict, lines: dict[Any, int], line: int):
         super().__init__(data)
         self.key_lines = lines
         self.line = line
 
 
-class _LinedList(list):
-    def __init__(self, data, line):
+class LinedList(list):
+    """A YAML sequence that remembers its line (1-based)."""
+
+    def __init__(self, data: list, line: int):
         super().__init__(data)
         self.line = line
 
 
-def _construct_seq(loader, node, deep=False):
-    return _LinedList(loader.construct_sequence(node, deep=True), node.start_mark.line + 1)
+def _construct_seq(loader: _LineLoader, node: yaml.SequenceNode, deep: bool = False) -> LinedList:
+    return LinedList(loader.construct_sequence(node, deep=True), node.start_mark.line + 1)
 
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)

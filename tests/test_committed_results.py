@@ -56,3 +56,27 @@ def test_shipped_T15_reproduces_committed_clean_predictions(test_split):
     idx = test_split.idx[:n].numpy()
     assert (rec.loc[idx, "clean_pred"].to_numpy() == pred).all()
     assert 0.7 <= (pred == test_split.y[:n].numpy()).mean() <= 0.95
+
+
+DIAGNOSTIC_REPORTS = sorted((REPO_ROOT / "results" / "diagnostics").rglob("*.json"))
+
+
+def test_there_are_committed_diagnostic_reports():
+    kinds = {p.name for p in DIAGNOSTIC_REPORTS}
+    assert kinds == {"diagnostics.json", "binarization.json"} and len(DIAGNOSTIC_REPORTS) >= 10, kinds
+
+
+@pytest.mark.parametrize("path", DIAGNOSTIC_REPORTS, ids=lambda p: p.parent.name)
+def test_committed_diagnostic_report_renders_as_committed(path: Path):
+    """The renderers of ``scbench diagnose`` (passive and --active) turn each committed JSON
+    into exactly the committed Markdown next to it: a change of their wording shows here."""
+    from robust_bench_sc import binarization
+    from robust_bench_sc.diagnostics import DiagnosticsReport, IndicatorResult, report_markdown
+
+    data = json.loads(path.read_text())
+    if path.name == "diagnostics.json":
+        data["indicators"] = [IndicatorResult(**r) for r in data["indicators"]]
+        text = report_markdown(DiagnosticsReport(**data))
+    else:
+        text = binarization.report_markdown(binarization.BinarizationReport(**data))
+    assert text == path.with_suffix(".md").read_text()

@@ -187,9 +187,26 @@ def test_cli_diagnose(tmp_path):
                                    "random_search", "--noise-draws", "2", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert "verdict:" in res.output
+    assert "diagnostics: tiny (first 4 CIFAR-10 test images; clean" in " ".join(res.output.split())
     assert (tmp_path / "diagnostics.json").is_file() and (tmp_path / "diagnostics.md").is_file()
     bad = CliRunner().invoke(app, ["diagnose", f"{__file__}:tiny_defense", "--skip", "nonsense"])
     assert bad.exit_code == 2 and "unknown indicator" in bad.output
+    bad = CliRunner().invoke(app, ["diagnose", f"{__file__}:tiny_defense", "--norm", "l1"])
+    assert bad.exit_code == 2 and "--norm: linf or l2" in bad.output
+    bad = CliRunner().invoke(app, ["diagnose", f"{__file__}:tiny_defense", "--norm", "l2", "--eps", "0.5",
+                                   "--gradient-free", "random_search"])
+    assert bad.exit_code == 2 and "'random_search' is linf only, the norm is 'l2'; use square" in bad.output
+
+
+def test_config_refuses_what_diagnose_cannot_run():
+    with pytest.raises(ValueError, match=r"^diagnostics norm 'l1': the plain evaluation is one of linf, l2$"):
+        DiagnosticsConfig(norm="l1")
+    with pytest.raises(ValueError, match=r"^diagnostics gradient_free 'zoo': one of auto, square, random_search, none$"):
+        DiagnosticsConfig(gradient_free="zoo")
+    cfg = DiagnosticsConfig(norm="l2", epsilon=0.5)
+    cfg.gradient_free = "random_search"  # changed after construction: diagnose checks again, before any attack
+    with pytest.raises(ValueError, match="'random_search' is linf only"):
+        diagnose(Defense("tiny", classifier=TinyNet()), cfg)
 
 
 def test_suite_diagnostics(tmp_path):

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -422,7 +421,7 @@ def test_run_grows_to_more_images_without_recomputing(tmp_path):
     assert small.computed_chunks == 2 * 2 * 2
     grown = run_suite(load_suite(_suite(tmp_path, n=6, chunk=2, steps=2)), out=tmp_path / "grow", show_progress=False)
     assert (grown.resumed_chunks, grown.computed_chunks) == (2 * 2 * 1, 2 * 2 * 2)
-    fresh = run_suite(load_suite(_suite(tmp_path, n=6, chunk=2, steps=2)), out=tmp_path / "fresh", show_progress=False)
+    run_suite(load_suite(_suite(tmp_path, n=6, chunk=2, steps=2)), out=tmp_path / "fresh", show_progress=False)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "grow" / "samples.csv"),
                                   pd.read_csv(tmp_path / "fresh" / "samples.csv"))
     meta = json.loads((tmp_path / "grow" / "run.json").read_text())

@@ -137,3 +137,25 @@ def test_random_start_is_uniform_in_the_ball(name, eps):
     assert abs(share - 0.25) < 0.015, share
     # the direction is symmetric: every coordinate has mean ≈ 0
     assert float(a.mean(0).abs().max()) < 0.02 * eps
+
+
+@pytest.mark.parametrize("name,eps", [("linf", 8 / 255), ("l2", 0.5), ("l1", 12.0)])
+def test_on_sphere_draws_a_point_at_norm_epsilon(name, eps):
+    norm = Norm.of(name)
+    x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1))
+    a = norm.on_sphere(x, eps, torch.Generator().manual_seed(4))
+    b = norm.on_sphere(x, eps, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and a.shape == x.shape and a.dtype == x.dtype
+    assert not torch.equal(a, norm.on_sphere(x, eps, torch.Generator().manual_seed(5)))
+    assert abs(float(norm.measure(a[None].double())[0]) - eps) <= 1e-5 * eps
+    if norm is LINF:  # a vertex of the cube: every coordinate is ±ε
+        assert bool((a.abs() == torch.tensor(eps, dtype=a.dtype)).all())
+        assert 0.45 < float((a > 0).float().mean()) < 0.55
+    # dense and symmetric over draws: on a 2-pixel image, each quadrant gets a quarter
+    g = torch.Generator().manual_seed(0)
+    pts = torch.stack([norm.on_sphere(torch.zeros(1, 1, 2), eps, g).flatten() for _ in range(4000)])
+    quadrant = (pts[:, 0] > 0).long() * 2 + (pts[:, 1] > 0).long()
+    shares = torch.bincount(quadrant, minlength=4).double() / len(pts)
+    assert float((shares - 0.25).abs().max()) < 0.03, shares
+    r = norm.measure(pts.double())
+    torch.testing.assert_close(r, torch.full_like(r, eps), rtol=1e-5, atol=0)

@@ -18,7 +18,7 @@ from robust_bench_sc.executor import Executor  # noqa: E402
 from robust_bench_sc.plan import plan_jobs  # noqa: E402
 from robust_bench_sc.ray_executor import DataMismatchError, RayExecutor, run_job  # noqa: E402
 from robust_bench_sc.runner import run_suite  # noqa: E402
-from robust_bench_sc.storage import chunk_path  # noqa: E402
+from robust_bench_sc.storage import RunDir  # noqa: E402
 
 SUITE = """\
 name: ray_small
@@ -154,7 +154,7 @@ def test_two_node_cluster_matches_local_executor(cluster, local_run, tmp_path):
 
     # resume: drop two recorded chunks; only those run again, same numbers
     for j in plan_jobs(suite)[1:3]:
-        chunk_path(tmp_path / "run", j.defense, j.threat, j.chunk).unlink()
+        RunDir(tmp_path / "run").chunk(j.defense, j.threat, j.chunk).unlink()
     again = run_suite(suite, out=tmp_path / "run", executor=RayExecutor(device="cpu"), show_progress=False)
     assert (again.resumed_chunks, again.computed_chunks) == (6, 2)
     _same_results(local_run, tmp_path / "run")

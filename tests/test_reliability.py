@@ -13,7 +13,6 @@ import socket
 import stat
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest

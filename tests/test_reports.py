@@ -15,8 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from robust_bench_sc.cli import app
-from robust_bench_sc.reports import (ReportError, _read_samples, latex_escape, load_report, render, to_csv, to_frame,
-                                     to_latex, to_markdown)
+from robust_bench_sc.report_model import _read_samples
+from robust_bench_sc.reports import (ReportError, latex_escape, load_report, render, to_csv, to_frame, to_latex,
+                                     to_markdown)
 from robust_bench_sc.stats import wilson_interval
 
 TINY_SUITE = """\

@@ -160,13 +160,12 @@ RUN_FOLDER_NAMES = {"run.json", "records", "samples.csv", "summary.csv", "summar
 
 
 def test_run_dir_names_the_layout_and_round_trips(tmp_path):
-    from robust_bench_sc.storage import DamagedFileError, RunDir, chunk_path
+    from robust_bench_sc.storage import DamagedFileError, RunDir
 
     rd = RunDir(tmp_path / "r")
     assert {RunDir.META, RunDir.RECORDS, RunDir.SAMPLES, RunDir.SUMMARY_CSV, RunDir.SUMMARY_MD, RunDir.LOCK,
             RunDir.DIAGNOSTICS} == RUN_FOLDER_NAMES
     assert rd.chunk("sparse coding/T15", "linf pgd", 7) == tmp_path / "r/records/sparse_coding_T15/linf_pgd/chunk_00007.json"
-    assert chunk_path(tmp_path / "r", "a", "b", 3) == rd.chunk("a", "b", 3)
     assert rd.read_meta() is None and not rd.is_run()
     rd.write_meta({"suite": "s", "status": "running"})
     assert rd.is_run() and rd.read_meta() == {"suite": "s", "status": "running"}
@@ -205,7 +204,8 @@ def _string_constants(path: Path) -> list[tuple[int, str]]:
             if isinstance(n, ast.Constant) and isinstance(n.value, str)]
 
 
-@pytest.mark.parametrize("module", ["runner.py", "regression.py", "cli.py", "reports.py"])
+@pytest.mark.parametrize("module", ["runner.py", "regression.py", "cli.py", "reports.py", "binarization.py",
+                                    "diagnostics/suite.py"])
 def test_run_folder_file_names_are_not_retyped(module):
     """Only storage.RunDir spells the run folder's file names (messages may mention them)."""
     hits = [f"{module}:{line}: {value!r}" for line, value in _string_constants(PKG / module)

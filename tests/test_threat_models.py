@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -264,3 +262,14 @@ def test_a_suite_run_builds_the_transfer_source_through_the_worker(tmp_path):
     assert all(r["stop_step"] == 2 for r in recs if r["attacked"])  # every step: the craft's schema default
     assert all(r["robust"] == (r["clean_correct"] and r["adv_pred"] == r["label"]) for r in recs)
     assert all(r["linf"] <= 8 / 255 + 1e-5 for r in recs)
+
+
+def test_allowed_norms_come_from_each_schema():
+    assert tms.PGDThreat.allowed_norms() == ("linf", "l2", "l1")
+    assert SquareThreat.allowed_norms() == ("linf", "l2")
+    assert tms.RandomSearchThreat.allowed_norms() == ("linf",)
+    assert tms.HopSkipJumpThreat.allowed_norms() == ("l2",)
+    assert TransferThreat.allowed_norms() == () and tms.CleanThreat.allowed_norms() == ()
+    from robust_bench_sc.diagnostics.config import NORMS
+
+    assert NORMS == ("linf", "l2")  # diagnose's plain evaluation: the norms its Square check attacks

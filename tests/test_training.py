@@ -142,3 +142,20 @@ def test_cli_bad_options_are_one_line(tmp_path, args, needle):
     assert res.exit_code == 2
     assert needle in " ".join(res.output.split())
     assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_is_the_accuracy_in_eval_mode_over_uneven_batches():
+    from robust_bench_sc.training import evaluate
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4), torch.nn.Dropout(0.9), torch.nn.Linear(4, 3))
+    x = torch.randn(11, 3, 2, 2, generator=torch.Generator().manual_seed(1))
+    net.eval()
+    with torch.no_grad():
+        pred = net(x).argmax(1)
+    y = pred.clone()
+    y[[0, 4, 10]] = (y[[0, 4, 10]] + 1) % 3  # 8 of 11 right
+    net.train()
+    assert evaluate(net, x, y, batch=4) == pytest.approx(8 / 11)  # batches of 4, 4, 3; no dropout
+    assert net.training  # the mode it came in with
+    assert evaluate(net, x[:0], y[:0]) == 0.0

@@ -45,11 +45,6 @@ def project_l1_box(v: torch.Tensor, x: torch.Tensor, eps: float, iters: int = 60
     return project_l1(v, eps, -x, 1.0 - x, iters)
 
 
-def random_start(x: torch.Tensor, norm: str, eps: float, g: torch.Generator) -> torch.Tensor:
-    """A random perturbation inside the ε-ball (uniform in the ball): :meth:`Norm.random_start`."""
-    return Norm.of(norm).random_start(x, eps, g)
-
-
 class NativePGD(Attack):
     threat: PGDThreat
 
@@ -149,7 +144,7 @@ class NativePGD(Attack):
             if active.numel() == 0:
                 break
             xa, ya = x[active], y[active]
-            delta = random_start(xa, t.norm, t.epsilon, gen) if t.random_start else torch.zeros_like(xa)
+            delta = Norm.of(t.norm).random_start(xa, t.epsilon, gen) if t.random_start else torch.zeros_like(xa)
             if t.norm != "l1" or t.l1_step == "sparse":
                 delta = (xa + delta).clamp(0, 1) - xa
             if t.norm == "l1" and t.l1_step == "sparse":

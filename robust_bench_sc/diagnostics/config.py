@@ -7,6 +7,12 @@ from dataclasses import dataclass
 import torch
 
 from robust_bench_sc.norms import Norm
+from robust_bench_sc.threat_models import RandomSearchThreat, SquareThreat
+
+# the norms the plain evaluation may use: those of the gradient-free check (Square)
+NORMS: tuple[str, ...] = SquareThreat.allowed_norms()
+# the gradient-free check: auto (Square via pyautoattack, else random search), square, random_search, none
+GRADIENT_FREE: tuple[str, ...] = ("auto", "square", "random_search", "none")
 
 
 @dataclass
@@ -37,7 +43,7 @@ class DiagnosticsConfig:
     noise_radius: float | None = None  # default ε/10
     # AutoAttack: forward passes for the randomness check; gradient-free attack budget
     random_passes: int = 5
-    gradient_free: str = "auto"  # auto (Square via pyautoattack, else random search), square, random_search, none
+    gradient_free: str = "auto"  # one of GRADIENT_FREE
     queries: int = 100
     # thresholds (fractions of the N images unless said otherwise)
     fail_gain: float = 0.10  # another attack fools ≥ this share of the images the plain attack missed → fail
@@ -54,6 +60,20 @@ class DiagnosticsConfig:
     transfer_warn: float = 0.20
     monotone_tol: int = 1  # images of slack before a non-monotone ε curve fails
     skip: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """One-line ValueError for a norm or gradient-free check diagnose cannot run (also
+        called by ``diagnose``, after any change of the fields)."""
+        if self.norm not in NORMS:
+            raise ValueError(f"diagnostics norm {self.norm!r}: the plain evaluation is one of {', '.join(NORMS)}")
+        if self.gradient_free not in GRADIENT_FREE:
+            raise ValueError(f"diagnostics gradient_free {self.gradient_free!r}: one of {', '.join(GRADIENT_FREE)}")
+        if self.gradient_free == "random_search" and self.norm not in RandomSearchThreat.allowed_norms():
+            raise ValueError(f"diagnostics gradient_free 'random_search' is {', '.join(RandomSearchThreat.allowed_norms())} "
+                             f"only, the norm is {self.norm!r}; use square")
 
     @property
     def radius(self) -> float:

@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from robust_bench_sc.attacks.base import AttackContext
-from robust_bench_sc.attacks.pgd import margin_loss, random_start
+from robust_bench_sc.attacks.pgd import margin_loss
 from robust_bench_sc.defense import IDENTITY_BPDA, Capabilities, Defense
 from robust_bench_sc.diagnostics.base import (FAIL, MASKING, OPTIMISATION, PASS, RANDOMNESS, SKIP, WARN, Outcome,
                                               Status, indicator)
 from robust_bench_sc.diagnostics.run import DiagnosticRun, Records
 from robust_bench_sc.norms import Norm
+from robust_bench_sc.threat_models import RandomSearchThreat, SquareThreat
 
 
 # --------------------------------------------------------------------------- the gain rule
@@ -175,8 +176,9 @@ def unstable_predictions(run: DiagnosticRun, clean_logits: torch.Tensor) -> Outc
     base = margin_loss(clean_logits, run.y)
     g = torch.Generator().manual_seed(c.seed + 17)
     worst = torch.zeros(run.n, dtype=torch.float64)
+    ball = Norm.of(c.norm)  # noise uniform in the ball of the plain evaluation's norm
     for _ in range(c.noise_draws):
-        noise = random_start(run.x, c.norm if c.norm != "l1" else "l2", c.radius, g)
+        noise = ball.random_start(run.x, c.radius, g)
         m = margin_loss(run.logits((run.x + noise).clamp(0, 1)), run.y)
         worst = torch.maximum(worst, (m - base).abs().double())
     rel = worst / base.abs().double().clamp_min(1.0)
@@ -249,7 +251,7 @@ def gradient_free_records(run: DiagnosticRun, subset: torch.Tensor) -> tuple[Rec
     search (``attack: random_search``); both through the engine, both re-checked there."""
     c = run.cfg
     note = ""
-    if c.gradient_free in ("auto", "square") and c.norm in ("linf", "l2"):
+    if c.gradient_free in ("auto", "square") and c.norm in SquareThreat.allowed_norms():
         t = run.threat(attack="square", name="diag_square", backend="autoattack", norm=c.norm, epsilon=c.epsilon,
                        n_queries=c.queries)
         try:
@@ -258,7 +260,7 @@ def gradient_free_records(run: DiagnosticRun, subset: torch.Tensor) -> tuple[Rec
             if c.gradient_free == "square":
                 raise
             note = f" (Square unavailable: {type(exc).__name__})"
-    if c.norm != "linf":
+    if c.norm not in RandomSearchThreat.allowed_norms():
         raise ValueError("the built-in random search is ℓ∞ only; use --gradient-free square for ℓ2")
     t = run.threat(attack="random_search", name="diag_random_search", epsilon=c.epsilon, n_queries=c.queries)
     return run.attack("gradient_free", t, subset=subset), f"random search ({c.queries} queries){note}"

@@ -105,6 +105,7 @@ def diagnose(defense: Defense, cfg: DiagnosticsConfig | None = None, log: Callab
              only: list[str] | None = None) -> DiagnosticsReport:
     """Run every registered indicator (or ``only`` those) on ``defense``."""
     cfg = cfg or DiagnosticsConfig()
+    cfg.validate()
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     run = DiagnosticRun(defense, cfg, log)

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from robust_bench_sc.diagnostics.config import DiagnosticsConfig
+from robust_bench_sc.diagnostics.config import NORMS, DiagnosticsConfig
 from robust_bench_sc.diagnostics.report import diagnose, save_report
 
 
@@ -16,7 +16,7 @@ def config_for_suite(suite, **overrides: Any) -> DiagnosticsConfig:
     cfg = DiagnosticsConfig(seed=suite.seed, n_images=min(suite.data.n_images, DiagnosticsConfig.n_images))
     for t in suite.threat_models:
         eps, norm = t.epsilon_value, t.norm_name
-        if eps is not None and norm in ("linf", "l2"):
+        if eps is not None and norm in NORMS:
             cfg.norm, cfg.epsilon = norm, float(eps)
             break
     for k, v in overrides.items():
@@ -38,7 +38,7 @@ def run_suite_diagnostics(suite, run_dir: str | Path, device: str = "cpu", conso
     ``diagnostics: active`` (or ``all``) in the suite runs the binarization test instead
     (or as well): ``diagnostics/binarization/<defense>/<threat>.json/.md``."""
     from robust_bench_sc.plugins import build_defense
-    from robust_bench_sc.storage import read_json, safe_name
+    from robust_bench_sc.storage import RunDir, read_json, safe_name
 
     verdicts: dict[str, str] = {}
     if suite.diagnostics in ("active", "all"):
@@ -47,7 +47,7 @@ def run_suite_diagnostics(suite, run_dir: str | Path, device: str = "cpu", conso
         verdicts.update(run_suite_binarization(suite, run_dir, device=device, console=console))
         if suite.diagnostics == "active":
             return verdicts
-    out = Path(run_dir) / "diagnostics"
+    out = RunDir(run_dir).diagnostics_dir
     cfg = config_for_suite(suite, device=device, **(overrides or {}))
     for spec in suite.defenses:
         stem = safe_name(spec.label)

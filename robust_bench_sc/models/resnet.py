@@ -54,6 +54,9 @@ class ResidualUnit(nn.Module):
 class ResNet32(nn.Module):
     """ResNet-32 (16/32/64 filters, 5 units per block), [0, 1] images in, logits out."""
 
+    mean: torch.Tensor  # buffers (register_buffer): declared so they type as tensors, not Tensor | Module
+    std: torch.Tensor
+
     def __init__(self, num_classes: int = 10, units_per_block: int = 5):
         super().__init__()
         self.register_buffer("mean", torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1))
