@@ -284,7 +284,20 @@ class HopSkipJumpThreat(ThreatModel):
     gamma: float = Field(1.0, gt=0, description="foolbox only: binary-search threshold factor")
     stepsize_search: Literal["geometric_progression", "grid_search"] = "geometric_progression"
     hsj_batch_size: int = Field(64, ge=1, description="ART only: batch of model queries")
+    init_pool: Literal["noise", "train", "test"] = Field(
+        "noise", description="starting point: noise = the toolkit's own uniform-noise search (ART: init_size "
+        "draws; an image none of them misleads comes back unchanged); train/test = the ℓ2-closest image of that "
+        "split the defense predicts as another label than the true one (as Boundary), passed as ART's "
+        "x_adv_init / foolbox's starting_points")
+    init_pool_size: int | None = Field(None, ge=1, description="init_pool train/test: use only the first N pool "
+                                       "images (None: all; 50000 for train)")
     epsilon: Number | None = None
+
+    @model_validator(mode="after")
+    def _check_init_pool(self):
+        if self.init_pool == "noise" and self.init_pool_size is not None:
+            raise ValueError("init_pool_size needs init_pool: train or test (init_pool is noise)")
+        return self
 
 
 @register_threat_model

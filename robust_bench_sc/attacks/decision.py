@@ -18,12 +18,12 @@ from robust_bench_sc.threat_models import BoundaryThreat, HopSkipJumpThreat, Zoo
 log = logging.getLogger(__name__)
 
 
-# -- Boundary -------------------------------------------------------------------------------
+# -- closest other-label start (Boundary, HopSkipJump with init_pool train/test) ----------
 
 def _pool_images(ctx: AttackContext, which: str, size: int | None) -> torch.Tensor:
     from robust_bench_sc.data import load_test, load_train
 
-    key = f"boundary-pool-images:{which}:{size}"
+    key = f"init-pool-images:{which}:{size}"
     if key not in ctx.cache:
         split = load_train(ctx.data_root) if which == "train" else load_test(None, ctx.data_root)
         xs = split.x if size is None else split.x[:size]
@@ -33,7 +33,7 @@ def _pool_images(ctx: AttackContext, which: str, size: int | None) -> torch.Tens
 
 def _pool_predictions(ctx: AttackContext, which: str, size: int | None, batch: int = 500) -> torch.Tensor:
     """The defense's predicted labels on the pool, computed once per defense and cached."""
-    key = f"boundary-pool-preds:{ctx.defense.name}:{which}:{size}"
+    key = f"init-pool-preds:{ctx.defense.name}:{which}:{size}"
     if key not in ctx.cache:
         xs = _pool_images(ctx, which, size)
         ctx.cache[key] = predicted(ctx.defense, xs, batch, ctx.device).cpu()
@@ -60,6 +60,24 @@ def closest_other_prediction(x: torch.Tensor, y: torch.Tensor, pool: torch.Tenso
     return best_i, best_d.clamp_min(0).sqrt()
 
 
+def closest_other_label_starts(ctx: AttackContext, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                               which: str, size: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Starting points for a decision-based attack: for each image the ℓ2-closest image of the
+    pool ``which`` (first ``size`` images) that the defense predicts as a label other than the
+    image's true label. Returns (starts, found, distance): ``starts`` is the image itself where
+    ``found`` is False (no such pool image, or the model's re-check of the start disagrees),
+    ``distance`` is NaN there."""
+    pool = _pool_images(ctx, which, size)
+    pool_pred = _pool_predictions(ctx, which, size)
+    idx, dist = closest_other_prediction(x, y, pool, pool_pred)
+    found = idx >= 0
+    starts = x.clone()
+    starts[found.to(x.device)] = pool[idx[found]].to(x.device, x.dtype)
+    # a randomised defense may disagree with the cached prediction: re-check the starts
+    found &= (predicted(model, starts) != y).cpu()
+    return starts, found, dist.float().masked_fill(~found, float("nan"))
+
+
 class FoolboxBoundary(Attack):
     """foolbox ``BoundaryAttack`` started, for each image, from the ℓ2-closest pool image
     (training set or test images) that the defense predicts as another label."""
@@ -71,17 +89,10 @@ class FoolboxBoundary(Attack):
 
         t = self.threat
         model = ctx.model(t)
-        pool = _pool_images(ctx, t.init_pool, t.init_pool_size)
-        pool_pred = _pool_predictions(ctx, t.init_pool, t.init_pool_size)
-        idx, dist = closest_other_prediction(x, y, pool, pool_pred)
+        starts, start_ok, start_l2 = closest_other_label_starts(ctx, model, x, y, t.init_pool, t.init_pool_size)
         n = x.shape[0]
         x_adv = x.clone()
         claimed = torch.zeros(n, dtype=torch.bool)
-        start_ok = idx >= 0
-        starts = x.clone()
-        starts[start_ok.to(x.device)] = pool[idx[start_ok]].to(x.device, x.dtype)
-        # a randomised defense may disagree with the cached prediction: re-check the starts
-        start_ok &= (predicted(model, starts) != y).cpu()
         run_on = start_ok.nonzero().squeeze(1)
         if run_on.numel():
             atk = fb.attacks.BoundaryAttack(
@@ -94,16 +105,16 @@ class FoolboxBoundary(Attack):
                                       starting_points=starts[ro])
             x_adv[ro] = clipped.to(x.dtype)
             claimed[run_on] = success.cpu().bool()
-        return AttackOutput(x_adv, claimed, {
-            "start_l2": dist.float().masked_fill(~start_ok, float("nan")),
-            "start_found": start_ok.float(),
-        })
+        return AttackOutput(x_adv, claimed, {"start_l2": start_l2, "start_found": start_ok.float()})
 
 
 # -- HopSkipJump ----------------------------------------------------------------------------
 
 class ArtHopSkipJump(Attack):
-    """ART ``HopSkipJump``, untargeted, ℓ2."""
+    """ART ``HopSkipJump``, untargeted, ℓ2. ``init_pool: noise`` leaves the start to ART
+    (uniform noise, ``init_size`` draws); ``train``/``test`` passes the closest other-label
+    pool image as ``x_adv_init``. Images with no such pool image get ART's noise search
+    (info ``start_found`` = 0)."""
 
     threat: HopSkipJumpThreat
 
@@ -117,15 +128,25 @@ class ArtHopSkipJump(Attack):
             max_iter=t.max_iter, max_eval=t.max_eval, init_eval=t.init_eval, init_size=t.init_size, verbose=False,
         )
         xn = x.detach().cpu().numpy().astype(np.float32)
-        adv = torch.from_numpy(np.asarray(atk.generate(xn, y=y.detach().cpu().numpy()), dtype=np.float32)).to(x.device)
+        yn = y.detach().cpu().numpy()
+        if t.init_pool == "noise":
+            adv = torch.from_numpy(np.asarray(atk.generate(xn, y=yn), dtype=np.float32)).to(x.device)
+            claimed = predicted(model, adv) != y
+            return AttackOutput(adv, claimed.cpu(), {})
+        starts, found, start_l2 = closest_other_label_starts(ctx, model, x, y, t.init_pool, t.init_pool_size)
+        # ART takes a start only if it predicts it as another label than the image's own prediction;
+        # where none was found the start is the image itself, so ART falls back to its noise search
+        x_init = starts.detach().cpu().numpy().astype(np.float32)
+        adv = torch.from_numpy(np.asarray(atk.generate(xn, y=yn, x_adv_init=x_init), dtype=np.float32)).to(x.device)
         claimed = predicted(model, adv) != y
-        return AttackOutput(adv, claimed.cpu(), {})
+        return AttackOutput(adv, claimed.cpu(), {"start_l2": start_l2, "start_found": found.float()})
 
 
 class FoolboxHopSkipJump(Attack):
-    """foolbox ``HopSkipJumpAttack`` (ℓ2), initialised by foolbox's blended-uniform-noise
-    line search with ``init_size`` directions; images it cannot initialise are returned
-    unchanged (info ``start_found`` = 0) instead of aborting the batch."""
+    """foolbox ``HopSkipJumpAttack`` (ℓ2), initialised (``init_pool: noise``) by foolbox's
+    blended-uniform-noise line search with ``init_size`` directions, or (``train``/``test``) from
+    the closest other-label pool image as ``starting_points``; images without a start are
+    returned unchanged (info ``start_found`` = 0) instead of aborting the batch."""
 
     threat: HopSkipJumpThreat
 
@@ -136,9 +157,16 @@ class FoolboxHopSkipJump(Attack):
         t = self.threat
         model = ctx.model(t)
         fmodel = foolbox_model(model, ctx.device)
-        init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(distance=fb.distances.l2, directions=t.init_size, steps=1000)
-        starts = ep.astensor(init.run(fmodel, x, fb.criteria.Misclassification(y))).raw
-        ok = (predicted(model, starts) != y)
+        info: dict[str, torch.Tensor] = {}
+        if t.init_pool == "noise":
+            init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(distance=fb.distances.l2, directions=t.init_size,
+                                                                    steps=1000)
+            starts = ep.astensor(init.run(fmodel, x, fb.criteria.Misclassification(y))).raw
+            ok = (predicted(model, starts) != y)
+        else:
+            starts, found, info["start_l2"] = closest_other_label_starts(ctx, model, x, y, t.init_pool,
+                                                                         t.init_pool_size)
+            ok = found.to(x.device)
         x_adv = x.clone()
         claimed = torch.zeros(x.shape[0], dtype=torch.bool)
         if ok.any():
@@ -150,7 +178,8 @@ class FoolboxHopSkipJump(Attack):
             _, clipped, success = atk(fmodel, x[ok], y[ok], epsilons=None, starting_points=starts[ok])
             x_adv[ok] = clipped.to(x.dtype)
             claimed[ok.cpu()] = success.cpu().bool()
-        return AttackOutput(x_adv, claimed, {"start_found": ok.cpu().float()})
+        info["start_found"] = ok.cpu().float()
+        return AttackOutput(x_adv, claimed, info)
 
 
 # -- ZOO ------------------------------------------------------------------------------------
