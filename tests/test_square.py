@@ -62,10 +62,13 @@ def test_committed_records_keep_their_hashes():
     removed; test_runner_refuses_unrescaled_records keeps them from coming back.)"""
     matched, refused = 0, []
     for run_json in sorted((REPO_ROOT / "results").glob("*/run.json")):
-        config = json.loads(run_json.read_text())["config"]
+        configs = configs_of_run(json.loads(run_json.read_text()))
         for path in sorted((run_json.parent / "records").rglob("chunk_*.json")):
             blob = json.loads(path.read_text())
             job = blob["job"]
+            # a folder grown under several profiles holds records of each: find the one that planned this job
+            config = next((c for c in configs if legacy_spec_hash(c, job) is not None
+                           and _defense_at(c, job["defense_index"]) == job["defense"]), configs[0])
             recorded = blob.get("spec_hash") or legacy_spec_hash(config, job)
             assert recorded == legacy_spec_hash(config, job), path       # the old meaning reproduces the record
             t = next((x for x in config["threat_models"] if x["name"] == job["threat"]), None)
@@ -83,6 +86,39 @@ def test_committed_records_keep_their_hashes():
                 refused.append(f"{run_json.parent.name}/{job['defense']}/{job['threat']}")
     assert matched > 150
     assert refused == []
+
+
+def _defense_at(config: dict, index: int) -> str | None:
+    defenses = config.get("defenses") or []
+    return (defenses[index].get("name") or defenses[index]["ref"]) if 0 <= index < len(defenses) else None
+
+
+def configs_of_run(meta: dict) -> list[dict]:
+    """The resolved configurations a run folder was grown with: its run.json's, then, for every
+    earlier invocation under another profile, the committed suite resolved with that profile,
+    kept only where it still hashes to what that invocation recorded (the suite did not change)."""
+    configs = [meta["config"]]
+    suite_file = REPO_ROOT / "suites" / f"{meta['suite']}.yaml"
+    for entry in meta.get("history") or []:
+        if entry.get("profile") == meta.get("profile") or not suite_file.exists():
+            continue
+        suite = load_suite(suite_file, overrides=entry.get("overrides") or None, profile=entry.get("profile"))
+        if suite.content_hash() == entry["suite_hash"]:
+            configs.append(suite.resolved())
+    return configs
+
+
+def test_records_of_a_run_grown_under_two_profiles_find_their_configuration():
+    """results/table3_hsj was first run with profile ``resnets`` (madry + trades), then summarised
+    with ``madry_pgd_at``: the trades records belong to the earlier invocation's configuration."""
+    meta = json.loads((REPO_ROOT / "results" / "table3_hsj" / "run.json").read_text())
+    configs = configs_of_run(meta)
+    labels = [[d.get("name") or d["ref"] for d in c["defenses"]] for c in configs]
+    assert any("trades" in ls for ls in labels), labels
+    for c in configs:
+        assert all(legacy_spec_hash(c, {"defense": d.get("name") or d["ref"], "defense_index": i, "threat": "hsj",
+                                        "threat_index": 1, "chunk": 0, "start": 0, "stop": 10, "seed": 0})
+                   for i, d in enumerate(c["defenses"]))
 
 
 def test_runner_refuses_unrescaled_records(tmp_path):
