@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from robust_bench_sc.attacks.base import AttackContext
-from robust_bench_sc.attacks.toolkits import predicted
+from robust_bench_sc.predictions import predicted
 from robust_bench_sc.defense import Defense, NoFeatureSplit
 from robust_bench_sc.norms import NORMS, Norm
 from robust_bench_sc.subsets import describe_subset

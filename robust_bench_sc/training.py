@@ -237,7 +237,7 @@ def saved_config(ck: dict, path: Path, asked: TrainConfig) -> TrainConfig:
 @torch.no_grad()
 def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 250, device: str = "cpu") -> float:
     """Accuracy of ``net`` (in eval mode, restored afterwards) on ``x``, ``y`` (CPU tensors)."""
-    from robust_bench_sc.attacks.toolkits import predicted
+    from robust_bench_sc.predictions import predicted
 
     was = net.training
     net.eval()
@@ -263,6 +263,26 @@ def _default_data(cfg: TrainConfig) -> tuple[Split, Split, Split | None]:
 
 
 # ----------------------------------------------------------------------------- the loop
+PROGRESS_LINE_SECONDS = 60.0
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def progress_line(label: str, step: int, total: int, step_start: int, elapsed: float, loss: float,
+                  lr: float) -> str:
+    """One line of training progress for a log file: step, %, speed and time left."""
+    done = max(1, step - step_start)
+    per_step = elapsed / done
+    left = per_step * (total - step)
+    return (f"train {label}: step {step}/{total} ({100.0 * step / total:.1f} %), loss {loss:.3f}, lr {lr:.4g}, "
+            f"{per_step:.2f} s/step, {left / 60:.0f} min left")
+
+
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
           train_data: tuple[torch.Tensor, torch.Tensor] | None = None,
           val_data: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -353,7 +373,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
     run_loss = run_acc = 0.0
     n_seen = 0
     bar = None
-    if cfg.progress:
+    # a terminal gets a progress bar; a log file (nohup, CI) one plain line a minute instead of
+    # a carriage-return bar that grows it by megabytes
+    line_every = None if _is_terminal(sys.stderr) else PROGRESS_LINE_SECONDS
+    last_line = time.time()
+    if cfg.progress and line_every is None:
         try:
             from tqdm import tqdm
             bar = tqdm(total=total, initial=step, desc=f"train {cfg.label}", file=sys.stderr, mininterval=5)
@@ -392,6 +416,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
         if not cfg.progress and step % 10 == 0:
             log(f"  step {step}/{total} loss {float(loss.detach()):.4f} lr {opt.param_groups[0]['lr']:.5f} "
                 f"{(time.time() - t0) / max(1, step - step_start):.2f} s/step")
+        elif cfg.progress and line_every is not None and time.time() - last_line >= line_every:
+            last_line = time.time()
+            print(progress_line(cfg.label, step, total, step_start, time.time() - t0, float(loss.detach()),
+                                opt.param_groups[0]["lr"]), file=sys.stderr, flush=True)
         end_of_epoch = step % steps_per_epoch == 0
         if step % eval_every == 0 or end_of_epoch or step == stop_at:
             row = eval_row(run_loss, run_acc, n_seen, t0)

@@ -218,7 +218,7 @@ def test_autoattack_apgd_budgets_reach_pyautoattack(test_split):
 def test_predicted_in_batches_is_one_pass():
     """The attacks' prediction helper: batches (moved to the device one at a time) give the
     one-pass argmax, in order, on the input's device."""
-    from robust_bench_sc.attacks.toolkits import predicted
+    from robust_bench_sc.predictions import predicted
 
     g = torch.Generator().manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 10))

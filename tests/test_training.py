@@ -159,3 +159,18 @@ def test_evaluate_is_the_accuracy_in_eval_mode_over_uneven_batches():
     assert evaluate(net, x, y, batch=4) == pytest.approx(8 / 11)  # batches of 4, 4, 3; no dropout
     assert net.training  # the mode it came in with
     assert evaluate(net, x[:0], y[:0]) == 0.0
+
+
+def test_progress_to_a_log_file_is_plain_lines(tmp_path, tiny_data, capsys, monkeypatch):
+    """stderr redirected to a file (nohup): one plain line per interval with step, speed and time
+    left, no carriage-return bar (the committed train.out of run_natural grew to 1.4 MB)."""
+    import robust_bench_sc.training as training
+
+    monkeypatch.setattr(training, "PROGRESS_LINE_SECONDS", 0.0)
+    tr, va = tiny_data
+    train(_cfg(progress=True), tmp_path / "p", train_data=tr, val_data=va, **QUIET)  # 2 epochs x 4 steps
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("train resnet32: step ")]
+    assert [ln.split()[3] for ln in lines] == [f"{k}/8" for k in range(1, 9)]
+    assert lines[-1].endswith("0 min left") and "s/step" in lines[-1]

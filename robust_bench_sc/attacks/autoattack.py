@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from robust_bench_sc.attacks.base import Attack, AttackContext, AttackOutput
-from robust_bench_sc.attacks.toolkits import predicted
+from robust_bench_sc.predictions import predicted
 from robust_bench_sc.norms import Norm
 from robust_bench_sc.threat_models import AutoAttackThreat, SquareThreat
 

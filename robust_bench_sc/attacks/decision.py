@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from robust_bench_sc.attacks.base import Attack, AttackContext, AttackOutput
-from robust_bench_sc.attacks.toolkits import art_classifier, foolbox_model, predicted
+from robust_bench_sc.attacks.toolkits import art_classifier, foolbox_model
+from robust_bench_sc.predictions import predicted
 from robust_bench_sc.threat_models import BoundaryThreat, HopSkipJumpThreat, ZooThreat
 
 log = logging.getLogger(__name__)
