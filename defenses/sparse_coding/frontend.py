@@ -309,10 +309,6 @@ class SparseCodingFrontend(nn.Module):
             val = ternary(c.gather(1, idx), l1, self.beta, self.epsilon)
         return idx, val
 
-    def code_dense(self, x: torch.Tensor) -> torch.Tensor:
-        idx, val = self.sparse_code(x)
-        return scatter_dense(idx, val, self.atoms.shape[0])
-
     def forward_autograd(self, x: torch.Tensor) -> torch.Tensor:
         """The exact frontend with autograd left on (dense path): its input gradient is zero
         almost everywhere (top-T selection and sign/threshold) -- why attacks need BPDA."""
