@@ -300,7 +300,7 @@ def validate(suite: Path = typer.Argument(..., help="suite YAML file"),
     from robust_bench_sc.plan import plan_jobs
     from robust_bench_sc.runner import preflight
 
-    fingerprints = preflight(cfg)
+    fingerprints = preflight(cfg, warn=lambda msg: console.print(f"[yellow]warning[/]: {msg}", highlight=False, soft_wrap=True))
 
     from robust_bench_sc.subsets import describe_subset
 

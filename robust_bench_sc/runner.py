@@ -13,7 +13,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 from rich.console import Console
@@ -149,13 +149,17 @@ def _data_labels(suite: SuiteConfig) -> tuple[list[int], list[int]]:
     return split.idx.tolist(), split.y.tolist()
 
 
-def preflight(suite: SuiteConfig) -> dict[str, str]:
+def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None) -> dict[str, str]:
     """Every check ``run`` would otherwise make only when it reaches a job: each defense loads
     (registry name or reference, parameters bound to its factory's signature, weights), each
     threat model's BPDA stand-in exists on each defense it is run against, transfer sources
     load and offer the craft's stand-in, every attack backend is registered. Nested
     threat models are validated when the suite loads. Returns each defense's weight
-    fingerprint. Imports and builds the plug-ins: a suite is code."""
+    fingerprint. Imports and builds the plug-ins: a suite is code.
+
+    ``warn`` hears of suites that run but measure the wrong thing: a gradient attack without
+    BPDA on a defense that declares its gradients meaningless (``Capabilities.differentiable``
+    False) measures gradient masking, not robustness."""
     from robust_bench_sc.attacks.base import ATTACKS, attack_class, attack_key
     from robust_bench_sc.registry import RegistryError
     from robust_bench_sc.threat_models import TransferThreat, WorstCaseThreat
@@ -169,6 +173,11 @@ def preflight(suite: SuiteConfig) -> dict[str, str]:
     defenses = {d.label: build(d.ref, d.params, d.label, f"defense {d.label!r}") for d in suite.defenses}
 
     def check_bpda(tm, defense, what):
+        if tm.bpda is None and tm.gradient_based and not defense.capabilities.differentiable and warn is not None:
+            stand_ins = f" (it offers {', '.join(defense.bpda_names())})" if defense.bpda_names() else ""
+            warn(f"threat model {what}: a gradient attack without BPDA on {defense.name!r}, whose gradients are "
+                 f"not meaningful (Capabilities.differentiable is False): it measures gradient masking, not "
+                 f"robustness; set bpda: auto{stand_ins}")
         if tm.bpda in (None, "auto"):
             return
         names = defense.bpda_names()
@@ -327,7 +336,8 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
               results_root: str | Path = "results", command: list[str] | None = None,
               show_progress: bool = True) -> RunOutcome:
     console = console or Console(stderr=True)
-    fingerprints = preflight(suite)  # every check of the suite and its plug-ins, before anything is written
+    fingerprints = preflight(suite, warn=lambda msg: console.print(f"[yellow]warning[/]: {msg}", highlight=False, soft_wrap=True))
+    # every check of the suite and its plug-ins, before anything is written
     run_dir = Path(out) if out else default_run_dir(suite, Path(results_root))
     run_dir = run_dir.resolve()
     prepare_run_dir(run_dir)

@@ -437,3 +437,26 @@ def test_config_error_for_nested_entry_names_the_line(tmp_path):
                  "      - {attack: pgd, norm: linf, epsilon: 8/255}\n      - {attack: pgdd}\n")
     with pytest.raises(ConfigError, match=r"s.yaml, line 7: threat_models.0.attacks.1.attack: unknown value 'pgdd'"):
         load_suite(p)
+
+
+def test_gradient_attack_without_bpda_on_a_non_differentiable_defense_is_warned(tmp_path):
+    """`Capabilities.differentiable = False` (the sparse-coding frontend) with a gradient threat
+    model and no `bpda`: validate and run say, once per pair, that the number would measure
+    gradient masking; `bpda: auto`, a gradient-free attack or a differentiable defense do not."""
+    from robust_bench_sc.runner import preflight
+
+    (tmp_path / "w.yaml").write_text(
+        "name: w\ndata: {n_images: 2, chunk_size: 2}\ndefenses: [sparse_coding_T15, madry_pgd_at]\n"
+        "threat_models:\n"
+        "  - {name: plain, attack: pgd, norm: linf, epsilon: 8/255}\n"
+        "  - {name: through, attack: pgd, norm: linf, epsilon: 8/255, bpda: auto}\n"
+        "  - {name: sq, attack: square, norm: linf, epsilon: 8/255, n_queries: 10}\n")
+    suite = load_suite(tmp_path / "w.yaml")
+    said: list[str] = []
+    preflight(suite, warn=said.append)
+    assert len(said) == 1, said
+    assert "'plain'" in said[0] and "'sparse_coding_T15'" in said[0] and "gradient masking" in said[0]
+    assert "smooth_top_u" in said[0]                     # names the stand-ins it offers
+    preflight(suite)                                     # no listener: nothing to say, nothing raised
+    res = _cli("validate", tmp_path / "w.yaml")
+    assert res.exit_code == 0 and " ".join(res.output.split()).count("measures gradient masking") == 1, res.output
