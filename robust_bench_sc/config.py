@@ -30,6 +30,10 @@ class DataConfig(BaseModel):
     data_dir: str | None = None
 
 
+#: defense fields that select which jobs run, not what a job computes (not in a job's spec hash)
+UNHASHED_DEFENSE_FIELDS = ("threat_models", "max_images")
+
+
 class DefenseSpec(BaseModel):
     """A defense in a suite: registry name or ``module:attr`` / ``file.py:attr``."""
 
@@ -39,15 +43,21 @@ class DefenseSpec(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     threat_models: list[str] | None = Field(None, description="run only these of the suite's threat models on "
                                             "this defense (names; default: all)")
+    max_images: int | None = Field(None, ge=1, description="attack this defense on only the first max_images of the "
+                                   "suite's images (a compute cap for an expensive defense; every cell states its n)")
 
     @property
     def label(self) -> str:
         return self.name or self.ref
 
     def dump(self) -> dict[str, Any]:
-        """The resolved form; ``threat_models`` only when set, so suites without it keep
-        their content hash and job hashes."""
-        return self.model_dump(exclude={"threat_models"} if self.threat_models is None else None)
+        """The resolved form; ``threat_models`` and ``max_images`` only when set, so suites
+        without them keep their content hash and job hashes."""
+        return self.model_dump(exclude={k for k in UNHASHED_DEFENSE_FIELDS if getattr(self, k) is None})
+
+    def n_images(self, threat_cap: int | None, n: int) -> int:
+        """Images this defense is attacked on under a threat model capped at ``threat_cap``."""
+        return min(x for x in (n, threat_cap, self.max_images) if x)
 
     def runs(self, threat: str) -> bool:
         return self.threat_models is None or threat in self.threat_models

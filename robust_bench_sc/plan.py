@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from robust_bench_sc.config import SuiteConfig
+from robust_bench_sc.config import UNHASHED_DEFENSE_FIELDS, SuiteConfig
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def plan_jobs(suite: SuiteConfig) -> list[Job]:
         for ti, t in enumerate(suite.threat_models):
             if not d.runs(t.name):  # the defense limits its threat models
                 continue
-            nt = min(n, t.max_images) if t.max_images else n
+            nt = d.n_images(t.max_images, n)
             for c, start in enumerate(range(0, nt, size)):
                 jobs.append(Job(d.label, di, t.name, ti, c, start, min(start + size, nt),
                                 job_seed(suite.seed, d.label, t.name, c)))
@@ -70,7 +70,7 @@ def spec_hash(suite_seed: int, defense: dict[str, Any], threat: dict[str, Any], 
 
 
 def job_spec_hash(suite: SuiteConfig, job: Job) -> str:
-    d = suite.defenses[job.defense_index].model_dump(exclude_defaults=True, exclude={"threat_models"})
+    d = suite.defenses[job.defense_index].model_dump(exclude_defaults=True, exclude=set(UNHASHED_DEFENSE_FIELDS))
     t = suite.threat_models[job.threat_index].model_dump(exclude_defaults=True)
     return spec_hash(suite.seed, d, t, job)
 
@@ -78,13 +78,13 @@ def job_spec_hash(suite: SuiteConfig, job: Job) -> str:
 def legacy_spec_hash(config: dict[str, Any], job: dict[str, Any]) -> str | None:
     """The spec hash of a record written before records carried one, rebuilt from the
     resolved configuration its run.json stored; None when that is not possible."""
-    from robust_bench_sc.config import DefenseSpec
+    from robust_bench_sc.config import UNHASHED_DEFENSE_FIELDS, DefenseSpec
     from robust_bench_sc.threat_models import THREAT_MODELS, stored_config
 
     try:
         d = next(s for s in map(DefenseSpec.model_validate, config["defenses"]) if s.label == job["defense"])
         t = next(x for x in config["threat_models"] if x["name"] == job["threat"])
-        dd = d.model_dump(exclude_defaults=True, exclude={"threat_models"})
+        dd = d.model_dump(exclude_defaults=True, exclude=set(UNHASHED_DEFENSE_FIELDS))
         td = THREAT_MODELS[t["attack"]].model_validate(stored_config(t)).model_dump(exclude_defaults=True)
         j = Job(job["defense"], job["defense_index"], job["threat"], job["threat_index"], job["chunk"],
                 job["start"], job["stop"], job["seed"])

@@ -480,3 +480,31 @@ def test_transfer_crafting_runs_every_step_by_default():
     assert tm(**base).craft.keep_adversarial_iterate is False  # the schema fills it in
     base["craft"] = {**base["craft"], "keep_adversarial_iterate": True}
     assert tm(**base).craft.keep_adversarial_iterate is True
+
+
+def test_a_defense_capped_by_max_images_reuses_records_and_states_its_n(tmp_path):
+    """`max_images` on a defense (an expensive row on fewer images, Table 3's T15): its jobs are
+    those of a suite with that many images, so a run grown from one reuses them; the summary
+    gives each defense its own n; the suite's and the jobs' hashes do not move without it."""
+    from robust_bench_sc.plan import job_spec_hash, plan_jobs
+
+    base = _suite(tmp_path, n=2, chunk=2, steps=1)
+    small = run_suite(load_suite(base), out=tmp_path / "r", show_progress=False)
+    assert small.computed_chunks == 4
+    capped = tmp_path / "capped.yaml"
+    capped.write_text(base.read_text().replace("data: {n_images: 2,", "data: {n_images: 4,")
+                      .replace("    name: mine\n", "    name: mine\n    max_images: 2\n"))
+    suite = load_suite(capped)
+    jobs = plan_jobs(suite)
+    assert sorted((j.defense, j.threat, j.start, j.stop) for j in jobs if j.defense == "mine") == [
+        ("mine", "clean", 0, 2), ("mine", "linf", 0, 2)]
+    assert sum(j.defense == "madry_pgd_at" for j in jobs) == 4
+    old = {(j.defense, j.threat, j.chunk): job_spec_hash(load_suite(base), j) for j in plan_jobs(load_suite(base))}
+    assert all(job_spec_hash(suite, j) == old[(j.defense, j.threat, j.chunk)] for j in jobs if j.defense == "mine")
+    grown = run_suite(suite, out=tmp_path / "r", show_progress=False)
+    assert (grown.resumed_chunks, grown.computed_chunks) == (4, 2)  # only madry's images 2-3 are new
+    summary = pd.read_csv(tmp_path / "r" / "summary.csv")
+    n = {(r.defense, r.threat_model): r.n_images for r in summary.itertuples()}
+    assert n[("mine", "linf")] == 2 and n[("madry_pgd_at", "linf")] == 4, n
+    assert all("max_images" not in d for d in load_suite(base).resolved()["defenses"])  # unset: no hash change
+    assert load_suite(base).content_hash() != suite.content_hash()

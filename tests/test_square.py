@@ -75,9 +75,9 @@ def test_committed_records_keep_their_hashes():
             assert t is not None, f"{path}: threat model {job['threat']!r} is not in its run.json"
             now = THREAT_MODELS[t["attack"]].model_validate(t)           # as a suite with these settings resolves today
             d = next(x for x in config["defenses"] if (x.get("name") or x["ref"]) == job["defense"])
-            from robust_bench_sc.config import DefenseSpec
+            from robust_bench_sc.config import UNHASHED_DEFENSE_FIELDS, DefenseSpec
 
-            dd = DefenseSpec.model_validate(d).model_dump(exclude_defaults=True)
+            dd = DefenseSpec.model_validate(d).model_dump(exclude_defaults=True, exclude=set(UNHASHED_DEFENSE_FIELDS))
             j = Job(job["defense"], job["defense_index"], job["threat"], job["threat_index"], job["chunk"],
                     job["start"], job["stop"], job["seed"])
             if spec_hash(config["seed"], dd, now.model_dump(exclude_defaults=True), j) == recorded:
