@@ -433,7 +433,8 @@ def test_merge_with_other_settings_says_why_in_one_line(small_run, tmp_path):
     assert f"{acc_t:.2f} [{lo2:.1f}, {hi2:.1f}]" in row["trades"]
 
 
-TABLE1_RUNS = ["results/table1_baselines", "results/table1_baselines_boundary", "results/table1_T15", "results/clean"]
+TABLE1_RUNS = ["results/table1_baselines", "results/table1_baselines_boundary", "results/table1_T15", "results/clean",
+               "results/table1_natural"]
 
 
 def test_committed_table1_is_one_table(monkeypatch):
