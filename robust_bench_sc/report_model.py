@@ -432,6 +432,19 @@ def _setting_text(v: Any) -> str:
 
 # -- cells ------------------------------------------------------------------------------
 
+#: what "N flagged" in a minimum-norm cell means (for bounded attacks an unchanged image is just
+#: a robust one: AutoAttack and Square return the input where they fail, so those are not shown)
+FLAGGED_NOTE = ("N flagged (minimum-norm attacks): images the attack returned unmodified (e.g. HopSkipJump found "
+                "no adversarial start) or whose claimed success the re-check did not confirm; they count as not "
+                "fooled and are left out of ‖e‖₂, so the attack failed on them rather than the defense holding. "
+                "Per image: samples.csv, column flags.")
+
+
+def any_flagged(report: "Report") -> bool:
+    return any(cell_value(r, t).flagged for t in report.threats if t.minimum_norm
+               for d in report.defenses if (r := report.cell(d.label, t.label)) is not None)
+
+
 @dataclass
 class CellValue:
     """What one table cell says."""
@@ -444,6 +457,7 @@ class CellValue:
     source: str = "ours"                         # "ours" or "paper"
     budget: float | None = None                  # minimum-norm attacks with an ε: accuracy at that budget
     budget_accuracy: float | None = None
+    flagged: int = 0                             # minimum-norm attacks: records the engine flagged (FLAGGED_NOTE)
 
     @property
     def missing(self) -> bool:
@@ -460,7 +474,8 @@ def cell_value(row: dict[str, Any], threat: ThreatInfo) -> CellValue:
                          ci=None if _nan(lo) or _nan(hi) else (float(lo), float(hi)),
                          success_rate=None if _nan(row.get("success_rate")) else float(row["success_rate"]),
                          minimum_norm=True, budget=eps,
-                         budget_accuracy=None if eps is None or _nan(row.get("robust_accuracy")) else float(row["robust_accuracy"]))
+                         budget_accuracy=None if eps is None or _nan(row.get("robust_accuracy")) else float(row["robust_accuracy"]),
+                         flagged=0 if _nan(row.get("n_flagged")) else int(row.get("n_flagged") or 0))
     acc = float(row["clean_accuracy"] if threat.kind == "none" else row["robust_accuracy"])
     k = int(round(acc * n / 100))
     return CellValue(acc, n, wilson_interval(k, n))

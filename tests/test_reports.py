@@ -539,3 +539,28 @@ def test_describe_subset_is_the_one_wording():
     assert short_subset("3 CIFAR-10 test images (indices 4–9)") == "3 CIFAR-10 test images (indices 4–9)"
     with pytest.raises(TypeError, match="give n_images or index"):
         describe_subset(5, index=[0])
+
+
+def test_flagged_minimum_norm_cells_say_how_many_the_attack_failed_on():
+    """HopSkipJump on madry (results/table3_hsj): 9 of 45 images came back unmodified (no start
+    found). Their cell says "9 flagged" in every format, with one note saying what that means;
+    a bounded attack's flags (AutoAttack returns the input where it fails) are not shown."""
+    from robust_bench_sc.report_model import FLAGGED_NOTE, DefenseInfo, Report, ThreatInfo
+    from robust_bench_sc.renderers.html_page import to_html
+
+    row = dict(defense="madry_pgd_at", threat_model="hsj", n_images=50, clean_accuracy=90.0, robust_accuracy=18.0,
+               success_rate=80.0, mean_l2=1.1662, median_l2=0.92, n_flagged=9, subset="first 50 CIFAR-10 test images")
+    bounded = dict(row, threat_model="apgd", success_rate=float("nan"), mean_l2=float("nan"), robust_accuracy=34.0,
+                   n_flagged=17)
+    report = Report("t", [DefenseInfo("madry_pgd_at", "madry_pgd_at")],
+                    [ThreatInfo("hsj", "hsj", {"name": "hsj", "attack": "hsj", "norm": "l2"}, True),
+                     ThreatInfo("apgd", "apgd", {"name": "apgd", "attack": "autoattack", "norm": "linf",
+                                                 "epsilon": 8 / 255}, False)],
+                    {("madry_pgd_at", "hsj"): row, ("madry_pgd_at", "apgd"): bounded})
+    md = to_markdown(report)
+    assert "‖e‖₂ = 1.17 (80% succ.; 9 flagged)" in md and "34.00 [22.4, 47.8] |" in md
+    assert md.count(FLAGGED_NOTE) == 1
+    assert "(80\\%; 9 flagged)" in to_latex(report) and "N$ flagged" in to_latex(report)
+    assert ">9 flagged</span>" in to_html(report)
+    report.cells[("madry_pgd_at", "hsj")] = dict(row, n_flagged=0)
+    assert "flagged" not in to_markdown(report)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from robust_bench_sc.renderers.text import _git, _paper_footnote, _text_cell, describe
-from robust_bench_sc.report_model import CellValue, Report, cell_value, column_n, paper_cell, threat_settings
+from robust_bench_sc.report_model import FLAGGED_NOTE, CellValue, Report, cell_value, column_n, paper_cell, threat_settings
 from robust_bench_sc.summary import fmt_eps
 
 
@@ -61,6 +61,8 @@ def _html_cell(c: CellValue | None, p: CellValue | None, images: str = "") -> st
         inner, v = "—", ""
     elif c.minimum_norm:
         sr = "" if c.success_rate is None else f'<span class="ci">{c.success_rate:.0f}% succ., n={c.n}</span>'
+        if c.flagged:
+            sr += f'<span class="ci" title="{_h(FLAGGED_NOTE)}">{c.flagged} flagged</span>'
         interval = f'<span class="ci">[{c.ci[0]:.2f}, {c.ci[1]:.2f}]</span>' if c.ci is not None and not c.missing else ""
         inner = ("no success" if c.missing else f"‖e‖₂ = {c.value:.2f}") + interval + sr
         if c.budget is not None and c.budget_accuracy is not None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from robust_bench_sc import paper_numbers as pn
 from robust_bench_sc.norms import Norm
-from robust_bench_sc.report_model import CellValue, Report, cell_value, column_n, paper_cell
+from robust_bench_sc.report_model import CellValue, Report, any_flagged, cell_value, column_n, paper_cell
 from robust_bench_sc.summary import fmt_eps
 
 
@@ -29,7 +29,8 @@ def _latex_cell_value(c: CellValue | None, ci: bool = True) -> str:
     if c is None:
         return "--"
     if c.minimum_norm:
-        sr = "" if c.success_rate is None else f" {{\\scriptsize ({c.success_rate:.0f}\\%)}}"
+        fl = f"; {c.flagged} flagged" if c.flagged else ""
+        sr = "" if c.success_rate is None else f" {{\\scriptsize ({c.success_rate:.0f}\\%{fl})}}"
         if c.missing:
             return "no success" + sr
         interval = f" {{\\scriptsize [{c.ci[0]:.2f}, {c.ci[1]:.2f}]}}" if ci and c.ci is not None else ""
@@ -77,6 +78,9 @@ def to_latex(report: Report, paper: bool = False) -> str:
              r"Minimum-norm attacks: mean $\|e\|_2$ of successful perturbations (success rate)."]
     if not any(t.minimum_norm for t in ts):
         notes.pop()
+    elif any_flagged(report):
+        notes.append(r"$N$ flagged: the attack returned the image unmodified or its success was not confirmed")
+        notes.append(r"(counted as not fooled, left out of $\|e\|_2$; samples.csv, column flags).")
     if paper and any_paper:
         tables = sorted({c.table for t in ts if (c := pn.paper_column(t.config))})
         notes.append(r"$^\dagger$ The paper's numbers (" + ", ".join(tables) + r"), on the full CIFAR-10 test set,")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from robust_bench_sc.renderers.text import _git, _paper_footnote, _paper_label, _text_cell, describe
-from robust_bench_sc.report_model import Report, cell_value, column_n, paper_cell, threat_settings
+from robust_bench_sc.report_model import (FLAGGED_NOTE, Report, any_flagged, cell_value, column_n, paper_cell,
+                                          threat_settings)
 from robust_bench_sc.summary import fmt_eps
 
 
@@ -33,6 +34,8 @@ def to_markdown(report: Report, paper: bool = False, plots: list | None = None,
                 lines.append(f"| *{_paper_label(d)}* | " + " | ".join(
                     "" if p is None else f"*{_text_cell(p, ci=False)}*" for p in pcs) + " |")
     lines.append("| n images | " + " | ".join(column_n(report, t) for t in ts) + " |")
+    if any_flagged(report):
+        lines += ["", FLAGGED_NOTE]
     if paper:
         lines += ["", _paper_footnote(report) if any_paper else
                   "No defense/threat model here matches a column of the paper's Tables 1, 3, 4."]
