@@ -19,6 +19,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from robust_bench_sc import paper_numbers as pn
+from robust_bench_sc.norms import Norm
 from robust_bench_sc.stats import mean_interval, wilson_interval
 from robust_bench_sc.storage import RunDir
 from robust_bench_sc.subsets import describe_subset, short_subset
@@ -426,8 +427,6 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, A
             if json.dumps(a.get(k), sort_keys=True, default=str) != json.dumps(b.get(k), sort_keys=True, default=str)}
 
 
-def _setting_text(v: Any) -> str:
-    return json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
 
 
 # -- cells ------------------------------------------------------------------------------
@@ -516,8 +515,19 @@ def threat_settings(t: ThreatInfo) -> str:
             default = f.get_default(call_default_factory=True) if not f.is_required() else object()
             if default == v:
                 continue
-        parts.append(f"{k}={json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}")
+        parts.append(f"{k}={_setting_text(v, k, t.norm)}")
     return ", ".join(parts)
+
+
+def _setting_text(v: Any, key: str = "", norm: str = "") -> str:
+    """A setting as a table prints it; an ℓ∞ step on the 8-bit grid (or half of it) as k/255."""
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, default=str)
+    if key == "step_size" and isinstance(v, float) and (n := Norm.get(norm)) is not None and n.pixel_grid:
+        k2 = v * 255 * 2
+        if abs(k2 - round(k2)) < 1e-6 and round(k2) > 0:
+            return f"{round(k2) / 2:g}/255"
+    return str(v)
 
 
 def _runs_square(c: dict[str, Any]) -> bool:

@@ -564,3 +564,17 @@ def test_flagged_minimum_norm_cells_say_how_many_the_attack_failed_on():
     assert ">9 flagged</span>" in to_html(report)
     report.cells[("madry_pgd_at", "hsj")] = dict(row, n_flagged=0)
     assert "flagged" not in to_markdown(report)
+
+
+def test_linf_step_sizes_print_on_the_pixel_grid():
+    """Table 2's δ = 1/255 and 0.5/255 print as such, not as 0.00392156862745098."""
+    from robust_bench_sc.report_model import ThreatInfo, threat_settings
+
+    def settings(step, norm="linf"):
+        return threat_settings(ThreatInfo("t", "t", {"name": "t", "attack": "pgd", "norm": norm, "epsilon": 8 / 255,
+                                                     "steps": 40, "step_size": step}, False))
+
+    assert settings(1 / 255) == "steps=40, step_size=1/255"
+    assert settings(0.5 / 255) == "steps=40, step_size=0.5/255"
+    assert settings(0.003) == "steps=40, step_size=0.003"
+    assert settings(0.1, "l2") == "steps=40, step_size=0.1"
