@@ -241,8 +241,10 @@ def make_executor(name: str, device: str, **kwargs) -> Executor:
     return cls(device=device, **kwargs)
 
 
+# what run.json keeps of each earlier invocation; its resolved ``config`` too, so that the records a
+# folder grown under several profiles holds can each be traced to the configuration that planned them
 _HISTORY_KEYS = ("suite_hash", "profile", "overrides", "started_at", "finished_at", "status", "n_jobs", "git",
-                 "versions", "command")
+                 "versions", "command", "config")
 
 
 def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],

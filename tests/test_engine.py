@@ -426,6 +426,7 @@ def test_run_grows_to_more_images_without_recomputing(tmp_path):
                                   pd.read_csv(tmp_path / "fresh" / "samples.csv"))
     meta = json.loads((tmp_path / "grow" / "run.json").read_text())
     assert len(meta["history"]) == 1 and meta["history"][0]["status"] == "complete"
+    assert meta["history"][0]["config"]["data"]["n_images"] == 3 and meta["config"]["data"]["n_images"] == 6
     assert set(meta["defense_fingerprints"]) == {"madry_pgd_at", "mine"}
 
 

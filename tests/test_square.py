@@ -94,12 +94,16 @@ def _defense_at(config: dict, index: int) -> str | None:
 
 
 def configs_of_run(meta: dict) -> list[dict]:
-    """The resolved configurations a run folder was grown with: its run.json's, then, for every
-    earlier invocation under another profile, the committed suite resolved with that profile,
-    kept only where it still hashes to what that invocation recorded (the suite did not change)."""
+    """The resolved configurations a run folder was grown with: its run.json's, then each earlier
+    invocation's as its history entry keeps it, or, for entries written before the runner kept it,
+    the committed suite resolved with that entry's profile, kept only where it still hashes to what
+    that invocation recorded (the suite did not change)."""
     configs = [meta["config"]]
     suite_file = REPO_ROOT / "suites" / f"{meta['suite']}.yaml"
     for entry in meta.get("history") or []:
+        if entry.get("config"):             # the runner keeps each invocation's configuration
+            configs.append(entry["config"])
+            continue
         if entry.get("profile") == meta.get("profile") or not suite_file.exists():
             continue
         suite = load_suite(suite_file, overrides=entry.get("overrides") or None, profile=entry.get("profile"))
