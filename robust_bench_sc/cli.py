@@ -22,6 +22,10 @@ err = Console(stderr=True)
 _STATE = {"debug": bool(os.environ.get("SCBENCH_DEBUG"))}
 
 
+def _warn(msg: str) -> None:
+    err.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+
+
 def _fail(msg: str, code: int = 2) -> NoReturn:
     err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -132,17 +136,13 @@ class _Group(typer.core.TyperGroup):
             self._plugins = {}
             for ep in _command_entry_points():
                 if ep.name in self.commands:
-                    self._warn(f"command plug-in {ep.name!r} ({ep.value}) has the name of a built-in command; ignored")
+                    _warn(f"command plug-in {ep.name!r} ({ep.value}) has the name of a built-in command; ignored")
                 elif ep.name in self._plugins:
-                    self._warn(f"command plug-in {ep.name!r} ({ep.value}) is registered twice; "
+                    _warn(f"command plug-in {ep.name!r} ({ep.value}) is registered twice; "
                                f"{self._plugins[ep.name].value} is used")
                 else:
                     self._plugins[ep.name] = ep
         return self._plugins
-
-    @staticmethod
-    def _warn(msg: str) -> None:
-        err.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)
 
     def _load_plugin(self, name: str, warn: bool = True):
         """The plug-in's command, or None when it does not load (with a warning if ``warn``)."""
@@ -157,7 +157,7 @@ class _Group(typer.core.TyperGroup):
             what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             self._broken[name] = f"command plug-in {name!r} ({ep.value}) did not load: {what}"
             if warn:
-                self._warn(self._broken[name] + "; skipped")
+                _warn(self._broken[name] + "; skipped")
             return None
         return self._loaded[name]
 
@@ -300,7 +300,7 @@ def validate(suite: Path = typer.Argument(..., help="suite YAML file"),
     from robust_bench_sc.plan import plan_jobs
     from robust_bench_sc.runner import preflight
 
-    fingerprints = preflight(cfg, warn=lambda msg: console.print(f"[yellow]warning[/]: {msg}", highlight=False, soft_wrap=True))
+    fingerprints = preflight(cfg, warn=_warn)
 
     from robust_bench_sc.subsets import describe_subset
 

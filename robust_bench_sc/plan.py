@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from robust_bench_sc.config import UNHASHED_DEFENSE_FIELDS, SuiteConfig
+from robust_bench_sc.config import UNHASHED_DEFENSE_FIELDS, DefenseSpec, SuiteConfig
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,6 @@ def job_spec_hash(suite: SuiteConfig, job: Job) -> str:
 def legacy_spec_hash(config: dict[str, Any], job: dict[str, Any]) -> str | None:
     """The spec hash of a record written before records carried one, rebuilt from the
     resolved configuration its run.json stored; None when that is not possible."""
-    from robust_bench_sc.config import UNHASHED_DEFENSE_FIELDS, DefenseSpec
     from robust_bench_sc.threat_models import THREAT_MODELS, stored_config
 
     try:

@@ -427,8 +427,6 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, A
             if json.dumps(a.get(k), sort_keys=True, default=str) != json.dumps(b.get(k), sort_keys=True, default=str)}
 
 
-
-
 # -- cells ------------------------------------------------------------------------------
 
 #: what "N flagged" in a minimum-norm cell means (for bounded attacks an unchanged image is just

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from robust_bench_sc.config import SuiteConfig
@@ -338,8 +339,9 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
               results_root: str | Path = "results", command: list[str] | None = None,
               show_progress: bool = True) -> RunOutcome:
     console = console or Console(stderr=True)
-    fingerprints = preflight(suite, warn=lambda msg: console.print(f"[yellow]warning[/]: {msg}", highlight=False, soft_wrap=True))
     # every check of the suite and its plug-ins, before anything is written
+    fingerprints = preflight(suite, warn=lambda msg: console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False,
+                                                                   soft_wrap=True))
     run_dir = Path(out) if out else default_run_dir(suite, Path(results_root))
     run_dir = run_dir.resolve()
     prepare_run_dir(run_dir)

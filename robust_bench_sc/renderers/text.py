@@ -15,8 +15,8 @@ def _text_cell_value(c: CellValue | None, *, ci: bool = True) -> str:
     if c is None:
         return "—"
     if c.minimum_norm:
-        fl = f"; {c.flagged} flagged" if c.flagged else ""
-        sr = (f" ({c.flagged} flagged)" if fl else "") if c.success_rate is None else f" ({c.success_rate:.0f}% succ.{fl})"
+        notes = ([] if c.success_rate is None else [f"{c.success_rate:.0f}% succ."]) + ([f"{c.flagged} flagged"] if c.flagged else [])
+        sr = f" ({'; '.join(notes)})" if notes else ""
         at = "" if c.budget is None or c.budget_accuracy is None else f"; {c.budget_accuracy:.2f} at ε = {c.budget:g}"
         if c.missing:
             return f"no success{sr}{at}"
