@@ -237,6 +237,19 @@ def _fresh_dir(base: Path) -> Path:
     return cand
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (``kill PID``, a scheduler's stop) becomes KeyboardInterrupt, so a run marks its
+    folder interrupted and releases its lock, as it does on Ctrl-C; recorded chunks are kept."""
+    import signal
+    import threading
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise)
+
+
 def _check_threads(threads: int | None) -> None:
     if threads is not None and threads < 1:
         _fail(f"--threads {threads}: must be a whole number >= 1")
@@ -280,6 +293,7 @@ def run(
     from robust_bench_sc.runner import make_executor, run_suite
 
     ex = make_executor(executor, device, address=ray_address) if executor != "local" else None
+    _interrupt_on_sigterm()  # `kill` or a job scheduler: the run records it was interrupted, then exits
     outcome = run_suite(cfg, out=out, device=device, executor=ex, command=sys.argv, show_progress=not quiet)
     from robust_bench_sc.storage import RunDir
 
@@ -350,6 +364,27 @@ def threat_models():
         table.add_row(p.stem, t.kind, t.backend, t.norm_name or "—", "" if eps is None else f"{eps:.6g}")
     console.print(table)
     console.print("attack kinds: " + ", ".join(sorted(THREAT_MODELS)))
+
+
+@app.command()
+def status(run_dirs: list[Path] = typer.Argument(..., help="one or more run folders (finished or not)")):
+    """Where run folders stand: per (defense, threat model) images recorded of those planned,
+    robust so far with its 95% Wilson interval, job time, and time to go; whether a live
+    process writes the folder. Read-only: safe beside a running `scbench run`."""
+    from robust_bench_sc.run_status import STATUS_HEADER, StatusError, run_status, status_lines, status_rows
+    from robust_bench_sc.yamlio import ConfigError
+
+    for i, d in enumerate(run_dirs):
+        try:
+            st = run_status(d)
+        except (StatusError, ConfigError) as exc:
+            _fail(str(exc))
+        lines = status_lines(st)
+        rows = [STATUS_HEADER, *status_rows(st)]
+        widths = [max(len(r[c]) for r in rows) for c in range(len(STATUS_HEADER))]
+        table = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+        # plain text, never wrapped: readable in a log file and in a narrow terminal alike
+        sys.stdout.write(("\n" if i else "") + "\n".join([*lines[:2], *table, *lines[2:]]) + "\n")
 
 
 @app.command()

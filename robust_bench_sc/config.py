@@ -268,6 +268,20 @@ def validate_threat_model(raw: Any, source: str, lined: Any = None, default_name
         raise ConfigError(f"{where(None)}: {'.'.join(map(str, prefix)) or 'threat model'}: {exc}") from None
 
 
+def suite_from_resolved(config: Any, source: str) -> SuiteConfig:
+    """The suite a run was planned from, rebuilt from the resolved configuration its
+    ``run.json`` keeps (:meth:`SuiteConfig.resolved`); the same content hash, the same jobs.
+    ``source`` names the file in errors."""
+    if not isinstance(config, dict) or not isinstance(config.get("threat_models"), list):
+        raise ConfigError(f"{source}: no resolved suite configuration ('config' with 'threat_models')")
+    data = dict(config)
+    data["threat_models"] = [validate_threat_model(t, source) for t in config["threat_models"]]
+    try:
+        return SuiteConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, source, None)) from None
+
+
 def load_threat_model_file(path: Path) -> ThreatModel:
     raw = load_yaml(path)
     return validate_threat_model(raw, str(path), raw, default_name=path.stem)

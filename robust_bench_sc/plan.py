@@ -75,6 +75,14 @@ def job_spec_hash(suite: SuiteConfig, job: Job) -> str:
     return spec_hash(suite.seed, d, t, job)
 
 
+def recorded_spec_hash(blob: dict[str, Any], config: dict[str, Any] | None) -> str | None:
+    """The spec hash a record file stands for: its own, or for a record written before records
+    carried one, the hash rebuilt from ``config`` (the resolved configuration of the run.json
+    beside it)."""
+    job = blob.get("job")
+    return blob.get("spec_hash") or (legacy_spec_hash(config or {}, job) if isinstance(job, dict) else None)
+
+
 def legacy_spec_hash(config: dict[str, Any], job: dict[str, Any]) -> str | None:
     """The spec hash of a record written before records carried one, rebuilt from the
     resolved configuration its run.json stored; None when that is not possible."""

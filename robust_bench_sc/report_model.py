@@ -291,7 +291,8 @@ def load_run(run_dir: str | Path) -> tuple[RunInfo, list[DefenseInfo], list[Thre
         raise ReportError(f"{meta_path}: not a run description (a JSON {type(meta).__name__})")
     summary_path = RunDir(run_dir).summary_csv_path
     if not summary_path.is_file():
-        raise ReportError(f"{run_dir}: no summary.csv (status {meta.get('status')!r}); finish it with `scbench run` first")
+        raise ReportError(f"{run_dir}: no summary.csv (status {meta.get('status')!r}); finish it with `scbench run` "
+                          f"first (`scbench status {run_dir}` shows what it holds so far)")
     table = _read_csv(summary_path, keep_default_na=True)
     missing = {"defense", "threat_model"} - set(table.columns)
     if missing:

@@ -24,7 +24,7 @@ from robust_bench_sc.config import SuiteConfig
 from robust_bench_sc.data import load_test
 from robust_bench_sc.executor import EXECUTORS, Executor, LocalExecutor
 from robust_bench_sc.paths import REPO_ROOT, data_dir
-from robust_bench_sc.plan import Job, job_spec_hash, legacy_spec_hash, plan_jobs
+from robust_bench_sc.plan import Job, job_spec_hash, plan_jobs, recorded_spec_hash
 from robust_bench_sc.plugins import build_defense
 from robust_bench_sc.registry import load_reference
 from robust_bench_sc.storage import DamagedFileError, LockError, RunDir, safe_name
@@ -244,8 +244,8 @@ def make_executor(name: str, device: str, **kwargs) -> Executor:
 
 # what run.json keeps of each earlier invocation; its resolved ``config`` too, so that the records a
 # folder grown under several profiles holds can each be traced to the configuration that planned them
-_HISTORY_KEYS = ("suite_hash", "profile", "overrides", "started_at", "finished_at", "status", "n_jobs", "git",
-                 "versions", "command", "config")
+_HISTORY_KEYS = ("suite_hash", "profile", "overrides", "started_at", "finished_at", "interrupted_at", "status", "n_jobs",
+                 "git", "versions", "command", "config", "wall_seconds_this_invocation")
 
 
 def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
@@ -289,7 +289,7 @@ def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
             damaged.append((path, "not a record file"))
             continue
         rec_job = blob.get("job", {})
-        rec = blob.get("spec_hash") or legacy_spec_hash((old or {}).get("config") or {}, rec_job)
+        rec = recorded_spec_hash(blob, (old or {}).get("config"))
         rec_range = (rec_job.get("start"), rec_job.get("stop"))
         if rec == job_spec_hash(suite, j):
             expected = expected or _data_labels(suite)
@@ -451,7 +451,11 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
 
         ex = executor or LocalExecutor(device=device, data_root=suite.data.data_dir)
         t0 = time.perf_counter()
-        ex.execute(suite, todo, on_result, on_progress)
+        try:
+            ex.execute(suite, todo, on_result, on_progress)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM via the cli: say so in run.json, keep every record
+            _mark_interrupted(layout, time.perf_counter() - t0, known_fp)
+            raise
         wall = time.perf_counter() - t0
 
     summary = finalize(suite, run_dir, jobs)
@@ -468,6 +472,20 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
 
         run_suite_diagnostics(suite, run_dir, device=device, console=console)
     return RunOutcome(run_dir, summary, len(done), len(todo))
+
+
+def _mark_interrupted(layout: RunDir, wall: float, known_fp: dict[str, str]) -> None:
+    """run.json of an invocation stopped before its last job: status ``interrupted``, when,
+    and how long it ran; the recorded chunks stay and the same command resumes."""
+    try:
+        meta = layout.read_meta()
+    except DamagedFileError:
+        return
+    if isinstance(meta, dict):
+        meta["defense_fingerprints"] = dict(known_fp)
+        meta.update(status="interrupted", interrupted_at=_dt.datetime.now().isoformat(timespec="seconds"),
+                    wall_seconds_this_invocation=round(wall, 2))
+        layout.write_meta(meta)
 
 
 def load_samples(run_dir: Path, jobs: list[Job], suite: SuiteConfig | None = None,

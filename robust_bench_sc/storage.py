@@ -191,6 +191,19 @@ class RunLock:
         except (OSError, ValueError):
             return None
 
+    def owner(self) -> dict | None:
+        """Read-only: the lock file's owner record with ``alive`` added (True or False on this
+        host, None for another host's, whose liveness cannot be checked); None when there is
+        no lock file, or it is unreadable (then ``{"unreadable": True, "alive": None}``)."""
+        holder = self._holder()
+        if holder == "gone":
+            return None
+        if holder is None:
+            return {"unreadable": True, "alive": None}
+        same_host = holder.get("host") == socket.gethostname()
+        alive = (_pid_alive(holder["pid"]) if isinstance(holder.get("pid"), int) else None) if same_host else None
+        return {**holder, "alive": alive}
+
     def release(self) -> None:
         if self._held:
             self._held = False

@@ -80,3 +80,22 @@ def test_committed_diagnostic_report_renders_as_committed(path: Path):
     else:
         text = binarization.report_markdown(binarization.BinarizationReport(**data))
     assert text == path.with_suffix(".md").read_text()
+
+
+@pytest.mark.parametrize("run_json", sorted((REPO_ROOT / "results").glob("*/run.json")), ids=lambda p: p.parent.name)
+def test_committed_run_status_rebuilds_its_suite(run_json: Path):
+    """`scbench status` rebuilds each committed run's suite from run.json and finds every
+    planned job recorded in a complete folder (legacy records without a spec hash too), or says
+    how far a partial one is."""
+    from robust_bench_sc.run_status import run_status
+
+    meta = json.loads(run_json.read_text())
+    st = run_status(run_json.parent)
+    done, total = st.jobs
+    assert total == meta["n_jobs"] and not st.unusable
+    if meta["status"] == "complete":
+        assert done == total
+        summary = pd.read_csv(run_json.parent / "summary.csv")
+        for p in st.pairs:  # robust so far = the summary's robust accuracy (ZOO: over the drawn images)
+            row = summary[(summary.defense == p.defense) & (summary.threat_model == p.threat)]
+            assert 100 * p.robust / p.scored == pytest.approx(float(row.robust_accuracy.iloc[0]), abs=0.006)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -213,3 +214,20 @@ def test_good_nested_suite_validates_and_keeps_its_written_form(tmp_path):
     assert s.threat("tr").craft.keep_adversarial_iterate is False and s.threat("wc").attacks[1].name == "wc[1]"
     assert s.resolved()["threat_models"][0]["craft"] == {"attack": "pgd", "norm": "linf", "epsilon": "8/255",
                                                          "steps": 1}
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "suites").glob("*.yaml")), ids=lambda p: p.stem)
+def test_suite_rebuilt_from_its_resolved_config_plans_the_same_jobs(path):
+    """run.json keeps `resolved()`; `suite_from_resolved` (scbench status) rebuilds the suite from
+    it with the same content hash and job plan, for every shipped suite and profile."""
+    from robust_bench_sc.config import suite_from_resolved
+    from robust_bench_sc.plan import job_spec_hash, plan_jobs
+
+    base = load_suite(path)
+    for profile in [None, *base.profiles]:
+        suite = load_suite(path, profile=profile)
+        again = suite_from_resolved(json.loads(json.dumps(suite.resolved(), default=str)), "run.json")
+        assert again.content_hash() == suite.content_hash(), (path.name, profile)
+        assert [job_spec_hash(again, j) for j in plan_jobs(again)] == [job_spec_hash(suite, j) for j in plan_jobs(suite)]
+    with pytest.raises(ConfigError, match="run.json: no resolved suite configuration"):
+        suite_from_resolved({"name": "x"}, "run.json")

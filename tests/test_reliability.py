@@ -9,10 +9,12 @@ from __future__ import annotations
 import ast
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -21,8 +23,10 @@ from typer.testing import CliRunner
 
 from robust_bench_sc.cli import app
 from robust_bench_sc.config import load_suite
+from robust_bench_sc.executor import LocalExecutor
 from robust_bench_sc.paths import REPO_ROOT
 from robust_bench_sc.plan import job_spec_hash, plan_jobs
+from robust_bench_sc.run_status import run_status
 from robust_bench_sc.runner import RunError, run_suite
 from robust_bench_sc.storage import LOCK_NAME, RunLock, atomic_write_json, read_json
 from robust_bench_sc.yamlio import ConfigError
@@ -460,3 +464,84 @@ def test_gradient_attack_without_bpda_on_a_non_differentiable_defense_is_warned(
     preflight(suite)                                     # no listener: nothing to say, nothing raised
     res = _cli("validate", tmp_path / "w.yaml")
     assert res.exit_code == 0 and " ".join(res.output.split()).count("measures gradient masking") == 1, res.output
+
+
+# -- an interrupted run says so, and `scbench status` shows what a folder holds ---------------
+
+class _StopAfter(LocalExecutor):
+    """The local executor, with Ctrl-C pressed after ``k`` recorded jobs."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.k = k
+
+    def execute(self, suite, jobs, on_result, on_progress=None):
+        seen = []
+
+        def stop_after(res):
+            on_result(res)
+            seen.append(res)
+            if len(seen) == self.k:
+                raise KeyboardInterrupt
+
+        super().execute(suite, jobs, stop_after, on_progress)
+
+
+def test_interrupted_run_is_marked_and_status_shows_progress(tmp_path, plugin):
+    suite = load_suite(_suite(tmp_path, plugin, steps=2))
+    run_dir = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(suite, out=run_dir, executor=_StopAfter(3), show_progress=False)
+    meta = read_json(run_dir / "run.json")
+    assert meta["status"] == "interrupted" and meta["interrupted_at"] and not (run_dir / LOCK_NAME).exists()
+    st = run_status(run_dir)
+    assert st.jobs == (3, 4) and st.state.startswith("interrupted at")
+    clean, pgd = st.pairs
+    recorded = read_json(run_dir / "records" / "toy" / "linf_1" / "chunk_00000.json")["records"]
+    assert (clean.recorded, clean.planned, clean.chunks_recorded) == (4, 4, 2)
+    assert (pgd.recorded, pgd.planned, pgd.chunks_recorded, pgd.robust) == (2, 4, 1, sum(r["robust"] for r in recorded))
+    assert pgd.remaining_seconds == pytest.approx(pgd.seconds)  # one chunk of two to go, at the same rate
+    res = _cli("status", run_dir)
+    assert res.exit_code == 0, res.output
+    assert "3/4 jobs recorded" in res.output and "interrupted at" in res.output
+    assert any(ln.split()[:4] == ["toy", "linf_1", "2/4", "1/2"] for ln in res.output.splitlines()), res.output
+    # the report names the command that shows it; the same run command resumes and finishes it
+    assert "scbench status" in _cli("report", run_dir).output
+    out = run_suite(suite, out=run_dir, show_progress=False)
+    assert out.computed_chunks == 1 and run_status(run_dir).state == "complete"
+    assert read_json(run_dir / "run.json")["history"][-1]["status"] == "interrupted"
+
+
+def test_status_counts_only_records_the_run_would_reuse(tmp_path, plugin):
+    suite = load_suite(_suite(tmp_path, plugin, steps=1))
+    run_dir = tmp_path / "r"
+    run_suite(suite, out=run_dir, show_progress=False)
+    chunk = run_dir / "records" / "toy" / "linf_1" / "chunk_00001.json"
+    blob = read_json(chunk)
+    atomic_write_json(chunk, {**blob, "spec_hash": "0" * 16})  # another configuration's record
+    st = run_status(run_dir)
+    assert [(p.threat, p.recorded) for p in st.pairs] == [("clean", 4), ("linf_1", 2)]
+    assert st.unusable == [f"{chunk} (other settings or images)"]
+    assert "not counted" in _cli("status", run_dir).output
+    _one_error(_cli("status", tmp_path), "not a run folder")
+
+
+def test_sigterm_marks_the_run_interrupted(tmp_path, plugin):
+    """A real `scbench run` process stopped with SIGTERM (what `kill` sends): exit 130, run.json
+    says interrupted, the lock is gone, the recorded chunks stay."""
+    suite = _suite(tmp_path, plugin, steps=200000)  # the PGD jobs take far longer than the test waits
+    out = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "robust_bench_sc.cli", "run", str(suite), "--out", str(out),
+                             "--quiet", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = out / "records" / "toy" / "clean" / "chunk_00001.json"
+    for _ in range(1200):
+        if first.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    assert first.exists(), proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=60)
+    stderr = proc.communicate()[1]
+    assert rc == 130 and "interrupted" in stderr and "Traceback" not in stderr, stderr
+    assert read_json(out / "run.json")["status"] == "interrupted" and not (out / LOCK_NAME).exists()
+    assert run_status(out).jobs[0] == 2

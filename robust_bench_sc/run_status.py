@@ -1,0 +1,165 @@
+"""Where a run folder stands: per (defense, threat model) the images recorded of those
+planned, robust accuracy so far, job seconds and a time-to-finish estimate, and whether a
+live process is writing it (``scbench status``).
+
+Read-only: it never takes or clears a lock, and it counts a record only where its spec hash
+is the planned job's and it holds that job's images, as the runner would reuse it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robust_bench_sc.config import suite_from_resolved
+from robust_bench_sc.plan import job_spec_hash, plan_jobs, recorded_spec_hash
+from robust_bench_sc.stats import wilson_interval
+from robust_bench_sc.storage import DamagedFileError, RunDir, RunLock
+
+
+class StatusError(ValueError):
+    """The folder is not a run folder, or its run.json cannot be read."""
+
+
+@dataclass(frozen=True)
+class PairStatus:
+    defense: str
+    threat: str
+    planned: int          # images planned for the pair
+    recorded: int         # images in reusable records
+    robust: int           # of the scored images
+    scored: int           # recorded images that count (ZOO: only those drawn, ``selected`` = 1)
+    seconds: float        # job seconds of the recorded chunks
+    chunks_planned: int
+    chunks_recorded: int
+
+    @property
+    def remaining_seconds(self) -> float | None:
+        """Job seconds still to go at the rate of the recorded chunks (None before the first)."""
+        if self.recorded >= self.planned:
+            return 0.0
+        if not self.recorded:
+            return None
+        return self.seconds / self.recorded * (self.planned - self.recorded)
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    run_dir: Path
+    status: str                       # run.json's: running, interrupted or complete
+    writer: dict[str, Any] | None     # the lock's owner (with "alive"), None without a lock
+    meta: dict[str, Any]
+    pairs: list[PairStatus] = field(default_factory=list)
+    unusable: list[str] = field(default_factory=list)  # record files the next run recomputes or refuses
+
+    @property
+    def state(self) -> str:
+        """One phrase: complete; running (pid N); interrupted; or running per run.json with no live writer."""
+        if self.status == "complete":
+            return "complete"
+        w = self.writer
+        if w and w.get("alive"):
+            return f"running (pid {w.get('pid')}, started {w.get('started_at')})"
+        if w and w.get("alive") is None:
+            return (f"{self.status}; locked by pid {w.get('pid')} on {w.get('host')} (another host: liveness "
+                    "cannot be checked)" if not w.get("unreadable") else f"{self.status}; unreadable lock file")
+        if self.status == "interrupted":
+            return f"interrupted at {self.meta.get('interrupted_at')}; the same command resumes it"
+        return f"not running (run.json says {self.status!r}, no live writer: killed?); the same command resumes it"
+
+    @property
+    def jobs(self) -> tuple[int, int]:
+        return sum(p.chunks_recorded for p in self.pairs), sum(p.chunks_planned for p in self.pairs)
+
+    @property
+    def remaining_seconds(self) -> tuple[float, bool]:
+        """Job seconds still to go, summed over pairs, and whether that is a lower bound
+        (some pair has no chunk recorded yet, so no rate)."""
+        rem = [p.remaining_seconds for p in self.pairs]
+        return sum(r for r in rem if r is not None), any(r is None for r in rem)
+
+
+def run_status(run_dir: str | Path) -> RunStatus:
+    layout = RunDir(run_dir)
+    if not layout.is_run():
+        raise StatusError(f"{run_dir}: not a run folder (no run.json)")
+    try:
+        meta = layout.read_meta()
+    except DamagedFileError as exc:
+        raise StatusError(str(exc)) from None
+    if not isinstance(meta, dict):
+        raise StatusError(f"{layout.meta_path}: not a run description (a JSON {type(meta).__name__})")
+    suite = suite_from_resolved(meta.get("config"), str(layout.meta_path))
+    per: dict[tuple[str, str], list[Any]] = {}
+    unusable: list[str] = []
+    for j in plan_jobs(suite):
+        # planned, recorded, robust, seconds, chunks planned, chunks recorded, scored
+        acc = per.setdefault((j.defense, j.threat), [0, 0, 0, 0.0, 0, 0, 0])
+        acc[0] += j.stop - j.start
+        acc[4] += 1
+        path = layout.chunk(j.defense, j.threat, j.chunk)
+        if not path.is_file():
+            continue
+        try:
+            blob = layout.read_chunk(j.defense, j.threat, j.chunk)
+        except DamagedFileError:
+            unusable.append(f"{path} (damaged)")
+            continue
+        recs = blob.get("records") if isinstance(blob, dict) else None
+        if not isinstance(blob, dict) or recorded_spec_hash(blob, meta.get("config")) != job_spec_hash(suite, j) \
+                or not isinstance(recs, list) \
+                or len(recs) != j.stop - j.start:
+            unusable.append(f"{path} (other settings or images)")
+            continue
+        scored = [r for r in recs if r.get("selected", 1) != 0]  # ZOO's images not drawn carry selected = 0
+        acc[1] += len(recs)
+        acc[2] += sum(int(bool(r.get("robust"))) for r in scored)
+        acc[6] += len(scored)
+        acc[3] += float(blob.get("seconds") or 0.0)
+        acc[5] += 1
+    pairs = [PairStatus(d, t, a[0], a[1], a[2], a[6], a[3], a[4], a[5]) for (d, t), a in per.items()]
+    return RunStatus(Path(run_dir), str(meta.get("status")), RunLock(run_dir).owner(), meta, pairs, unusable)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def status_rows(st: RunStatus) -> list[list[str]]:
+    """The table of ``scbench status``: one row per (defense, threat model)."""
+    rows = []
+    for p in st.pairs:
+        if p.scored:
+            lo, hi = wilson_interval(p.robust, p.scored)
+            acc = f"{100 * p.robust / p.scored:.2f} [{lo:.1f}, {hi:.1f}]" + \
+                (f" of {p.scored} drawn" if p.scored != p.recorded else "")
+        else:
+            acc = "—"
+        rem = p.remaining_seconds
+        left = "done" if rem == 0 else ("?" if rem is None else f"≈ {_duration(rem)}")
+        rows.append([p.defense, p.threat, f"{p.recorded}/{p.planned}", f"{p.chunks_recorded}/{p.chunks_planned}",
+                     acc, _duration(p.seconds), left])
+    return rows
+
+
+STATUS_HEADER = ["defense", "threat model", "images", "chunks", "robust so far [95% CI]", "job time", "to go"]
+
+
+def status_lines(st: RunStatus) -> list[str]:
+    """The lines above and below the table."""
+    done, total = st.jobs
+    meta = st.meta
+    head = [f"{st.run_dir}: {st.state}",
+            f"suite {meta.get('suite')} (hash {meta.get('suite_hash')}), profile {meta.get('profile')}, "
+            f"{meta.get('subset')}; {done}/{total} jobs recorded"]
+    rem, lower = st.remaining_seconds
+    if done < total:
+        head.append(f"to go: {'at least ' if lower else ''}≈ {_duration(rem)} of job time at the recorded chunks' "
+                    "rate (one job at a time)" + ("; '?': no chunk of that pair recorded yet" if lower else ""))
+    foot = [f"not counted (the next run recomputes or refuses it): {u}" for u in st.unusable]
+    return head + foot
