@@ -84,6 +84,9 @@ def _handled(f):
         except KeyboardInterrupt:
             err.print("interrupted: what was recorded is kept; the same command resumes", highlight=False)
             raise typer.Exit(130) from None
+        except BrokenPipeError:  # the reader went away (`scbench status … | head`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141) from None
         except Exception as exc:  # noqa: BLE001 - the one place that turns errors into messages
             if _STATE["debug"]:
                 traceback.print_exc()

@@ -33,6 +33,8 @@ class PairStatus:
     seconds: float        # job seconds of the recorded chunks
     chunks_planned: int
     chunks_recorded: int
+    minimum_norm: bool = False                     # Boundary, HSJ, ZOO, C&W: the norm is the result
+    fooled_l2: tuple[float, ...] = ()               # ‖e‖₂ of the scored images attacked and fooled so far
 
     @property
     def remaining_seconds(self) -> float | None:
@@ -94,8 +96,8 @@ def run_status(run_dir: str | Path) -> RunStatus:
     per: dict[tuple[str, str], list[Any]] = {}
     unusable: list[str] = []
     for j in plan_jobs(suite):
-        # planned, recorded, robust, seconds, chunks planned, chunks recorded, scored
-        acc = per.setdefault((j.defense, j.threat), [0, 0, 0, 0.0, 0, 0, 0])
+        # planned, recorded, robust, seconds, chunks planned, chunks recorded, scored, fooled ‖e‖₂
+        acc = per.setdefault((j.defense, j.threat), [0, 0, 0, 0.0, 0, 0, 0, []])
         acc[0] += j.stop - j.start
         acc[4] += 1
         path = layout.chunk(j.defense, j.threat, j.chunk)
@@ -116,9 +118,12 @@ def run_status(run_dir: str | Path) -> RunStatus:
         acc[1] += len(recs)
         acc[2] += sum(int(bool(r.get("robust"))) for r in scored)
         acc[6] += len(scored)
+        acc[7].extend(float(r["l2"]) for r in scored  # as summary.csv's mean_l2: attacked and fooled
+                      if r.get("attacked") and r.get("fooled") and r.get("l2") is not None)
         acc[3] += float(blob.get("seconds") or 0.0)
         acc[5] += 1
-    pairs = [PairStatus(d, t, a[0], a[1], a[2], a[6], a[3], a[4], a[5]) for (d, t), a in per.items()]
+    pairs = [PairStatus(d, t, a[0], a[1], a[2], a[6], a[3], a[4], a[5], suite.threat(t).minimum_norm, tuple(a[7]))
+             for (d, t), a in per.items()]
     return RunStatus(Path(run_dir), str(meta.get("status")), RunLock(run_dir).owner(), meta, pairs, unusable)
 
 
@@ -140,6 +145,8 @@ def status_rows(st: RunStatus) -> list[list[str]]:
                 (f" of {p.scored} drawn" if p.scored != p.recorded else "")
         else:
             acc = "—"
+        if p.minimum_norm and p.fooled_l2:  # what a minimum-norm attack measures
+            acc += f"; mean ‖e‖₂ {sum(p.fooled_l2) / len(p.fooled_l2):.2f} ({len(p.fooled_l2)} attacked and fooled)"
         rem = p.remaining_seconds
         left = "done" if rem == 0 else ("?" if rem is None else f"≈ {_duration(rem)}")
         rows.append([p.defense, p.threat, f"{p.recorded}/{p.planned}", f"{p.chunks_recorded}/{p.chunks_planned}",
@@ -147,7 +154,8 @@ def status_rows(st: RunStatus) -> list[list[str]]:
     return rows
 
 
-STATUS_HEADER = ["defense", "threat model", "images", "chunks", "robust so far [95% CI]", "job time", "to go"]
+STATUS_HEADER = ["defense", "threat model", "images", "chunks", "robust so far [95% CI] (min-norm: mean ‖e‖₂)", "job time",
+                 "to go"]
 
 
 def status_lines(st: RunStatus) -> list[str]:

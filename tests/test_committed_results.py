@@ -99,3 +99,5 @@ def test_committed_run_status_rebuilds_its_suite(run_json: Path):
         for p in st.pairs:  # robust so far = the summary's robust accuracy (ZOO: over the drawn images)
             row = summary[(summary.defense == p.defense) & (summary.threat_model == p.threat)]
             assert 100 * p.robust / p.scored == pytest.approx(float(row.robust_accuracy.iloc[0]), abs=0.006)
+            if p.minimum_norm and p.fooled_l2:  # and its mean ‖e‖₂ is the summary's
+                assert sum(p.fooled_l2) / len(p.fooled_l2) == pytest.approx(float(row.mean_l2.iloc[0]), abs=1e-3)
