@@ -82,7 +82,20 @@ class RunStatus:
         return sum(r for r in rem if r is not None), any(r is None for r in rem)
 
 
+@dataclass
+class _Tally:
+    planned: int = 0
+    recorded: int = 0
+    robust: int = 0
+    scored: int = 0
+    seconds: float = 0.0
+    chunks_planned: int = 0
+    chunks_recorded: int = 0
+    fooled_l2: list[float] = field(default_factory=list)
+
+
 def run_status(run_dir: str | Path) -> RunStatus:
+    """What ``run_dir`` holds (read-only); :class:`StatusError` or ConfigError when it cannot be read."""
     layout = RunDir(run_dir)
     if not layout.is_run():
         raise StatusError(f"{run_dir}: not a run folder (no run.json)")
@@ -93,13 +106,12 @@ def run_status(run_dir: str | Path) -> RunStatus:
     if not isinstance(meta, dict):
         raise StatusError(f"{layout.meta_path}: not a run description (a JSON {type(meta).__name__})")
     suite = suite_from_resolved(meta.get("config"), str(layout.meta_path))
-    per: dict[tuple[str, str], list[Any]] = {}
+    per: dict[tuple[str, str], _Tally] = {}
     unusable: list[str] = []
     for j in plan_jobs(suite):
-        # planned, recorded, robust, seconds, chunks planned, chunks recorded, scored, fooled ‖e‖₂
-        acc = per.setdefault((j.defense, j.threat), [0, 0, 0, 0.0, 0, 0, 0, []])
-        acc[0] += j.stop - j.start
-        acc[4] += 1
+        t = per.setdefault((j.defense, j.threat), _Tally())
+        t.planned += j.stop - j.start
+        t.chunks_planned += 1
         path = layout.chunk(j.defense, j.threat, j.chunk)
         if not path.is_file():
             continue
@@ -109,21 +121,21 @@ def run_status(run_dir: str | Path) -> RunStatus:
             unusable.append(f"{path} (damaged)")
             continue
         recs = blob.get("records") if isinstance(blob, dict) else None
-        if not isinstance(blob, dict) or recorded_spec_hash(blob, meta.get("config")) != job_spec_hash(suite, j) \
-                or not isinstance(recs, list) \
-                or len(recs) != j.stop - j.start:
+        if not isinstance(recs, list) or len(recs) != j.stop - j.start \
+                or recorded_spec_hash(blob, meta.get("config")) != job_spec_hash(suite, j):
             unusable.append(f"{path} (other settings or images)")
             continue
         scored = [r for r in recs if r.get("selected", 1) != 0]  # ZOO's images not drawn carry selected = 0
-        acc[1] += len(recs)
-        acc[2] += sum(int(bool(r.get("robust"))) for r in scored)
-        acc[6] += len(scored)
-        acc[7].extend(float(r["l2"]) for r in scored  # as summary.csv's mean_l2: attacked and fooled
-                      if r.get("attacked") and r.get("fooled") and r.get("l2") is not None)
-        acc[3] += float(blob.get("seconds") or 0.0)
-        acc[5] += 1
-    pairs = [PairStatus(d, t, a[0], a[1], a[2], a[6], a[3], a[4], a[5], suite.threat(t).minimum_norm, tuple(a[7]))
-             for (d, t), a in per.items()]
+        t.recorded += len(recs)
+        t.chunks_recorded += 1
+        t.seconds += float(blob.get("seconds") or 0.0)
+        t.scored += len(scored)
+        t.robust += sum(int(bool(r.get("robust"))) for r in scored)
+        t.fooled_l2.extend(float(r["l2"]) for r in scored  # as summary.csv's mean_l2: attacked and fooled
+                           if r.get("attacked") and r.get("fooled") and r.get("l2") is not None)
+    pairs = [PairStatus(d, th, t.planned, t.recorded, t.robust, t.scored, t.seconds, t.chunks_planned,
+                        t.chunks_recorded, suite.threat(th).minimum_norm, tuple(t.fooled_l2))
+             for (d, th), t in per.items()]
     return RunStatus(Path(run_dir), str(meta.get("status")), RunLock(run_dir).owner(), meta, pairs, unusable)
 
 
