@@ -433,26 +433,27 @@ def test_merge_with_other_settings_says_why_in_one_line(small_run, tmp_path):
     assert f"{acc_t:.2f} [{lo2:.1f}, {hi2:.1f}]" in row["trades"]
 
 
-TABLE1_RUNS = ["results/table1_baselines", "results/table1_baselines_boundary", "results/table1_T15", "results/clean",
-               "results/table1_natural"]
+TABLE1_RUNS = ["results/table1_baselines", "results/table1_baselines_boundary", "results/table1_T15_1000_linf",
+               "results/table1_T15_1000_l2_l1", "results/clean", "results/table1_natural"]
 
 
 def test_committed_table1_is_one_table(monkeypatch):
-    """The committed Table 1 runs (baselines Nr 10 on 1000 images, T15 Nr 1 on 200): one
-    column set, the restarts difference in one line, every cell of a mixed column named."""
+    """The committed Table 1 runs (every PGD column on the first 1000 images at one setting, T15
+    split over two folders, Boundary on the first 50): one column set, no settings note, the
+    sparse-coding row from its two folders."""
     from robust_bench_sc.paths import REPO_ROOT
 
     monkeypatch.chdir(REPO_ROOT)
     rep = load_report(TABLE1_RUNS)
     assert [t.label for t in rep.threats] == ["clean", "linf_pgd_ce", "linf_pgd_cw", "l2_pgd", "l1_pgd_paper",
                                               "l1_pgd_strong", "boundary"]
-    assert ("`linf_pgd_ce` is one column over runs whose settings differ: restarts=10 in table1_baselines "
-            "(madry_pgd_at, trades); restarts=1 in table1_T15 (sparse_coding_T15).") in rep.notes
+    assert not any("settings differ" in n for n in rep.notes), rep.notes
     md = to_markdown(rep, paper=True)
     t15 = next(ln for ln in md.splitlines() if ln.startswith("| sparse_coding_T15 |"))
     madry = next(ln for ln in md.splitlines() if ln.startswith("| madry_pgd_at |"))
-    assert "55.00 [48.1, 61.7] (on first 200)" in t15 and "80.90 [78.3, 83.2]" in t15  # clean from results/clean
-    assert "44.00 [41.0, 47.1] (on first 1000)" in madry
+    assert t15.split(" | ")[1:7] == ["80.90 [78.3, 83.2]", "46.90 [43.8, 50.0]", "54.00 [50.9, 57.1]", "66.80 [63.8, 69.6]",
+                                     "56.00 [52.9, 59.0]", "27.50 [24.8, 30.3]"]
+    assert "44.00 [41.0, 47.1]" in madry and "(on first" not in madry.split(" | ")[2]
     # the paper's ℓ1 column is its dense attack: not shown beside the strong one
     paper = next(ln for ln in md.splitlines() if ln.startswith("| *paper: Adv. Training†*"))
     assert paper.split(" | ")[5:7] == ["*19.98*", ""]
