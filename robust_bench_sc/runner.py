@@ -458,7 +458,11 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
             raise
         wall = time.perf_counter() - t0
 
-    summary = finalize(suite, run_dir, jobs)
+    try:
+        summary = finalize(suite, run_dir, jobs)
+    except KeyboardInterrupt:  # every job is recorded, the tables are not written: the same command writes them
+        _mark_interrupted(layout, wall, known_fp)
+        raise
     meta = layout.read_meta()
     prior: dict[str, Any] = old or {}
     before = float(prior.get("wall_seconds_total", prior.get("wall_seconds_this_invocation", 0.0)))
