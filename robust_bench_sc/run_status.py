@@ -2,8 +2,10 @@
 planned, robust accuracy so far, job seconds and a time-to-finish estimate, and whether a
 live process is writing it (``scbench status``).
 
-Read-only: it never takes or clears a lock, and it counts a record only where its spec hash
-is the planned job's and it holds that job's images, as the runner would reuse it.
+Read-only: it never takes or clears a lock, and it counts a record only where the runner
+would reuse it: its spec hash is the planned job's and it holds that job's images, in order,
+with their labels (``runner.record_problem``). Without the CIFAR-10 files it checks the
+count of samples only, and says so.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from robust_bench_sc.config import suite_from_resolved
 from robust_bench_sc.plan import job_spec_hash, plan_jobs, recorded_spec_hash
 from robust_bench_sc.stats import wilson_interval
 from robust_bench_sc.storage import DamagedFileError, RunDir, RunLock
+from robust_bench_sc.subsets import describe_subset
 
 
 class StatusError(ValueError):
@@ -54,6 +57,7 @@ class RunStatus:
     meta: dict[str, Any]
     pairs: list[PairStatus] = field(default_factory=list)
     unusable: list[str] = field(default_factory=list)  # record files the next run recomputes or refuses
+    unchecked: str | None = None  # why images and labels were not checked (the data could not be read)
 
     @property
     def state(self) -> str:
@@ -105,9 +109,14 @@ def run_status(run_dir: str | Path) -> RunStatus:
         raise StatusError(str(exc)) from None
     if not isinstance(meta, dict):
         raise StatusError(f"{layout.meta_path}: not a run description (a JSON {type(meta).__name__})")
+    from robust_bench_sc.data import DataError
+    from robust_bench_sc.runner import data_labels, record_problem
+
     suite = suite_from_resolved(meta.get("config"), str(layout.meta_path))
     per: dict[tuple[str, str], _Tally] = {}
     unusable: list[str] = []
+    expected: tuple[list[int], list[int]] | None = None
+    unchecked: str | None = None
     for j in plan_jobs(suite):
         t = per.setdefault((j.defense, j.threat), _Tally())
         t.planned += j.stop - j.start
@@ -125,6 +134,15 @@ def run_status(run_dir: str | Path) -> RunStatus:
                 or recorded_spec_hash(blob, meta.get("config")) != job_spec_hash(suite, j):
             unusable.append(f"{path} (other settings or images)")
             continue
+        if expected is None and unchecked is None:
+            try:
+                expected = data_labels(suite)
+            except (DataError, OSError) as exc:
+                unchecked = str(exc)
+        problem = record_problem(blob, j, *expected) if expected is not None else None
+        if problem:
+            unusable.append(f"{path} (damaged: {problem})")
+            continue
         scored = [r for r in recs if r.get("selected", 1) != 0]  # ZOO's images not drawn carry selected = 0
         t.recorded += len(recs)
         t.chunks_recorded += 1
@@ -136,7 +154,7 @@ def run_status(run_dir: str | Path) -> RunStatus:
     pairs = [PairStatus(d, th, t.planned, t.recorded, t.robust, t.scored, t.seconds, t.chunks_planned,
                         t.chunks_recorded, suite.threat(th).minimum_norm, tuple(t.fooled_l2))
              for (d, th), t in per.items()]
-    return RunStatus(Path(run_dir), str(meta.get("status")), RunLock(run_dir).owner(), meta, pairs, unusable)
+    return RunStatus(Path(run_dir), str(meta.get("status")), RunLock(run_dir).owner(), meta, pairs, unusable, unchecked)
 
 
 def _duration(seconds: float) -> str:
@@ -174,12 +192,18 @@ def status_lines(st: RunStatus) -> list[str]:
     """The lines above and below the table."""
     done, total = st.jobs
     meta = st.meta
+    # the images the jobs cover: a max_images cap puts a pair below the suite's n_images
+    subset = describe_subset({p.planned for p in st.pairs}) if st.pairs else meta.get('subset')
     head = [f"{st.run_dir}: {st.state}",
             f"suite {meta.get('suite')} (hash {meta.get('suite_hash')}), profile {meta.get('profile')}, "
-            f"{meta.get('subset')}; {done}/{total} jobs recorded"]
+            f"{subset}; {done}/{total} jobs recorded"]
     rem, lower = st.remaining_seconds
-    if done < total:
+    if done < total and not any(p.chunks_recorded for p in st.pairs if p.recorded < p.planned):
+        head.append("to go: not known until a chunk of an unfinished pair is recorded")
+    elif done < total:
         head.append(f"to go: {'at least ' if lower else ''}≈ {_duration(rem)} of job time at the recorded chunks' "
                     "rate (one job at a time)" + ("; '?': no chunk of that pair recorded yet" if lower else ""))
     foot = [f"not counted (the next run recomputes or refuses it): {u}" for u in st.unusable]
+    if st.unchecked:
+        foot.append(f"images and labels of the records not checked (the data could not be read: {st.unchecked})")
     return head + foot

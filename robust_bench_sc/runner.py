@@ -145,7 +145,8 @@ def record_problem(blob, job: Job, idx, labels) -> str | None:
     return None
 
 
-def _data_labels(suite: SuiteConfig) -> tuple[list[int], list[int]]:
+def data_labels(suite: SuiteConfig) -> tuple[list[int], list[int]]:
+    """The suite's image indices and labels, in order (what every record is checked against)."""
     split = load_test(suite.data.n_images, suite.data.data_dir)
     return split.idx.tolist(), split.y.tolist()
 
@@ -292,7 +293,7 @@ def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
         rec = recorded_spec_hash(blob, (old or {}).get("config"))
         rec_range = (rec_job.get("start"), rec_job.get("stop"))
         if rec == job_spec_hash(suite, j):
-            expected = expected or _data_labels(suite)
+            expected = expected or data_labels(suite)
             problem = record_problem(blob, j, *expected)
             if problem:
                 damaged.append((path, problem))
@@ -403,8 +404,13 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
                       f"{old.get('profile')}): {len(done)}/{len(jobs)} jobs already recorded with identical settings")
     elif done:
         console.print(f"[bold]resuming[/] {run_dir}: {len(done)}/{len(jobs)} jobs already recorded")
-    else:
-        console.print(f"[bold]run[/] {suite.name} → {run_dir} ({len(jobs)} jobs, {describe_subset(suite.data.n_images)})")
+    else:  # the images the jobs cover: a threat model's or defense's max_images may cap them below n_images
+        last: defaultdict[tuple[str, str], int] = defaultdict(int)
+        for j in jobs:
+            last[(j.defense, j.threat)] = max(last[(j.defense, j.threat)], j.stop)
+        covered = set(last.values())
+        console.print(f"[bold]run[/] {suite.name} → {run_dir} ({len(jobs)} job{'s' * (len(jobs) != 1)}, "
+                      f"{describe_subset(covered or suite.data.n_images)})")
 
     # progress: one bar per (defense, threat model)
     tally: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # robust, total
@@ -451,18 +457,16 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
 
         ex = executor or LocalExecutor(device=device, data_root=suite.data.data_dir)
         t0 = time.perf_counter()
+        wall: float | None = None  # the jobs' wall time; finalize's is not counted
         try:
             ex.execute(suite, todo, on_result, on_progress)
+            wall = time.perf_counter() - t0
+            progress.stop()
+            summary = finalize(suite, run_dir, jobs)
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM via the cli: say so in run.json, keep every record
-            _mark_interrupted(layout, time.perf_counter() - t0, known_fp)
+            # (stopped while the tables were written: every job is recorded, the same command writes them)
+            _mark_interrupted(layout, time.perf_counter() - t0 if wall is None else wall, known_fp)
             raise
-        wall = time.perf_counter() - t0
-
-    try:
-        summary = finalize(suite, run_dir, jobs)
-    except KeyboardInterrupt:  # every job is recorded, the tables are not written: the same command writes them
-        _mark_interrupted(layout, wall, known_fp)
-        raise
     meta = layout.read_meta()
     prior: dict[str, Any] = old or {}
     before = float(prior.get("wall_seconds_total", prior.get("wall_seconds_this_invocation", 0.0)))
@@ -507,7 +511,7 @@ def load_samples(run_dir: Path, jobs: list[Job], suite: SuiteConfig | None = Non
         except DamagedFileError as exc:
             raise RunError(f"{exc}; rerun the same command to recompute it") from None
         if expected is None and suite is not None:
-            expected = _data_labels(suite)
+            expected = data_labels(suite)
         problem = record_problem(blob, j, *expected) if expected else None
         if problem:
             raise RunError(f"{path}: {problem}; rerun the same command to recompute it")

@@ -130,6 +130,14 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+def _owner_alive(holder: dict) -> bool | None:
+    """Whether a lock owner's process still runs: True/False for a pid on this host, None when
+    that cannot be checked (another host's lock, or no pid in it)."""
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return None
+    return _pid_alive(holder["pid"])
+
+
 class RunLock:
     """Exclusive ownership of a run directory: ``.scbench.lock`` created with O_EXCL, holding
     the owner's pid, host and command. A lock left by a dead process on this host is stale
@@ -158,15 +166,15 @@ class RunLock:
                 if holder is None:
                     raise LockError(f"{self.path}: an unreadable lock file (another scbench process may own "
                                     f"{self.run_dir}); delete it if no scbench run uses that folder") from None
-                same_host = holder.get("host") == socket.gethostname()
-                if same_host and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"]):
+                if _owner_alive(holder) is False:  # its process is gone: a stale lock
                     self.stale_owner = holder
                     try:
                         self.path.unlink()
                     except FileNotFoundError:
                         pass
                     continue
-                where = "" if same_host else " (another host: its liveness cannot be checked from here)"
+                where = "" if holder.get("host") == socket.gethostname() else \
+                    " (another host: its liveness cannot be checked from here)"
                 raise LockError(f"{self.run_dir} is in use by another scbench run ({self._describe(holder)}){where}; "
                                 f"wait for it, choose another --out, or delete {self.path} if that run is gone") from None
             except PermissionError:
@@ -200,9 +208,7 @@ class RunLock:
             return None
         if holder is None:
             return {"unreadable": True, "alive": None}
-        same_host = holder.get("host") == socket.gethostname()
-        alive = (_pid_alive(holder["pid"]) if isinstance(holder.get("pid"), int) else None) if same_host else None
-        return {**holder, "alive": alive}
+        return {**holder, "alive": _owner_alive(holder)}
 
     def release(self) -> None:
         if self._held:

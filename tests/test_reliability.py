@@ -528,6 +528,25 @@ def test_status_counts_only_records_the_run_would_reuse(tmp_path, plugin):
     assert st.unusable == [f"{chunk} (other settings or images)"]
     assert "not counted" in _cli("status", run_dir).output
     _one_error(_cli("status", tmp_path), "not a run folder")
+    # same settings, but a sample is another image: the runner would set it aside, so status does too
+    clean = run_dir / "records" / "toy" / "clean" / "chunk_00000.json"
+    blob = read_json(clean)
+    atomic_write_json(clean, {**blob, "records": [{**blob["records"][0], "index": 7}, *blob["records"][1:]]})
+    st = run_status(run_dir)
+    assert [(p.threat, p.recorded) for p in st.pairs] == [("clean", 2), ("linf_1", 2)]
+    assert st.unusable[0] == f"{clean} (damaged: sample 0 is image 7 (label {blob['records'][0]['label']}), the job's is 0 " \
+                             f"(label {blob['records'][0]['label']}))"
+    assert st.unchecked is None
+
+
+def test_status_without_the_data_says_it_checked_counts_only(tmp_path, plugin, monkeypatch):
+    run_dir = tmp_path / "r"
+    run_suite(load_suite(_suite(tmp_path, plugin, steps=1)), out=run_dir, show_progress=False)
+    monkeypatch.setenv("SCBENCH_DATA", str(tmp_path / "nowhere"))
+    st = run_status(run_dir)
+    assert [(p.threat, p.recorded) for p in st.pairs] == [("clean", 4), ("linf_1", 4)] and not st.unusable
+    assert "CIFAR-10 file not found" in st.unchecked
+    assert "images and labels of the records not checked" in _cli("status", run_dir).output
 
 
 def test_sigterm_marks_the_run_interrupted(tmp_path, plugin):
@@ -549,3 +568,21 @@ def test_sigterm_marks_the_run_interrupted(tmp_path, plugin):
     assert rc == 130 and "interrupted" in stderr and "Traceback" not in stderr, stderr
     assert read_json(out / "run.json")["status"] == "interrupted" and not (out / LOCK_NAME).exists()
     assert run_status(out).jobs == (1, 4)
+
+
+def test_start_line_names_the_images_the_jobs_cover(tmp_path, plugin):
+    """A threat model capped by max_images is not announced as the suite's n_images."""
+    from rich.console import Console
+
+    body = SUITE.format(plugin=plugin, params="{}", steps=1) + "    max_images: 2\n"
+    console = Console(record=True, width=200)
+    run_suite(load_suite(_suite(tmp_path, plugin, body=body)), out=tmp_path / "r", console=console,
+              show_progress=False)
+    text = console.export_text()
+    assert "(3 jobs, first 2 or 4 CIFAR-10 test images)" in text, text
+    body = SUITE.format(plugin=plugin, params="{}", steps=1).replace("n_images: 4, chunk_size: 2", "n_images: 2, chunk_size: 2")
+    body = body.split("  - attack: pgd")[0]
+    console = Console(record=True, width=200)
+    run_suite(load_suite(_suite(tmp_path, plugin, body=body, name="one.yaml")), out=tmp_path / "one", console=console,
+              show_progress=False)
+    assert "(1 job, first 2 CIFAR-10 test images)" in console.export_text()
