@@ -72,6 +72,16 @@ class Profile(BaseModel):
     set: dict[str, Any] = Field(default_factory=dict)
 
 
+#: ``set`` keys of a profile that choose images or job sizes, not how an image is attacked
+_SELECTION_KEYS = {"n_images", "chunk_size", "max_images"}  # also as data.<key> and <threat model>.<key>
+
+
+def setting_changes(profile_set: dict[str, Any]) -> list[str]:
+    """The entries of a profile's ``set`` that change how an image is attacked (``key=value``),
+    leaving out those that only choose images or job sizes (n_images, chunk_size, max_images)."""
+    return [f"{k}={v}" for k, v in profile_set.items() if k.rsplit(".", 1)[-1] not in _SELECTION_KEYS]
+
+
 class ResourcesConfig(BaseModel):
     """What one job asks of a distributed executor (Ray); does not change the numbers."""
 

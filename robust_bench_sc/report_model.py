@@ -19,6 +19,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from robust_bench_sc import paper_numbers as pn
+from robust_bench_sc.config import setting_changes
 from robust_bench_sc.norms import Norm
 from robust_bench_sc.stats import mean_interval, wilson_interval
 from robust_bench_sc.storage import RunDir
@@ -387,7 +388,7 @@ def load_report(run_dirs: Iterable[str | Path], title: str | None = None) -> Rep
             s["run"] = info.path
             sample_parts.append(s)
         if info.meta.get("profile"):
-            notes.append(f"{info.label}: reduced profile `{info.meta['profile']}` (not the faithful setting).")
+            notes.append(_profile_note(info.label, info.meta))
         if info.meta.get("overrides"):
             notes.append(f"{info.label}: overrides `{' '.join(info.meta['overrides'])}`.")
         if info.meta.get("status") != "complete":
@@ -543,3 +544,13 @@ def column_n(report: Report, t: ThreatInfo) -> str:
     return "/".join(str(n) for n in ns) or "—"
 
 
+def _profile_note(label: str, meta: dict[str, Any]) -> str:
+    """What a run's profile did: a selection of the suite at its declared settings, or reduced
+    settings (named). Runs recorded before run.json kept the profile's ``set`` are called reduced."""
+    profile = meta["profile"]
+    if not isinstance(meta.get("profile_set"), dict):
+        return f"{label}: reduced profile `{profile}` (not the faithful setting)."
+    changes = setting_changes(meta["profile_set"])
+    if changes:
+        return f"{label}: reduced profile `{profile}`: {', '.join(changes)} (not the suite's declared setting)."
+    return f"{label}: profile `{profile}`: a selection of the suite's defenses, threat models or images, at its declared settings."

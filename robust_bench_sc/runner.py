@@ -245,7 +245,7 @@ def make_executor(name: str, device: str, **kwargs) -> Executor:
 
 # what run.json keeps of each earlier invocation; its resolved ``config`` too, so that the records a
 # folder grown under several profiles holds can each be traced to the configuration that planned them
-_HISTORY_KEYS = ("suite_hash", "profile", "overrides", "started_at", "finished_at", "interrupted_at", "status", "n_jobs",
+_HISTORY_KEYS = ("suite_hash", "profile", "profile_set", "overrides", "started_at", "finished_at", "interrupted_at", "status", "n_jobs",
                  "git", "versions", "command", "config", "wall_seconds_this_invocation")
 
 
@@ -384,6 +384,8 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
         "data_hash": data_hash(suite),
         "seed": suite.seed,
         "profile": suite.profile,
+        # what the profile sets (reports tell a selection of images from reduced settings)
+        **({"profile_set": dict(suite.profiles[suite.profile].set)} if suite.profile in suite.profiles else {}),
         "overrides": suite.overrides,
         "device": device,
         "command": command or sys.argv,

@@ -586,3 +586,30 @@ def test_start_line_names_the_images_the_jobs_cover(tmp_path, plugin):
     run_suite(load_suite(_suite(tmp_path, plugin, body=body, name="one.yaml")), out=tmp_path / "one", console=console,
               show_progress=False)
     assert "(1 job, first 2 CIFAR-10 test images)" in console.export_text()
+
+
+def test_report_tells_a_selection_profile_from_a_reduced_one(tmp_path, plugin):
+    """A profile that only picks images or columns is not called reduced; one that cuts a
+    budget names what it set. Runs without the recorded ``profile_set`` keep the old note."""
+    from robust_bench_sc.report_model import load_report
+
+    body = SUITE.format(plugin=plugin, params="{}", steps=2) + """profiles:
+  few:
+    n_images: 2
+    threat_models: [linf_1]
+    set: {linf_1.max_images: 2, chunk_size: 1}
+  short:
+    set: {steps: 1, linf_1.max_images: 2}
+"""
+    path = _suite(tmp_path, plugin, body=body)
+    few = run_suite(load_suite(path, profile="few"), out=tmp_path / "few", show_progress=False).run_dir
+    short = run_suite(load_suite(path, profile="short"), out=tmp_path / "short", show_progress=False).run_dir
+    assert read_json(few / "run.json")["profile_set"] == {"linf_1.max_images": 2, "chunk_size": 1}
+    notes = load_report([few, short]).notes
+    assert "few: profile `few`: a selection of the suite's defenses, threat models or images, at its declared " \
+           "settings." in notes, notes
+    assert "short: reduced profile `short`: steps=1 (not the suite's declared setting)." in notes, notes
+    meta = read_json(few / "run.json")
+    del meta["profile_set"]
+    atomic_write_json(few / "run.json", meta)
+    assert "few: reduced profile `few` (not the faithful setting)." in load_report([few]).notes
