@@ -178,7 +178,13 @@ def report_from_suite(suite, table: pd.DataFrame, samples: pd.DataFrame | None =
     defenses = [DefenseInfo(d.label, d.ref, dict(d.params)) for d in suite.defenses]
     cells = {(r["defense"], r["threat_model"]): r.to_dict() for _, r in table.iterrows()}
     notes = []
-    if suite.profile:
+    if suite.profile in suite.profiles:
+        changes = setting_changes(suite.profiles[suite.profile].set)
+        notes.append(f"Reduced profile `{suite.profile}` ({', '.join(changes)}): not the suite's declared setting; run "
+                     "without `--profile` for that." if changes else
+                     f"Profile `{suite.profile}`: a selection of the suite's defenses, threat models or images, at its "
+                     "declared settings; run without `--profile` for the full suite.")
+    elif suite.profile:
         notes.append(f"Reduced profile `{suite.profile}`: not the faithful setting; run without `--profile` for the full suite.")
     if suite.overrides:
         notes.append(f"Overrides: `{' '.join(suite.overrides)}`.")

@@ -609,6 +609,9 @@ def test_report_tells_a_selection_profile_from_a_reduced_one(tmp_path, plugin):
     assert "few: profile `few`: a selection of the suite's defenses, threat models or images, at its declared " \
            "settings." in notes, notes
     assert "short: reduced profile `short`: steps=1 (not the suite's declared setting)." in notes, notes
+    assert "Profile `few`: a selection of the suite's defenses, threat models or images, at its declared settings" \
+        in (few / "summary.md").read_text()
+    assert "Reduced profile `short` (steps=1): not the suite's declared setting" in (short / "summary.md").read_text()
     meta = read_json(few / "run.json")
     del meta["profile_set"]
     atomic_write_json(few / "run.json", meta)
