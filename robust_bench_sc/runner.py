@@ -246,7 +246,7 @@ def make_executor(name: str, device: str, **kwargs) -> Executor:
 # what run.json keeps of each earlier invocation; its resolved ``config`` too, so that the records a
 # folder grown under several profiles holds can each be traced to the configuration that planned them
 _HISTORY_KEYS = ("suite_hash", "profile", "profile_set", "overrides", "started_at", "finished_at", "interrupted_at", "status", "n_jobs",
-                 "git", "versions", "command", "config", "wall_seconds_this_invocation")
+                 "git", "versions", "command", "config", "wall_seconds_this_invocation", "jobs_computed")
 
 
 def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
@@ -375,7 +375,7 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
     done, known_fp = reconcile_records(suite, run_dir, jobs, old, console, fingerprints)
     done_set = set(done)
     todo = [j for j in jobs if j not in done_set]
-    meta = {
+    meta: dict[str, Any] = {
         "suite": suite.name,
         "suite_hash": suite_hash,
         "status": "running",
@@ -449,6 +449,7 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
                 raise RunError(f"defense {j.defense!r}: its weights changed during the run (fingerprint "
                                f"{known_fp[j.defense]} before, {fp} now); nothing more was recorded")
             layout.write_chunk(j.defense, j.threat, j.chunk, res.to_dict())
+            computed[0] += 1
             key = (j.defense, j.threat)
             tally[key][0] += sum(int(r["robust"]) for r in res.records)
             tally[key][1] += len(res.records)
@@ -458,6 +459,7 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
                               f"robust so far {acc_text(key)}, {res.seconds:.1f}s")
 
         ex = executor or LocalExecutor(device=device, data_root=suite.data.data_dir)
+        computed = [0]  # jobs this invocation recorded (run.json: which invocations' code computed numbers)
         t0 = time.perf_counter()
         wall: float | None = None  # the jobs' wall time; finalize's is not counted
         try:
@@ -467,14 +469,14 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
             summary = finalize(suite, run_dir, jobs)
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM via the cli: say so in run.json, keep every record
             # (stopped while the tables were written: every job is recorded, the same command writes them)
-            _mark_interrupted(layout, time.perf_counter() - t0 if wall is None else wall, known_fp)
+            _mark_interrupted(layout, time.perf_counter() - t0 if wall is None else wall, known_fp, computed[0])
             raise
     meta = layout.read_meta()
     prior: dict[str, Any] = old or {}
     before = float(prior.get("wall_seconds_total", prior.get("wall_seconds_this_invocation", 0.0)))
     meta["defense_fingerprints"] = dict(known_fp)
     meta.update(status="complete", finished_at=_dt.datetime.now().isoformat(timespec="seconds"),
-                wall_seconds_this_invocation=round(wall, 2),
+                wall_seconds_this_invocation=round(wall, 2), jobs_computed=computed[0],
                 wall_seconds_total=round(before + wall, 2))  # over the invocations that finished
     layout.write_meta(meta)
     if suite.diagnostics:  # gradient-masking / attack-failure indicators per defense
@@ -484,7 +486,7 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
     return RunOutcome(run_dir, summary, len(done), len(todo))
 
 
-def _mark_interrupted(layout: RunDir, wall: float, known_fp: dict[str, str]) -> None:
+def _mark_interrupted(layout: RunDir, wall: float, known_fp: dict[str, str], computed: int) -> None:
     """run.json of an invocation stopped before its last job: status ``interrupted``, when,
     and how long it ran; the recorded chunks stay and the same command resumes."""
     try:
@@ -494,7 +496,7 @@ def _mark_interrupted(layout: RunDir, wall: float, known_fp: dict[str, str]) -> 
     if isinstance(meta, dict):
         meta["defense_fingerprints"] = dict(known_fp)
         meta.update(status="interrupted", interrupted_at=_dt.datetime.now().isoformat(timespec="seconds"),
-                    wall_seconds_this_invocation=round(wall, 2))
+                    wall_seconds_this_invocation=round(wall, 2), jobs_computed=computed)
         layout.write_meta(meta)
 
 

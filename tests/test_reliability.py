@@ -616,3 +616,24 @@ def test_report_tells_a_selection_profile_from_a_reduced_one(tmp_path, plugin):
     del meta["profile_set"]
     atomic_write_json(few / "run.json", meta)
     assert "few: reduced profile `few` (not the faithful setting)." in load_report([few]).notes
+
+
+def test_run_json_counts_the_jobs_each_invocation_computed(tmp_path, plugin):
+    """The runs table names the code that computed the numbers, not a later re-run that only
+    reused the records and rewrote the tables."""
+    from robust_bench_sc.renderers.text import _git
+
+    suite = load_suite(_suite(tmp_path, plugin, steps=1))
+    run_dir = tmp_path / "r"
+    run_suite(suite, out=run_dir, show_progress=False)
+    run_suite(suite, out=run_dir, show_progress=False)
+    meta = read_json(run_dir / "run.json")
+    assert [h["jobs_computed"] for h in meta["history"]] == [4] and meta["jobs_computed"] == 0
+    first, later = {"commit": "a" * 40, "dirty": True}, {"commit": "b" * 40, "dirty": False}
+    meta["history"][0]["git"], meta["git"] = first, later
+    assert _git(meta) == "aaaaaaaaaa (dirty)"
+    meta["jobs_computed"] = 1  # the later invocation grew the run
+    assert _git(meta) == "aaaaaaaaaa (dirty), bbbbbbbbbb"
+    del meta["history"][0]["jobs_computed"]  # recorded before the count existed: kept
+    meta["jobs_computed"] = 0
+    assert _git(meta) == "aaaaaaaaaa (dirty)"

@@ -53,9 +53,19 @@ def describe(report: Report) -> str:
 
 
 
-def _git(meta: dict) -> str:
-    g = meta.get("git") or {}
+def _commit(g: dict) -> str:
     c = g.get("commit")
-    if not c:
-        return "unknown"
-    return c[:10] + (" (dirty)" if g.get("dirty") else "")
+    return c[:10] + (" (dirty)" if g.get("dirty") else "") if c else "unknown"
+
+
+def _git(meta: dict) -> str:
+    """The code that computed the run's numbers: the commit of every invocation that recorded
+    jobs, in order (an invocation that only reused records and rewrote the tables is left
+    out; one from before run.json counted its jobs is kept)."""
+    shown: list[str] = []
+    for inv in [*(meta.get("history") or []), meta]:
+        if isinstance(inv, dict) and inv.get("jobs_computed") != 0:
+            c = _commit(inv.get("git") or {})
+            if c not in shown:
+                shown.append(c)
+    return ", ".join(shown) or _commit(meta.get("git") or {})
