@@ -375,11 +375,16 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
     done, known_fp = reconcile_records(suite, run_dir, jobs, old, console, fingerprints)
     done_set = set(done)
     todo = [j for j in jobs if j not in done_set]
+    # the images the jobs cover: a threat model's or defense's max_images may cap them below n_images
+    last: defaultdict[tuple[str, str], int] = defaultdict(int)
+    for j in jobs:
+        last[(j.defense, j.threat)] = max(last[(j.defense, j.threat)], j.stop)
+    subset = describe_subset(set(last.values()) or suite.data.n_images)
     meta: dict[str, Any] = {
         "suite": suite.name,
         "suite_hash": suite_hash,
         "status": "running",
-        "subset": describe_subset(suite.data.n_images),
+        "subset": subset,
         "data_dir": str(data_dir(suite.data.data_dir)),
         "data_hash": data_hash(suite),
         "seed": suite.seed,
@@ -406,13 +411,8 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
                       f"{old.get('profile')}): {len(done)}/{len(jobs)} jobs already recorded with identical settings")
     elif done:
         console.print(f"[bold]resuming[/] {run_dir}: {len(done)}/{len(jobs)} jobs already recorded")
-    else:  # the images the jobs cover: a threat model's or defense's max_images may cap them below n_images
-        last: defaultdict[tuple[str, str], int] = defaultdict(int)
-        for j in jobs:
-            last[(j.defense, j.threat)] = max(last[(j.defense, j.threat)], j.stop)
-        covered = set(last.values())
-        console.print(f"[bold]run[/] {suite.name} → {run_dir} ({len(jobs)} job{'s' * (len(jobs) != 1)}, "
-                      f"{describe_subset(covered or suite.data.n_images)})")
+    else:
+        console.print(f"[bold]run[/] {suite.name} → {run_dir} ({len(jobs)} job{'s' * (len(jobs) != 1)}, {subset})")
 
     # progress: one bar per (defense, threat model)
     tally: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # robust, total

@@ -580,6 +580,7 @@ def test_start_line_names_the_images_the_jobs_cover(tmp_path, plugin):
               show_progress=False)
     text = console.export_text()
     assert "(3 jobs, first 2 or 4 CIFAR-10 test images)" in text, text
+    assert read_json(tmp_path / "r" / "run.json")["subset"] == "first 2 or 4 CIFAR-10 test images"
     body = SUITE.format(plugin=plugin, params="{}", steps=1).replace("n_images: 4, chunk_size: 2", "n_images: 2, chunk_size: 2")
     body = body.split("  - attack: pgd")[0]
     console = Console(record=True, width=200)
