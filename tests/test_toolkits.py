@@ -146,6 +146,9 @@ def test_zoo_selects_seeded_subset(madry, correct):
     assert sum(sel) == 2
     assert all(r["l2"] == 0.0 and "unchanged" in r["flags"] for r in recs if not r["selected"])
     assert sel == [r["selected"] for r in evaluate(madry, raw, correct, n=5)], "same seed, same draw"
+    # ZOO's finite differences: 2 × nb_parallel coordinates per iteration (plus a few loss checks)
+    assert all(2 * 2 * 32 <= r["queries"] <= 2 * (2 * 32 + 1) + 4 for r in recs if r["selected"]), recs
+    assert all(r["queries"] == 0 for r in recs if not r["selected"])
 
 
 def test_square_within_budget(madry, correct):

@@ -188,7 +188,14 @@ class FoolboxHopSkipJump(Attack):
 class ArtZoo(Attack):
     """ART ``ZooAttack`` on ``n_samples`` seeded random correctly classified images of the
     call (the paper's Table 4 uses 100). The others are returned unchanged with info
-    ``selected`` = 0: tables must count ZOO over ``selected`` = 1 only."""
+    ``selected`` = 0: tables must count ZOO over ``selected`` = 1 only.
+
+    Info ``queries``: the images each attacked image sent through the model. ZOO estimates
+    each coordinate's gradient by finite differences and stops early (``abort_early``) when
+    its loss stops falling, so a defense whose output ignores single-pixel changes ends the
+    attack after few queries: a low count beside a failure says the attack gave up, not that
+    the defense held. Counted per image when ``zoo_batch_size`` is 1 (ART then attacks one
+    image at a time anyway); otherwise each image gets its call's mean."""
 
     threat: ZooThreat
 
@@ -205,9 +212,11 @@ class ArtZoo(Attack):
         selected[chosen] = True
         x_adv = x.clone()
         claimed = torch.zeros(n, dtype=torch.bool)
+        queries = torch.zeros(n)
         if chosen.numel():
+            counter = _CountingModel(model)
             atk = ZooAttack(
-                art_classifier(model, ctx.device), confidence=t.confidence, targeted=False,
+                art_classifier(counter, ctx.device), confidence=t.confidence, targeted=False,
                 learning_rate=t.learning_rate, max_iter=t.max_iter, binary_search_steps=t.binary_search_steps,
                 initial_const=t.initial_const, abort_early=t.abort_early, use_resize=t.use_resize,
                 use_importance=t.use_importance, nb_parallel=t.nb_parallel, batch_size=t.zoo_batch_size,
@@ -215,8 +224,27 @@ class ArtZoo(Attack):
             )
             c = chosen.to(x.device)
             xn = x[c].detach().cpu().numpy().astype(np.float32)
-            adv = torch.from_numpy(np.asarray(atk.generate(xn, y=y[c].detach().cpu().numpy()), dtype=np.float32))
-            adv = adv.to(x.device, x.dtype)
+            yn = y[c].detach().cpu().numpy()
+            calls = [[i] for i in range(len(xn))] if t.zoo_batch_size == 1 else [list(range(len(xn)))]
+            parts = []
+            for idx in calls:
+                counter.n = 0
+                parts.append(np.asarray(atk.generate(xn[idx], y=yn[idx]), dtype=np.float32))
+                queries[chosen[idx]] = counter.n / len(idx)
+            adv = torch.from_numpy(np.concatenate(parts)).to(x.device, x.dtype)
             x_adv[c] = adv
             claimed[chosen] = (predicted(model, adv) != y[c]).cpu()
-        return AttackOutput(x_adv, claimed, {"selected": selected.float()})
+        return AttackOutput(x_adv, claimed, {"selected": selected.float(), "queries": queries})
+
+
+class _CountingModel(torch.nn.Module):
+    """The model, counting the images sent through it (``n``)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.n = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.n += x.shape[0]
+        return self.model(x)
