@@ -32,6 +32,8 @@ _SKIP_SETTINGS = {"name", "attack", "description", "backend", "norm", "epsilon",
 # only in these share one column (with a line saying which setting differs in which run);
 # any other difference (attack, norm, ε, loss, ℓ1 step, transfer source, worst-case set, ...)
 # gives the later run its own column, with the same kind of line.
+#: settings that choose images, not how they are attacked: where they differ, every cell says which images
+_IMAGE_SETTINGS = {"max_images"}
 MERGEABLE_SETTINGS = {"steps", "restarts", "n_queries", "max_iter", "max_images", "apgd_iterations", "apgd_restarts",
                       "binary_search_steps", "batch_size", "eot", "recheck", "early_stop", "keep_adversarial_iterate",
                       "rescale_schedule", "init_pool_size", "max_eval", "init_eval", "init_size", "step_size",
@@ -413,12 +415,15 @@ def load_report(run_dirs: Iterable[str | Path], title: str | None = None) -> Rep
         if len(vs) < 2 or label not in used_t:
             continue
         keys = sorted(set().union(*(_differences(vs[0][1], c) for _, c in vs[1:])))
+        threats[label].differs = {k: [f"{_setting_text(c.get(k))} ({run})" for run, c in vs] for k in keys}
+        keys = [k for k in keys if k not in _IMAGE_SETTINGS]  # each cell names its images already
+        if not keys:
+            continue
         parts = []
         for run, c in vs:
             rows = [d for (d, t), path in origin.items() if t == label and run_label.get(path) == run]
             setting = ", ".join(f"{k}={_setting_text(c.get(k))}" for k in keys)
             parts.append(f"{setting} in {run} ({', '.join(rows) or 'no row shown'})")
-        threats[label].differs = {k: [f"{_setting_text(c.get(k))} ({run})" for run, c in vs] for k in keys}
         notes.append(f"`{label}` is one column over runs whose settings differ: {'; '.join(parts)}.")
     for name, label, keys, first, later in split:
         if label in used_t:

@@ -434,7 +434,7 @@ def test_merge_with_other_settings_says_why_in_one_line(small_run, tmp_path):
 
 
 TABLE1_RUNS = ["results/table1_baselines", "results/table1_baselines_boundary", "results/table1_T15_1000_linf",
-               "results/table1_T15_1000_l2_l1", "results/clean", "results/table1_natural"]
+               "results/table1_T15_1000_l2_l1", "results/clean", "results/table1_natural", "results/table1_natural_boundary"]
 
 
 def test_committed_table1_is_one_table(monkeypatch):
@@ -454,6 +454,10 @@ def test_committed_table1_is_one_table(monkeypatch):
     assert t15.split(" | ")[1:7] == ["80.90 [78.3, 83.2]", "46.90 [43.8, 50.0]", "54.00 [50.9, 57.1]", "66.80 [63.8, 69.6]",
                                      "56.00 [52.9, 59.0]", "27.50 [24.8, 30.3]"]
     assert "44.00 [41.0, 47.1]" in madry and "(on first" not in madry.split(" | ")[2]
+    # Boundary: 50 images for the baselines, 20 for natural; the cells say so, no settings note
+    natural = next(ln for ln in md.splitlines() if ln.startswith("| natural |"))
+    assert natural.split(" | ")[7] == "‖e‖₂ = 0.13 [0.08, 0.17] (100% succ.) (on first 20) |"
+    assert madry.split(" | ")[7].endswith("(on first 50) |")
     # the paper's ℓ1 column is its dense attack: not shown beside the strong one
     paper = next(ln for ln in md.splitlines() if ln.startswith("| *paper: Adv. Training†*"))
     assert paper.split(" | ")[5:7] == ["*19.98*", ""]
