@@ -143,7 +143,10 @@ def run_status(run_dir: str | Path) -> RunStatus:
         if problem:
             unusable.append(f"{path} (damaged: {problem})")
             continue
-        scored = [r for r in recs if r.get("selected", 1) != 0]  # ZOO's images not drawn carry selected = 0
+        # ZOO: only the drawn images (selected = 1) count; those not drawn carry 0, the misclassified none
+        # (summary.csv's rule)
+        drawn = any(r.get("selected") is not None for r in recs)
+        scored = [r for r in recs if r.get("selected") == 1] if drawn else recs
         t.recorded += len(recs)
         t.chunks_recorded += 1
         t.seconds += float(blob.get("seconds") or 0.0)

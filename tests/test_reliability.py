@@ -638,3 +638,17 @@ def test_run_json_counts_the_jobs_each_invocation_computed(tmp_path, plugin):
     del meta["history"][0]["jobs_computed"]  # recorded before the count existed: kept
     meta["jobs_computed"] = 0
     assert _git(meta) == "aaaaaaaaaa (dirty)"
+
+
+def test_status_scores_only_drawn_images_where_records_draw(tmp_path, plugin):
+    """ZOO-style records: drawn images carry selected = 1, the others 0, the misclassified none;
+    status counts the drawn ones only, as summary.csv does."""
+    run_dir = tmp_path / "r"
+    run_suite(load_suite(_suite(tmp_path, plugin, steps=1)), out=run_dir, show_progress=False)
+    chunk = run_dir / "records" / "toy" / "clean" / "chunk_00000.json"
+    blob = read_json(chunk)
+    a, b = blob["records"]
+    atomic_write_json(chunk, {**blob, "records": [{**a, "selected": 1.0, "robust": False}, {**b, "selected": None}]})
+    pair = next(p for p in run_status(run_dir).pairs if p.threat == "clean")
+    assert (pair.recorded, pair.scored, pair.robust) == (4, 3, sum(int(r["robust"]) for r in
+                                                                    read_json(chunk.with_name("chunk_00001.json"))["records"]))
