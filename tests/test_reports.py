@@ -434,7 +434,8 @@ def test_merge_with_other_settings_says_why_in_one_line(small_run, tmp_path):
 
 
 TABLE1_RUNS = ["results/table1_baselines", "results/table1_baselines_boundary", "results/table1_T15_1000_linf",
-               "results/table1_T15_1000_l2_l1", "results/clean", "results/table1_natural", "results/table1_natural_boundary"]
+               "results/table1_T15_1000_l2_l1", "results/clean", "results/table1_natural", "results/table1_natural_boundary",
+               "results/table1_T15_boundary"]
 
 
 def test_committed_table1_is_one_table(monkeypatch):
@@ -458,6 +459,7 @@ def test_committed_table1_is_one_table(monkeypatch):
     natural = next(ln for ln in md.splitlines() if ln.startswith("| natural |"))
     assert natural.split(" | ")[7] == "‖e‖₂ = 0.13 [0.08, 0.17] (100% succ.) (on first 20) |"
     assert madry.split(" | ")[7].endswith("(on first 50) |")
+    assert t15.split(" | ")[7] == "‖e‖₂ = 3.37 [1.79, 4.95] (100% succ.) (on first 10) |"
     # the paper's ℓ1 column is its dense attack: not shown beside the strong one
     paper = next(ln for ln in md.splitlines() if ln.startswith("| *paper: Adv. Training†*"))
     assert paper.split(" | ")[5:7] == ["*19.98*", ""]
