@@ -302,15 +302,14 @@ def run(
 
     console.print(RunDir(outcome.run_dir).read_summary_md(), highlight=False)
     if cfg.profile:
-        from robust_bench_sc.config import setting_changes
+        from robust_bench_sc.config import PROFILE_SELECTION, setting_changes
 
         changes = setting_changes(cfg.profiles[cfg.profile].set)
         if changes:
             console.print(f"[yellow]Reduced profile '{cfg.profile}' ({', '.join(changes)}): numbers are not the "
                           f"suite's declared setting; run `scbench run {suite}` without --profile for that.[/]")
         else:
-            console.print(f"Profile '{cfg.profile}': a selection of the suite's defenses, threat models or images, "
-                          "at its declared settings.")
+            console.print(f"Profile '{cfg.profile}': {PROFILE_SELECTION}.")
     console.print(f"results: {outcome.run_dir}")
 
 

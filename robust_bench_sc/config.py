@@ -76,6 +76,10 @@ class Profile(BaseModel):
 _SELECTION_KEYS = {"n_images", "chunk_size", "max_images"}  # also as data.<key> and <threat model>.<key>
 
 
+#: what a profile without setting changes is, in the notes of reports, summary.md and ``scbench run``
+PROFILE_SELECTION = "a selection of the suite's defenses, threat models or images, at its declared settings"
+
+
 def setting_changes(profile_set: dict[str, Any]) -> list[str]:
     """The entries of a profile's ``set`` that change how an image is attacked (``key=value``),
     leaving out those that only choose images or job sizes (n_images, chunk_size, max_images)."""

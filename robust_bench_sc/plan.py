@@ -56,6 +56,15 @@ def plan_jobs(suite: SuiteConfig) -> list[Job]:
 _LABEL_FIELDS = {"description", "max_images"}
 
 
+def images_covered(jobs: list[Job]) -> set[int]:
+    """How many of the first test images each (defense, threat model) pair of ``jobs`` covers, as
+    a set (a defense's or threat model's ``max_images`` may cap a pair below the suite's n_images)."""
+    last: dict[tuple[str, str], int] = {}
+    for j in jobs:
+        last[(j.defense, j.threat)] = max(last.get((j.defense, j.threat), 0), j.stop)
+    return set(last.values())
+
+
 def spec_hash(suite_seed: int, defense: dict[str, Any], threat: dict[str, Any], job: Job) -> str:
     """Identity of a job's records: what was attacked, how, which images, which seed.
 

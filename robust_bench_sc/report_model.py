@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from robust_bench_sc import paper_numbers as pn
-from robust_bench_sc.config import setting_changes
+from robust_bench_sc.config import PROFILE_SELECTION, setting_changes
 from robust_bench_sc.norms import Norm
 from robust_bench_sc.stats import mean_interval, wilson_interval
 from robust_bench_sc.storage import RunDir
@@ -184,8 +184,7 @@ def report_from_suite(suite, table: pd.DataFrame, samples: pd.DataFrame | None =
         changes = setting_changes(suite.profiles[suite.profile].set)
         notes.append(f"Reduced profile `{suite.profile}` ({', '.join(changes)}): not the suite's declared setting; run "
                      "without `--profile` for that." if changes else
-                     f"Profile `{suite.profile}`: a selection of the suite's defenses, threat models or images, at its "
-                     "declared settings; run without `--profile` for the full suite.")
+                     f"Profile `{suite.profile}`: {PROFILE_SELECTION}; run without `--profile` for the full suite.")
     elif suite.profile:
         notes.append(f"Reduced profile `{suite.profile}`: not the faithful setting; run without `--profile` for the full suite.")
     if suite.overrides:
@@ -564,4 +563,4 @@ def _profile_note(label: str, meta: dict[str, Any]) -> str:
     changes = setting_changes(meta["profile_set"])
     if changes:
         return f"{label}: reduced profile `{profile}`: {', '.join(changes)} (not the suite's declared setting)."
-    return f"{label}: profile `{profile}`: a selection of the suite's defenses, threat models or images, at its declared settings."
+    return f"{label}: profile `{profile}`: {PROFILE_SELECTION}."

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from robust_bench_sc.config import suite_from_resolved
-from robust_bench_sc.plan import job_spec_hash, plan_jobs, recorded_spec_hash
+from robust_bench_sc.plan import images_covered, job_spec_hash, plan_jobs, recorded_spec_hash
 from robust_bench_sc.stats import wilson_interval
 from robust_bench_sc.storage import DamagedFileError, RunDir, RunLock
 from robust_bench_sc.subsets import describe_subset
@@ -58,6 +58,7 @@ class RunStatus:
     pairs: list[PairStatus] = field(default_factory=list)
     unusable: list[str] = field(default_factory=list)  # record files the next run recomputes or refuses
     unchecked: str | None = None  # why images and labels were not checked (the data could not be read)
+    subset: str = ""  # the images the planned jobs cover (a max_images cap puts a pair below n_images)
 
     @property
     def state(self) -> str:
@@ -117,7 +118,8 @@ def run_status(run_dir: str | Path) -> RunStatus:
     unusable: list[str] = []
     expected: tuple[list[int], list[int]] | None = None
     unchecked: str | None = None
-    for j in plan_jobs(suite):
+    jobs = plan_jobs(suite)
+    for j in jobs:
         t = per.setdefault((j.defense, j.threat), _Tally())
         t.planned += j.stop - j.start
         t.chunks_planned += 1
@@ -157,7 +159,9 @@ def run_status(run_dir: str | Path) -> RunStatus:
     pairs = [PairStatus(d, th, t.planned, t.recorded, t.robust, t.scored, t.seconds, t.chunks_planned,
                         t.chunks_recorded, suite.threat(th).minimum_norm, tuple(t.fooled_l2))
              for (d, th), t in per.items()]
-    return RunStatus(Path(run_dir), str(meta.get("status")), RunLock(run_dir).owner(), meta, pairs, unusable, unchecked)
+    subset = describe_subset(images_covered(jobs)) if jobs else str(meta.get("subset"))
+    return RunStatus(Path(run_dir), str(meta.get("status")), RunLock(run_dir).owner(), meta, pairs, unusable, unchecked,
+                     subset)
 
 
 def _duration(seconds: float) -> str:
@@ -195,11 +199,9 @@ def status_lines(st: RunStatus) -> list[str]:
     """The lines above and below the table."""
     done, total = st.jobs
     meta = st.meta
-    # the images the jobs cover: a max_images cap puts a pair below the suite's n_images
-    subset = describe_subset({p.planned for p in st.pairs}) if st.pairs else meta.get('subset')
     head = [f"{st.run_dir}: {st.state}",
             f"suite {meta.get('suite')} (hash {meta.get('suite_hash')}), profile {meta.get('profile')}, "
-            f"{subset}; {done}/{total} jobs recorded"]
+            f"{st.subset}; {done}/{total} jobs recorded"]
     rem, lower = st.remaining_seconds
     if done < total and not any(p.chunks_recorded for p in st.pairs if p.recorded < p.planned):
         head.append("to go: not known until a chunk of an unfinished pair is recorded")

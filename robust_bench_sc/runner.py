@@ -24,7 +24,7 @@ from robust_bench_sc.config import SuiteConfig
 from robust_bench_sc.data import load_test
 from robust_bench_sc.executor import EXECUTORS, Executor, LocalExecutor
 from robust_bench_sc.paths import REPO_ROOT, data_dir
-from robust_bench_sc.plan import Job, job_spec_hash, plan_jobs, recorded_spec_hash
+from robust_bench_sc.plan import Job, images_covered, job_spec_hash, plan_jobs, recorded_spec_hash
 from robust_bench_sc.plugins import build_defense
 from robust_bench_sc.registry import load_reference
 from robust_bench_sc.storage import DamagedFileError, LockError, RunDir, safe_name
@@ -375,11 +375,7 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
     done, known_fp = reconcile_records(suite, run_dir, jobs, old, console, fingerprints)
     done_set = set(done)
     todo = [j for j in jobs if j not in done_set]
-    # the images the jobs cover: a threat model's or defense's max_images may cap them below n_images
-    last: defaultdict[tuple[str, str], int] = defaultdict(int)
-    for j in jobs:
-        last[(j.defense, j.threat)] = max(last[(j.defense, j.threat)], j.stop)
-    subset = describe_subset(set(last.values()) or suite.data.n_images)
+    subset = describe_subset(images_covered(jobs) or suite.data.n_images)
     meta: dict[str, Any] = {
         "suite": suite.name,
         "suite_hash": suite_hash,
