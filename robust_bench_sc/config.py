@@ -69,6 +69,9 @@ class Profile(BaseModel):
     n_images: int | None = Field(None, ge=1, le=N_TEST_AVAILABLE)
     defenses: list[str] | None = Field(None, description="run only these of the suite's defenses (labels)")
     threat_models: list[str] | None = Field(None, description="run only these of the suite's threat models (names)")
+    defense_threat_models: dict[str, list[str]] = Field(
+        default_factory=dict, description="per defense (label), run only these of the profile's threat models on it; "
+        "the other defenses run all of them")
     set: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -341,6 +344,38 @@ def _apply_threat_overrides(tms: list[dict], sets: list[tuple[str, Any]], source
 
 # -- suites -----------------------------------------------------------------------------
 
+def _limit_defense_threats(suite: SuiteConfig, limits: dict[str, list[str]], raw: Any, source: str,
+                           profile: str) -> SuiteConfig:
+    """A profile's ``defense_threat_models``: each named defense runs only the listed threat
+    models of the (profiled) suite. A selection of jobs, not a setting: a defense's
+    ``threat_models`` is not in its jobs' spec hashes, so records are reused either way."""
+    labels = [d.label for d in suite.defenses]
+    running = [t.name for t in suite.threat_models]
+    line = line_of(raw, ("profiles", profile, "defense_threat_models"))
+    where = f"{source}" + (f", line {line}" if line else "") + f": profile {profile!r}: defense_threat_models"
+    for label, names in limits.items():
+        if label not in labels:
+            raise ConfigError(f"{where}: {label!r} is not a defense the profile runs{did_you_mean(label, labels)}; "
+                              f"its defenses: {', '.join(labels)}")
+        unknown = [n for n in names if n not in running]
+        if unknown:
+            raise ConfigError(f"{where}: {label}: {', '.join(unknown)} not among the profile's threat models"
+                              f"{did_you_mean(unknown[0], running)}; its threat models: {', '.join(running)}")
+        if not names:
+            raise ConfigError(f"{where}: {label}: an empty list runs nothing; leave the defense out of the "
+                              "profile's defenses instead")
+    defenses = []
+    for d in suite.defenses:
+        if d.label in limits:
+            excluded = [n for n in limits[d.label] if not d.runs(n)]
+            if excluded:
+                raise ConfigError(f"{where}: {d.label}: the suite does not run {', '.join(excluded)} on it "
+                                  f"(its threat_models: {', '.join(d.threat_models or [])})")
+            d = d.model_copy(update={"threat_models": [n for n in running if n in limits[d.label]]})
+        defenses.append(d)
+    return suite.model_copy(update={"defenses": defenses})
+
+
 def load_suite(path: str | Path, overrides: list[str] | None = None, profile: str | None = None,
                n_images: int | None = None, seed: int | None = None) -> SuiteConfig:
     """Read, resolve and validate a suite file (threat-model files included)."""
@@ -471,6 +506,8 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
                 raise ConfigError(f"{source}: profile {profile!r}: {field} {', '.join(unknown)} not in the suite"
                                   f"{did_you_mean(unknown[0], have)}; suite {field}: {', '.join(have)}")
             suite = suite.model_copy(update={field: [x for x in getattr(suite, field) if label_of(x) in keep]})
+        if prof.defense_threat_models:
+            suite = _limit_defense_threats(suite, prof.defense_threat_models, raw, source, profile)
     from robust_bench_sc.summary import resolve_worst_case  # validated against every threat model, then profiled
 
     return resolve_worst_case(suite, tms, raw, source)

@@ -24,7 +24,8 @@ from robust_bench_sc.norms import Norm
 from robust_bench_sc.stats import mean_interval, wilson_interval
 from robust_bench_sc.storage import RunDir
 from robust_bench_sc.subsets import describe_subset, short_subset
-from robust_bench_sc.summary import WORST_CASE, WorstCaseError, worst_case_row, worst_case_samples
+from robust_bench_sc.summary import (WORST_CASE, WorstCaseError, worst_case_notes, worst_case_over_for, worst_case_row,
+                                     worst_case_samples)
 
 MINIMUM_NORM_KINDS = {"cw", "boundary", "hsj", "zoo"}
 _SKIP_SETTINGS = {"name", "attack", "description", "backend", "norm", "epsilon", "bpda"}
@@ -179,7 +180,7 @@ def report_from_suite(suite, table: pd.DataFrame, samples: pd.DataFrame | None =
                                                            "norm": t0.norm_name, "epsilon": t0.epsilon_value}, False))
     defenses = [DefenseInfo(d.label, d.ref, dict(d.params)) for d in suite.defenses]
     cells = {(r["defense"], r["threat_model"]): r.to_dict() for _, r in table.iterrows()}
-    notes = []
+    notes = worst_case_notes(over, [(d.label, d.threat_models) for d in suite.defenses]) if over else []
     if suite.profile in suite.profiles:
         changes = setting_changes(suite.profiles[suite.profile].set)
         notes.append(f"Reduced profile `{suite.profile}` ({', '.join(changes)}): not the suite's declared setting; run "
@@ -262,16 +263,22 @@ def _add_worst_case(run_dir: Path, config: dict[str, Any], table: pd.DataFrame, 
     if samples is None:
         return table, samples  # summary.csv's rows, as written
     table = table[table["threat_model"] != WORST_CASE]
+    runs = {str(dd.get("name") or dd.get("ref")): dd.get("threat_models") for dd in config.get("defenses") or []}
+    notes.extend(f"{run_dir.name}: {n}" for n in worst_case_notes(over, [(d, runs.get(d)) for d in
+                                                                         dict.fromkeys(samples["defense"])]))
     rows, parts = [], []
     for d in dict.fromkeys(samples["defense"]):
+        over_d = worst_case_over_for(over, runs.get(d))
+        if not over_d:
+            continue
         try:
-            part, why = worst_case_samples(samples, over, d)
+            part, why = worst_case_samples(samples, over_d, d)
         except WorstCaseError as exc:
             raise ReportError(f"{run_dir}: {exc}") from None
         if part is None:
             notes.append(f"{run_dir.name}: {why}.")
             continue
-        secs = table[(table["defense"] == d) & table["threat_model"].isin(over)]["seconds"].sum()
+        secs = table[(table["defense"] == d) & table["threat_model"].isin(over_d)]["seconds"].sum()
         rows.append(worst_case_row(part, t0.norm if t0 else "", t0.epsilon if t0 else None, float(secs)))
         parts.append(part)
     if rows:

@@ -78,6 +78,30 @@ def resolve_worst_case(suite: SuiteConfig, all_threats: list, raw: Any, source: 
     return suite.model_copy(update={"worst_case_over": kept if len(kept) >= 2 else []})
 
 
+def worst_case_over_for(over: list[str], runs_on_defense: list[str] | None) -> list[str]:
+    """The threat models of ``over`` a defense's worst case is over: those its jobs run
+    (``runs_on_defense``: the defense's ``threat_models``, None = all). A worst case needs two."""
+    kept = [t for t in over if runs_on_defense is None or t in runs_on_defense]
+    return kept if len(kept) >= 2 else []
+
+
+def worst_case_notes(over: list[str], defenses: list[tuple[str, list[str] | None]]) -> list[str]:
+    """One line per defense whose worst case is over fewer threat models than ``over``
+    (``defenses``: (label, its ``threat_models`` or None))."""
+    notes = []
+    for label, runs in defenses:
+        kept = worst_case_over_for(over, runs)
+        left = [t for t in over if t not in kept]
+        if not left or not over:
+            continue
+        if kept:
+            notes.append(f"{WORST_CASE} of {label} is over {', '.join(kept)} only: {', '.join(left)} "
+                         f"{'is' if len(left) == 1 else 'are'} not run on it.")
+        else:
+            notes.append(f"{WORST_CASE} of {label}: not computed, fewer than two of {', '.join(over)} are run on it.")
+    return notes
+
+
 def worst_case_samples(samples: pd.DataFrame, over: list[str], defense: str) -> tuple[pd.DataFrame | None, str]:
     """Per-image worst case of ``defense`` over the threat models ``over``: robust only if
     robust under every one of them. Returns (records, "") or (None, why not).
@@ -173,10 +197,13 @@ def summarise(suite: SuiteConfig, samples: pd.DataFrame, seconds: dict[tuple[str
     if over:
         t0 = suite.threat(over[0])
         for d in suite.defenses:
-            part, _why = worst_case_samples(samples, over, d.label)
+            over_d = worst_case_over_for(over, d.threat_models)
+            if not over_d:
+                continue
+            part, _why = worst_case_samples(samples, over_d, d.label)
             if part is not None:
                 rows.append(worst_case_row(part, t0.norm_name, t0.epsilon_value,
-                                           sum(seconds.get((d.label, t), 0.0) for t in over)))
+                                           sum(seconds.get((d.label, t), 0.0) for t in over_d)))
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 

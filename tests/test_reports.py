@@ -377,6 +377,67 @@ def test_worst_case_over_validated_with_file_and_line(tmp_path):
         assert "repeated linf_ce" in msg and "\n" not in msg
 
 
+PER_DEFENSE_PROFILE = """\
+profiles:
+  trades_two:
+    defense_threat_models:
+      trades: [linf_fgsm, linf_ce]
+"""
+
+
+def test_profile_limits_a_defense_and_its_worst_case_is_over_what_it_runs(worst_run, tmp_path):
+    """A profile's defense_threat_models: the records are reused (a defense's threat_models are
+    not in its jobs' hashes), and each defense's worst case is over the threat models it runs."""
+    import json
+
+    from robust_bench_sc.config import load_suite
+    from robust_bench_sc.runner import run_suite
+
+    d = tmp_path / "run"
+    shutil.copytree(worst_run, d)
+    f = tmp_path / "s.yaml"
+    f.write_text(WORST_SUITE + PER_DEFENSE_PROFILE)
+    suite = load_suite(f, profile="trades_two")
+    assert {x.label: x.threat_models for x in suite.defenses} == {
+        "madry_pgd_at": None, "trades": ["linf_ce", "linf_fgsm"]}   # in the suite's order
+    out = run_suite(suite, out=d, show_progress=False)
+    assert out.computed_chunks == 0 and out.resumed_chunks == 6   # madry 4 threat models, trades 2 (not clean)
+    assert json.loads((d / "run.json").read_text())["jobs_computed"] == 0
+    table = pd.read_csv(d / "summary.csv")
+    assert sorted(table[table.defense == "trades"].threat_model) == ["linf_ce", "linf_fgsm", "worst case"]
+    wc = table[table.threat_model == "worst case"].set_index("defense").robust_accuracy
+    for defense, over in (("madry_pgd_at", ["linf_ce", "linf_cw", "linf_fgsm"]), ("trades", ["linf_ce", "linf_fgsm"])):
+        k, n = _expected_worst(worst_run, over)[defense]
+        assert wc[defense] == pytest.approx(100 * k / n, abs=1e-3)
+    k2, _ = _expected_worst(worst_run, ["linf_ce", "linf_fgsm"])["trades"]
+    line = "worst case of trades is over linf_ce, linf_fgsm only: linf_cw is not run on it."
+    assert line in (d / "summary.md").read_text()
+    md = render([d], "md")
+    assert f"run: {line}" in md and "madry_pgd_at is over" not in md
+    trades = next(ln for ln in md.splitlines() if ln.startswith("| trades |"))
+    lo, hi = wilson_interval(k2, 16)
+    assert trades.endswith(f"| {100 * k2 / 16:.2f} [{lo:.1f}, {hi:.1f}] |"), trades
+
+
+def test_profile_defense_threat_models_validated(tmp_path):
+    from robust_bench_sc.config import load_suite
+    from robust_bench_sc.yamlio import ConfigError
+
+    f = tmp_path / "s.yaml"
+    line = (WORST_SUITE + PER_DEFENSE_PROFILE).splitlines().index("    defense_threat_models:") + 1
+    for body, expect in (("      tradez: [linf_ce]", "'tradez' is not a defense the profile runs (did you mean 'trades'?); "
+                                                      "its defenses: madry_pgd_at, trades"),
+                         ("      trades: [linf_cx]", "trades: linf_cx not among the profile's threat models (did you mean "
+                                                     "'linf_cw', 'linf_ce', 'linf_fgsm'?); its threat models: clean, "
+                                                     "linf_ce, linf_cw, linf_fgsm"),
+                         ("      trades: []", "trades: an empty list runs nothing; leave the defense out of the "
+                                              "profile's defenses instead")):
+        f.write_text(WORST_SUITE + PER_DEFENSE_PROFILE.replace("      trades: [linf_fgsm, linf_ce]", body))
+        with pytest.raises(ConfigError) as exc:
+            load_suite(f, profile="trades_two")
+        assert str(exc.value) == f"{f}, line {line}: profile 'trades_two': defense_threat_models: {expect}"
+
+
 def test_adaptive_suite_declares_its_worst_case():
     from robust_bench_sc.config import load_suite
 
