@@ -523,6 +523,8 @@ def threat_settings(t: ThreatInfo) -> str:
         if k in t.differs:
             parts.append(f"{k}={' or '.join(t.differs[k])}")
             continue
+        if k == "n_queries" and t.config.get("attack") == "autoattack" and not _runs_square(t.config):
+            continue  # Square's budget, in an AutoAttack that does not run Square
         if k in _BUDGET_SETTINGS and v is not None:
             pass  # budgets are always shown: a reader needs them to judge a number
         elif k == "rescale_schedule" and _runs_square(t.config):

@@ -652,3 +652,18 @@ def test_linf_step_sizes_print_on_the_pixel_grid():
     assert settings(0.5 / 255) == "steps=40, step_size=0.5/255"
     assert settings(0.003) == "steps=40, step_size=0.003"
     assert settings(0.1, "l2") == "steps=40, step_size=0.1"
+
+
+def test_autoattack_shows_squares_budget_only_where_square_runs():
+    """An APGD-only AutoAttack carries Square's n_queries (a field of the threat model) but does
+    not run Square: its settings cell must not suggest a 5000-query Square."""
+    from robust_bench_sc.report_model import ThreatInfo, threat_settings
+
+    def settings(**c):
+        return threat_settings(ThreatInfo("t", "t", {"name": "t", "attack": "autoattack", "norm": "linf",
+                                                     "epsilon": 8 / 255, "n_queries": 5000, **c}, False))
+
+    assert settings(version="custom", attacks_to_run=["apgd-ce", "apgd-dlr"]) == \
+        'version=custom, attacks_to_run=["apgd-ce", "apgd-dlr"]'
+    assert "n_queries=5000" in settings(version="custom", attacks_to_run=["apgd-ce", "square"])
+    assert "n_queries=5000" in settings(version="standard")
