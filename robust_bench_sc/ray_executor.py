@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -142,10 +144,18 @@ class RayExecutor(Executor):
         kwargs: dict[str, Any] = {"log_to_driver": self.log_to_driver, "include_dashboard": False,
                                   "configure_logging": False}
         kwargs.update(self.init_kwargs)
-        if self.address:
-            ray.init(address=self.address, **kwargs)
-        else:
-            ray.init(num_cpus=self.num_cpus or os.cpu_count() or 1, **kwargs)
+        # ray.init installs its own SIGTERM handler in the driver (it exits at once); keep the
+        # caller's, so that `kill PID` still marks the run interrupted as it does without Ray
+        main = threading.current_thread() is threading.main_thread()
+        sigterm = signal.getsignal(signal.SIGTERM) if main else None
+        try:
+            if self.address:
+                ray.init(address=self.address, **kwargs)
+            else:
+                ray.init(num_cpus=self.num_cpus or os.cpu_count() or 1, **kwargs)
+        finally:
+            if main and sigterm is not None:
+                signal.signal(signal.SIGTERM, sigterm)
         return True
 
     def task_options(self, suite: SuiteConfig) -> dict[str, Any]:

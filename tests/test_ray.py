@@ -211,3 +211,25 @@ def test_failing_job_is_not_retried_and_stops_the_run(cluster, tmp_path):
         run_suite(suite, out=tmp_path / "run", executor=RayExecutor(device="cpu"), show_progress=False)
     recorded = [p.parent.parent.name for p in (tmp_path / "run" / "records").rglob("chunk_*.json")]
     assert "boom" not in recorded
+
+
+def test_local_ray_keeps_the_callers_sigterm_handler():
+    """ray.init installs a SIGTERM handler that exits the driver at once; the executor puts the
+    caller's back, so `kill PID` still marks a run interrupted (measured: a Ray run stopped
+    with SIGTERM had left run.json `running`)."""
+    import signal
+
+    if ray.is_initialized():
+        pytest.skip("a Ray instance of another test is running in this process")
+
+    def ours(signum, frame):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, ours)
+    ex = RayExecutor(num_cpus=1, log_to_driver=False)
+    try:
+        assert ex._connect() is True
+        assert signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        ray.shutdown()
+        signal.signal(signal.SIGTERM, before)
