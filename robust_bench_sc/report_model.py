@@ -19,7 +19,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from robust_bench_sc import paper_numbers as pn
-from robust_bench_sc.config import PROFILE_SELECTION, setting_changes
+from robust_bench_sc.config import PROFILE_SELECTION, DefenseSpec, setting_changes
 from robust_bench_sc.norms import Norm
 from robust_bench_sc.stats import mean_interval, wilson_interval
 from robust_bench_sc.storage import RunDir
@@ -263,7 +263,7 @@ def _add_worst_case(run_dir: Path, config: dict[str, Any], table: pd.DataFrame, 
     if samples is None:
         return table, samples  # summary.csv's rows, as written
     table = table[table["threat_model"] != WORST_CASE]
-    runs = {str(dd.get("name") or dd.get("ref")): dd.get("threat_models") for dd in config.get("defenses") or []}
+    runs = {d.label: d.threat_models for d in map(DefenseSpec.model_validate, config.get("defenses") or [])}
     notes.extend(f"{run_dir.name}: {n}" for n in worst_case_notes(over, [(d, runs.get(d)) for d in
                                                                          dict.fromkeys(samples["defense"])]))
     rows, parts = [], []

@@ -92,7 +92,7 @@ def worst_case_notes(over: list[str], defenses: list[tuple[str, list[str] | None
     for label, runs in defenses:
         kept = worst_case_over_for(over, runs)
         left = [t for t in over if t not in kept]
-        if not left or not over:
+        if not left:
             continue
         if kept:
             notes.append(f"{WORST_CASE} of {label} is over {', '.join(kept)} only: {', '.join(left)} "
