@@ -19,6 +19,7 @@ import socket
 import stat
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -139,8 +140,8 @@ def _owner_alive(holder: dict) -> bool | None:
 
 
 class RunLock:
-    """Exclusive ownership of a run directory: ``.scbench.lock`` created with O_EXCL, holding
-    the owner's pid, host and command. A lock left by a dead process on this host is stale
+    """Exclusive ownership of a run directory: ``.scbench.lock``, created atomically with its
+    content (:meth:`_publish`), holding the owner's pid, host and command. A lock left by a dead process on this host is stale
     and taken over; a live (or other-host) owner is refused with who it is."""
 
     def __init__(self, run_dir: str | Path):
@@ -153,14 +154,47 @@ class RunLock:
         return (f"pid {info.get('pid')} on {info.get('host')}, started {info.get('started_at')}: "
                 f"{' '.join(map(str, info.get('command') or []))[:200]}")
 
+    def _publish(self, info: dict) -> None:
+        """Create the lock file with its content in one step: the owner record is written to a
+        temporary file, then hard-linked to the lock's name, which fails with FileExistsError
+        when a lock exists. Another process never sees a lock file without its owner record
+        (an O_EXCL create followed by a write leaves an empty file for a moment, which a racing
+        process read as an unreadable lock). Where the file system has no hard links, O_EXCL
+        and a write are the fallback (readers wait briefly for an empty lock to fill)."""
+        data = json.dumps(info).encode("utf-8")
+        fd, tmp = tempfile.mkstemp(dir=self.run_dir, prefix=f"{LOCK_NAME}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, 0o666 & ~current_umask())
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, self.path)
+                return
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links here (some network or FUSE file systems)
+                pass
+        finally:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~current_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
     def acquire(self) -> "RunLock":
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "started_at": _dt.datetime.now().isoformat(timespec="seconds"), "command": list(sys.argv)}
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~current_umask())
+                self._publish(info)
             except FileExistsError:
-                holder = self._holder()
+                holder = self._holder(wait=True)
                 if isinstance(holder, str):  # "gone": released meanwhile
                     continue
                 if holder is None:
@@ -181,23 +215,30 @@ class RunLock:
                 raise LockError(f"{self.run_dir}: not writable (permission denied); choose another --out") from None
             except OSError as exc:
                 raise LockError(f"{self.run_dir}: cannot be written ({exc.strerror}); choose another --out") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(info, f)
-                f.flush()
-                os.fsync(f.fileno())
             self._held = True
             return self
         raise LockError(f"{self.path}: could not take over a stale lock (another process raced for it)")
 
-    def _holder(self) -> dict | Literal["gone"] | None:
-        """The lock file's owner record; "gone" when the file vanished, None when unreadable."""
-        try:
-            data = json.loads(self.path.read_text())
+    def _holder(self, wait: bool = False) -> dict | Literal["gone"] | None:
+        """The lock file's owner record; "gone" when the file vanished, None when unreadable.
+        With ``wait``, an empty lock file (one being written by the O_EXCL fallback of
+        :meth:`_publish`) is read again for up to a second before it counts as unreadable."""
+        for attempt in range(21 if wait else 1):
+            try:
+                text = self.path.read_text()
+            except FileNotFoundError:
+                return "gone"
+            except OSError:
+                return None
+            if not text and attempt < (20 if wait else 0):
+                time.sleep(0.05)
+                continue
+            try:
+                data = json.loads(text)
+            except ValueError:
+                return None
             return data if isinstance(data, dict) else None
-        except FileNotFoundError:
-            return "gone"
-        except (OSError, ValueError):
-            return None
+        return None
 
     def owner(self) -> dict | None:
         """Read-only: the lock file's owner record with ``alive`` added (True or False on this

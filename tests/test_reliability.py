@@ -191,6 +191,59 @@ def test_two_processes_on_one_out_one_wins(tmp_path, plugin):
     assert not (out / LOCK_NAME).exists()
 
 
+_RACE = """
+import sys, time
+from robust_bench_sc.storage import LockError, RunLock
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+try:
+    RunLock(sys.argv[1]).acquire()
+    print("won")
+    time.sleep(1.0)  # hold it while the others look
+except LockError as exc:
+    print("lost:", exc)
+"""
+
+
+def test_racing_processes_see_a_lock_with_its_owner_never_an_empty_one(tmp_path):
+    """Eight processes released at one instant race for one lock: one wins, and every loser
+    names the live owner. (An O_EXCL create, then a write, left the lock empty for a moment;
+    losers then read it as "unreadable" and CI failed on it.) Repeated to catch the window."""
+    for rnd in range(3):
+        run_dir = tmp_path / f"r{rnd}"
+        run_dir.mkdir()
+        start = time.time() + 2.0
+        procs = [subprocess.Popen([sys.executable, "-c", _RACE, str(run_dir), str(start)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        lines = [o[0].strip() for o in outs]
+        assert all(not o[1] for o in outs), outs
+        assert sum(line == "won" for line in lines) == 1, lines
+        losers = [line for line in lines if line != "won"]
+        assert all("in use by another scbench run" in line for line in losers), losers
+        assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_NAME]  # no temporary file left behind
+
+
+def test_an_empty_lock_being_written_is_waited_for(tmp_path):
+    """The fallback without hard links creates the file, then writes it: a reader waits for the
+    owner record instead of calling a lock that is being written unreadable; a lock that stays
+    empty is unreadable."""
+    import threading
+    lock = tmp_path / LOCK_NAME
+    lock.write_text("")
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": "x", "command": ["scbench"]}
+    writer = threading.Timer(0.2, lambda: lock.write_text(json.dumps(owner)))
+    writer.start()
+    try:
+        assert RunLock(tmp_path)._holder(wait=True) == owner
+    finally:
+        writer.join()
+    lock.write_text("")
+    assert RunLock(tmp_path)._holder(wait=True) is None
+    assert RunLock(tmp_path).owner() == {"unreadable": True, "alive": None}
+
+
 def test_out_that_is_not_a_run_folder_is_refused(tmp_path, plugin):
     suite = _suite(tmp_path, plugin)
     mine = tmp_path / "my_notes"
