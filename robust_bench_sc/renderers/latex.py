@@ -82,9 +82,10 @@ def to_latex(report: Report, paper: bool = False) -> str:
         notes.append(r"$N$ flagged: the attack returned the image unmodified or its success was not confirmed")
         notes.append(r"(counted as not fooled, left out of $\|e\|_2$; samples.csv, column flags).")
     if paper and any_paper:
-        tables = sorted({c.table for t in ts if (c := pn.paper_column(t.config))})
+        cols = [c for t in ts if (c := pn.paper_column(t.config))]
+        tables = pn.tables_shown(cols, [d.paper_row for d in report.defenses])
         notes.append(r"$^\dagger$ The paper's numbers (" + ", ".join(tables) + r"), on the full CIFAR-10 test set,")
-        notes.append(latex_escape(f"with the paper's attack settings ({pn.PAPER_SETTINGS})."))
+        notes.append(latex_escape(f"with the paper's attack settings ({pn.settings_note(cols)})."))
     for note in notes:
         out.append(f"\\multicolumn{{{ncol}}}{{l}}{{\\footnotesize {note}}}" + r" \\")
     out.append(r"\end{tabular}")

@@ -35,11 +35,13 @@ def _paper_label(d: DefenseInfo) -> str:
 
 def _paper_footnote(report: Report) -> str:
     cols = [c for t in report.threats if (c := pn.paper_column(t.config)) is not None]
-    tables = sorted({c.table for c in cols})
+    tables = pn.tables_shown(cols, [d.paper_row for d in report.defenses])
     zoo = any(c.key == "zoo" for c in cols)
     s = (f"† the paper's published numbers ({', '.join(tables) or 'Table 1'}), measured on the "
-         f"{pn.FULL_TEST_SET}, not on our subset, with the paper's attack settings ({pn.PAPER_SETTINGS}), "
-         f"matched to our columns by attack, norm, ε, loss and ℓ1 step")
+         f"{pn.FULL_TEST_SET}, not on our subset, with the paper's attack settings "
+         f"({pn.settings_note(cols)}), matched to our columns by attack, norm, ε, loss and ℓ1 step")
+    if any(c.table == "Table 2" for c in cols):
+        s += " (Table 2: also by steps, restarts, step size and the BPDA stand-in)"
     if zoo:
         s += "; ZOO (Table 4): 100 random correctly classified test images"
     return s + "."

@@ -1,0 +1,50 @@
+"""Re-run the command in each ``<!-- BEGIN generated: scbench report … -->`` marker of
+README.md and put its output between the markers (what tests/test_reports.py checks).
+
+    python tools/update_readme.py          # rewrite README.md in place
+    python tools/update_readme.py --check  # exit 1 and name the stale blocks, write nothing
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from robust_bench_sc.cli import app
+from robust_bench_sc.storage import atomic_write_text
+
+BLOCK = re.compile(r"(<!-- BEGIN generated: (scbench report [^\n]*?) -->\n)(.*?)(<!-- END generated -->)", re.S)
+
+
+def main(argv: list[str]) -> int:
+    root = Path(__file__).resolve().parent.parent
+    readme = root / "README.md"
+    text = readme.read_text()
+    stale: list[str] = []
+
+    def regenerate(m: re.Match) -> str:
+        r = CliRunner().invoke(app, ["report", *shlex.split(m.group(2))[2:]])
+        if r.exit_code != 0:
+            raise SystemExit(f"README.md: `{m.group(2)}` failed: {r.output.strip()}")
+        if r.output != m.group(3):
+            stale.append(m.group(2))
+        return m.group(1) + r.output + m.group(4)
+
+    import os
+    os.chdir(root)
+    new = BLOCK.sub(regenerate, text)
+    for cmd in stale:
+        print(f"{'stale' if '--check' in argv else 'updated'}: {cmd}")
+    if "--check" in argv:
+        return 1 if stale else 0
+    if new != text:
+        atomic_write_text(readme, new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
