@@ -244,7 +244,7 @@ def _norm_intervals(table: pd.DataFrame, samples: pd.DataFrame | None, threats: 
         if "selected" in part.columns and part["selected"].notna().any():
             part = part[part["selected"] == 1]
         ok = part[part["attacked"] & part["fooled"]]["l2"]
-        table.loc[i, ["mean_l2_ci_low", "mean_l2_ci_high"]] = mean_interval(ok)
+        table.loc[i, ["mean_l2_ci_low", "mean_l2_ci_high"]] = mean_interval(ok, lower_bound=0.0)  # a norm
     return table
 
 

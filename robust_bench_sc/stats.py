@@ -22,8 +22,10 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (100 * max(0.0, centre - half), 100 * min(1.0, centre + half))
 
 
-def mean_interval(values, level: float = 0.95) -> tuple[float, float]:
-    """Student-t interval of the mean of ``values`` (e.g. ‖e‖₂ of the successes); NaN below 2."""
+def mean_interval(values, level: float = 0.95, lower_bound: float | None = None) -> tuple[float, float]:
+    """Student-t interval of the mean of ``values`` (e.g. ‖e‖₂ of the successes); NaN below 2.
+    ``lower_bound``: the smallest mean there can be (0 for a norm); the interval is cut there,
+    which keeps its coverage (the true mean is never below it) and never shows a negative norm."""
     import numpy as np
     from scipy import stats
 
@@ -32,7 +34,8 @@ def mean_interval(values, level: float = 0.95) -> tuple[float, float]:
     if len(v) < 2:
         return (math.nan, math.nan)
     half = stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
-    return (float(v.mean() - half), float(v.mean() + half))
+    lo = float(v.mean() - half)
+    return (lo if lower_bound is None else max(lo, lower_bound), float(v.mean() + half))
 
 
 def mcnemar_exact(b: int, c: int) -> float:

@@ -340,6 +340,10 @@ def test_stats_imports_nothing_of_ours():
     assert two_proportion(60, 100, 40, 100) == pytest.approx(0.004678, abs=1e-5)
     lo, hi = mean_interval([1.0, 2.0, 3.0])  # mean 2, s = 1, t(0.975, 2) = 4.3027
     assert (round(lo, 4), round(hi, 4)) == (round(2 - 4.302653 / 3 ** 0.5, 4), round(2 + 4.302653 / 3 ** 0.5, 4))
+    # two norms far apart (results/table4_zoo_reduced, trades: n = 2): the t-interval reaches below 0,
+    # a norm's mean cannot; cut at the bound, the upper end unchanged
+    lo, hi = mean_interval([0.5, 5.84])
+    assert lo < 0 and mean_interval([0.5, 5.84], lower_bound=0.0) == (0.0, hi)
 
 
 def test_every_module_imports_alone():

@@ -48,7 +48,7 @@ def _paper_footnote(report: Report) -> str:
 
 
 def describe(report: Report) -> str:
-    mn = ("; minimum-norm attacks as mean ‖e‖₂ of successful perturbations [95% t-interval of the mean, where the "
+    mn = ("; minimum-norm attacks as mean ‖e‖₂ of successful perturbations [95% t-interval of the mean, cut at 0, where the "
           "per-sample records are at hand] and success rate")
     return (f"On the {report.subset} (accuracies in % with 95% Wilson intervals in brackets"
             f"{mn if any(t.minimum_norm for t in report.threats) else ''}).")
