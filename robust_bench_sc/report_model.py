@@ -474,6 +474,7 @@ class CellValue:
     budget: float | None = None                  # minimum-norm attacks with an ε: accuracy at that budget
     budget_accuracy: float | None = None
     flagged: int = 0                             # minimum-norm attacks: records the engine flagged (FLAGGED_NOTE)
+    success_ci: tuple[float, float] | None = None  # minimum-norm attacks: Wilson 95 % of the success rate
 
     @property
     def missing(self) -> bool:
@@ -486,12 +487,18 @@ def cell_value(row: dict[str, Any], threat: ThreatInfo) -> CellValue:
         eps = threat.epsilon
         lo: Any = row.get("mean_l2_ci_low")
         hi: Any = row.get("mean_l2_ci_high")
+        sr: Any = row.get("success_rate")
+        # the images attacked: the correctly classified (or drawn) ones, clean_accuracy % of n
+        attacked = 0 if _nan(row.get("clean_accuracy")) else int(round(float(row["clean_accuracy"]) * n / 100))
+        success_ci = (wilson_interval(int(round(float(sr) * attacked / 100)), attacked)
+                      if attacked and not _nan(sr) else None)
         return CellValue(float(row["mean_l2"]) if not _nan(row.get("mean_l2")) else math.nan, n,
                          ci=None if _nan(lo) or _nan(hi) else (float(lo), float(hi)),
                          success_rate=None if _nan(row.get("success_rate")) else float(row["success_rate"]),
                          minimum_norm=True, budget=eps,
                          budget_accuracy=None if eps is None or _nan(row.get("robust_accuracy")) else float(row["robust_accuracy"]),
-                         flagged=0 if _nan(row.get("n_flagged")) else int(row.get("n_flagged") or 0))
+                         flagged=0 if _nan(row.get("n_flagged")) else int(row.get("n_flagged") or 0),
+                         success_ci=success_ci)
     acc = float(row["clean_accuracy"] if threat.kind == "none" else row["robust_accuracy"])
     k = int(round(acc * n / 100))
     return CellValue(acc, n, wilson_interval(k, n))

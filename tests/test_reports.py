@@ -179,7 +179,10 @@ def test_minimum_norm_cells_and_merge(small_run, min_norm_run):
 
     v = part.l2.to_numpy()
     half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-    assert f"‖e‖₂ = {v.mean():.2f} [{v.mean() - half:.2f}, {v.mean() + half:.2f}] (100% succ.)" in md
+    from robust_bench_sc.stats import wilson_interval
+
+    lo, hi = wilson_interval(len(v), len(v))  # every attacked image fooled: [lo, 100]
+    assert f"‖e‖₂ = {v.mean():.2f} [{v.mean() - half:.2f}, {v.mean() + half:.2f}] (100% succ. [{lo:.1f}, 100.0])" in md
     assert "showing the latter" in md  # the same (defense, threat model) in both runs
 
 
@@ -518,9 +521,9 @@ def test_committed_table1_is_one_table(monkeypatch):
     assert "44.00 [41.0, 47.1]" in madry and "(on first" not in madry.split(" | ")[2]
     # Boundary: 50 images for the baselines, 20 for natural; the cells say so, no settings note
     natural = next(ln for ln in md.splitlines() if ln.startswith("| natural |"))
-    assert natural.split(" | ")[7] == "‖e‖₂ = 0.13 [0.08, 0.17] (100% succ.) (on first 20) |"
+    assert natural.split(" | ")[7] == "‖e‖₂ = 0.13 [0.08, 0.17] (100% succ. [83.9, 100.0]) (on first 20) |"
     assert madry.split(" | ")[7].endswith("(on first 50) |")
-    assert t15.split(" | ")[7] == "‖e‖₂ = 3.37 [1.79, 4.95] (100% succ.) (on first 10) |"
+    assert t15.split(" | ")[7] == "‖e‖₂ = 3.37 [1.79, 4.95] (100% succ. [70.1, 100.0]) (on first 10) |"
     # the paper's ℓ1 column is its dense attack: not shown beside the strong one
     paper = next(ln for ln in md.splitlines() if ln.startswith("| *paper: Adv. Training†*"))
     assert paper.split(" | ")[5:7] == ["*19.98*", ""]
@@ -659,9 +662,10 @@ def test_flagged_minimum_norm_cells_say_how_many_the_attack_failed_on():
                                                  "epsilon": 8 / 255}, False)],
                     {("madry_pgd_at", "hsj"): row, ("madry_pgd_at", "apgd"): bounded})
     md = to_markdown(report)
-    assert "‖e‖₂ = 1.17 (80% succ.; 9 flagged)" in md and "34.00 [22.4, 47.8] |" in md
+    # 36 of the 45 attacked (90 % of 50) fooled: 80 % [66.2, 89.1] (Wilson)
+    assert "‖e‖₂ = 1.17 (80% succ. [66.2, 89.1]; 9 flagged)" in md and "34.00 [22.4, 47.8] |" in md
     assert md.count(FLAGGED_NOTE) == 1
-    assert "(80\\%; 9 flagged)" in to_latex(report) and "N$ flagged" in to_latex(report)
+    assert "(80\\% [66.2, 89.1]; 9 flagged)" in to_latex(report) and "N$ flagged" in to_latex(report)
     assert ">9 flagged</span>" in to_html(report)
     report.cells[("madry_pgd_at", "hsj")] = dict(row, n_flagged=0)
     assert "flagged" not in to_markdown(report)

@@ -60,7 +60,8 @@ def _html_cell(c: CellValue | None, p: CellValue | None, images: str = "") -> st
     if c is None:
         inner, v = "—", ""
     elif c.minimum_norm:
-        sr = "" if c.success_rate is None else f'<span class="ci">{c.success_rate:.0f}% succ., n={c.n}</span>'
+        sci = f" [{c.success_ci[0]:.1f}, {c.success_ci[1]:.1f}]" if c.success_ci is not None else ""
+        sr = "" if c.success_rate is None else f'<span class="ci">{c.success_rate:.0f}% succ.{sci}, n={c.n}</span>'
         if c.flagged:
             sr += f'<span class="ci" title="{_h(FLAGGED_NOTE)}">{c.flagged} flagged</span>'
         interval = f'<span class="ci">[{c.ci[0]:.2f}, {c.ci[1]:.2f}]</span>' if c.ci is not None and not c.missing else ""

@@ -30,7 +30,8 @@ def _latex_cell_value(c: CellValue | None, ci: bool = True) -> str:
         return "--"
     if c.minimum_norm:
         fl = f"; {c.flagged} flagged" if c.flagged else ""
-        sr = "" if c.success_rate is None else f" {{\\scriptsize ({c.success_rate:.0f}\\%{fl})}}"
+        sci = f" [{c.success_ci[0]:.1f}, {c.success_ci[1]:.1f}]" if ci and c.success_ci is not None else ""
+        sr = "" if c.success_rate is None else f" {{\\scriptsize ({c.success_rate:.0f}\\%{sci}{fl})}}"
         if c.missing:
             return "no success" + sr
         interval = f" {{\\scriptsize [{c.ci[0]:.2f}, {c.ci[1]:.2f}]}}" if ci and c.ci is not None else ""
@@ -75,7 +76,7 @@ def to_latex(report: Report, paper: bool = False) -> str:
     out.append(r"\hline")
     # short footer lines: a long \multicolumn{l} would widen the whole table
     notes = [latex_escape(report.subset[0].upper() + report.subset[1:]) + r"; accuracies in \%, [95\% Wilson interval].",
-             r"Minimum-norm attacks: mean $\|e\|_2$ of successful perturbations (success rate)."]
+             r"Minimum-norm attacks: mean $\|e\|_2$ of successful perturbations (success rate [95\% Wilson])."]
     if not any(t.minimum_norm for t in ts):
         notes.pop()
     elif any_flagged(report):

@@ -15,7 +15,9 @@ def _text_cell_value(c: CellValue | None, *, ci: bool = True) -> str:
     if c is None:
         return "—"
     if c.minimum_norm:
-        notes = ([] if c.success_rate is None else [f"{c.success_rate:.0f}% succ."]) + ([f"{c.flagged} flagged"] if c.flagged else [])
+        notes = [] if c.success_rate is None else [f"{c.success_rate:.0f}% succ." + (
+            f" [{c.success_ci[0]:.1f}, {c.success_ci[1]:.1f}]" if ci and c.success_ci is not None else "")]
+        notes += [f"{c.flagged} flagged"] if c.flagged else []
         sr = f" ({'; '.join(notes)})" if notes else ""
         at = "" if c.budget is None or c.budget_accuracy is None else f"; {c.budget_accuracy:.2f} at ε = {c.budget:g}"
         if c.missing:
@@ -49,7 +51,7 @@ def _paper_footnote(report: Report) -> str:
 
 def describe(report: Report) -> str:
     mn = ("; minimum-norm attacks as mean ‖e‖₂ of successful perturbations [95% t-interval of the mean, cut at 0, where the "
-          "per-sample records are at hand] and success rate")
+          "per-sample records are at hand] and success rate [95% Wilson] of the images attacked")
     return (f"On the {report.subset} (accuracies in % with 95% Wilson intervals in brackets"
             f"{mn if any(t.minimum_norm for t in report.threats) else ''}).")
 
