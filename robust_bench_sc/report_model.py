@@ -98,6 +98,7 @@ class RunInfo:
     path: str                       # as given (relative paths stay relative: reports are reproducible text)
     meta: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    subset: str = ""                # the images of its summary rows (run.json's "subset" predates max_images in old runs)
 
     @property
     def label(self) -> str:
@@ -120,21 +121,8 @@ class Report:
     @property
     def subset(self) -> str:
         """'first N CIFAR-10 test images' (or the list of distinct subsets)."""
-        subsets = []
-        for row in self.cells.values():
-            s = _subset_of(row)
-            if s not in subsets:
-                subsets.append(s)
-        if not subsets:
-            return "no images"
-        if len(subsets) == 1:
-            return subsets[0]
-        ns = sorted({int(r["n_images"]) for r in self.cells.values()})
-        plain = [describe_subset(n) for n in ns]
         where = "n per column in the last row; a cell names its images where its column mixes image sets"
-        if sorted(subsets) == sorted(plain):
-            return f"{describe_subset(ns)} ({where})"
-        return "; ".join(subsets) + f" ({where})"
+        return subsets_of(list(self.cells.values()), where)
 
     def cell_images(self, defense: str, threat: str) -> str:
         """Which images a cell is on, where its column mixes image sets ("" otherwise)."""
@@ -143,6 +131,23 @@ class Report:
         if r is None or len(subsets) < 2:
             return ""
         return short_subset(_subset_of(r))
+
+
+def subsets_of(rows: list[dict[str, Any]], where: str = "") -> str:
+    """The images of summary rows in one phrase: one subset as it is, several plain "first N"
+    as "first N or M …", others listed; ``where`` (in brackets) says how to tell them apart."""
+    subsets: list[str] = []
+    for row in rows:
+        s = _subset_of(row)
+        if s not in subsets:
+            subsets.append(s)
+    if not subsets:
+        return "no images"
+    if len(subsets) == 1:
+        return subsets[0]
+    ns = sorted({int(r["n_images"]) for r in rows})
+    text = describe_subset(ns) if sorted(subsets) == sorted(describe_subset(n) for n in ns) else "; ".join(subsets)
+    return f"{text} ({where})" if where else text
 
 
 def _subset_of(row: dict[str, Any]) -> str:
@@ -330,7 +335,7 @@ def load_run(run_dir: str | Path) -> tuple[RunInfo, list[DefenseInfo], list[Thre
     for name in table["defense"].unique():
         if name not in {d.label for d in defenses}:
             defenses.append(DefenseInfo(name, name))
-    return RunInfo(given, meta, notes), defenses, threats, table, samples
+    return RunInfo(given, meta, notes, subsets_of(table.to_dict("records"))), defenses, threats, table, samples
 
 
 def load_report(run_dirs: Iterable[str | Path], title: str | None = None) -> Report:

@@ -698,3 +698,15 @@ def test_autoattack_shows_squares_budget_only_where_square_runs():
         'version=custom, attacks_to_run=["apgd-ce", "apgd-dlr"]'
     assert "n_queries=5000" in settings(version="custom", attacks_to_run=["apgd-ce", "square"])
     assert "n_queries=5000" in settings(version="standard")
+
+
+def test_runs_table_names_the_images_of_the_runs_rows():
+    """results/table1_baselines_boundary ran Boundary on the first 50 of a 1000-image suite; its
+    run.json predates the subset field's max_images rule and says "first 1000". The runs table
+    names the images of the run's own summary rows."""
+    from robust_bench_sc.storage import read_json
+
+    assert read_json(Path("results/table1_baselines_boundary/run.json"))["subset"] == "first 1000 CIFAR-10 test images"
+    md = render(["results/table1_baselines_boundary", "results/table3_hsj"], "md")
+    assert "| `results/table1_baselines_boundary` | table1 | 99c185086788e00c | first 50 CIFAR-10 test images |" in md
+    assert "| first 20 or 50 CIFAR-10 test images |" in md  # table3_hsj: T15 on 20, the ResNets on 50

@@ -127,7 +127,7 @@ def to_html(report: Report, paper: bool = False, plots: list | None = None) -> s
         for run in report.runs:
             m = run.meta
             rows = [("run directory", run.path), ("suite", m.get("suite")), ("suite hash", m.get("suite_hash")),
-                    ("subset", m.get("subset")), ("data hash", m.get("data_hash")), ("seed", m.get("seed")),
+                    ("subset", run.subset or m.get("subset")), ("data hash", m.get("data_hash")), ("seed", m.get("seed")),
                     ("profile", m.get("profile") or "—"), ("overrides", " ".join(m.get("overrides") or []) or "—"),
                     ("git commit", _git(m)), ("device", m.get("device")), ("status", m.get("status")),
                     ("started / finished", f"{m.get('started_at', '')} / {m.get('finished_at', '')}"),

@@ -60,7 +60,7 @@ def to_markdown(report: Report, paper: bool = False, plots: list | None = None,
                   "|---|---|---|---|---|---|---|---|"]
         for run in report.runs:
             m = run.meta
-            lines.append(f"| `{run.path}` | {m.get('suite', '')} | {m.get('suite_hash', '')} | {m.get('subset', '')} | "
+            lines.append(f"| `{run.path}` | {m.get('suite', '')} | {m.get('suite_hash', '')} | {run.subset or m.get('subset', '')} | "
                          f"{m.get('seed', '')} | {_git(m)} | {(m.get('versions') or {}).get('torch', '')} | {m.get('status', '')} |")
     return "\n".join(lines).rstrip() + "\n"
 
