@@ -18,6 +18,12 @@ ProgressCallback = Callable[[Job, int], None]
 
 
 class Executor(ABC):
+    #: name in run.json (``--executor``)
+    name: str = "custom"
+    #: jobs that run at the same time, once known (run.json records it with the first result;
+    #: ``scbench status`` turns job time to go into wall time with it); None: not known
+    concurrent_jobs: int | None = None
+
     @abstractmethod
     def execute(self, suite: SuiteConfig, jobs: list[Job], on_result: ResultCallback,
                 on_progress: ProgressCallback | None = None) -> None:
@@ -26,6 +32,9 @@ class Executor(ABC):
 
 class LocalExecutor(Executor):
     """Runs jobs one after another in this process."""
+
+    name = "local"
+    concurrent_jobs = 1
 
     def __init__(self, device: str = "cpu", data_root: str | None = None):
         self.device = device

@@ -120,6 +120,8 @@ class RayExecutor(Executor):
     check_data: compare each node's image hash with the driver's.
     """
 
+    name = "ray"
+
     def __init__(self, device: str = "cpu", address: str | None = None, num_cpus: int | None = None,
                  data_root: str | None = None, max_retries: int = 3, max_in_flight: int | None = None,
                  threads: int | None = None, check_data: bool = True, log_to_driver: bool = True,
@@ -135,6 +137,7 @@ class RayExecutor(Executor):
         self.log_to_driver = log_to_driver
         self.init_kwargs = dict(init_kwargs or {})
         self.last_stats: dict[str, Any] = {}
+        self.concurrent_jobs: int | None = None  # known once connected: the cluster's slots for these tasks
 
     # -- ray lifetime ---------------------------------------------------------------------
     def _connect(self) -> bool:
@@ -166,6 +169,17 @@ class RayExecutor(Executor):
         return {"num_cpus": res.num_cpus, "num_gpus": num_gpus, "max_retries": self.max_retries,
                 "retry_exceptions": False}
 
+    @staticmethod
+    def _slots(opts: dict[str, Any], in_flight: int) -> int:
+        """How many of these tasks the cluster runs at once: its CPUs (and GPUs, where a task
+        asks for some) over a task's share, at most ``in_flight``, at least 1."""
+        res = ray.cluster_resources()
+        slots = in_flight
+        for key, need in (("CPU", opts["num_cpus"]), ("GPU", opts["num_gpus"])):
+            if need:
+                slots = min(slots, int(float(res.get(key, 0.0)) / float(need) + 1e-9))
+        return max(1, slots)
+
     # -- execution --------------------------------------------------------------------------
     def execute(self, suite: SuiteConfig, jobs: list[Job], on_result: ResultCallback,
                 on_progress: ProgressCallback | None = None) -> None:
@@ -189,6 +203,7 @@ class RayExecutor(Executor):
         opts = self.task_options(suite)
         threads = self.threads if self.threads is not None else max(1, int(opts["num_cpus"]))
         fn = _remote_run_job.options(**opts)
+        self.concurrent_jobs = self._slots(opts, self.max_in_flight or len(jobs))
         suite_ref = ray.put(suite)
         expected = self._expected_hash(suite) if self.check_data else None
         data_root = self.data_root or suite.data.data_dir

@@ -76,6 +76,13 @@ class RunStatus:
         return f"not running (run.json says {self.status!r}, no live writer: killed?); the same command resumes it"
 
     @property
+    def concurrent_jobs(self) -> int | None:
+        """Jobs the last invocation ran at once (run.json's ``executor``; None: not recorded)."""
+        ex = self.meta.get("executor")
+        n = ex.get("concurrent_jobs") if isinstance(ex, dict) else None
+        return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
+
+    @property
     def jobs(self) -> tuple[int, int]:
         return sum(p.chunks_recorded for p in self.pairs), sum(p.chunks_planned for p in self.pairs)
 
@@ -192,7 +199,7 @@ def status_rows(st: RunStatus) -> list[list[str]]:
 
 
 STATUS_HEADER = ["defense", "threat model", "images", "chunks", "robust so far [95% CI] (min-norm: mean ‖e‖₂)", "job time",
-                 "to go"]
+                 "job time to go"]
 
 
 def status_lines(st: RunStatus) -> list[str]:
@@ -206,8 +213,17 @@ def status_lines(st: RunStatus) -> list[str]:
     if done < total and not any(p.chunks_recorded for p in st.pairs if p.recorded < p.planned):
         head.append("to go: not known until a chunk of an unfinished pair is recorded")
     elif done < total:
+        at_once = st.concurrent_jobs
+        if at_once and at_once > 1:
+            k = min(at_once, total - done)
+            pace = (f"; ≈ {_duration(rem / k)} of wall time with {k} jobs at once (run.json: this folder's last "
+                    f"invocation ran {at_once} at once)")
+        elif at_once == 1:
+            pace = " (one job at a time, as this folder's last invocation ran them)"
+        else:
+            pace = " (wall time: this divided by the jobs run at once; run.json does not say how many)"
         head.append(f"to go: {'at least ' if lower else ''}≈ {_duration(rem)} of job time at the recorded chunks' "
-                    "rate (one job at a time)" + ("; '?': no chunk of that pair recorded yet" if lower else ""))
+                    "rate" + pace + ("; '?': no chunk of that pair recorded yet" if lower else ""))
     foot = [f"not counted (the next run recomputes or refuses it): {u}" for u in st.unusable]
     if st.unchecked:
         foot.append(f"images and labels of the records not checked (the data could not be read: {st.unchecked})")

@@ -246,7 +246,8 @@ def make_executor(name: str, device: str, **kwargs) -> Executor:
 # what run.json keeps of each earlier invocation; its resolved ``config`` too, so that the records a
 # folder grown under several profiles holds can each be traced to the configuration that planned them
 _HISTORY_KEYS = ("suite_hash", "profile", "profile_set", "overrides", "started_at", "finished_at", "interrupted_at", "status", "n_jobs",
-                 "git", "versions", "command", "config", "wall_seconds_this_invocation", "jobs_computed")
+                 "git", "versions", "command", "config", "wall_seconds_this_invocation", "jobs_computed",
+                 "executor")
 
 
 def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
@@ -445,6 +446,8 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
                 raise RunError(f"defense {j.defense!r}: its weights changed during the run (fingerprint "
                                f"{known_fp[j.defense]} before, {fp} now); nothing more was recorded")
             layout.write_chunk(j.defense, j.threat, j.chunk, res.to_dict())
+            if not computed[0]:  # with the first result: how many jobs run at once (scbench status's wall time)
+                _record_executor(layout, ex)
             computed[0] += 1
             key = (j.defense, j.threat)
             tally[key][0] += sum(int(r["robust"]) for r in res.records)
@@ -480,6 +483,16 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
 
         run_suite_diagnostics(suite, run_dir, device=device, console=console)
     return RunOutcome(run_dir, summary, len(done), len(todo))
+
+
+def _record_executor(layout: RunDir, ex: Executor) -> None:
+    """run.json's ``executor``: its name and the jobs it runs at the same time (None: not known)."""
+    meta = layout.read_meta()
+    if isinstance(meta, dict):
+        n = getattr(ex, "concurrent_jobs", None)
+        meta["executor"] = {"name": getattr(ex, "name", type(ex).__name__),
+                            "concurrent_jobs": int(n) if isinstance(n, int) and n >= 1 else None}
+        layout.write_meta(meta)
 
 
 def _mark_interrupted(layout: RunDir, wall: float, known_fp: dict[str, str], computed: int) -> None:

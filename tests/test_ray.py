@@ -18,7 +18,7 @@ from robust_bench_sc.executor import Executor  # noqa: E402
 from robust_bench_sc.plan import plan_jobs  # noqa: E402
 from robust_bench_sc.ray_executor import DataMismatchError, RayExecutor, run_job  # noqa: E402
 from robust_bench_sc.runner import run_suite  # noqa: E402
-from robust_bench_sc.storage import RunDir  # noqa: E402
+from robust_bench_sc.storage import RunDir, read_json  # noqa: E402
 
 SUITE = """\
 name: ray_small
@@ -87,6 +87,11 @@ class Counting(Executor):
 
     def __init__(self, inner: Executor):
         self.inner, self.calls = inner, Counter()
+        self.name = inner.name
+
+    @property
+    def concurrent_jobs(self):  # type: ignore[override]
+        return self.inner.concurrent_jobs
 
     def execute(self, suite, jobs, on_result, on_progress=None):
         def counted(res):
@@ -150,6 +155,8 @@ def test_two_node_cluster_matches_local_executor(cluster, local_run, tmp_path):
     assert sorted(ex.calls.values()) == [1] * 8
     assert ex.inner.last_stats["task_options"]["num_cpus"] == 1
     assert len({t["node_id"] for t in ex.inner.last_stats["tasks"]}) == 2, "both nodes should have run jobs"
+    # two one-CPU nodes, one CPU per task: two jobs at once, in run.json for `scbench status`
+    assert read_json(tmp_path / "run" / "run.json")["executor"] == {"name": "ray", "concurrent_jobs": 2}
     _same_results(local_run, tmp_path / "run")
 
     # resume: drop two recorded chunks; only those run again, same numbers

@@ -558,6 +558,7 @@ def test_interrupted_run_is_marked_and_status_shows_progress(tmp_path, plugin):
     assert (clean.recorded, clean.planned, clean.chunks_recorded) == (4, 4, 2)
     assert (pgd.recorded, pgd.planned, pgd.chunks_recorded, pgd.robust) == (2, 4, 1, sum(r["robust"] for r in recorded))
     assert pgd.remaining_seconds == pytest.approx(pgd.seconds)  # one chunk of two to go, at the same rate
+    assert meta["executor"] == {"name": "local", "concurrent_jobs": 1} and st.concurrent_jobs == 1
     res = _cli("status", run_dir)
     assert res.exit_code == 0, res.output
     assert "3/4 jobs recorded" in res.output and "interrupted at" in res.output
@@ -567,6 +568,30 @@ def test_interrupted_run_is_marked_and_status_shows_progress(tmp_path, plugin):
     out = run_suite(suite, out=run_dir, show_progress=False)
     assert out.computed_chunks == 1 and run_status(run_dir).state == "complete"
     assert read_json(run_dir / "run.json")["history"][-1]["status"] == "interrupted"
+
+
+def test_status_turns_job_time_to_go_into_wall_time_with_the_jobs_run_at_once(tmp_path):
+    """Two Ray workers finish three 600-s chunks in about 15 min, not 30; eight workers in 10
+    (one chunk each); without run.json's ``executor`` the line says what it does not know."""
+    from robust_bench_sc.run_status import PairStatus, RunStatus, status_lines
+
+    pair = PairStatus("d", "t", planned=400, recorded=100, robust=40, scored=100, seconds=600.0,
+                      chunks_planned=4, chunks_recorded=1)
+
+    def line(executor):
+        meta = {"suite": "s", "profile": None, **({"executor": executor} if executor is not None else {})}
+        st = RunStatus(tmp_path, "running", None, meta, [pair], subset="first 400 CIFAR-10 test images")
+        return [ln for ln in status_lines(st) if ln.startswith("to go")][0], st.concurrent_jobs
+
+    two, n = line({"name": "ray", "concurrent_jobs": 2})
+    assert n == 2 and "≈ 30 min of job time" in two and "≈ 15 min of wall time with 2 jobs at once" in two, two
+    eight, _ = line({"name": "ray", "concurrent_jobs": 8})
+    assert "≈ 10 min of wall time with 3 jobs at once" in eight and "ran 8 at once" in eight, eight
+    one, _ = line({"name": "local", "concurrent_jobs": 1})
+    assert "wall time" not in one and "one job at a time" in one, one
+    for unknown in (None, {"name": "custom", "concurrent_jobs": None}, {"concurrent_jobs": True}):
+        text, n = line(unknown)
+        assert n is None and "does not say how many" in text, text
 
 
 def test_status_counts_only_records_the_run_would_reuse(tmp_path, plugin):
