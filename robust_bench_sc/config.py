@@ -66,6 +66,9 @@ class DefenseSpec(BaseModel):
 class Profile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     description: str = ""
+    extends: str | None = Field(None, description="another profile of the suite whose fields this one starts "
+                                "from (load_suite resolves it: set and defense_threat_models merge key by key, "
+                                "the rest is replaced)")
     n_images: int | None = Field(None, ge=1, le=N_TEST_AVAILABLE)
     defenses: list[str] | None = Field(None, description="run only these of the suite's defenses (labels)")
     threat_models: list[str] | None = Field(None, description="run only these of the suite's threat models (names)")
@@ -376,6 +379,55 @@ def _limit_defense_threats(suite: SuiteConfig, limits: dict[str, list[str]], raw
     return suite.model_copy(update={"defenses": defenses})
 
 
+#: profile fields that ``extends`` merges key by key (the child's entries win); the others it replaces
+_PROFILE_MERGED = ("set", "defense_threat_models")
+
+
+def _flatten_profiles(raw: LinedDict, source: str) -> dict[str, dict[str, Any]]:
+    """The suite's profiles with every ``extends: NAME`` resolved: the named profile's fields,
+    then the extending one's on top (``set`` and ``defense_threat_models`` merged key by key,
+    the rest replaced). Chains are followed; an unknown name or a cycle is a ConfigError with
+    its line."""
+    lined = raw.get("profiles")
+    if lined is None:
+        return {}
+    if not isinstance(lined, LinedDict):
+        raise ConfigError(f"{source}, line {raw.key_lines.get('profiles')}: profiles: a mapping of name → profile")
+    names = [str(k) for k in lined]
+    flat: dict[str, dict[str, Any]] = {}
+
+    def resolve(name: str, chain: tuple[str, ...]) -> dict[str, Any]:
+        if name in flat:
+            return flat[name]
+        body = lined[name]
+        own = plain(body) if isinstance(body, dict) else ({} if body is None else body)
+        if not isinstance(own, dict):
+            raise ConfigError(f"{source}, line {lined.key_lines.get(name)}: profile {name!r}: a mapping of its fields")
+        parent = own.pop("extends", None)
+        if parent is None:
+            flat[name] = own
+            return own
+        where = f"{source}, line {getattr(body, 'key_lines', {}).get('extends', lined.key_lines.get(name))}"
+        if not isinstance(parent, str) or parent not in lined:
+            raise ConfigError(f"{where}: profile {name!r}: extends {parent!r}: no such profile"
+                              f"{did_you_mean(str(parent), names)}; profiles: {', '.join(names)}")
+        if parent in chain or parent == name:
+            loop = " → ".join((*chain, name, parent))
+            raise ConfigError(f"{where}: profile {name!r}: extends is circular ({loop})")
+        merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in resolve(parent, (*chain, name)).items()}
+        for key, value in own.items():
+            if key in _PROFILE_MERGED and isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+        flat[name] = merged
+        return merged
+
+    for n in lined:
+        resolve(n, ())
+    return flat
+
+
 def load_suite(path: str | Path, overrides: list[str] | None = None, profile: str | None = None,
                n_images: int | None = None, seed: int | None = None) -> SuiteConfig:
     """Read, resolve and validate a suite file (threat-model files included)."""
@@ -398,7 +450,9 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
     labels = [f"--set {item}" for item in overrides or []]
     top_blame: dict[str, str] = {}  # suite field → the option (or profile) that set it
 
-    profiles_raw = data.get("profiles") or {}
+    profiles_raw = _flatten_profiles(raw, source)
+    if profiles_raw:
+        data["profiles"] = profiles_raw
     if profile is not None:
         if profile not in profiles_raw:
             raise ConfigError(f"{source}: no profile {profile!r}{did_you_mean(profile, profiles_raw)}; profiles: {', '.join(profiles_raw) or 'none'}")
@@ -496,9 +550,9 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
                               f"threat_models {', '.join(unknown)} not in the suite{did_you_mean(unknown[0], names)}; "
                               f"suite threat_models: {', '.join(names)}")
     if profile is not None:  # a profile may run a subset of the rows / columns
-        prof = suite.profiles[profile]
+        chosen = suite.profiles[profile]
         for field, have, label_of in (("defenses", labels, lambda d: d.label), ("threat_models", names, lambda t: t.name)):
-            keep = getattr(prof, field)
+            keep = getattr(chosen, field)
             if not keep:
                 continue
             unknown = [k for k in keep if k not in have]
@@ -506,8 +560,8 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
                 raise ConfigError(f"{source}: profile {profile!r}: {field} {', '.join(unknown)} not in the suite"
                                   f"{did_you_mean(unknown[0], have)}; suite {field}: {', '.join(have)}")
             suite = suite.model_copy(update={field: [x for x in getattr(suite, field) if label_of(x) in keep]})
-        if prof.defense_threat_models:
-            suite = _limit_defense_threats(suite, prof.defense_threat_models, raw, source, profile)
+        if chosen.defense_threat_models:
+            suite = _limit_defense_threats(suite, chosen.defense_threat_models, raw, source, profile)
     from robust_bench_sc.summary import resolve_worst_case  # validated against every threat model, then profiled
 
     return resolve_worst_case(suite, tms, raw, source)

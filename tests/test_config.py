@@ -151,6 +151,46 @@ def test_profile_runs_a_subset_and_max_images_limits_one_column(tmp_path):
         load_suite(path, profile="typo")
 
 
+def test_profile_extends_another(tmp_path):
+    """`extends` starts from the named profile (followed through a chain): `set` and
+    `defense_threat_models` merge key by key, the rest is replaced; the result is the profile
+    written out in full (same hash, same jobs). An unknown name or a cycle names its line."""
+    from robust_bench_sc.plan import plan_jobs
+
+    base = GOOD.replace("defenses: [madry_pgd_at]", "defenses: [madry_pgd_at, trades]")
+    text = base + textwrap.dedent("""
+        profiles:
+          small: {n_images: 10, set: {linf.steps: 2, linf.restarts: 2}, defense_threat_models: {trades: [clean]}}
+          more:
+            extends: small
+            set: {linf.restarts: 3}
+            defense_threat_models: {madry_pgd_at: [linf]}
+          most: {extends: more, n_images: 20}
+          written_out:
+            n_images: 20
+            set: {linf.steps: 2, linf.restarts: 3}
+            defense_threat_models: {trades: [clean], madry_pgd_at: [linf]}
+        """)
+    path = write(tmp_path, text)
+    more, most, full = (load_suite(path, profile=p) for p in ("more", "most", "written_out"))
+    assert (more.data.n_images, more.threat("linf").steps, more.threat("linf").restarts) == (10, 2, 3)
+    assert dict(more.profiles["more"].defense_threat_models) == {"trades": ["clean"], "madry_pgd_at": ["linf"]}
+    assert most.data.n_images == 20 and most.profiles["most"].set == {"linf.steps": 2, "linf.restarts": 3}
+    assert [(j.defense, j.threat, j.chunk) for j in plan_jobs(most)] == \
+        [("madry_pgd_at", "linf", 0), ("madry_pgd_at", "linf", 1), ("trades", "clean", 0), ("trades", "clean", 1)]
+    assert [j.key for j in plan_jobs(most)] == [j.key for j in plan_jobs(full)]
+    assert most.threat("linf") == full.threat("linf") and most.data == full.data
+    assert load_suite(path).profiles["most"].extends is None  # resolved on load
+
+    bad = base + "profiles:\n  a: {n_images: 5}\n  b:\n    extends: aa\n"
+    with pytest.raises(ConfigError, match=r"suite\.yaml, line 14: profile 'b': extends 'aa': no such profile "
+                                          r"\(did you mean 'a'\?\); profiles: a, b"):
+        load_suite(write(tmp_path, bad), profile="a")
+    loop = base + "profiles:\n  a: {extends: c}\n  b: {extends: a}\n  c:\n    extends: b\n"
+    with pytest.raises(ConfigError, match=r"line 1[345]: profile '.': extends is circular \(a → c → b → a\)"):
+        load_suite(write(tmp_path, loop))
+
+
 # -- nested threat models (transfer craft, worst_case attacks) are validated on load -----------
 
 NESTED = """
