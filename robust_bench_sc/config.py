@@ -407,11 +407,11 @@ def _flatten_profiles(raw: LinedDict, source: str) -> dict[str, dict[str, Any]]:
         if parent is None:
             flat[name] = own
             return own
-        where = f"{source}, line {getattr(body, 'key_lines', {}).get('extends', lined.key_lines.get(name))}"
+        where = f"{source}, line {body.key_lines.get('extends')}"  # a profile with extends is a mapping
         if not isinstance(parent, str) or parent not in lined:
             raise ConfigError(f"{where}: profile {name!r}: extends {parent!r}: no such profile"
                               f"{did_you_mean(str(parent), names)}; profiles: {', '.join(names)}")
-        if parent in chain or parent == name:
+        if parent in (*chain, name):
             loop = " → ".join((*chain, name, parent))
             raise ConfigError(f"{where}: profile {name!r}: extends is circular ({loop})")
         merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in resolve(parent, (*chain, name)).items()}

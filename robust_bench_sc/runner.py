@@ -488,10 +488,8 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
 def _record_executor(layout: RunDir, ex: Executor) -> None:
     """run.json's ``executor``: its name and the jobs it runs at the same time (None: not known)."""
     meta = layout.read_meta()
-    if isinstance(meta, dict):
-        n = getattr(ex, "concurrent_jobs", None)
-        meta["executor"] = {"name": getattr(ex, "name", type(ex).__name__),
-                            "concurrent_jobs": int(n) if isinstance(n, int) and n >= 1 else None}
+    if isinstance(meta, dict):  # run_status.RunStatus.concurrent_jobs checks the value when it reads it
+        meta["executor"] = {"name": ex.name, "concurrent_jobs": ex.concurrent_jobs}
         layout.write_meta(meta)
 
 
