@@ -380,7 +380,8 @@ def status(run_dirs: list[Path] = typer.Argument(..., help="one or more run fold
     """Where run folders stand: per (defense, threat model) images recorded of those planned,
     robust so far with its 95% Wilson interval, job time, and job and wall time to go (wall:
     over the jobs run.json says the last invocation ran at once); whether a live
-    process writes the folder. Read-only: safe beside a running `scbench run`."""
+    process writes the folder and, if one does, the jobs in flight with their attack's latest
+    stage (progress.json). Read-only: safe beside a running `scbench run`."""
     from robust_bench_sc.run_status import STATUS_HEADER, StatusError, run_status, status_lines, status_rows
     from robust_bench_sc.yamlio import ConfigError
 

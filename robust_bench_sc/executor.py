@@ -14,7 +14,9 @@ from robust_bench_sc.plan import Job
 from robust_bench_sc.worker import ChunkResult, Worker
 
 ResultCallback = Callable[[ChunkResult], None]
-ProgressCallback = Callable[[Job, int], None]
+ProgressCallback = Callable[[Job, int, "str | None"], None]
+"""``on_progress(job, k, stage)``: ``k`` more images of ``job`` done (0: none), and the
+attack's latest stage line or None (:mod:`robust_bench_sc.progress`)."""
 
 
 class Executor(ABC):
@@ -27,7 +29,8 @@ class Executor(ABC):
     @abstractmethod
     def execute(self, suite: SuiteConfig, jobs: list[Job], on_result: ResultCallback,
                 on_progress: ProgressCallback | None = None) -> None:
-        """Run ``jobs``; call ``on_result`` once per finished job (in the driver process)."""
+        """Run ``jobs``; call ``on_result`` once per finished job and ``on_progress`` (if given)
+        with what its workers report before that, both in the driver process."""
 
 
 class LocalExecutor(Executor):
@@ -43,7 +46,7 @@ class LocalExecutor(Executor):
     def execute(self, suite, jobs, on_result, on_progress=None):
         worker = Worker(suite, device=self.device, data_root=self.data_root)
         for job in jobs:
-            cb = (lambda k, job=job: on_progress(job, k)) if on_progress else None
+            cb = (lambda k, stage=None, job=job: on_progress(job, k, stage)) if on_progress else None
             on_result(worker.run(job, cb))
 
 

@@ -86,18 +86,44 @@ def _cached_worker(suite: SuiteConfig, device: str, data_root: str | None) -> tu
     return hit
 
 
-def run_job(suite: SuiteConfig, job: Job, device: str, data_root: str | None, threads: int) -> TaskOutput:
-    """The body of a Ray task (a plain function, so it can be tested without Ray)."""
+def run_job(suite: SuiteConfig, job: Job, device: str, data_root: str | None, threads: int,
+            inbox: Any = None) -> TaskOutput:
+    """The body of a Ray task (a plain function, so it can be tested without Ray). ``inbox``:
+    the driver's :class:`ProgressInbox` actor (or anything with ``post.remote``), which hears
+    the job's progress reports as they happen."""
     import torch
 
     if threads > 0 and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     worker, digest = _cached_worker(suite, device, data_root)
     node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-    return TaskOutput(worker.run(job), digest, socket.gethostname(), node_id, os.getpid())
+
+    def report(k: int, stage: str | None = None) -> None:
+        inbox.post.remote(job.key, k, stage)  # fire and forget: the driver drains the inbox
+
+    return TaskOutput(worker.run(job, report if inbox is not None else None), digest, socket.gethostname(),
+                      node_id, os.getpid())
 
 
 _remote_run_job = ray.remote(run_job)
+
+
+class ProgressInbox:
+    """Progress reports of the running tasks, kept in order until the driver drains them
+    (a Ray actor that holds no CPU: the tasks ``post``, the driver ``drain``s)."""
+
+    def __init__(self) -> None:
+        self._events: list[tuple[str, int, str | None]] = []
+
+    def post(self, job_key: str, k: int, stage: str | None) -> None:
+        self._events.append((job_key, k, stage))
+
+    def drain(self) -> list[tuple[str, int, str | None]]:
+        events, self._events = self._events, []
+        return events
+
+
+_remote_inbox = ray.remote(num_cpus=0)(ProgressInbox)
 
 
 # -- in the driver ----------------------------------------------------------------------
@@ -118,6 +144,8 @@ class RayExecutor(Executor):
     max_in_flight: tasks submitted at once (default: all; lower it for huge plans).
     threads: torch threads per task (default: the task's ``num_cpus``, at least 1).
     check_data: compare each node's image hash with the driver's.
+    poll_seconds: how often the driver passes the tasks' progress reports on (``on_progress``)
+        while it waits for results.
     """
 
     name = "ray"
@@ -125,7 +153,7 @@ class RayExecutor(Executor):
     def __init__(self, device: str = "cpu", address: str | None = None, num_cpus: int | None = None,
                  data_root: str | None = None, max_retries: int = 3, max_in_flight: int | None = None,
                  threads: int | None = None, check_data: bool = True, log_to_driver: bool = True,
-                 init_kwargs: dict[str, Any] | None = None):
+                 init_kwargs: dict[str, Any] | None = None, poll_seconds: float = 2.0):
         self.device = device
         self.address = address
         self.num_cpus = num_cpus
@@ -136,6 +164,7 @@ class RayExecutor(Executor):
         self.check_data = check_data
         self.log_to_driver = log_to_driver
         self.init_kwargs = dict(init_kwargs or {})
+        self.poll_seconds = poll_seconds
         self.last_stats: dict[str, Any] = {}
         self.concurrent_jobs: int | None = None  # known once connected: the cluster's slots for these tasks
 
@@ -213,11 +242,21 @@ class RayExecutor(Executor):
         pending: dict[ray.ObjectRef, Job] = {}
         tasks: list[dict[str, Any]] = []
         error: BaseException | None = None
+        by_key = {job.key: job for job in jobs}
+        inbox: Any = _remote_inbox.remote() if on_progress else None  # an ActorHandle
 
         def submit():
             while queue and len(pending) < limit:
                 job = queue.pop(0)
-                pending[fn.remote(suite_ref, job, self.device, data_root, threads)] = job
+                pending[fn.remote(suite_ref, job, self.device, data_root, threads, inbox)] = job
+
+        def relay() -> None:
+            """Pass the tasks' progress reports on, in the order they were posted."""
+            if inbox is None or on_progress is None:
+                return
+            for key, k, stage in ray.get(inbox.drain.remote()):
+                if key in by_key:
+                    on_progress(by_key[key], k, stage)
 
         def collect(ref) -> None:
             nonlocal error
@@ -243,18 +282,21 @@ class RayExecutor(Executor):
                 return
             tasks.append({"job": job.key, "node": out.node, "node_id": out.node_id, "pid": out.pid,
                           "seconds": round(out.result.seconds, 3)})
-            if on_progress:
-                on_progress(out.result.job, out.result.job.stop - out.result.job.start)
             on_result(out.result)
 
         submit()
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                collect(ref)
-            if error is not None:
-                break
-            submit()
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=self.poll_seconds)
+                relay()  # a job's reports reach the driver before its result
+                for ref in done:
+                    collect(ref)
+                if error is not None:
+                    break
+                submit()
+        finally:
+            if inbox is not None:
+                ray.kill(inbox)
         if error is not None:
             # record whatever already finished, cancel the rest, then report the failure
             for ref in list(pending):

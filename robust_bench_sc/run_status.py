@@ -16,6 +16,7 @@ from typing import Any
 
 from robust_bench_sc.config import suite_from_resolved
 from robust_bench_sc.plan import images_covered, job_spec_hash, plan_jobs, recorded_spec_hash
+from robust_bench_sc.progress import duration, in_flight_lines
 from robust_bench_sc.stats import wilson_interval
 from robust_bench_sc.storage import DamagedFileError, RunDir, RunLock
 from robust_bench_sc.subsets import describe_subset
@@ -59,6 +60,12 @@ class RunStatus:
     unusable: list[str] = field(default_factory=list)  # record files the next run recomputes or refuses
     unchecked: str | None = None  # why images and labels were not checked (the data could not be read)
     subset: str = ""  # the images the planned jobs cover (a max_images cap puts a pair below n_images)
+    progress: Any = None  # progress.json (the jobs in flight), read while a live process writes the folder
+
+    @property
+    def live(self) -> bool:
+        """A live process on this host holds the folder's lock."""
+        return bool(self.writer and self.writer.get("alive"))
 
     @property
     def state(self) -> str:
@@ -66,7 +73,7 @@ class RunStatus:
         if self.status == "complete":
             return "complete"
         w = self.writer
-        if w and w.get("alive"):
+        if self.live and w:
             return f"running (pid {w.get('pid')}, started {w.get('started_at')})"
         if w and w.get("alive") is None:
             return (f"{self.status}; locked by pid {w.get('pid')} on {w.get('host')} (another host: liveness "
@@ -167,16 +174,10 @@ def run_status(run_dir: str | Path) -> RunStatus:
                         t.chunks_recorded, suite.threat(th).minimum_norm, tuple(t.fooled_l2))
              for (d, th), t in per.items()]
     subset = describe_subset(images_covered(jobs)) if jobs else str(meta.get("subset"))
-    return RunStatus(Path(run_dir), str(meta.get("status")), RunLock(run_dir).owner(), meta, pairs, unusable, unchecked,
-                     subset)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    writer = RunLock(run_dir).owner()
+    live = bool(writer and writer.get("alive"))  # a dead writer's progress.json describes nothing
+    return RunStatus(Path(run_dir), str(meta.get("status")), writer, meta, pairs, unusable, unchecked,
+                     subset, layout.read_progress() if live else None)
 
 
 def status_rows(st: RunStatus) -> list[list[str]]:
@@ -192,9 +193,9 @@ def status_rows(st: RunStatus) -> list[list[str]]:
         if p.minimum_norm and p.fooled_l2:  # what a minimum-norm attack measures
             acc += f"; mean ‖e‖₂ {sum(p.fooled_l2) / len(p.fooled_l2):.2f} ({len(p.fooled_l2)} attacked and fooled)"
         rem = p.remaining_seconds
-        left = "done" if rem == 0 else ("?" if rem is None else f"≈ {_duration(rem)}")
+        left = "done" if rem == 0 else ("?" if rem is None else f"≈ {duration(rem)}")
         rows.append([p.defense, p.threat, f"{p.recorded}/{p.planned}", f"{p.chunks_recorded}/{p.chunks_planned}",
-                     acc, _duration(p.seconds), left])
+                     acc, duration(p.seconds), left])
     return rows
 
 
@@ -216,14 +217,17 @@ def status_lines(st: RunStatus) -> list[str]:
         at_once = st.concurrent_jobs
         if at_once and at_once > 1:
             k = min(at_once, total - done)
-            pace = (f"; ≈ {_duration(rem / k)} of wall time with {k} jobs at once (run.json: this folder's last "
+            pace = (f"; ≈ {duration(rem / k)} of wall time with {k} jobs at once (run.json: this folder's last "
                     f"invocation ran {at_once} at once)")
         elif at_once == 1:
             pace = " (one job at a time, as this folder's last invocation ran them)"
         else:
             pace = " (wall time: this divided by the jobs run at once; run.json does not say how many)"
-        head.append(f"to go: {'at least ' if lower else ''}≈ {_duration(rem)} of job time at the recorded chunks' "
+        head.append(f"to go: {'at least ' if lower else ''}≈ {duration(rem)} of job time at the recorded chunks' "
                     "rate" + pace + ("; '?': no chunk of that pair recorded yet" if lower else ""))
+    if st.live and st.status != "complete":
+        head += in_flight_lines(st.progress) or ["in flight: not known (no progress.json yet: the run is starting, "
+                                                 "or its scbench predates it)"]
     foot = [f"not counted (the next run recomputes or refuses it): {u}" for u in st.unusable]
     if st.unchecked:
         foot.append(f"images and labels of the records not checked (the data could not be read: {st.unchecked})")

@@ -26,6 +26,7 @@ from robust_bench_sc.executor import EXECUTORS, Executor, LocalExecutor
 from robust_bench_sc.paths import REPO_ROOT, data_dir
 from robust_bench_sc.plan import Job, images_covered, job_spec_hash, plan_jobs, recorded_spec_hash
 from robust_bench_sc.plugins import build_defense
+from robust_bench_sc.progress import STARTED, InFlight
 from robust_bench_sc.registry import load_reference
 from robust_bench_sc.storage import DamagedFileError, LockError, RunDir, safe_name
 from robust_bench_sc.subsets import describe_subset
@@ -35,6 +36,9 @@ from robust_bench_sc.worker import ChunkResult
 
 TOOLKITS = ("torch", "numpy", "foolbox", "adversarial-robustness-toolbox", "torchattacks", "pyautoattack",
             "scikit-learn", "pandas", "pydantic", "ray")
+
+
+LOG_STAGE_EVERY = 120.0  # seconds between two stage lines of one job in a log (not a terminal)
 
 
 class RunError(RuntimeError):
@@ -419,7 +423,12 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
             tally[(j.defense, j.threat)][1] += 1
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("robust {task.fields[acc]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=console, disable=not show_progress, transient=False)
+                        TextColumn("{task.fields[stage]}"), console=console, disable=not show_progress,
+                        transient=False)
+    # jobs in flight: their latest stage in progress.json (scbench status), and in a log (not a
+    # terminal) one line per job at most every LOG_STAGE_EVERY seconds
+    in_flight = InFlight(layout.write_progress)
+    stage_logged: dict[str, float] = {}
     tasks = {}
     per_pair: defaultdict[tuple[str, str], int] = defaultdict(int)  # images per (defense, threat model)
     for j in jobs:
@@ -431,11 +440,20 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
 
     with progress:
         for key, total in per_pair.items():
-            tasks[key] = progress.add_task(f"{key[0]} × {key[1]}", total=total, completed=tally[key][1], acc=acc_text(key))
+            tasks[key] = progress.add_task(f"{key[0]} × {key[1]}", total=total, completed=tally[key][1], acc=acc_text(key),
+                                           stage="")
 
-        def on_progress(job: Job, k: int):
-            if k:
-                progress.advance(tasks[(job.defense, job.threat)], k)
+        def on_progress(job: Job, k: int, stage: str | None = None):
+            key = (job.defense, job.threat)
+            if layout.chunk(job.defense, job.threat, job.chunk).exists():  # recorded (a late word from a retry)
+                return
+            p = in_flight.event(job, k, stage)
+            progress.update(tasks[key], advance=k, stage=f"chunk {job.chunk}: {p.stage}" if p.stage else "")
+            now = time.time()
+            if show_progress and not console.is_terminal and stage and stage != STARTED \
+                    and now - stage_logged.get(job.key, p.started_at) >= LOG_STAGE_EVERY:
+                stage_logged[job.key] = now
+                console.print(f"  {escape(p.line(now))}", highlight=False, soft_wrap=True)
 
         def on_result(res: ChunkResult):
             j = res.job
@@ -446,13 +464,14 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
                 raise RunError(f"defense {j.defense!r}: its weights changed during the run (fingerprint "
                                f"{known_fp[j.defense]} before, {fp} now); nothing more was recorded")
             layout.write_chunk(j.defense, j.threat, j.chunk, res.to_dict())
+            in_flight.finished(j)
             if not computed[0]:  # with the first result: how many jobs run at once (scbench status's wall time)
                 _record_executor(layout, ex)
             computed[0] += 1
             key = (j.defense, j.threat)
             tally[key][0] += sum(int(r["robust"]) for r in res.records)
             tally[key][1] += len(res.records)
-            progress.update(tasks[key], completed=tally[key][1], acc=acc_text(key))
+            progress.update(tasks[key], completed=tally[key][1], acc=acc_text(key), stage="")
             if not show_progress or not console.is_terminal:
                 console.print(f"  {j.defense} × {j.threat} chunk {j.chunk}: images {j.start}-{j.stop - 1}, "
                               f"robust so far {acc_text(key)}, {res.seconds:.1f}s")
@@ -470,6 +489,8 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
             # (stopped while the tables were written: every job is recorded, the same command writes them)
             _mark_interrupted(layout, time.perf_counter() - t0 if wall is None else wall, known_fp, computed[0])
             raise
+        finally:  # nothing is in flight once this invocation ends, however it ends
+            layout.remove_progress()
     meta = layout.read_meta()
     prior: dict[str, Any] = old or {}
     before = float(prior.get("wall_seconds_total", prior.get("wall_seconds_this_invocation", 0.0)))

@@ -273,8 +273,8 @@ class RunDir:
 
     ``run.json`` (the run's description), ``records/<defense>/<threat>/chunk_NNNNN.json`` (one
     per finished job), ``samples.csv``, ``summary.csv``, ``summary.md`` (once complete),
-    ``.scbench.lock`` (while a process writes it) and ``diagnostics/`` (the suite's
-    diagnostics hook). Every write is atomic (:func:`atomic_write_bytes`); every JSON read
+    ``.scbench.lock`` and ``progress.json`` (while a process writes it: its lock, and the
+    latest stage of each job in flight) and ``diagnostics/`` (the suite's diagnostics hook). Every write is atomic (:func:`atomic_write_bytes`); every JSON read
     names a damaged file (:class:`DamagedFileError`)."""
 
     META = "run.json"
@@ -283,6 +283,7 @@ class RunDir:
     SUMMARY_CSV = "summary.csv"
     SUMMARY_MD = "summary.md"
     LOCK = LOCK_NAME
+    PROGRESS = "progress.json"
     DIAGNOSTICS = "diagnostics"
     FILES = (META, SAMPLES, SUMMARY_CSV, SUMMARY_MD)  # the plain files a complete run holds
 
@@ -324,6 +325,10 @@ class RunDir:
         return self.path / self.LOCK
 
     @property
+    def progress_path(self) -> Path:
+        return self.path / self.PROGRESS
+
+    @property
     def diagnostics_dir(self) -> Path:
         return self.path / self.DIAGNOSTICS
 
@@ -357,6 +362,21 @@ class RunDir:
         """``summary.csv`` and ``summary.md`` (as text), each written atomically."""
         atomic_write_text(self.summary_csv_path, summary_csv)
         atomic_write_text(self.summary_md_path, summary_md)
+
+    def write_progress(self, state: dict[str, Any]) -> None:
+        """``progress.json``: the jobs in flight (:class:`robust_bench_sc.progress.InFlight`)."""
+        atomic_write_json(self.progress_path, state)
+
+    def read_progress(self) -> Any:
+        """The parsed ``progress.json``; None when there is none or it cannot be read (it is
+        advisory: the records say what a run computed)."""
+        try:
+            return read_json(self.progress_path) if self.progress_path.exists() else None
+        except (DamagedFileError, OSError):
+            return None
+
+    def remove_progress(self) -> None:
+        self.progress_path.unlink(missing_ok=True)
 
     def read_summary_md(self) -> str:
         return self.summary_md_path.read_text(encoding="utf-8")

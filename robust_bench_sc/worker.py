@@ -7,7 +7,6 @@ so the same code runs in-process (local executor) or on a remote node.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +19,7 @@ from robust_bench_sc.defense import Defense
 from robust_bench_sc.evaluate import evaluate_threat
 from robust_bench_sc.plan import Job, job_spec_hash
 from robust_bench_sc.plugins import build_defense
+from robust_bench_sc.progress import STARTED, ProgressFn
 
 
 @dataclass
@@ -60,8 +60,11 @@ class Worker:
             self._defenses[spec.label] = defense.to(self.device)
         return self._defenses[spec.label]
 
-    def run(self, job: Job, progress: Callable[[int], None] | None = None) -> ChunkResult:
+    def run(self, job: Job, progress: ProgressFn | None = None) -> ChunkResult:
+        """Evaluate ``job``; ``progress`` hears that it started, then the attack's reports."""
         t0 = time.perf_counter()
+        if progress:
+            progress(0, STARTED)
         defense = self.defense(job.defense_index)
         threat = self.suite.threat_models[job.threat_index]
         part = self.data.take(range(job.start, job.stop))

@@ -255,3 +255,78 @@ def test_local_ray_keeps_the_callers_sigterm_handler():
         assert signal.getsignal(signal.SIGTERM) is ours
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+# -- progress inside a chunk reaches the driver ----------------------------------------------
+
+PROGRESS_SUITE = """\
+name: ray_progress
+seed: 0
+data: {n_images: 8, chunk_size: 4}
+defenses: [madry_pgd_at]
+threat_models:
+  - {name: pgd3, attack: pgd, norm: linf, epsilon: 2/255, steps: 2, step_size: epsilon/2, restarts: 3}
+"""
+
+
+def _progress_suite(tmp: Path):
+    path = tmp / "suite.yaml"
+    path.write_text(PROGRESS_SUITE)
+    return load_suite(path)
+
+
+def test_task_body_posts_every_stage_to_the_inbox(tmp_path):
+    """The task body (no Ray): it starts, then one stage per restart, the last counting the
+    images its records show fooled."""
+    from types import SimpleNamespace
+
+    from robust_bench_sc.progress import STARTED
+
+    suite = _progress_suite(tmp_path)
+    posted: list[tuple] = []
+    inbox = SimpleNamespace(post=SimpleNamespace(remote=lambda *a: posted.append(a)))
+    job = plan_jobs(suite)[0]
+    out = run_job(suite, job, "cpu", None, 0, inbox)
+    assert posted[0] == (job.key, 0, STARTED) and {p[0] for p in posted} == {job.key}
+    stages = [p[2] for p in posted[1:] if p[2]]
+    recs = out.result.records
+    attacked = sum(r["attacked"] for r in recs)
+    assert stages[-1] == f"restart {len(stages)}/3: {sum(r['fooled'] for r in recs if r['attacked'])} of {attacked} " \
+                         "attacked images fooled"
+
+
+class Relayed(Executor):
+    """Wraps an executor; keeps every on_progress / on_result call in order."""
+
+    def __init__(self, inner: Executor):
+        self.inner, self.calls = inner, []
+        self.name = inner.name
+
+    def execute(self, suite, jobs, on_result, on_progress=None):
+        def progress(job, k, stage=None):
+            self.calls.append(("progress", job.key, stage))
+            on_progress(job, k, stage)
+
+        def result(res):
+            self.calls.append(("result", res.job.key, None))
+            on_result(res)
+
+        self.inner.execute(suite, jobs, result, progress)
+
+
+def test_workers_progress_reaches_the_driver(cluster, tmp_path):
+    from robust_bench_sc.progress import STARTED
+
+    suite = _progress_suite(tmp_path)
+    ex = Relayed(RayExecutor(device="cpu", poll_seconds=0.2))
+    run_suite(suite, out=tmp_path / "run", executor=ex, show_progress=False)
+    assert not RunDir(tmp_path / "run").progress_path.exists()
+    for job in plan_jobs(suite):
+        mine = [(kind, stage) for kind, key, stage in ex.calls if key == job.key]
+        assert mine[0] == ("progress", STARTED) and mine.count(("result", None)) == 1, mine
+        recs = RunDir(tmp_path / "run").read_chunk(job.defense, job.threat, job.chunk)["records"]
+        attacked = sum(r["attacked"] for r in recs)
+        stages = [s for kind, s in mine if kind == "progress" and s not in (STARTED, None)]
+        # stages posted just before the task returned may come after its result; the first did not
+        assert stages and all(s.endswith(f" of {attacked} attacked images fooled") for s in stages), stages
+        assert mine.index(("progress", stages[0])) < mine.index(("result", None)) or len(stages) == 1

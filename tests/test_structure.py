@@ -156,7 +156,7 @@ threat_models:
 """
 
 RUN_FOLDER_NAMES = {"run.json", "records", "samples.csv", "summary.csv", "summary.md", ".scbench.lock",
-                    "diagnostics"}
+                    "progress.json", "diagnostics"}
 
 
 def test_run_dir_names_the_layout_and_round_trips(tmp_path):
@@ -164,7 +164,7 @@ def test_run_dir_names_the_layout_and_round_trips(tmp_path):
 
     rd = RunDir(tmp_path / "r")
     assert {RunDir.META, RunDir.RECORDS, RunDir.SAMPLES, RunDir.SUMMARY_CSV, RunDir.SUMMARY_MD, RunDir.LOCK,
-            RunDir.DIAGNOSTICS} == RUN_FOLDER_NAMES
+            RunDir.PROGRESS, RunDir.DIAGNOSTICS} == RUN_FOLDER_NAMES
     assert rd.chunk("sparse coding/T15", "linf pgd", 7) == tmp_path / "r/records/sparse_coding_T15/linf_pgd/chunk_00007.json"
     assert rd.read_meta() is None and not rd.is_run()
     rd.write_meta({"suite": "s", "status": "running"})

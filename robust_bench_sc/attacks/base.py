@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from robust_bench_sc.defense import Defense, resolve_bpda
+from robust_bench_sc.progress import ProgressFn
 from robust_bench_sc.registry import Registry, RegistryError
 from robust_bench_sc.threat_models import THREAT_MODELS, ThreatModel
 
@@ -38,7 +39,7 @@ class AttackContext:
     defense: Defense
     device: torch.device
     seed: int
-    progress: Callable[[int], None] | None = None
+    progress: ProgressFn | None = None  # images done, and what the attack is doing now (progress.py)
     data_root: str | None = None
     cache: dict[str, Any] = field(default_factory=dict)
     # builds a defense the threat model names besides the one under test (a transfer

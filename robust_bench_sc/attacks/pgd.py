@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from robust_bench_sc.attacks.base import Attack, AttackContext, AttackOutput
 from robust_bench_sc.norms import TINY, Norm, project_l1
+from robust_bench_sc.progress import restart_stage
 from robust_bench_sc.threat_models import PGDThreat
 
 
@@ -217,7 +218,7 @@ class NativePGD(Attack):
             stop_step[active[keep].cpu()] = stop[keep.cpu()]
             fooled[active] |= done
             if ctx.progress:
-                ctx.progress(0)
+                ctx.progress(0, restart_stage(r + 1, t.restarts, int(fooled.sum()), n))
         return AttackOutput(
             x_adv=x_adv,
             claimed=fooled.cpu(),

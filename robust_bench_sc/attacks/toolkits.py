@@ -23,13 +23,14 @@ from robust_bench_sc.attacks.pgd import margin_loss
 from robust_bench_sc.data import N_CLASSES
 from robust_bench_sc.norms import L1, L2, LINF, Norm
 from robust_bench_sc.predictions import predicted
+from robust_bench_sc.progress import ProgressFn, restart_stage
 from robust_bench_sc.threat_models import CWThreat, PGDThreat, SquareThreat
 
 INPUT_SHAPE = (3, 32, 32)
 
 
 def restart_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, restarts: int, early_stop: bool,
-                 attempt: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], progress=None):
+                 attempt: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], progress: ProgressFn | None = None):
     """Run ``attempt(x_active, y_active) -> x_adv`` up to ``restarts`` times.
 
     Returns x_adv (first fooling restart, else the last attempt), fooled (by ``model``'s
@@ -39,7 +40,7 @@ def restart_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, restarts: i
     x_adv = x.clone()
     fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
     used = torch.zeros(n, dtype=torch.long)
-    for _ in range(restarts):
+    for r in range(restarts):
         active = (~fooled if early_stop else torch.ones_like(fooled)).nonzero().squeeze(1)
         if active.numel() == 0:
             break
@@ -51,7 +52,7 @@ def restart_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, restarts: i
         fooled[active] |= now
         used[active.cpu()] += 1
         if progress:
-            progress(0)
+            progress(0, restart_stage(r + 1, restarts, int(fooled.sum()), n))
     return x_adv, fooled, used
 
 
