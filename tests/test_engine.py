@@ -215,7 +215,15 @@ def test_compaction_reproduces_committed_table1_baselines(defense_name, threat, 
     now return their first adversarial iterate, the committed engine its last iterate, so
     their norms are only checked against the budget. The committed run predates
     keep_adversarial_iterate: an image whose committed record has an adversarial iterate
-    but a robust last iterate is fooled now."""
+    but a robust last iterate is fooled now.
+
+    Robust bits, image·steps and restarts are exact on any CPU. The norms of the robust
+    images' final iterates are not bit-exact across CPUs: the records were written on
+    another CPU, and on an AVX-512 one float rounding in the kernels moves a few
+    trajectories slightly inside the ball (measured over all 20 cases, 2026-12-06: the
+    threat model's own norm within 1e-5 relative, where the budget binds it; ℓ∞ of ℓ1 and
+    ℓ2 attacks up to 6.8 % relative, ℓ2/ℓ1 of ℓ∞ attacks up to 0.13 %). So the own norm
+    is checked to 1e-4 relative, the other two to 10 %."""
     from robust_bench_sc.plan import job_seed
     from robust_bench_sc.plugins import build_defense
 
@@ -239,7 +247,8 @@ def test_compaction_reproduces_committed_table1_baselines(defense_name, threat, 
     assert (now["robust"] == expected_robust).all(), now.index[now["robust"] != expected_robust].tolist()
     kept = now["attacked"] & now["robust"]  # may be empty (ℓ1 strong fools nearly all)
     for col in ("linf", "l2", "l1"):
-        assert ((now.loc[kept, col] - ref.loc[kept, col]).abs() <= 1e-6).all(), col
+        tol = 1e-4 if col == t.norm else 0.1
+        assert ((now.loc[kept, col] - ref.loc[kept, col]).abs() <= tol * ref.loc[kept, col] + 1e-6).all(), col
     assert (now.loc[kept, "image_steps"] == ref.loc[kept, "image_steps"]).all()
     assert (now.loc[now["attacked"], "restarts_used"] == ref.loc[now["attacked"], "restarts_used"]).all()
     fooled = now["attacked"] & ~now["robust"]
