@@ -254,6 +254,18 @@ _HISTORY_KEYS = ("suite_hash", "profile", "profile_set", "overrides", "started_a
                  "executor")
 
 
+def _archived_invocation(old: dict, now: str) -> dict:
+    """The earlier invocation's entry for ``history``. We hold the folder's lock, so one that
+    run.json still calls running was killed with no chance to say so (SIGKILL, a machine or
+    session that stopped): it is recorded as ``killed``, with the time this invocation found
+    it (``killed_noticed_at``), its end being unknown."""
+    entry = {k: old.get(k) for k in _HISTORY_KEYS}
+    if entry.get("status") == "running":
+        entry["status"] = "killed"
+        entry["killed_noticed_at"] = now
+    return entry
+
+
 def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
                       old: dict | None, console: Console | None = None,
                       fingerprints: dict[str, str] | None = None) -> tuple[list[Job], dict[str, str]]:
@@ -404,7 +416,7 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
     }
     if old is not None:
         meta["first_started_at"] = old.get("first_started_at") or old.get("started_at")
-        meta["history"] = [*old.get("history", []), {k: old.get(k) for k in _HISTORY_KEYS}]
+        meta["history"] = [*old.get("history", []), _archived_invocation(old, meta["started_at"])]
     meta["defense_fingerprints"] = dict(known_fp)
     layout.write_meta(meta)
     if old is not None and old.get("suite_hash") != suite_hash:  # grown: same folder, other settings

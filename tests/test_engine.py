@@ -409,6 +409,10 @@ def test_killed_run_resumes_to_identical_summary(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "resuming" in res.stderr
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["status"] == "complete"
+    assert [h["status"] for h in meta["history"]] == ["killed"]  # it never got to say so itself
+    assert meta["history"][0]["killed_noticed_at"] == meta["started_at"]
     resumed = pd.read_csv(out / "summary.csv")
     assert ref.computed_chunks == 16
     pd.testing.assert_frame_equal(_no_time(resumed), _no_time(pd.read_csv(tmp_path / "ref" / "summary.csv")))
