@@ -38,6 +38,11 @@ def restart_stage(done: int, restarts: int, fooled: int, attacked: int) -> str:
     return f"restart {done}/{restarts}: {fooled} of {attacked} attacked images fooled"
 
 
+def zoo_stage(done: int, selected: int, fooled: int) -> str:
+    """The stage line of ZOO's loop over its selected images."""
+    return f"ZOO image {done}/{selected}: {fooled} of {done} fooled"
+
+
 @dataclass
 class JobProgress:
     """The latest word on one job in flight."""

@@ -58,6 +58,23 @@ def test_restart_loops_report_each_restart_with_the_images_fooled_so_far(madry, 
     assert all(k == 0 for k, s in calls if s)  # a stage is not an image done
 
 
+def test_zoo_reports_each_image_with_the_images_fooled_so_far(madry, test_split):
+    """ART's ZOO on 4 drawn images of the first 24 (5 iterations, a large learning rate so
+    that some fall): one stage per image, counting the drawn images fooled so far; the last
+    count is the number the records show fooled."""
+    raw = {"attack": "zoo", "n_samples": 4, "max_iter": 5, "nb_parallel": 128, "initial_const": 10,
+           "learning_rate": 0.5}
+    recs, calls = _stages(madry, raw, test_split, 24)
+    stages = [s for _, s in calls if s]
+    got = [tuple(map(int, re.fullmatch(r"ZOO image (\d+)/(\d+): (\d+) of (\d+) fooled", s).groups())) for s in stages]
+    fooled = sum(r["fooled"] for r in recs if r["selected"])
+    assert 0 < fooled < 4, "the test needs drawn images fooled and drawn images that hold"
+    assert [g[0] for g in got] == [1, 2, 3, 4] and {g[1] for g in got} == {4} and all(g[3] == g[0] for g in got)
+    counts = [g[2] for g in got]
+    assert counts == sorted(counts) and counts[-1] == fooled, (counts, fooled)
+    assert all(k == 0 for k, s in calls if s)
+
+
 def test_stages_name_the_batch_when_the_chunk_is_split(madry, test_split):
     raw = {"attack": "pgd", "norm": "linf", "epsilon": 2 / 255, "steps": 2, "step_size": "epsilon/2",
            "restarts": 2, "batch_size": 5}

@@ -14,6 +14,7 @@ import torch
 from robust_bench_sc.attacks.base import Attack, AttackContext, AttackOutput
 from robust_bench_sc.attacks.toolkits import art_classifier, foolbox_model
 from robust_bench_sc.predictions import predicted
+from robust_bench_sc.progress import zoo_stage
 from robust_bench_sc.threat_models import BoundaryThreat, HopSkipJumpThreat, ZooThreat
 
 log = logging.getLogger(__name__)
@@ -227,10 +228,16 @@ class ArtZoo(Attack):
             yn = y[c].detach().cpu().numpy()
             calls = [[i] for i in range(len(xn))] if t.zoo_batch_size == 1 else [list(range(len(xn)))]
             parts = []
+            done = fooled = 0
             for idx in calls:
                 counter.n = 0
                 parts.append(np.asarray(atk.generate(xn[idx], y=yn[idx]), dtype=np.float32))
                 queries[chosen[idx]] = counter.n / len(idx)
+                if ctx.progress:  # one image takes minutes on the sparse-coding defense
+                    part = torch.from_numpy(parts[-1]).to(x.device, x.dtype)
+                    done += len(idx)
+                    fooled += int((predicted(model, part) != y[c[idx]]).sum())
+                    ctx.progress(0, zoo_stage(done, len(xn), fooled))
             adv = torch.from_numpy(np.concatenate(parts)).to(x.device, x.dtype)
             x_adv[c] = adv
             claimed[chosen] = (predicted(model, adv) != y[c]).cpu()
