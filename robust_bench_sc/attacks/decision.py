@@ -227,20 +227,18 @@ class ArtZoo(Attack):
             xn = x[c].detach().cpu().numpy().astype(np.float32)
             yn = y[c].detach().cpu().numpy()
             calls = [[i] for i in range(len(xn))] if t.zoo_batch_size == 1 else [list(range(len(xn)))]
-            parts = []
-            done = fooled = 0
+            parts, fooled = [], []
             for idx in calls:
                 counter.n = 0
-                parts.append(np.asarray(atk.generate(xn[idx], y=yn[idx]), dtype=np.float32))
+                part = np.asarray(atk.generate(xn[idx], y=yn[idx]), dtype=np.float32)
                 queries[chosen[idx]] = counter.n / len(idx)
+                parts.append(torch.from_numpy(part).to(x.device, x.dtype))
+                fooled.append((predicted(model, parts[-1]) != y[c[idx]]).cpu())
                 if ctx.progress:  # one image takes minutes on the sparse-coding defense
-                    part = torch.from_numpy(parts[-1]).to(x.device, x.dtype)
-                    done += len(idx)
-                    fooled += int((predicted(model, part) != y[c[idx]]).sum())
-                    ctx.progress(0, zoo_stage(done, len(xn), fooled))
-            adv = torch.from_numpy(np.concatenate(parts)).to(x.device, x.dtype)
-            x_adv[c] = adv
-            claimed[chosen] = (predicted(model, adv) != y[c]).cpu()
+                    so_far = torch.cat(fooled)
+                    ctx.progress(0, zoo_stage(len(so_far), len(xn), int(so_far.sum())))
+            x_adv[c] = torch.cat(parts)
+            claimed[chosen] = torch.cat(fooled)
         return AttackOutput(x_adv, claimed, {"selected": selected.float(), "queries": queries})
 
 
