@@ -16,7 +16,7 @@ from typing import Any
 
 from robust_bench_sc.config import suite_from_resolved
 from robust_bench_sc.plan import images_covered, job_spec_hash, plan_jobs, recorded_spec_hash
-from robust_bench_sc.progress import duration, in_flight_lines
+from robust_bench_sc.progress import duration, in_flight_lines, parse_in_flight
 from robust_bench_sc.stats import wilson_interval
 from robust_bench_sc.storage import DamagedFileError, RunDir, RunLock
 from robust_bench_sc.subsets import describe_subset
@@ -39,15 +39,19 @@ class PairStatus:
     chunks_recorded: int
     minimum_norm: bool = False                     # Boundary, HSJ, ZOO, C&W: the norm is the result
     fooled_l2: tuple[float, ...] = ()               # ‖e‖₂ of the scored images attacked and fooled so far
+    in_flight: tuple[tuple[int, float], ...] = ()   # its jobs in flight (progress.json): (images, seconds in)
 
     @property
     def remaining_seconds(self) -> float | None:
-        """Job seconds still to go at the rate of the recorded chunks (None before the first)."""
+        """Job seconds still to go at the rate of the recorded chunks (None before the first),
+        less the time its jobs in flight have run (each at most its chunk's estimate)."""
         if self.recorded >= self.planned:
             return 0.0
         if not self.recorded:
             return None
-        return self.seconds / self.recorded * (self.planned - self.recorded)
+        rate = self.seconds / self.recorded
+        spent = sum(min(max(s, 0.0), rate * n) for n, s in self.in_flight)
+        return rate * (self.planned - self.recorded) - spent
 
 
 @dataclass(frozen=True)
@@ -170,14 +174,21 @@ def run_status(run_dir: str | Path) -> RunStatus:
         t.robust += sum(int(bool(r.get("robust"))) for r in scored)
         t.fooled_l2.extend(float(r["l2"]) for r in scored  # as summary.csv's mean_l2: attacked and fooled
                            if r.get("attacked") and r.get("fooled") and r.get("l2") is not None)
-    pairs = [PairStatus(d, th, t.planned, t.recorded, t.robust, t.scored, t.seconds, t.chunks_planned,
-                        t.chunks_recorded, suite.threat(th).minimum_norm, tuple(t.fooled_l2))
-             for (d, th), t in per.items()]
-    subset = describe_subset(images_covered(jobs)) if jobs else str(meta.get("subset"))
     writer = RunLock(run_dir).owner()
     live = bool(writer and writer.get("alive"))  # a dead writer's progress.json describes nothing
+    progress = layout.read_progress() if live else None
+    in_flight: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    written, flying = parse_in_flight(progress)
+    for p in flying:  # time a job in flight has run, as of the file's writing; not for a recorded chunk
+        if written is not None and not layout.chunk(p.defense, p.threat, p.chunk).is_file():
+            in_flight.setdefault((p.defense, p.threat), []).append((p.stop - p.start, written - p.started_at))
+    pairs = [PairStatus(d, th, t.planned, t.recorded, t.robust, t.scored, t.seconds, t.chunks_planned,
+                        t.chunks_recorded, suite.threat(th).minimum_norm, tuple(t.fooled_l2),
+                        tuple(in_flight.get((d, th), ())))
+             for (d, th), t in per.items()]
+    subset = describe_subset(images_covered(jobs)) if jobs else str(meta.get("subset"))
     return RunStatus(Path(run_dir), str(meta.get("status")), writer, meta, pairs, unusable, unchecked,
-                     subset, layout.read_progress() if live else None)
+                     subset, progress)
 
 
 def status_rows(st: RunStatus) -> list[list[str]]:
@@ -223,8 +234,9 @@ def status_lines(st: RunStatus) -> list[str]:
             pace = " (one job at a time, as this folder's last invocation ran them)"
         else:
             pace = " (wall time: this divided by the jobs run at once; run.json does not say how many)"
+        flying = " (less the time the jobs in flight have run)" if any(p.in_flight for p in st.pairs) else ""
         head.append(f"to go: {'at least ' if lower else ''}≈ {duration(rem)} of job time at the recorded chunks' "
-                    "rate" + pace + ("; '?': no chunk of that pair recorded yet" if lower else ""))
+                    "rate" + flying + pace + ("; '?': no chunk of that pair recorded yet" if lower else ""))
     if st.live and st.status != "complete":
         head += in_flight_lines(st.progress) or ["in flight: not known (no progress.json yet: the run is starting, "
                                                  "or its scbench predates it)"]

@@ -167,6 +167,8 @@ def test_a_live_run_shows_its_jobs_in_flight_and_leaves_no_progress_file(tmp_pat
         assert p.stage in (STARTED, stage)  # the file lags by at most InFlight.every
         text = "\n".join(lines)
         assert "running (pid" in text and "in flight (1 job;" in text and f"chunk {key[-1]} (images" in text, text
+        if key.endswith("/1"):  # chunk 0 recorded gives the rate; chunk 1's time so far is deducted
+            assert "(less the time the jobs in flight have run)" in text, text
     # the record of each chunk agrees with the last stage its attack reported
     records = {c: RunDir(run_dir).read_chunk("madry_pgd_at", "pgd3", c)["records"] for c in (0, 1)}
     for c, recs in records.items():

@@ -594,6 +594,23 @@ def test_status_turns_job_time_to_go_into_wall_time_with_the_jobs_run_at_once(tm
         assert n is None and "does not say how many" in text, text
 
 
+def test_status_deducts_the_time_jobs_in_flight_have_run(tmp_path):
+    """Three 600-s chunks to go, two of them in flight for 200 s and 900 s: 1800 - 200 - 600
+    (a job past its chunk's estimate counts as the estimate, never as negative time to go)."""
+    from robust_bench_sc.run_status import PairStatus, RunStatus, status_lines
+
+    pair = PairStatus("d", "t", planned=400, recorded=100, robust=40, scored=100, seconds=600.0,
+                      chunks_planned=4, chunks_recorded=1, in_flight=((100, 200.0), (100, 900.0)))
+    assert pair.remaining_seconds == pytest.approx(1000.0)
+    st = RunStatus(tmp_path, "running", None, {"executor": {"name": "ray", "concurrent_jobs": 2}}, [pair])
+    line = [ln for ln in status_lines(st) if ln.startswith("to go")][0]
+    assert "≈ 17 min of job time" in line and "less the time the jobs in flight have run" in line, line
+    idle = PairStatus("d", "t", 400, 100, 40, 100, 600.0, 4, 1)
+    assert idle.remaining_seconds == pytest.approx(1800.0)
+    assert "in flight" not in [ln for ln in status_lines(RunStatus(tmp_path, "running", None, {}, [idle]))
+                               if ln.startswith("to go")][0]
+
+
 def test_status_counts_only_records_the_run_would_reuse(tmp_path, plugin):
     suite = load_suite(_suite(tmp_path, plugin, steps=1))
     run_dir = tmp_path / "r"
