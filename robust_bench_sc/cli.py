@@ -185,7 +185,9 @@ class _Group(typer.core.TyperGroup):
 
                 close = difflib.get_close_matches(args[0], list(self._plugin_entries()))
                 if close:
-                    exc.message = f"{exc.message.rstrip('.')}. Did you mean {', '.join(repr(c) for c in close)}?"
+                    # a new error, not an assignment: click >= 8.5 declares `message` Final
+                    hint = f"{exc.message.rstrip('.')}. Did you mean {', '.join(repr(c) for c in close)}?"
+                    raise type(exc)(hint, ctx=exc.ctx) from None
             raise
 
 
