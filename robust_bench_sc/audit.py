@@ -98,6 +98,7 @@ class CascadePlan:
     randomised: bool
     bpda: str | None
     gradient_attacks: bool
+    eot: int = 1
 
     def threat_model(self, batch_size: int) -> dict[str, Any]:
         return {"attack": "worst_case", "name": CASCADE, "batch_size": batch_size,
@@ -214,7 +215,7 @@ def plan_cascade(defense: Defense, findings: ProbeFindings, budget: AuditBudget,
         reasons["square"].append(f"eot {square_eot}: scores averaged over {square_eot} passes of the randomised "
                                  f"defense, recheck {recheck}")
     return CascadePlan(members=members, reasons=reasons, skipped=skipped, randomised=randomised, bpda=bpda,
-                       gradient_attacks=gradient_ok)
+                       gradient_attacks=gradient_ok, eot=eot)
 
 
 def choose_bpda(defense: Defense, findings: ProbeFindings) -> str | None:
@@ -280,8 +281,8 @@ def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any],
         out.append(Finding("probe", "fail", "masking",
                            "stochastic gradients (Athalye et al. 2018): the defense is randomised, so an attack "
                            "without EOT follows the gradient of one random draw",
-                           f"evaluate with EOT (the audit used eot {plan.members[0].get('eot', 1) if plan.members else 1}"
-                           "); report the robust accuracy of the EOT attacks only"))
+                           f"evaluate with EOT (the audit used eot {plan.eot}); report the robust accuracy of the EOT "
+                           "attacks only"))
     if findings.gradient != "ok":
         out.append(Finding("probe", "fail", "masking",
                            f"gradient {findings.gradient} through the exact defense ({findings.gradient_detail})",
@@ -414,7 +415,7 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
     from robust_bench_sc.plan import plan_jobs
     from robust_bench_sc.plugins import build_defense
     from robust_bench_sc.probes import ProbeError, probe_defense
-    from robust_bench_sc.runner import run_suite
+    from robust_bench_sc.runner import RunError, prepare_run_dir, run_suite
     from robust_bench_sc.storage import RunDir, safe_name
     from robust_bench_sc.subsets import describe_subset
 
@@ -430,6 +431,12 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
     seconds: dict[str, float] = {}
     defense = build_defense(ref).to(device)
     label = defense.name
+    run_dir = Path(out) if out else Path(results_root) / "audit" / safe_name(label) / \
+        _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    try:
+        prepare_run_dir(run_dir.resolve())  # before any compute: a folder we may write (a run folder or empty)
+    except RunError as exc:
+        raise AuditError(str(exc)) from None
     split = load_test(n_images)
 
     # 1. probes
@@ -461,8 +468,6 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
     suite = build_suite(run_ref, [plan.threat_model(budget.batch_size)], n_images=n_images, name=label,
                         params=params, seed=budget.seed, chunk_size=min(budget.chunk_size, n_images),
                         suite_name=f"audit_{safe_name(label)}")
-    run_dir = Path(out) if out else Path(results_root) / "audit" / safe_name(label) / \
-        _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     t0 = time.perf_counter()
     outcome_run = run_suite(suite, out=run_dir, device=device, console=console, results_root=results_root,
                             command=command or [f"scbench audit {ref} --n-images {n_images}"],

@@ -590,6 +590,40 @@ def _diagnose_active(defense, n_images, out, bpda, seed, device, norm, epsilon, 
 
 
 @app.command()
+def audit(
+    defense: str = typer.Argument(..., help="defense name, 'module:attr' or 'path/to/file.py:attr'"),
+    n_images: int = typer.Option(100, "--n-images", help="first N CIFAR-10 test images"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run folder (resumable; default results/audit/<defense>/<timestamp>); audit.json/.md/.html are written into it"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (no effect on the numbers)"),
+    budget: str = typer.Option("standard", "--budget", help="standard (APGD 100 iterations, Square 5000 queries, EOT 20) or quick (smoke runs)"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+):
+    """Probe DEFENSE, attack it with a cascade chosen by the probes, run the indicators and the
+    binarization test, and write a report card with a verdict (docs/audit.md)."""
+    from robust_bench_sc.audit import BUDGETS, AuditError, audit as _audit
+
+    _check_device(device)
+    _check_threads(threads)
+    if budget not in BUDGETS:
+        _fail(f"--budget {budget}: allowed values are {', '.join(BUDGETS)}")
+    _interrupt_on_sigterm()
+    try:
+        card = _audit(defense, n_images=n_images, out=out, budget=BUDGETS[budget], device=device, threads=threads,
+                      console=err, show_progress=not quiet, command=sys.argv)
+    except AuditError as exc:
+        _fail(str(exc))
+    v, wc = card["verdict"], card["worst_case"]
+    code_colour = "green" if v["code"] == "trustworthy" else "yellow" if v["code"].startswith("trustworthy") else "bold red"
+    for m in card["cascade"]:
+        acc = "—" if m["robust_accuracy"] is None else f"{m['robust_accuracy']:.1f}%"
+        console.print(f"  {m['name']}: ran on {m['ran_on']}, fooled {m['fooled']}, robust there {acc}", highlight=False)
+    console.print(f"worst case {wc['robust_accuracy']:.1f}% ({wc['robust']}/{wc['n']})", highlight=False)
+    console.print(f"[{code_colour}]verdict:[/] {escape(v['text'])}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {card['run_dir']}/audit.json, audit.md, audit.html", highlight=False)
+
+
+@app.command()
 def train(
     out: Path = typer.Option(..., "--out", help="run folder: last.pt (resumable), best.pt, latest_weights.pt, log.csv/json"),
     model: str = typer.Option("sparse_coding", "--model", help="what to train: sparse_coding (frontend + ResNet-32) or resnet32 (natural ResNet-32); plug-ins may add more"),
