@@ -17,8 +17,21 @@ if TYPE_CHECKING:  # annotations only: config imports this module (resolve_worst
 SUMMARY_COLUMNS = [
     "defense", "threat_model", "attack", "backend", "norm", "epsilon", "bpda", "n_images",
     "clean_accuracy", "robust_accuracy", "success_rate", "mean_l2", "median_l2",
-    "mean_linf", "n_flagged", "seconds", "subset",
+    "mean_linf", "n_flagged", "seconds", "subset", "error",
 ]
+
+
+def column_error(part: pd.DataFrame) -> tuple[str, bool]:
+    """Why a (defense, threat model) column is missing or partial, and whether it is missing:
+    the attack raised on some of its images (records' ``attack_error``, evaluate.py: no
+    number), or a worst case's member did (``member_errors``: the number stands, over the
+    other members). ("", False) when neither."""
+    for key, missing in (("attack_error", True), ("member_errors", False)):
+        if key in part.columns:
+            msgs = [m for m in part[key].dropna().astype(str) if m]
+            if msgs:
+                return (msgs[0] if missing else f"worst case without {msgs[0]}"), missing
+    return "", False
 
 
 # -- per-sample worst case across threat models -----------------------------------------
@@ -174,6 +187,7 @@ def summarise(suite: SuiteConfig, samples: pd.DataFrame, seconds: dict[tuple[str
             fooled = part[part["attacked"] & part["fooled"]]
             attacked = int(part["attacked"].sum())
             eps = t.epsilon_value
+            error, missing = column_error(part)  # the attack raised: no number, the table says why
             rows.append({
                 "defense": d.label,
                 "threat_model": t.name,
@@ -184,14 +198,15 @@ def summarise(suite: SuiteConfig, samples: pd.DataFrame, seconds: dict[tuple[str
                 "bpda": t.bpda or "",
                 "n_images": n,
                 "clean_accuracy": 100.0 * part["clean_correct"].mean(),
-                "robust_accuracy": 100.0 * part["robust"].mean(),
-                "success_rate": 100.0 * len(fooled) / attacked if attacked else math.nan,
+                "robust_accuracy": math.nan if missing else 100.0 * part["robust"].mean(),
+                "success_rate": 100.0 * len(fooled) / attacked if attacked and not missing else math.nan,
                 "mean_l2": fooled["l2"].mean() if len(fooled) else math.nan,
                 "median_l2": fooled["l2"].median() if len(fooled) else math.nan,
                 "mean_linf": fooled["linf"].mean() if len(fooled) else math.nan,
                 "n_flagged": int((part["flags"].notna() & (part["flags"].astype(str) != "")).sum()),
                 "seconds": round(seconds.get((d.label, t.name), 0.0), 3),
                 "subset": subset,
+                "error": error,
             })
     over = list(getattr(suite, "worst_case_over", []) or [])
     if over:
