@@ -237,12 +237,20 @@ def cascade_outcome(records: list[dict[str, Any]], member_names: list[str]) -> d
     n = len(records)
     correct = [r for r in records if r["clean_correct"]]
     alive = {r["index"] for r in correct}
+    errors: dict[str, str] = {}  # member → its error (the engine records members that raised, member_errors)
+    for r in records:
+        for part in str(r.get("member_errors") or "").split(" | "):
+            name, sep, message = part.partition(": ")
+            if sep:
+                errors.setdefault(name, message)
     per_member = []
     for name in member_names:
         fooled = {r["index"] for r in correct if r.get("fooled_by") == name}
         ran = len(alive)
         per_member.append({"name": name, "ran_on": ran, "fooled": len(fooled),
-                           "robust_accuracy": None if ran == 0 else round(100.0 * (ran - len(fooled)) / ran, 2)})
+                           "robust_accuracy": None if ran == 0 or name in errors
+                           else round(100.0 * (ran - len(fooled)) / ran, 2),
+                           "error": errors.get(name)})
         alive -= fooled
     robust = sum(bool(r["robust"]) for r in records)
     lo, hi = wilson_interval(robust, n)
@@ -297,6 +305,11 @@ def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any],
                            f"saturated softmax on {findings.saturated_frac:.0%} of the probe images: the CE "
                            "gradient underflows (Carlini & Wagner 2017)",
                            "margin losses (DLR/CW) lead, as in this cascade; a CE-only PGD number is not valid"))
+    for m in outcome["per_attack"]:
+        if m.get("error"):
+            out.append(Finding("cascade", "fail", "optimisation", f"{m['name']} raised and contributed nothing "
+                               f"({m['error']})", "the worst case rests on the other attacks; fix what the message "
+                               "names"))
     late = [m for m in outcome["per_attack"] if m["name"] not in GRADIENT_MEMBERS and m["fooled"] > 0]
     n_late = sum(m["fooled"] for m in late)
     if plan.gradient_attacks and n_late >= max(LATE_FOOLED_MIN_IMAGES,
@@ -535,7 +548,7 @@ def card_markdown(card: dict[str, Any]) -> str:
               "## Cascade (each attack runs on the images every earlier one left robust)", "",
               "| attack | ran on | fooled | robust accuracy there | why / settings |", "|---|---|---|---|---|"]
     for m in card["cascade"]:
-        acc = "—" if m["robust_accuracy"] is None else f"{m['robust_accuracy']:.1f}%"
+        acc = f"error: {m['error']}" if m.get("error") else _pct(m["robust_accuracy"])
         lines.append(f"| {m['name']} | {m['ran_on']} | {m['fooled']} | {acc} | {'; '.join(m['reasons'])} |")
     for s in card["skipped"]:
         lines.append(f"| {s['attack']} | — | — | not applicable | {s['reason']} |")
