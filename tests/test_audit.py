@@ -21,8 +21,8 @@ from robust_bench_sc.plugins import build_defense
 from robust_bench_sc.probes import ProbeFindings
 
 EPS = 8 / 255
-TINY = replace(BUDGETS["quick"], apgd_iterations=10, eot=3, recheck=2, square_queries=100, square_eot=2,
-               transfer_steps=10, indicators=False, binarization=False)
+TINY = replace(BUDGETS["quick"], apgd_iterations=10, eot=3, recheck=2, square_queries=50, square_eot=2,
+               transfer_steps=5, indicators=False, binarization=False)
 
 
 def findings(**kw) -> ProbeFindings:
@@ -180,7 +180,7 @@ def tailored(name: str, x, y, draws: int) -> float:
 
 # --------------------------------------------------------------------------- real audits
 def test_audit_quantiser_inside_the_classifier_no_abort_no_gradient_columns(tmp_path):
-    n = 4
+    n = 3
     card = audit("defenses.archetypes:quantised_classifier", n_images=n, out=tmp_path / "run", budget=TINY)
     assert [s["attack"] for s in card["skipped"]] == list(GRADIENT_MEMBERS)
     assert {m["name"] for m in card["cascade"]} == {"transfer:madry_pgd_at", "transfer:trades", "square"}
