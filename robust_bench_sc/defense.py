@@ -156,17 +156,22 @@ class Defense:
 
 
 AUTO_BPDA = "auto"
+# ``default_bpda`` meaning "no stand-in: the preprocess's own gradients" (a differentiable
+# preprocess; robust_bench_sc.adapt sets it when the probes find the preprocess differentiable)
+EXACT_BPDA = "exact"
 
 
 def resolve_bpda(defense: Defense, bpda: str | None) -> str | None:
     """The stand-in that ``bpda`` names on ``defense`` (the one ``bpda: auto`` rule): ``auto``
     is the declared ``default_bpda``, else ``identity``, and None without a preprocess (there
-    is nothing to stand in for); any other value (None, a stand-in name) as given."""
+    is nothing to stand in for) or where ``default_bpda`` is ``exact``; any other value (None,
+    a stand-in name) as given."""
     if bpda != AUTO_BPDA:
         return bpda
     if defense.preprocess is None:
         return None
-    return defense.capabilities.default_bpda or IDENTITY_BPDA
+    chosen = defense.capabilities.default_bpda or IDENTITY_BPDA
+    return None if chosen == EXACT_BPDA else chosen
 
 
 class NoFeatureSplit(ValueError):

@@ -155,7 +155,8 @@ def data_labels(suite: SuiteConfig) -> tuple[list[int], list[int]]:
     return split.idx.tolist(), split.y.tolist()
 
 
-def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None) -> dict[str, str]:
+def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None,
+              built: dict[str, Any] | None = None) -> dict[str, str]:
     """Every check ``run`` would otherwise make only when it reaches a job: each defense loads
     (registry name or reference, parameters bound to its factory's signature, weights), each
     threat model's BPDA stand-in exists on each defense it is run against, transfer sources
@@ -165,7 +166,8 @@ def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None) -> 
 
     ``warn`` hears of suites that run but measure the wrong thing: a gradient attack without
     BPDA on a defense that declares its gradients meaningless (``Capabilities.differentiable``
-    False) measures gradient masking, not robustness."""
+    False) measures gradient masking, not robustness. ``built``, when given, receives the
+    defenses built (label → Defense), for the probes."""
     from robust_bench_sc.attacks.base import ATTACKS, attack_class, attack_key
     from robust_bench_sc.registry import RegistryError
     from robust_bench_sc.threat_models import TransferThreat, WorstCaseThreat
@@ -177,6 +179,8 @@ def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None) -> 
             raise RunError(f"{what}: {exc}") from None
 
     defenses = {d.label: build(d.ref, d.params, d.label, f"defense {d.label!r}") for d in suite.defenses}
+    if built is not None:
+        built.update(defenses)
 
     def check_bpda(tm, defense, what):
         if tm.bpda is None and tm.gradient_based and not defense.capabilities.differentiable and warn is not None:
@@ -225,6 +229,48 @@ def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None) -> 
     for t in suite.threat_models:  # against the defenses that run it
         walk(t, [defenses[d.label] for d in suite.defenses if d.runs(t.name)])
     return {label: d.fingerprint() for label, d in defenses.items()}
+
+
+PROBE_IMAGES = 8  # the first images of the suite the probes run on
+
+
+def probe_suite(suite: SuiteConfig, defenses: dict[str, Any], device: str = "cpu",
+                console: Console | None = None) -> tuple[SuiteConfig, dict[str, Any]]:
+    """Probe every defense (robust_bench_sc.probes) on the suite's first ``PROBE_IMAGES``
+    images, before any attack; return the suite carrying the adaptations (``auto``,
+    robust_bench_sc.adapt) and what run.json keeps of them (``probes``). Prints each finding
+    and each choice with its reason; a defense whose probes cannot run is one RunError line."""
+    from robust_bench_sc.adapt import adaptation
+    from robust_bench_sc.probes import ProbeError, probe_defense
+
+    split = load_test(min(PROBE_IMAGES, suite.data.n_images), suite.data.data_dir)
+    adaptations: dict[str, Any] = {}
+    record: dict[str, Any] = {}
+    for spec in suite.defenses:
+        d = defenses[spec.label].to(device)
+        try:
+            found = probe_defense(d, split.x, split.y, device=device, seed=suite.seed)
+            adapted = adaptation(spec.label, d, found, split.x, split.y, device)
+        except ProbeError as exc:
+            raise RunError(f"defense {spec.label!r}: {exc}") from None
+        adaptations[spec.label] = adapted
+        threats = [t for t in suite.threat_models if spec.runs(t.name)]
+        record[spec.label] = adapted.to_dict(threats)
+        if console is None:
+            continue
+        console.print(f"[bold]probes[/] {escape(spec.label)} ({found.n_images} images, {found.seconds:.1f}s)",
+                      highlight=False)
+        for line in found.summary_lines():
+            console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
+        for w in adapted.warnings + [w for t in threats for w in adapted.warnings_for(t)]:
+            console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
+        for t in threats:
+            for c in adapted.threat(t)[1]:
+                console.print(f"  auto {escape(spec.label)} × {escape(t.name)}: {escape(c.line())}", highlight=False,
+                              soft_wrap=True)
+    out = suite.model_copy()
+    out._adaptations = adaptations
+    return out, record
 
 
 @dataclass
@@ -328,7 +374,7 @@ def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
     if conflicts:
         raise RunError(
             f"{run_dir} holds records of a different suite configuration for {len(conflicts)} planned job(s) "
-            f"(e.g. {', '.join(conflicts[:3])}: other defense or threat-model settings or seed); refusing to mix "
+            f"(e.g. {', '.join(conflicts[:3])}: other defense or threat-model settings, seed, or settings auto chose from the probes — run.json: probes); refusing to mix "
             "results. Choose another --out or delete that folder.")
     for path, why in damaged:  # kept for inspection; the job is recomputed
         os.replace(path, path.with_name(path.name + ".damaged"))
@@ -355,11 +401,18 @@ def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
 def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "cpu",
               executor: Executor | None = None, console: Console | None = None,
               results_root: str | Path = "results", command: list[str] | None = None,
-              show_progress: bool = True) -> RunOutcome:
+              show_progress: bool = True, probes: bool = True) -> RunOutcome:
+    """Run ``suite`` (resumably). ``probes``: probe each defense first and adapt the attacks
+    to it (robust_bench_sc.adapt); off, every threat model runs exactly as written."""
     console = console or Console(stderr=True)
     # every check of the suite and its plug-ins, before anything is written
+    built: dict[str, Any] = {}
     fingerprints = preflight(suite, warn=lambda msg: console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False,
-                                                                   soft_wrap=True))
+                                                                   soft_wrap=True), built=built)
+    probe_record: dict[str, Any] | None = None
+    if probes:
+        suite, probe_record = probe_suite(suite, built, device, console)
+    del built
     run_dir = Path(out) if out else default_run_dir(suite, Path(results_root))
     run_dir = run_dir.resolve()
     prepare_run_dir(run_dir)
@@ -370,13 +423,15 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
     if lock.stale_owner:
         console.print(f"note: took over {lock.path} left by pid {lock.stale_owner.get('pid')} (no longer running)")
     try:
-        return _run_locked(suite, run_dir, device, executor, console, command, show_progress, fingerprints)
+        return _run_locked(suite, run_dir, device, executor, console, command, show_progress, fingerprints,
+                           probe_record)
     finally:
         lock.release()
 
 
 def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Executor | None, console: Console,
-                command: list[str] | None, show_progress: bool, fingerprints: dict[str, str]) -> RunOutcome:
+                command: list[str] | None, show_progress: bool, fingerprints: dict[str, str],
+                probe_record: dict[str, Any] | None = None) -> RunOutcome:
     layout = RunDir(run_dir)
     meta_path = layout.meta_path
     suite_hash = suite.content_hash()
@@ -413,6 +468,8 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
         "started_at": _dt.datetime.now().isoformat(timespec="seconds"),
         "n_jobs": len(jobs),
         "config": suite.resolved(),
+        # what the probes found per defense and what auto chose from it, with reasons (robust_bench_sc.adapt)
+        **({"probes": probe_record} if probe_record is not None else {}),
     }
     if old is not None:
         meta["first_started_at"] = old.get("first_started_at") or old.get("started_at")

@@ -34,6 +34,14 @@ def column_error(part: pd.DataFrame) -> tuple[str, bool]:
     return "", False
 
 
+def robust_mean(part: pd.DataFrame) -> float:
+    """Robust accuracy as a fraction: on a randomised defense the expectation over the
+    re-check's fresh draws (records' ``robust_frac``), else the share of robust records."""
+    if "robust_frac" in part.columns and len(part) and part["robust_frac"].notna().all():
+        return float(part["robust_frac"].astype(float).mean())
+    return float(part["robust"].mean())
+
+
 # -- per-sample worst case across threat models -----------------------------------------
 
 WORST_CASE = "worst case"   # its threat_model name in summary.csv and its column in reports
@@ -198,7 +206,7 @@ def summarise(suite: SuiteConfig, samples: pd.DataFrame, seconds: dict[tuple[str
                 "bpda": t.bpda or "",
                 "n_images": n,
                 "clean_accuracy": 100.0 * part["clean_correct"].mean(),
-                "robust_accuracy": math.nan if missing else 100.0 * part["robust"].mean(),
+                "robust_accuracy": math.nan if missing else 100.0 * robust_mean(part),
                 "success_rate": 100.0 * len(fooled) / attacked if attacked and not missing else math.nan,
                 "mean_l2": fooled["l2"].mean() if len(fooled) else math.nan,
                 "median_l2": fooled["l2"].median() if len(fooled) else math.nan,

@@ -57,6 +57,9 @@ class Worker:
         if spec.label not in self._defenses:
             defense = build_defense(spec.ref, spec.params, name=spec.label)
             self._fingerprints[spec.label] = defense.fingerprint()
+            adapted = self.suite.adaptation(spec.label)
+            if adapted is not None:  # what the probes found (undeclared randomness, exact preprocess gradients)
+                adapted.apply(defense)
             self._defenses[spec.label] = defense.to(self.device)
         return self._defenses[spec.label]
 
@@ -67,9 +70,13 @@ class Worker:
             progress(0, STARTED)
         defense = self.defense(job.defense_index)
         threat = self.suite.threat_models[job.threat_index]
+        adapted = self.suite.adaptation(job.defense)
+        if adapted is not None:  # auto: the threat model as the probes adapt it to this defense
+            threat, _ = adapted.threat(threat)
         part = self.data.take(range(job.start, job.stop))
         ctx = AttackContext(defense=defense, device=self.device, seed=job.seed, progress=progress,
-                            data_root=self.data_root, cache=self._cache, build_defense=build_defense)
+                            data_root=self.data_root, cache=self._cache, build_defense=build_defense,
+                            no_gradient=adapted.no_gradient if adapted is not None else "")
         records = evaluate_threat(defense, threat, part.x, part.y, part.idx, ctx)
         return ChunkResult(job, records, time.perf_counter() - t0, job_spec_hash(self.suite, job),
                            self._fingerprints[job.defense])
