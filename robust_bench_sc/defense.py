@@ -138,6 +138,47 @@ class Defense:
                 h.update(value.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
+    def code_fingerprint(self) -> str:
+        """Hash of the code and configuration behind the weights: every module's class and its
+        plain settings (a JPEG quality, a noise σ, a flag; not tensors, not ``training``), the
+        source of every module class outside torch, the declared capabilities, and the factory's
+        source file (its digest ``source_digest``, set by ``plugins.build_defense``). Records carry it beside
+        :meth:`fingerprint`, so the same name with other code is refused as other weights are."""
+        import hashlib
+        import inspect
+
+        h = hashlib.sha256()
+        h.update(repr(self.capabilities).encode())
+        parts = {"classifier": self.classifier, "preprocess": self.preprocess,
+                 **{f"bpda.{k}": v for k, v in self.bpda.items()}}
+        files: set[str] = set()
+        for prefix, module in sorted(parts.items()):
+            if module is None:
+                continue
+            for name, m in module.named_modules():
+                cls = type(m)
+                h.update(f"{prefix}.{name}:{cls.__module__}.{cls.__qualname__}".encode())
+                for key, value in sorted(vars(m).items()):
+                    if not key.startswith("_") and key != "training":
+                        h.update(f"{key}={_setting_repr(value)};".encode())
+                if cls.__module__.split(".")[0] != "torch":
+                    try:
+                        src = inspect.getsourcefile(cls)
+                    except (TypeError, OSError):
+                        src = None
+                    if src:
+                        files.add(src)
+        contents = [str(getattr(self, "source_digest", ""))]
+        for f in files:  # by content, not path: the same code elsewhere is the same code
+            try:
+                with open(f, "rb") as fh:
+                    contents.append(hashlib.sha256(fh.read()).hexdigest())
+            except OSError:
+                contents.append(f"unreadable:{f.rsplit('/', 1)[-1]}")
+        for c in sorted(contents):
+            h.update(c.encode())
+        return h.hexdigest()[:16]
+
     def to(self, device: str | torch.device) -> "Defense":
         for m in self.modules():
             m.to(device)
@@ -153,6 +194,15 @@ class Defense:
     def attack_model(self, bpda: str | None = None, eot: int = 1) -> nn.Module:
         """The nn.Module that attacks differentiate: exact forward, chosen backward."""
         return AttackModel(self, bpda=bpda, eot=eot)
+
+
+def _setting_repr(value: object) -> str:
+    """A module attribute as its code fingerprint sees it: plain values in full, others by type."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return repr(value)
+    if isinstance(value, (tuple, list)) and all(v is None or isinstance(v, (bool, int, float, str)) for v in value):
+        return repr(tuple(value))
+    return type(value).__qualname__
 
 
 AUTO_BPDA = "auto"

@@ -29,10 +29,12 @@ class ChunkResult:
     seconds: float
     spec_hash: str | None = None           # plan.job_spec_hash: what the records are of
     defense_fingerprint: str | None = None  # Defense.fingerprint(): which weights
+    code_fingerprint: str | None = None     # Defense.code_fingerprint(): which code and configuration
 
     def to_dict(self) -> dict:
         return {"job": self.job.to_dict(), "spec_hash": self.spec_hash,
                 "defense_fingerprint": self.defense_fingerprint, "seconds": self.seconds,
+                **({"code_fingerprint": self.code_fingerprint} if self.code_fingerprint else {}),
                 "records": self.records}
 
 
@@ -44,6 +46,7 @@ class Worker:
         self._data: Split | None = None
         self._defenses: dict[str, Defense] = {}
         self._fingerprints: dict[str, str] = {}
+        self._code_fingerprints: dict[str, str] = {}
         self._cache: dict[str, Any] = {}
 
     @property
@@ -57,6 +60,7 @@ class Worker:
         if spec.label not in self._defenses:
             defense = build_defense(spec.ref, spec.params, name=spec.label)
             self._fingerprints[spec.label] = defense.fingerprint()
+            self._code_fingerprints[spec.label] = defense.code_fingerprint()
             adapted = self.suite.adaptation(spec.label)
             if adapted is not None:  # what the probes found (undeclared randomness, exact preprocess gradients)
                 adapted.apply(defense)
@@ -79,4 +83,4 @@ class Worker:
                             no_gradient=adapted.no_gradient if adapted is not None else "")
         records = evaluate_threat(defense, threat, part.x, part.y, part.idx, ctx)
         return ChunkResult(job, records, time.perf_counter() - t0, job_spec_hash(self.suite, job),
-                           self._fingerprints[job.defense])
+                           self._fingerprints[job.defense], self._code_fingerprints.get(job.defense))
