@@ -115,6 +115,7 @@ def diagnose(defense: Defense, cfg: DiagnosticsConfig | None = None, log: Callab
     # probes first (a few images, their own random state): undeclared randomness is treated as randomised
     # from here on (EOT, PGD's stopping rule, re-checks); the randomness indicator still reports the declaration
     found = probe_defense(defense, run.x[:8], run.y[:8], device=run.device, seed=cfg.seed)
+    declared = defense.capabilities  # restored at the end: the caller's defense is left as it was
     if found.undeclared_randomness:
         defense.capabilities = replace(defense.capabilities, randomised=True)
         if log:
@@ -122,16 +123,19 @@ def diagnose(defense: Defense, cfg: DiagnosticsConfig | None = None, log: Callab
     names = sorted(only or INDICATORS.names(), key=lambda n: (n != "unconstrained_attack", *_rank(n)))
     inputs: dict[str, Any] = {}
     results = []
-    for name in names:
-        ind: Indicator = INDICATORS.get(name)
-        if name in cfg.skip:
-            results.append(ind.result(Outcome(SKIP, "skipped (--skip)")))
-            continue
-        if log:
-            log(f"indicator {name}")
-        results.append(run_indicator(ind, run, inputs))
-    results.sort(key=lambda r: _rank(r.name))
-    code, text = verdict(results, run)
+    try:
+        for name in names:
+            ind: Indicator = INDICATORS.get(name)
+            if name in cfg.skip:
+                results.append(ind.result(Outcome(SKIP, "skipped (--skip)")))
+                continue
+            if log:
+                log(f"indicator {name}")
+            results.append(run_indicator(ind, run, inputs))
+        results.sort(key=lambda r: _rank(r.name))
+        code, text = verdict(results, run)
+    finally:
+        defense.capabilities = declared
     plain = inputs.get("plain")
     return DiagnosticsReport(
         defense=defense.name, config=asdict(cfg), n_images=run.n,
