@@ -154,7 +154,9 @@ class DefenseAdaptation:
                 "exact_preprocess_gradients": self.exact_preprocess,
                 "no_gradient": self.no_gradient,
                 "warnings": list(self.warnings),
-                "threat_models": {t.name: [c.to_dict() for c in self.threat(t)[1]] for t in threats}}
+                "threat_models": {t.name: [c.to_dict() for c in self.threat(t)[1]] for t in threats},
+                # what entered each job's spec hash (plan.job_spec_hash's ``auto``; scbench status reads it)
+                "spec_hash_auto": {t.name: self.key(t) for t in threats}}
 
 
 def adaptation(label: str, defense: Defense, findings: ProbeFindings, x: torch.Tensor, y: torch.Tensor,

@@ -83,12 +83,16 @@ def spec_hash(suite_seed: int, defense: dict[str, Any], threat: dict[str, Any], 
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def job_spec_hash(suite: SuiteConfig, job: Job) -> str:
+def job_spec_hash(suite: SuiteConfig, job: Job, auto: dict[str, Any] | None = None) -> str:
+    """The spec hash of ``job``: with the choices the suite's probe adaptation made for it, or
+    ``auto`` as given (a run.json's ``probes[defense].spec_hash_auto[threat]``)."""
     d = suite.defenses[job.defense_index].model_dump(exclude_defaults=True, exclude=set(UNHASHED_DEFENSE_FIELDS))
     threat = suite.threat_models[job.threat_index]
     t = threat.model_dump(exclude_defaults=True)
-    adapted = suite.adaptation(job.defense)
-    return spec_hash(suite.seed, d, t, job, adapted.key(threat) if adapted is not None else None)
+    if auto is None:
+        adapted = suite.adaptation(job.defense)
+        auto = adapted.key(threat) if adapted is not None else None
+    return spec_hash(suite.seed, d, t, job, auto)
 
 
 def recorded_spec_hash(blob: dict[str, Any], config: dict[str, Any] | None) -> str | None:

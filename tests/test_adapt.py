@@ -202,6 +202,10 @@ def test_run_probes_records_findings_and_says_no_gradient_in_one_line(tmp_path, 
     assert not math.isnan(rows[("madry_pgd_at", "pgd")]["robust_accuracy"])
     flags = rd.read_chunk("detached", "pgd", 0)["records"]
     assert all("no_gradient" in r["flags"] for r in flags if r["attacked"])
+    # scbench status counts every record (it reads what entered the hashes from run.json)
+    from robust_bench_sc.run_status import run_status
+
+    assert run_status(out.run_dir).unusable == []
     # resuming with the same probes reuses every record
     again = run_suite(load_suite(tmp_path / "s.yaml"), out=tmp_path / "run", show_progress=False, console=console)
     assert again.computed_chunks == 0
