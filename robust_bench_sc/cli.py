@@ -284,6 +284,8 @@ def run(
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="address of a Ray cluster (with --executor ray)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads of the local executor (default: torch's); no effect on the numbers"),
+    no_probes: bool = typer.Option(False, "--no-probes", help="skip the probes (randomness, gradients, saturation) and run every threat model exactly as written, without auto's adaptations"),
+    accept_code_change: bool = typer.Option(False, "--accept-code-change", help="reuse records although the defense's code fingerprint (factory source, module settings) changed"),
 ):
     """Run every defense of SUITE through every threat model; write tables and per-sample records."""
     _check_threads(threads)
@@ -299,7 +301,8 @@ def run(
 
     ex = make_executor(executor, device, address=ray_address) if executor != "local" else None
     _interrupt_on_sigterm()  # `kill` or a job scheduler: the run records it was interrupted, then exits
-    outcome = run_suite(cfg, out=out, device=device, executor=ex, command=sys.argv, show_progress=not quiet)
+    outcome = run_suite(cfg, out=out, device=device, executor=ex, command=sys.argv, show_progress=not quiet,
+                        probes=not no_probes, accept_code_change=accept_code_change)
     from robust_bench_sc.storage import RunDir
 
     console.print(RunDir(outcome.run_dir).read_summary_md(), highlight=False)

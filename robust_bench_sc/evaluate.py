@@ -26,6 +26,7 @@ NORM_TOL_ABS = 1e-5
 
 NO_PREDICTION = -1  # a sample whose logits were not finite: never counted as any class
 ATTACK_ERROR = "attack_error"  # flag and record field: the attack raised; the field holds its one-line message
+NO_GRADIENT = "no_gradient"    # flag: a gradient attack not run, the probes found no usable gradient (attack_error says)
 
 
 def attack_error_text(threat: ThreatModel, exc: BaseException) -> str:
@@ -197,7 +198,12 @@ def evaluate_threat(defense: Defense, threat: ThreatModel, x: torch.Tensor, y: t
     info_all: dict[str, torch.Tensor] = {}
     recheck = threat.recheck if defense.capabilities.randomised else 1
     error = ""
-    if sel.numel():
+    if sel.numel() and threat.gradient_based and ctx.no_gradient:  # the probes found no usable gradient
+        error = f"not applicable (no gradient): {ctx.no_gradient}"
+        x_adv[sel] = x[sel]
+        if ctx.progress:
+            ctx.progress(int(sel.numel()))
+    elif sel.numel():
         ctx.seed_everything()
         try:
             xa, claimed, info = run_attack(threat, ctx, x[sel], y[sel])
@@ -221,7 +227,7 @@ def evaluate_threat(defense: Defense, threat: ThreatModel, x: torch.Tensor, y: t
     adv_pred = torch.where(attacked, adv_pred, clean_pred)
     for i in sel.tolist():
         if error:
-            flags[i].append(ATTACK_ERROR)
+            flags[i].append(NO_GRADIENT if error.startswith("not applicable") else ATTACK_ERROR)
             continue
         if torch.equal(x_adv[i], x[i]):
             flags[i].append("unchanged")
@@ -235,6 +241,11 @@ def evaluate_threat(defense: Defense, threat: ThreatModel, x: torch.Tensor, y: t
         robust = correct & ~fooled
     recs = _records(idx, y, clean_pred, attacked, adv_pred, fooled_frac, norms, flags, claimed_all,
                     info_all, robust)
+    if recheck > 1 and not threat.minimum_norm:
+        # a randomised defense: the expectation over the re-check's fresh draws, per image
+        robust_frac = torch.where(attacked & correct, 1.0 - fooled_frac, correct.float())
+        for i, r in enumerate(recs):
+            r["robust_frac"] = float(robust_frac[i])
     if error:
         for i in sel.tolist():
             recs[i][ATTACK_ERROR] = error

@@ -199,12 +199,12 @@ def randomness(run: DiagnosticRun, clean_logits: torch.Tensor) -> Outcome:
     mask = spread > 1e-5 * scale
     preds_vary = (outs.argmax(2) != outs[0:1].argmax(2)).any(0)
     k = int(mask.sum())
-    declared = run.randomised
+    declared = run.declared_randomised
     status: Status
     if k and not declared:
         status, ev = FAIL, (f"{k}/{run.n} images get different outputs over {c.random_passes} forward passes "
                             f"({int(preds_vary.sum())} change prediction) but the defense does not declare "
-                            f"randomised=True: attacks ran without EOT and successes were not re-checked")
+                            f"randomised=True; treated as randomised here (the probes: EOT and re-checks), declare it")
     elif k:
         status, ev = PASS, (f"randomised (declared): {k}/{run.n} outputs vary, {int(preds_vary.sum())} predictions; "
                             f"attacks use eot={c.eot}, recheck={c.random_passes}")
