@@ -284,6 +284,8 @@ def run(
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="address of a Ray cluster (with --executor ray)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads of the local executor (default: torch's); no effect on the numbers"),
+    no_probes: bool = typer.Option(False, "--no-probes", help="skip the probes (randomness, gradients, saturation) and run every threat model exactly as written, without auto's adaptations"),
+    accept_code_change: bool = typer.Option(False, "--accept-code-change", help="reuse records although the defense's code fingerprint (factory source, module settings) changed"),
 ):
     """Run every defense of SUITE through every threat model; write tables and per-sample records."""
     _check_threads(threads)
@@ -299,7 +301,8 @@ def run(
 
     ex = make_executor(executor, device, address=ray_address) if executor != "local" else None
     _interrupt_on_sigterm()  # `kill` or a job scheduler: the run records it was interrupted, then exits
-    outcome = run_suite(cfg, out=out, device=device, executor=ex, command=sys.argv, show_progress=not quiet)
+    outcome = run_suite(cfg, out=out, device=device, executor=ex, command=sys.argv, show_progress=not quiet,
+                        probes=not no_probes, accept_code_change=accept_code_change)
     from robust_bench_sc.storage import RunDir
 
     console.print(RunDir(outcome.run_dir).read_summary_md(), highlight=False)
@@ -587,6 +590,40 @@ def _diagnose_active(defense, n_images, out, bpda, seed, device, norm, epsilon, 
     console.print(f"wall time {_time.perf_counter() - t0:.0f} s; wrote {j} and {m}")
     if rep.status == "fail":
         raise typer.Exit(4)
+
+
+@app.command()
+def audit(
+    defense: str = typer.Argument(..., help="defense name, 'module:attr' or 'path/to/file.py:attr'"),
+    n_images: int = typer.Option(100, "--n-images", help="first N CIFAR-10 test images"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run folder (resumable; default results/audit/<defense>/<timestamp>); audit.json/.md/.html are written into it"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (no effect on the numbers)"),
+    budget: str = typer.Option("standard", "--budget", help="standard (APGD 100 iterations, Square 5000 queries, EOT 20) or quick (smoke runs)"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+):
+    """Probe DEFENSE, attack it with a cascade chosen by the probes, run the indicators and the
+    binarization test, and write a report card with a verdict (docs/audit.md)."""
+    from robust_bench_sc.audit import BUDGETS, AuditError, audit as _audit
+
+    _check_device(device)
+    _check_threads(threads)
+    if budget not in BUDGETS:
+        _fail(f"--budget {budget}: allowed values are {', '.join(BUDGETS)}")
+    _interrupt_on_sigterm()
+    try:
+        card = _audit(defense, n_images=n_images, out=out, budget=BUDGETS[budget], device=device, threads=threads,
+                      console=err, show_progress=not quiet, command=sys.argv)
+    except AuditError as exc:
+        _fail(str(exc))
+    v, wc = card["verdict"], card["worst_case"]
+    code_colour = "green" if v["code"] == "trustworthy" else "yellow" if v["code"].startswith("trustworthy") else "bold red"
+    for m in card["cascade"]:
+        acc = "—" if m["robust_accuracy"] is None else f"{m['robust_accuracy']:.1f}%"
+        console.print(f"  {m['name']}: ran on {m['ran_on']}, fooled {m['fooled']}, robust there {acc}", highlight=False)
+    console.print(f"worst case {wc['robust_accuracy']:.1f}% ({wc['robust']}/{wc['n']})", highlight=False)
+    console.print(f"[{code_colour}]verdict:[/] {escape(v['text'])}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {card['run_dir']}/audit.json, audit.md, audit.html", highlight=False)
 
 
 @app.command()

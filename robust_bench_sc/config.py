@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from robust_bench_sc.paths import N_TEST_AVAILABLE, REPO_ROOT
 from robust_bench_sc.registry import did_you_mean
@@ -119,6 +119,14 @@ class SuiteConfig(BaseModel):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)  # not in resolved(): no effect on numbers
     profile: str | None = None
     overrides: list[str] = Field(default_factory=list)
+    # per defense label, what the probes imply (robust_bench_sc.adapt.DefenseAdaptation), set by the runner
+    # before any job runs; not configuration (no YAML sets it, resolved() leaves it out), it travels with the
+    # suite to the workers and its choices enter the job spec hashes (plan.job_spec_hash)
+    _adaptations: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def adaptation(self, label: str) -> Any:
+        """The probes' adaptation of defense ``label`` (robust_bench_sc.adapt), or None."""
+        return self._adaptations.get(label)
 
     @field_validator("defenses", mode="before")
     @classmethod

@@ -33,6 +33,16 @@ def build_defense(ref: str, params: dict[str, Any] | None = None, name: str | No
     params = dict(params or {})
     obj = load_reference(ref) if is_reference(ref) else DEFENSES.get(ref)
     defense = _materialise(obj, ref, params)
+    if not isinstance(obj, Defense):  # the factory's source, as built: part of Defense.code_fingerprint
+        import hashlib
+
+        try:
+            src = inspect.getsourcefile(obj)
+            if src:
+                with open(src, "rb") as fh:
+                    defense.source_digest = hashlib.sha256(fh.read()).hexdigest()  # type: ignore[attr-defined]
+        except (TypeError, OSError):
+            pass
     if name:
         defense.name = name
     return defense.eval()

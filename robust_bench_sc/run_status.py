@@ -117,6 +117,15 @@ class _Tally:
     fooled_l2: list[float] = field(default_factory=list)
 
 
+def _auto(meta: dict, job: Any) -> dict[str, Any] | None:
+    """What the probes' adaptation put into ``job``'s spec hash, as run.json recorded it (None: nothing)."""
+    probes = meta.get("probes")
+    entry = probes.get(job.defense) if isinstance(probes, dict) else None
+    keys = entry.get("spec_hash_auto") if isinstance(entry, dict) else None
+    auto = keys.get(job.threat) if isinstance(keys, dict) else None
+    return auto if isinstance(auto, dict) else None
+
+
 def run_status(run_dir: str | Path) -> RunStatus:
     """What ``run_dir`` holds (read-only); :class:`StatusError` or ConfigError when it cannot be read."""
     layout = RunDir(run_dir)
@@ -151,7 +160,7 @@ def run_status(run_dir: str | Path) -> RunStatus:
             continue
         recs = blob.get("records") if isinstance(blob, dict) else None
         if not isinstance(recs, list) or len(recs) != j.stop - j.start \
-                or recorded_spec_hash(blob, meta.get("config")) != job_spec_hash(suite, j):
+                or recorded_spec_hash(blob, meta.get("config")) != job_spec_hash(suite, j, _auto(meta, j)):
             unusable.append(f"{path} (other settings or images)")
             continue
         if expected is None and unchecked is None:
