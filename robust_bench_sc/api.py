@@ -147,7 +147,7 @@ def build_suite(defense: Any, threat_models: Sequence[Any], *, n_images: int | N
     """The validated suite :func:`benchmark` runs (arguments as there); raises ConfigError."""
     from pydantic import ValidationError
 
-    from robust_bench_sc.config import SuiteConfig
+    from robust_bench_sc.config import SuiteConfig, check_labels
     from robust_bench_sc.data import N_TEST_AVAILABLE
     from robust_bench_sc.summary import resolve_worst_case
 
@@ -180,6 +180,7 @@ def build_suite(defense: Any, threat_models: Sequence[Any], *, n_images: int | N
     except ValidationError as exc:
         raise ConfigError("; ".join(f"{SOURCE}: {'.'.join(map(str, e['loc']))}: {e['msg']}"
                                     for e in exc.errors())) from None
+    check_labels(suite, SOURCE)
     return resolve_worst_case(suite, tms, None, SOURCE)
 
 

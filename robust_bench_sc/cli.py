@@ -41,11 +41,11 @@ def _explain(exc: BaseException) -> str:
     from robust_bench_sc.regression import BaselineError
     from robust_bench_sc.reports import ReportError
     from robust_bench_sc.runner import RunError
-    from robust_bench_sc.storage import DamagedFileError, LockError
+    from robust_bench_sc.storage import DamagedFileError, EscapeError, LockError
     from robust_bench_sc.yamlio import ConfigError
 
     ours = (ConfigError, RunError, RegistryError, DataError, ReportError, BaselineError, DefenseOutputError,
-            LockError, DamagedFileError)
+            LockError, DamagedFileError, EscapeError)
     if isinstance(exc, ours):
         return str(exc)
     if isinstance(exc, SyntaxError):  # a plug-in file that does not parse

@@ -90,8 +90,43 @@ def write_report_files(out_dir: str | Path, stem: str, data: Any, markdown: str)
     return j, m
 
 def safe_name(name: str) -> str:
-    """A file-system friendly version of a defense or threat-model name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "unnamed"
+    """The folder (or file stem) of a defense, threat-model or suite name: the one place a
+    label becomes a path component. Characters other than letters, digits, ``_ . -`` become
+    ``_``; a name of dots only (``.``, ``..``) or of no such character becomes ``unnamed``, so a
+    label never names the folder itself or the one above it. Not injective on its own
+    (``x/y`` and ``x_y``): :func:`label_clashes` finds labels that would share a folder, and
+    every suite is refused with them (config.load_suite, api.build_suite)."""
+    out = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_")
+    return "unnamed" if not out.strip(".") else out
+
+
+def label_clashes(labels: list[str]) -> list[tuple[str, str, str]]:
+    """Pairs of distinct labels that :func:`safe_name` maps to one folder, with that folder:
+    ``[(first, second, folder), ...]`` (empty when the mapping is injective on ``labels``)."""
+    seen: dict[str, str] = {}
+    out = []
+    for label in labels:
+        folder = safe_name(label)
+        if folder in seen and seen[folder] != label:
+            out.append((seen[folder], label, folder))
+        seen.setdefault(folder, label)
+    return out
+
+
+def inside(root: str | Path, path: str | Path) -> Path:
+    """``path`` resolved (symlinks followed), checked to lie inside ``root``; a path that
+    would escape (a ``..`` label, a symlinked folder pointing elsewhere) raises
+    :class:`EscapeError`: a run never writes outside its folder."""
+    base = Path(root).resolve()
+    target = Path(path).resolve()
+    if target != base and base not in target.parents:
+        raise EscapeError(f"{path}: resolves to {target}, outside the run folder {base} (a symlink or a label "
+                          "that escapes it); refusing to write there")
+    return target
+
+
+class EscapeError(ValueError):
+    """A path a run would write lies outside its run folder."""
 
 
 def read_json(path: Path) -> Any:
@@ -333,8 +368,11 @@ class RunDir:
         return self.path / self.DIAGNOSTICS
 
     def chunk(self, defense: str, threat: str, chunk: int) -> Path:
-        """The record file of one job."""
-        return self.records_dir / safe_name(defense) / safe_name(threat) / f"chunk_{chunk:05d}.json"
+        """The record file of one job (folders named by :func:`safe_name`, checked to stay
+        inside the run folder)."""
+        path = self.records_dir / safe_name(defense) / safe_name(threat) / f"chunk_{chunk:05d}.json"
+        inside(self.path, path.parent)
+        return path
 
     def is_run(self) -> bool:
         """True when the folder holds a run description (it is a run folder, finished or not)."""
@@ -346,13 +384,15 @@ class RunDir:
         return read_json(self.meta_path) if self.meta_path.exists() else None
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        atomic_write_json(self.meta_path, meta)
+        atomic_write_json(inside(self.path, self.meta_path), meta)
 
     def read_chunk(self, defense: str, threat: str, chunk: int) -> Any:
         return read_json(self.chunk(defense, threat, chunk))
 
     def write_chunk(self, defense: str, threat: str, chunk: int, blob: dict[str, Any]) -> None:
-        atomic_write_json(self.chunk(defense, threat, chunk), blob)
+        path = self.chunk(defense, threat, chunk)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(inside(self.path, path), blob)
 
     def write_samples(self, samples_csv: str) -> None:
         """``samples.csv`` (as text)."""
