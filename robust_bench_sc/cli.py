@@ -322,6 +322,9 @@ def validate(suite: Path = typer.Argument(..., help="suite YAML file"),
     """Check a suite without running it: everything `run` checks before computing (threat models,
     nested ones too; defenses load with their parameters; BPDA names; attack backends)."""
     cfg = _load(suite, set_, profile, None, None)
+    if profile is None:  # every profile's set and selection is checked too, not only the one --profile names
+        for name in cfg.profiles:
+            _load(suite, set_, name, None, None)
     from robust_bench_sc.plan import plan_jobs
     from robust_bench_sc.runner import preflight
 
@@ -434,6 +437,13 @@ def check(
     force: bool = typer.Option(False, "--force", help="with --update: replace a baseline of another suite (or a damaged one)"),
 ):
     """Compare a run with a committed baseline; exit 1 when a number moved or a pair disappeared."""
+    import math
+
+    for option, value, ok, allowed in (("--tolerance", tolerance, lambda v: v >= 0, ">= 0 percentage points"),
+                                       ("--alpha", alpha, lambda v: 0 < v < 1, "in (0, 1), e.g. 0.01"),
+                                       ("--norm-tolerance", norm_tolerance, lambda v: v >= 0, ">= 0 (relative)")):
+        if not math.isfinite(value) or not ok(value):  # nan compares false: a nan tolerance passed every drop
+            _fail(f"{option} {value}: must be a finite number {allowed}")
     from robust_bench_sc.regression import (BaselineError, baseline_from_run, check_run, compare, format_result,
                                             read_baseline, write_baseline)
     from robust_bench_sc.reports import ReportError

@@ -331,7 +331,13 @@ def parse_set(items: list[str]) -> list[tuple[str, Any]]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. restarts=1 or linf_pgd_ce.steps=10")
-        out.append((key.strip(), yaml.safe_load(value)))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:  # `steps=[1,2`, a `!!python/...` tag: the option is named, not a traceback
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"--set {item!r}: {key.strip()}: the value is not valid YAML ({problem}); write a "
+                              "number, a string or a list, e.g. steps=10 or attacks_to_run=[apgd-ce]") from None
+        out.append((key.strip(), parsed))
     return out
 
 
