@@ -557,6 +557,10 @@ def load_samples(run_dir: Path, jobs: list[Job], suite: SuiteConfig | None = Non
         if expected is None and suite is not None:
             expected = data_labels(suite)
         problem = record_problem(blob, j, *expected) if expected else None
+        recorded = blob.get("spec_hash") if isinstance(blob, dict) else None
+        if not problem and suite is not None and recorded is not None and recorded != job_spec_hash(suite, j):
+            problem = (f"a record of another job (spec hash {recorded}, job {j.key} has {job_spec_hash(suite, j)}): "
+                       "never shown under this job's row")
         if problem:
             raise RunError(f"{path}: {problem}; rerun the same command to recompute it")
         seconds[(j.defense, j.threat)] += blob["seconds"]

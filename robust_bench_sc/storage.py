@@ -143,6 +143,58 @@ def read_json(path: Path) -> Any:
                                f"{exc.start}): not a file scbench wrote") from None
 
 
+# -- run.json ---------------------------------------------------------------------------
+
+_NUM = (int, float)
+#: the fields of ``run.json`` that commands read, and their JSON types (None: may be null); a
+#: field may be missing (older runs lack some), never of another type
+RUN_META_SCHEMA: dict[str, tuple[type, ...]] = {
+    "suite": (str,), "suite_hash": (str,), "status": (str,), "subset": (str,), "data_dir": (str, type(None)),
+    "data_hash": (str, type(None)), "seed": (int,), "profile": (str, type(None)), "profile_set": (dict, type(None)),
+    "overrides": (list,), "device": (str,), "command": (list,), "versions": (dict,), "git": (dict,),
+    "host": (dict,), "started_at": (str,), "first_started_at": (str, type(None)), "finished_at": (str, type(None)),
+    "interrupted_at": (str, type(None)), "n_jobs": (int,), "config": (dict,), "history": (list,),
+    "defense_fingerprints": (dict,), "executor": (dict, type(None)), "jobs_computed": (int, type(None)),
+    "wall_seconds_this_invocation": (*_NUM, type(None)), "wall_seconds_total": (*_NUM, type(None)),
+}
+_JSON_NAME = {str: "a string", int: "a whole number", float: "a number", dict: "an object", list: "a list",
+              type(None): "null"}
+
+
+def check_meta(meta: Any, path: str | Path) -> dict[str, Any]:
+    """``run.json`` read through its schema (:data:`RUN_META_SCHEMA`): an object whose known
+    fields have their types, ``config`` with lists ``defenses`` (objects with a string ``ref``)
+    and ``threat_models`` (objects with a string ``name``), ``history`` a list of objects. A
+    field of another type (``"config": "oops"``, edited by hand or written by another tool)
+    raises :class:`DamagedFileError` naming the file and the field."""
+    def bad(field: str, want: str, got: Any) -> DamagedFileError:
+        return DamagedFileError(f"{path}: field {field!r} should be {want}, got {type(got).__name__} {str(got)[:40]!r}: "
+                                "not as scbench wrote it")
+
+    if not isinstance(meta, dict):
+        raise DamagedFileError(f"{path}: not a run description (a JSON {type(meta).__name__}); restore it, or "
+                               "choose another folder")
+    for field, types in RUN_META_SCHEMA.items():
+        if field not in meta:
+            continue
+        value = meta[field]
+        if isinstance(value, bool) or not isinstance(value, types):  # no field is a boolean
+            raise bad(field, " or ".join(dict.fromkeys(_JSON_NAME[t] for t in types)), value)
+    config = meta.get("config")
+    if isinstance(config, dict):
+        for key, need in (("defenses", "ref"), ("threat_models", "name")):
+            entries = config.get(key, [])
+            if not isinstance(entries, list):
+                raise bad(f"config.{key}", "a list", entries)
+            for i, e in enumerate(entries):
+                if not isinstance(e, dict) or not isinstance(e.get(need), str):
+                    raise bad(f"config.{key}[{i}]", f"an object with a string {need!r}", e)
+    for i, entry in enumerate(meta.get("history") or []):
+        if not isinstance(entry, dict):
+            raise bad(f"history[{i}]", "an object", entry)
+    return meta
+
+
 # -- ownership of a run directory ----------------------------------------------------------
 
 LOCK_NAME = ".scbench.lock"
@@ -380,8 +432,9 @@ class RunDir:
 
     # reading and writing
     def read_meta(self) -> Any:
-        """The parsed ``run.json``; None when there is none; :class:`DamagedFileError` when damaged."""
-        return read_json(self.meta_path) if self.meta_path.exists() else None
+        """The parsed ``run.json``, checked by :func:`check_meta`; None when there is none;
+        :class:`DamagedFileError` when damaged or of the wrong shape."""
+        return check_meta(read_json(self.meta_path), self.meta_path) if self.meta_path.exists() else None
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         atomic_write_json(inside(self.path, self.meta_path), meta)
