@@ -115,6 +115,8 @@ def load_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: YAML syntax error at {where}: {exc.problem}") from None
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:  # a control character (ReaderError), and any other unmarked YAML error
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
 def line_of(data: Any, loc: tuple) -> int | None:

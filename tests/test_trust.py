@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 
 import pandas as pd
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from torch import nn
 from typer.testing import CliRunner
@@ -306,7 +307,8 @@ def _fuzz_suite(tmp_path, defense_name, threat, n_images):
             f"threat_models:\n  - clean\n  - {json.dumps(threat)}\n")
 
 
-@settings(max_examples=50, deadline=None, derandomize=True,
+@settings(max_examples=int(os.environ.get("SCBENCH_FUZZ_EXAMPLES", 50)), deadline=None, derandomize=True,
+          phases=[Phase.explicit, Phase.generate],  # no shrinking: a failure is reported as found, quickly
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(key=st.sampled_from(_FIELDS), value=_SCALARS, name=st.one_of(st.text(max_size=6), _SCALARS),
        field=st.sampled_from(_FIELDS[:13]), raw=_SCALARS, n_images=_SCALARS, junk=st.text(max_size=30))
