@@ -255,7 +255,7 @@ def _format_validation(exc: ValidationError, source: str, data: Any, prefix: tup
         elif err["type"] == "literal_error":
             msg = f"{msg} (got {err.get('input')!r})"
         lines.append(f"{where}: {key}: {msg}")
-    return "; ".join(lines)  # one line, every problem (each names its file and line)
+    return "\n".join(lines)
 
 
 # -- threat models ----------------------------------------------------------------------
