@@ -640,6 +640,13 @@ def train(
             _fail(f"{name} {value}: must be > 0")
     if not 0 <= warmup_frac <= 1:
         _fail(f"--warmup-frac {warmup_frac}: must be in [0, 1]")
+    # sparse_coding keeps the top T of the shared dictionary's 500 atoms per patch (shared/reference)
+    if model == "sparse_coding" and not 1 <= T <= 500:
+        _fail(f"--T {T}: must be a whole number in 1..500 (the dictionary's 500 atoms; paper: 1, 2, 5, 10, 15, 20)")
+    for name, count, low in (("--ckpt-every", ckpt_every, 1), ("--eval-every", eval_every, 1), ("--n-val", n_val, 1),
+                             ("--n-test", n_test, 1), ("--max-steps", max_steps, 0)):
+        if count is not None and count < low:  # --ckpt-every 0 divided by zero at the first step
+            _fail(f"{name} {count}: must be a whole number >= {low}")
     if device == "cuda":
         import torch
 

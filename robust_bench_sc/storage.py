@@ -153,7 +153,7 @@ RUN_META_SCHEMA: dict[str, tuple[type, ...]] = {
     "data_hash": (str, type(None)), "seed": (int,), "profile": (str, type(None)), "profile_set": (dict, type(None)),
     "overrides": (list,), "device": (str,), "command": (list,), "versions": (dict,), "git": (dict,),
     "host": (dict,), "started_at": (str,), "first_started_at": (str, type(None)), "finished_at": (str, type(None)),
-    "interrupted_at": (str, type(None)), "n_jobs": (int,), "config": (dict,), "history": (list,),
+    "interrupted_at": (str, type(None)), "error": (str, type(None)), "n_jobs": (int,), "config": (dict,), "history": (list,),
     "defense_fingerprints": (dict,), "executor": (dict, type(None)), "jobs_computed": (int, type(None)),
     "wall_seconds_this_invocation": (*_NUM, type(None)), "wall_seconds_total": (*_NUM, type(None)),
 }

@@ -40,21 +40,29 @@ from robust_bench_sc import Defense
 class Toy(nn.Module):
     """A fixed random linear map plus a bias of 3 towards class ``bias``."""
 
-    def __init__(self, seed, bias, dtype, meta):
+    def __init__(self, seed, bias, dtype, meta, fail=False):
         super().__init__()
+        self.fail = fail
         g = torch.Generator().manual_seed(seed)
         self.w = nn.Parameter(torch.randn(10, 3 * 32 * 32, generator=g) * 0.05)
         self.bias, self.dtype, self.meta = bias, dtype, meta
 
     def forward(self, x):
+        if self.fail:
+            raise ValueError("my classifier broke")
         out = x.flatten(1) @ self.w.t() + 3 * nn.functional.one_hot(torch.tensor(self.bias), 10).float()
         if self.meta:
             return torch.empty(out.shape, device="meta")
         return out.to(getattr(torch, self.dtype))
 
 
-def make(seed=0, bias=6, dtype="float32", meta=False):
-    return Defense(name="toy", classifier=Toy(seed, bias, dtype, meta))
+def make(seed=0, bias=6, dtype="float32", meta=False, fail=False):
+    return Defense(name="toy", classifier=Toy(seed, bias, dtype, meta, fail))
+
+
+def quits():
+    import sys
+    sys.exit(3)
 '''
 
 
@@ -290,6 +298,28 @@ def test_meta_logits_malformed_set_and_wrong_run_json_fields_are_one_line(tmp_pa
             _one_error(_cli(*cmd), "run.json: field", "not as scbench wrote it")
     with pytest.raises(ValueError, match="field 'config.threat_models' should be a list"):
         check_meta({"config": {"threat_models": "x"}}, "run.json")
+
+
+def test_a_run_stopped_on_an_error_says_so_and_a_failed_start_leaves_nothing(tmp_path, toy):
+    # was: status 'running' left in run.json, later archived as 'killed' (and shown as killed?)
+    bad = _suite(tmp_path, f"[{{ref: {toy}, name: d, params: {{fail: true}}}}]", "[clean]", name="s")
+    res = _cli("run", bad, "--out", tmp_path / "r", "--quiet")  # a plug-in's error: message, its frame, --debug
+    assert res.exit_code == 2 and "plug-in code raised ValueError: my classifier broke" in res.output, res.output
+    meta = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert meta["status"] == "failed" and "my classifier broke" in meta["error"]
+    assert "stopped on an error" in _cli("status", tmp_path / "r").output
+    good = _suite(tmp_path, f"[{{ref: {toy}, name: d}}]", "[clean]", name="s")
+    assert _cli("run", good, "--out", tmp_path / "r", "--quiet").exit_code == 0
+    assert [h["status"] for h in json.loads((tmp_path / "r" / "run.json").read_text())["history"]] == ["failed"]
+    # sys.exit() in a factory: one line naming it, not a silent exit
+    quits = toy.replace(":make", ":quits")
+    _one_error(_cli("validate", _suite(tmp_path, f"[{{ref: {quits}}}]", "[clean]", name="q")), "called sys.exit(3)")
+    # a start that fails before anything is written leaves no empty --out behind
+    nodata = _suite(tmp_path, f"[{{ref: {toy}}}]", "[clean]", name="n").read_text().replace(
+        "chunk_size: 8}", f"chunk_size: 8, data_dir: {tmp_path / 'no_data'}}}")
+    (tmp_path / "n.yaml").write_text(nodata)
+    res = _cli("run", tmp_path / "n.yaml", "--out", tmp_path / "fresh", "--quiet")
+    assert res.exit_code == 2 and not (tmp_path / "fresh").exists(), res.output
 
 
 # -- fuzz: suite YAML and --set values ---------------------------------------------------
