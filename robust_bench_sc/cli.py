@@ -41,11 +41,11 @@ def _explain(exc: BaseException) -> str:
     from robust_bench_sc.regression import BaselineError
     from robust_bench_sc.reports import ReportError
     from robust_bench_sc.runner import RunError
-    from robust_bench_sc.storage import DamagedFileError, LockError
+    from robust_bench_sc.storage import DamagedFileError, EscapeError, LockError
     from robust_bench_sc.yamlio import ConfigError
 
     ours = (ConfigError, RunError, RegistryError, DataError, ReportError, BaselineError, DefenseOutputError,
-            LockError, DamagedFileError)
+            LockError, DamagedFileError, EscapeError)
     if isinstance(exc, ours):
         return str(exc)
     if isinstance(exc, SyntaxError):  # a plug-in file that does not parse
@@ -325,6 +325,9 @@ def validate(suite: Path = typer.Argument(..., help="suite YAML file"),
     """Check a suite without running it: everything `run` checks before computing (threat models,
     nested ones too; defenses load with their parameters; BPDA names; attack backends)."""
     cfg = _load(suite, set_, profile, None, None)
+    if profile is None:  # every profile's set and selection is checked too, not only the one --profile names
+        for name in cfg.profiles:
+            _load(suite, set_, name, None, None)
     from robust_bench_sc.plan import plan_jobs
     from robust_bench_sc.runner import preflight
 
@@ -437,6 +440,13 @@ def check(
     force: bool = typer.Option(False, "--force", help="with --update: replace a baseline of another suite (or a damaged one)"),
 ):
     """Compare a run with a committed baseline; exit 1 when a number moved or a pair disappeared."""
+    import math
+
+    for option, value, ok, allowed in (("--tolerance", tolerance, lambda v: v >= 0, ">= 0 percentage points"),
+                                       ("--alpha", alpha, lambda v: 0 < v < 1, "in (0, 1), e.g. 0.01"),
+                                       ("--norm-tolerance", norm_tolerance, lambda v: v >= 0, ">= 0 (relative)")):
+        if not math.isfinite(value) or not ok(value):  # nan compares false: a nan tolerance passed every drop
+            _fail(f"{option} {value}: must be a finite number {allowed}")
     from robust_bench_sc.regression import (BaselineError, baseline_from_run, check_run, compare, format_result,
                                             read_baseline, write_baseline)
     from robust_bench_sc.reports import ReportError
@@ -667,6 +677,13 @@ def train(
             _fail(f"{name} {value}: must be > 0")
     if not 0 <= warmup_frac <= 1:
         _fail(f"--warmup-frac {warmup_frac}: must be in [0, 1]")
+    # sparse_coding keeps the top T of the shared dictionary's 500 atoms per patch (shared/reference)
+    if model == "sparse_coding" and not 1 <= T <= 500:
+        _fail(f"--T {T}: must be a whole number in 1..500 (the dictionary's 500 atoms; paper: 1, 2, 5, 10, 15, 20)")
+    for name, count, low in (("--ckpt-every", ckpt_every, 1), ("--eval-every", eval_every, 1), ("--n-val", n_val, 1),
+                             ("--n-test", n_test, 1), ("--max-steps", max_steps, 0)):
+        if count is not None and count < low:  # --ckpt-every 0 divided by zero at the first step
+            _fail(f"{name} {count}: must be a whole number >= {low}")
     if device == "cuda":
         import torch
 

@@ -377,6 +377,7 @@ class AttackModel(nn.Module):
         return self.classifier(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.eot == 1:
-            return self._once(x)
-        return torch.stack([self._once(x) for _ in range(self.eot)]).mean(0)
+        out = self._once(x) if self.eot == 1 else torch.stack([self._once(x) for _ in range(self.eot)]).mean(0)
+        if isinstance(out, torch.Tensor) and out.is_floating_point() and out.dtype != torch.float32:
+            out = out.float()  # float64 / float16 / bfloat16 logits: attacks and their losses work in float32
+        return out

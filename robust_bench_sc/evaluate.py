@@ -50,6 +50,9 @@ def checked_logits(defense: Defense, xb: torch.Tensor) -> torch.Tensor:
         raise DefenseOutputError(f"defense {defense.name!r} returned {out.dtype} of shape {tuple(out.shape)} for "
                                  f"{n} images; expected float logits of shape ({n}, {N_CLASSES}) (one score per "
                                  "CIFAR-10 class)")
+    if out.device.type != xb.device.type:  # `meta` (no values at all), or left on another device
+        raise DefenseOutputError(f"defense {defense.name!r} returned logits on device {out.device.type!r} for "
+                                 f"images on {xb.device.type!r}; return them on the images' device")
     return out
 
 

@@ -316,10 +316,10 @@ def load_run(run_dir: str | Path) -> tuple[RunInfo, list[DefenseInfo], list[Thre
     meta_path = RunDir(run_dir).meta_path
     if not meta_path.is_file():
         raise ReportError(f"{run_dir}: not a run directory (no run.json)")
-    from robust_bench_sc.storage import read_json
+    from robust_bench_sc.storage import check_meta, read_json
 
     try:
-        meta = read_json(meta_path)  # a damaged one is named, not a bare JSON error
+        meta = check_meta(read_json(meta_path), meta_path)  # a damaged one is named, not a bare JSON error
     except ValueError as exc:
         raise ReportError(str(exc)) from None
     if not isinstance(meta, dict):

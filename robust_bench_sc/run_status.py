@@ -84,6 +84,9 @@ class RunStatus:
                     "cannot be checked)" if not w.get("unreadable") else f"{self.status}; unreadable lock file")
         if self.status == "interrupted":
             return f"interrupted at {self.meta.get('interrupted_at')}; the same command resumes it"
+        if self.status == "failed":
+            return (f"stopped on an error at {self.meta.get('interrupted_at')} ({str(self.meta.get('error'))[:120]}); "
+                    "fix it, and the same command resumes it")
         return f"not running (run.json says {self.status!r}, no live writer: killed?); the same command resumes it"
 
     @property

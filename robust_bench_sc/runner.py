@@ -295,7 +295,7 @@ def make_executor(name: str, device: str, **kwargs) -> Executor:
 
 # what run.json keeps of each earlier invocation; its resolved ``config`` too, so that the records a
 # folder grown under several profiles holds can each be traced to the configuration that planned them
-_HISTORY_KEYS = ("suite_hash", "profile", "profile_set", "overrides", "started_at", "finished_at", "interrupted_at", "status", "n_jobs",
+_HISTORY_KEYS = ("suite_hash", "profile", "profile_set", "overrides", "started_at", "finished_at", "interrupted_at", "status", "error", "n_jobs",
                  "git", "versions", "command", "config", "wall_seconds_this_invocation", "jobs_computed",
                  "executor")
 
@@ -437,18 +437,27 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
     del built
     run_dir = Path(out) if out else default_run_dir(suite, Path(results_root))
     run_dir = run_dir.resolve()
+    created = not run_dir.exists()
     prepare_run_dir(run_dir)
     try:
-        lock = RunDir(run_dir).lock().acquire()  # one writer per run folder
-    except LockError as exc:
-        raise RunError(str(exc)) from None
-    if lock.stale_owner:
-        console.print(f"note: took over {lock.path} left by pid {lock.stale_owner.get('pid')} (no longer running)")
-    try:
-        return _run_locked(suite, run_dir, device, executor, console, command, show_progress, fingerprints,
-                           probe_record, code_fps, accept_code_change)
-    finally:
-        lock.release()
+        try:
+            lock = RunDir(run_dir).lock().acquire()  # one writer per run folder
+        except LockError as exc:
+            raise RunError(str(exc)) from None
+        if lock.stale_owner:
+            console.print(f"note: took over {lock.path} left by pid {lock.stale_owner.get('pid')} (no longer running)")
+        try:
+            return _run_locked(suite, run_dir, device, executor, console, command, show_progress, fingerprints,
+                               probe_record, code_fps, accept_code_change)
+        finally:
+            lock.release()
+    except BaseException:
+        if created:  # a failed start leaves no empty folder behind (only this invocation's own, and only empty)
+            try:
+                run_dir.rmdir()
+            except OSError:
+                pass
+        raise
 
 
 def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Executor | None, console: Console,
@@ -583,6 +592,10 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
             # (stopped while the tables were written: every job is recorded, the same command writes them)
             _mark_interrupted(layout, time.perf_counter() - t0 if wall is None else wall, known_fp, computed[0])
             raise
+        except Exception as exc:  # stopped on an error: run.json says so (not "running", later read as killed)
+            _mark_interrupted(layout, time.perf_counter() - t0 if wall is None else wall, known_fp, computed[0],
+                              error=f"{type(exc).__name__}: {exc}")
+            raise
         finally:  # nothing is in flight once this invocation ends, however it ends
             layout.remove_progress()
     meta = layout.read_meta()
@@ -608,17 +621,22 @@ def _record_executor(layout: RunDir, ex: Executor) -> None:
         layout.write_meta(meta)
 
 
-def _mark_interrupted(layout: RunDir, wall: float, known_fp: dict[str, str], computed: int) -> None:
-    """run.json of an invocation stopped before its last job: status ``interrupted``, when,
-    and how long it ran; the recorded chunks stay and the same command resumes."""
+def _mark_interrupted(layout: RunDir, wall: float, known_fp: dict[str, str], computed: int,
+                      error: str | None = None) -> None:
+    """run.json of an invocation stopped before its last job: status ``interrupted`` (or
+    ``failed``, with the ``error`` that stopped it), when, and how long it ran; the recorded
+    chunks stay and the same command resumes."""
     try:
         meta = layout.read_meta()
     except DamagedFileError:
         return
     if isinstance(meta, dict):
         meta["defense_fingerprints"] = dict(known_fp)
-        meta.update(status="interrupted", interrupted_at=_dt.datetime.now().isoformat(timespec="seconds"),
+        meta.update(status="interrupted" if error is None else "failed",
+                    interrupted_at=_dt.datetime.now().isoformat(timespec="seconds"),
                     wall_seconds_this_invocation=round(wall, 2), jobs_computed=computed)
+        if error is not None:
+            meta["error"] = error[:500]
         layout.write_meta(meta)
 
 
@@ -639,6 +657,10 @@ def load_samples(run_dir: Path, jobs: list[Job], suite: SuiteConfig | None = Non
         if expected is None and suite is not None:
             expected = data_labels(suite)
         problem = record_problem(blob, j, *expected) if expected else None
+        recorded = blob.get("spec_hash") if isinstance(blob, dict) else None
+        if not problem and suite is not None and recorded is not None and recorded != job_spec_hash(suite, j):
+            problem = (f"a record of another job (spec hash {recorded}, job {j.key} has {job_spec_hash(suite, j)}): "
+                       "never shown under this job's row")
         if problem:
             raise RunError(f"{path}: {problem}; rerun the same command to recompute it")
         seconds[(j.defense, j.threat)] += blob["seconds"]
