@@ -222,9 +222,9 @@ class RayExecutor(Executor):
                 ray.shutdown()
 
     def _expected_hash(self, suite: SuiteConfig) -> str:
-        from robust_bench_sc.data import load_test
+        from robust_bench_sc.data import load_data
 
-        split = load_test(suite.data.n_images, self.data_root or suite.data.data_dir)
+        split = load_data(suite.data, root=self.data_root)
         return split_hash(split.x, split.y)
 
     def _execute(self, suite, jobs, on_result, on_progress) -> None:
@@ -235,7 +235,7 @@ class RayExecutor(Executor):
         self.concurrent_jobs = self._slots(opts, self.max_in_flight or len(jobs))
         suite_ref = ray.put(suite)
         expected = self._expected_hash(suite) if self.check_data else None
-        data_root = self.data_root or suite.data.data_dir
+        data_root = self.data_root or suite.data.folder
 
         queue = list(jobs)
         limit = self.max_in_flight or len(queue)

@@ -14,7 +14,7 @@ import torch
 
 from robust_bench_sc.attacks.base import AttackContext
 from robust_bench_sc.config import SuiteConfig
-from robust_bench_sc.data import Split, load_test
+from robust_bench_sc.data import Split, load_data
 from robust_bench_sc.defense import Defense
 from robust_bench_sc.evaluate import evaluate_threat
 from robust_bench_sc.plan import Job, job_spec_hash
@@ -40,7 +40,7 @@ class Worker:
     def __init__(self, suite: SuiteConfig, device: str = "cpu", data_root: str | None = None):
         self.suite = suite
         self.device = torch.device(device)
-        self.data_root = data_root or suite.data.data_dir
+        self.data_root = data_root or suite.data.folder
         self._data: Split | None = None
         self._defenses: dict[str, Defense] = {}
         self._fingerprints: dict[str, str] = {}
@@ -49,7 +49,7 @@ class Worker:
     @property
     def data(self) -> Split:
         if self._data is None:
-            self._data = load_test(self.suite.data.n_images, self.data_root)
+            self._data = load_data(self.suite.data, root=self.data_root)
         return self._data
 
     def defense(self, index: int) -> Defense:
@@ -69,7 +69,9 @@ class Worker:
         threat = self.suite.threat_models[job.threat_index]
         part = self.data.take(range(job.start, job.stop))
         ctx = AttackContext(defense=defense, device=self.device, seed=job.seed, progress=progress,
-                            data_root=self.data_root, cache=self._cache, build_defense=build_defense)
+                            data_root=self.data_root, cache=self._cache, build_defense=build_defense,
+                            n_classes=self.data.n_classes, input_shape=self.data.image_shape,
+                            dataset=self.data.dataset)
         records = evaluate_threat(defense, threat, part.x, part.y, part.idx, ctx)
         return ChunkResult(job, records, time.perf_counter() - t0, job_spec_hash(self.suite, job),
                            self._fingerprints[job.defense])

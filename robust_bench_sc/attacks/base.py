@@ -46,6 +46,10 @@ class AttackContext:
     # source): ``build_defense(ref, params, name=label)``; the runner's workers pass
     # ``plugins.build_defense``, so the engine itself never imports the plug-ins
     build_defense: Callable[..., Defense] | None = None
+    # what the dataset's images are: logits per image (checked) and (C, H, W) of one image
+    n_classes: int = 10
+    input_shape: tuple[int, int, int] = (3, 32, 32)
+    dataset: str = "cifar10_npz"  # the dataset plug-in data_root holds (start pools of decision attacks)
 
     def source_defense(self, ref: str, params: dict[str, Any], label: str) -> Defense:
         """The defense ``ref`` (built once per worker, on this context's device)."""
