@@ -340,7 +340,7 @@ def validate(suite: Path = typer.Argument(..., help="suite YAML file"),
 
     fingerprints = preflight(cfg, warn=_warn)
 
-    from robust_bench_sc.data import images_of
+    from robust_bench_sc.datasets import images_of
     from robust_bench_sc.subsets import describe_subset
 
     table = Table(title=f"{cfg.name}: {len(plan_jobs(cfg))} jobs on the "

@@ -280,6 +280,8 @@ def _format_validation(exc: ValidationError, source: str, data: Any, prefix: tup
             msg = f"unknown key{did_you_mean(str(loc[-1]), allowed)}; allowed keys: {', '.join(allowed)}"
         elif err["type"] == "literal_error":
             msg = f"{msg} (got {err.get('input')!r})"
+        elif err["type"] == "value_error":  # a validator's own one-line message
+            msg = msg.removeprefix("Value error, ")
         lines.append(f"{where}: {key}: {msg}")
     return "\n".join(lines)
 

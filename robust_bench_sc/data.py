@@ -117,12 +117,6 @@ def load_data(cfg, n_images: int | None = None, root: str | Path | None = None) 
     return load_dataset(cfg.dataset, root or cfg.folder, cfg.split, n_images or cfg.n_images)
 
 
-def images_of(cfg) -> str:
-    """How tables name the images of a suite's ``data`` section (``CIFAR-100 test images``),
-    without reading them."""
-    return get_dataset(cfg.dataset).images_label(resolve_root(cfg.folder), cfg.split)
-
-
 def content_hash(split: Split) -> str:
     """The data hash of ``split``: its images as bytes 0-255 plus its labels (run.json's ``data_hash``)."""
     import hashlib

@@ -294,7 +294,10 @@ class InMemory(Dataset):
         return self.held[key]
 
 
-for _ds in (Cifar10(), Cifar100(), Cifar10Npz(), Npz(), InMemory()):
+# the bundled plug-ins, registered in code (a source checkout needs no installed entry points);
+# pyproject.toml declares the same objects under robust_bench_sc.datasets
+CIFAR10, CIFAR100, CIFAR10_NPZ, NPZ, TENSORS = Cifar10(), Cifar100(), Cifar10Npz(), Npz(), InMemory()
+for _ds in (CIFAR10, CIFAR100, CIFAR10_NPZ, NPZ, TENSORS):
     DATASETS.register(_ds.name, _ds)
 
 DEFAULT_DATASET = "cifar10_npz"
@@ -304,6 +307,14 @@ DEFAULT_SPLIT = "test"
 def images_label(dataset: str = DEFAULT_DATASET, split: str = DEFAULT_SPLIT, root: str | Path | None = None) -> str:
     """``CIFAR-10 test images`` for (cifar10 or cifar10_npz, test); what follows "first N"."""
     return get_dataset(dataset).images_label(root, split)
+
+
+def images_of(cfg: Any) -> str:
+    """How tables name the images of a suite's ``data`` section (``CIFAR-100 test images``),
+    without reading them."""
+    from robust_bench_sc.paths import data_dir
+
+    return get_dataset(cfg.dataset).images_label(data_dir(cfg.folder), cfg.split)
 
 
 def describe_datasets() -> list[tuple[str, str]]:

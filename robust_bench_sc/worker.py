@@ -14,7 +14,7 @@ import torch
 
 from robust_bench_sc.attacks.base import AttackContext
 from robust_bench_sc.config import SuiteConfig
-from robust_bench_sc.data import Split, load_data
+from robust_bench_sc.data import Split, content_hash, load_data
 from robust_bench_sc.defense import Defense
 from robust_bench_sc.evaluate import evaluate_threat
 from robust_bench_sc.plan import Job, job_spec_hash
@@ -29,11 +29,12 @@ class ChunkResult:
     seconds: float
     spec_hash: str | None = None           # plan.job_spec_hash: what the records are of
     defense_fingerprint: str | None = None  # Defense.fingerprint(): which weights
+    data: dict[str, str] | None = None      # the images: dataset, split, data hash (as run.json's)
 
     def to_dict(self) -> dict:
         return {"job": self.job.to_dict(), "spec_hash": self.spec_hash,
                 "defense_fingerprint": self.defense_fingerprint, "seconds": self.seconds,
-                "records": self.records}
+                **({"data": self.data} if self.data else {}), "records": self.records}
 
 
 class Worker:
@@ -42,6 +43,7 @@ class Worker:
         self.device = torch.device(device)
         self.data_root = data_root or suite.data.folder
         self._data: Split | None = None
+        self._data_id: dict[str, str] | None = None
         self._defenses: dict[str, Defense] = {}
         self._fingerprints: dict[str, str] = {}
         self._cache: dict[str, Any] = {}
@@ -51,6 +53,13 @@ class Worker:
         if self._data is None:
             self._data = load_data(self.suite.data, root=self.data_root)
         return self._data
+
+    @property
+    def data_id(self) -> dict[str, str]:
+        """What each record file says its images are: dataset, split and data hash."""
+        if self._data_id is None:
+            self._data_id = {"dataset": self.data.dataset, "split": self.data.split, "hash": content_hash(self.data)}
+        return self._data_id
 
     def defense(self, index: int) -> Defense:
         spec = self.suite.defenses[index]
@@ -74,4 +83,4 @@ class Worker:
                             dataset=self.data.dataset)
         records = evaluate_threat(defense, threat, part.x, part.y, part.idx, ctx)
         return ChunkResult(job, records, time.perf_counter() - t0, job_spec_hash(self.suite, job),
-                           self._fingerprints[job.defense])
+                           self._fingerprints[job.defense], self.data_id)
