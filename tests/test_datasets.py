@@ -370,3 +370,16 @@ def test_validate_fails_on_a_folder_without_usable_files(tmp_path, monkeypatch):
     r = CliRunner().invoke(app, ["validate", str(suite), "--data-dir", str(full)])
     assert r.exit_code == 0, r.output
     assert "on the first 8 CIFAR-10 test images" in r.output
+
+
+def test_normalize_wraps_a_model_that_expects_normalised_inputs():
+    from robust_bench_sc import Normalize
+    from robust_bench_sc.models import CIFAR100_MEAN, CIFAR100_STD
+
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = Normalize(nn.Identity(), CIFAR100_MEAN, CIFAR100_STD)(x)
+    assert torch.allclose(out[:, 1], (x[:, 1] - 0.4865) / 0.2564)
+    assert torch.allclose(out * torch.tensor(CIFAR100_STD).view(1, 3, 1, 1) + torch.tensor(CIFAR100_MEAN).view(1, 3, 1, 1), x,
+                          atol=1e-6)
+    with pytest.raises(ValueError, match=r"expected \(N, 3, H, W\)"):
+        Normalize(nn.Identity(), CIFAR100_MEAN, CIFAR100_STD)(x[:, :1])
