@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from robust_bench_sc.datasets import DEFAULT_DATASET, DEFAULT_SPLIT
 from robust_bench_sc.paths import N_TEST_AVAILABLE, REPO_ROOT
@@ -46,8 +47,8 @@ class DataConfig(BaseModel):
         from robust_bench_sc.datasets import DATASETS
 
         if v not in DATASETS:
-            raise ValueError(f"unknown dataset {v!r}{did_you_mean(v, DATASETS.names())}; allowed values: "
-                             f"{', '.join(DATASETS.names())}")
+            raise PydanticCustomError("unknown_dataset", f"unknown dataset {v!r}{did_you_mean(v, DATASETS.names())}; "
+                                      f"allowed values: {', '.join(DATASETS.names())}")
         return v
 
     @model_validator(mode="after")
@@ -55,10 +56,12 @@ class DataConfig(BaseModel):
         from robust_bench_sc.datasets import get_dataset
 
         if self.root is not None and self.data_dir is not None and self.root != self.data_dir:
-            raise ValueError(f"root {self.root!r} and data_dir {self.data_dir!r} both name the data folder; keep root")
+            raise PydanticCustomError("data_folder", f"root {self.root!r} and data_dir {self.data_dir!r} both name the "
+                                      "data folder; keep root")
         splits = get_dataset(self.dataset).splits
         if self.split not in splits:
-            raise ValueError(f"dataset {self.dataset} has no split {self.split!r}; allowed values: {', '.join(splits)}")
+            raise PydanticCustomError("unknown_split", f"dataset {self.dataset} has no split {self.split!r}; allowed "
+                                      f"values: {', '.join(splits)}")
         return self
 
     @property
@@ -280,8 +283,6 @@ def _format_validation(exc: ValidationError, source: str, data: Any, prefix: tup
             msg = f"unknown key{did_you_mean(str(loc[-1]), allowed)}; allowed keys: {', '.join(allowed)}"
         elif err["type"] == "literal_error":
             msg = f"{msg} (got {err.get('input')!r})"
-        elif err["type"] == "value_error":  # a validator's own one-line message
-            msg = msg.removeprefix("Value error, ")
         lines.append(f"{where}: {key}: {msg}")
     return "\n".join(lines)
 

@@ -383,3 +383,10 @@ def test_normalize_wraps_a_model_that_expects_normalised_inputs():
                           atol=1e-6)
     with pytest.raises(ValueError, match=r"expected \(N, 3, H, W\)"):
         Normalize(nn.Identity(), CIFAR100_MEAN, CIFAR100_STD)(x[:, :1])
+
+
+def test_n_images_beyond_the_split_is_one_line(tmp_path):
+    with pytest.raises(DataError) as exc:
+        benchmark("natural", ["clean"], n_images=5000, out=tmp_path / "run", quiet=True)
+    assert _one_line(exc).startswith("n_images 5000: the cifar10_npz test split at ")
+    assert "holds 1000 images (the first 1000 CIFAR-10 test images); ask for 1..1000" in str(exc.value)
