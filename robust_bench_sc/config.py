@@ -46,7 +46,7 @@ class DataConfig(BaseModel):
     def _known_dataset(cls, v: str) -> str:
         from robust_bench_sc.datasets import DATASETS
 
-        if v not in DATASETS:
+        if ":" not in v and v not in DATASETS:  # module:attr / file.py:attr references load at run time
             raise PydanticCustomError("unknown_dataset", f"unknown dataset {v!r}{did_you_mean(v, DATASETS.names())}; "
                                       f"allowed values: {', '.join(DATASETS.names())}")
         return v
@@ -58,7 +58,11 @@ class DataConfig(BaseModel):
         if self.root is not None and self.data_dir is not None and self.root != self.data_dir:
             raise PydanticCustomError("data_folder", f"root {self.root!r} and data_dir {self.data_dir!r} both name the "
                                       "data folder; keep root")
-        splits = get_dataset(self.dataset).splits
+        try:
+            splits = get_dataset(self.dataset).splits
+        except Exception as exc:  # a referenced plug-in that does not load: one line
+            raise PydanticCustomError("dataset_plugin", f"dataset {self.dataset!r}: {type(exc).__name__}: "
+                                      f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
         if self.split not in splits:
             raise PydanticCustomError("unknown_split", f"dataset {self.dataset} has no split {self.split!r}; allowed "
                                       f"values: {', '.join(splits)}")

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from robust_bench_sc.registry import Registry, RegistryError
+from robust_bench_sc.registry import Registry, RegistryError, is_reference, load_reference
 
 
 class DataError(RuntimeError):
@@ -88,15 +88,27 @@ class Dataset:
 DATASETS: Registry[Any] = Registry("dataset", entry_point_group="robust_bench_sc.datasets")
 
 
+_REFERENCED: dict[str, Any] = {}
+
+
 def get_dataset(name: str) -> Dataset:
-    """The plug-in registered as ``name`` (an instance; a class or factory is called once)."""
-    obj = DATASETS.get(name)
+    """The plug-in registered as ``name``, or referenced as ``module:attr`` / ``path/to/file.py:attr``
+    (an instance; a class or factory is called once)."""
+    if is_reference(name):
+        if name not in _REFERENCED:
+            _REFERENCED[name] = _as_dataset(name, load_reference(name))
+        return _REFERENCED[name]
+    ds = _as_dataset(name, DATASETS.get(name))
+    DATASETS._entries[name] = ds
+    return ds
+
+
+def _as_dataset(name: str, obj: Any) -> Dataset:
     if isinstance(obj, type) or (callable(obj) and not isinstance(obj, Dataset)):
         try:
             obj = obj()
         except TypeError as exc:
             raise RegistryError(f"dataset {name!r}: {exc}") from None
-        DATASETS._entries[name] = obj
     if not isinstance(obj, Dataset):
         raise RegistryError(f"dataset {name!r} is a {type(obj).__name__}, expected a robust_bench_sc.datasets.Dataset")
     return obj

@@ -390,3 +390,37 @@ def test_n_images_beyond_the_split_is_one_line(tmp_path):
         benchmark("natural", ["clean"], n_images=5000, out=tmp_path / "run", quiet=True)
     assert _one_line(exc).startswith("n_images 5000: the cifar10_npz test split at ")
     assert "holds 1000 images (the first 1000 CIFAR-10 test images); ask for 1..1000" in str(exc.value)
+
+
+PLUGIN = '''
+import numpy as np
+from robust_bench_sc.datasets import Arrays, Dataset
+
+
+class Checkers(Dataset):
+    name, title, splits = "checkers", "Checkers", ("test",)
+    layout = "generated, nothing on disk"
+    n_classes = 4
+
+    def read(self, root, split):
+        x = np.zeros((12, 8, 8, 3), np.uint8)
+        x[:, ::2, ::2] = 200
+        return Arrays(x, np.arange(12) % 4, np.arange(12), 4, self.title, "generated")
+'''
+
+
+def test_a_suite_references_a_dataset_plugin_file(tmp_path):
+    from robust_bench_sc.config import load_suite
+    from robust_bench_sc.data import load_data
+
+    (tmp_path / "checkers.py").write_text(PLUGIN)
+    suite = tmp_path / "s.yaml"
+    ref = f"{tmp_path / 'checkers.py'}:Checkers"
+    suite.write_text(f"name: s\ndata: {{n_images: 6, dataset: '{ref}'}}\ndefenses: [natural]\nthreat_models: [clean]\n")
+    s = load_data(load_suite(suite).data)
+    assert len(s) == 6 and s.n_classes == 4 and s.images == "Checkers test images"
+    assert s.y.tolist() == [0, 1, 2, 3, 0, 1] and float(s.x.max()) == pytest.approx(200 / 255)
+    suite.write_text(suite.read_text().replace(":Checkers", ":Nope"))
+    with pytest.raises(ConfigError) as exc:
+        load_suite(suite)
+    assert "has no attribute 'Nope'" in _one_line(exc)
