@@ -61,7 +61,7 @@ def to_split(a: Arrays, n_images: int | None, dataset: str, split: str, images: 
     if x.dtype == np.uint8:
         xt = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255.0)
     else:
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).permute(0, 3, 1, 2)
+        xt = torch.from_numpy(np.array(x, dtype=np.float32)).permute(0, 3, 1, 2)  # a copy: the plug-in keeps its own
     return Split(xt.contiguous(), torch.from_numpy(a.y[:n].astype(np.int64)),
                  torch.from_numpy(a.idx[:n].astype(np.int64)), a.n_classes, dataset, split, images, n_all)
 
@@ -77,12 +77,43 @@ def load_dataset(dataset: str = DEFAULT_DATASET, root: str | Path | None = None,
     read from ``root``. Asking for more images than the split holds is an error."""
     ds = get_dataset(dataset)
     where = resolve_root(root)
-    arrays = ds.read(where, split)
+    arrays = _read_cached(ds, dataset, where, split)
     n_all = len(arrays.y)
     if n_images is not None and not 1 <= n_images <= n_all:
         raise DataError(f"n_images {n_images}: the {dataset} {split} split at {arrays.source} holds {n_all} images "
                         f"(the first {n_all} {ds.images_label(where, split)}); ask for 1..{n_all}")
     return to_split(arrays, n_images, dataset, split, ds.images_label(where, split))
+
+
+_CACHE: dict[tuple, tuple[tuple, Arrays]] = {}
+_CACHE_SIZE = 2  # splits kept read (a run reads its split for the data hash, the labels, the preflight, the worker)
+
+
+def _stamp(source: str) -> tuple:
+    """What the files read look like now (name, size, mtime of the file, or of each file in the folder)."""
+    p = Path(source)
+    try:
+        files = [p] if p.is_file() else sorted(q for q in p.iterdir() if q.is_file()) if p.is_dir() else []
+        return tuple((q.name, q.stat().st_size, q.stat().st_mtime_ns) for q in files)
+    except OSError:
+        return ()
+
+
+def _read_cached(ds, dataset: str, where: Path, split: str) -> Arrays:
+    """``ds.read(where, split)``, reused while the files it read are unchanged (in-memory tensors
+    are never cached here: the plug-in holds them)."""
+    key = (dataset, str(where), split)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] and hit[0] == _stamp(hit[1].source):
+        return hit[1]
+    arrays = ds.read(where, split)
+    stamp = _stamp(arrays.source)
+    if stamp:
+        _CACHE.pop(key, None)
+        _CACHE[key] = (stamp, arrays)
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+    return arrays
 
 
 def load_test(n_images: int | None = None, root: str | Path | None = None) -> Split:
