@@ -424,3 +424,18 @@ def test_a_suite_references_a_dataset_plugin_file(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_suite(suite)
     assert "has no attribute 'Nope'" in _one_line(exc)
+
+
+def test_2000_image_npz_of_other_sizes_runs_end_to_end(tmp_path):
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, size=(2000, 24, 20, 3), dtype=np.uint8)
+    y = rng.integers(0, 7, size=2000)
+    np.savez(tmp_path / "mine.npz", x=x, y=y, n_classes=7)
+    model = ColourReadout(7, seed=2)
+    table = benchmark(model, ["clean"], dataset="npz", data_dir=tmp_path / "mine.npz", n_images=2000,
+                      chunk_size=1000, out=tmp_path / "run", name="colour7", quiet=True)
+    row = table.iloc[0]
+    assert row["n_images"] == 2000 and row["subset"] == "first 2000 test images of mine.npz"
+    assert row["clean_accuracy"] == pytest.approx(_accuracy(model, x, y))
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["dataset"]["image_shape"] == [3, 24, 20] and meta["dataset"]["n_classes"] == 7
