@@ -56,6 +56,46 @@ def in_memory_defense(key: str) -> Defense:
                             ) from None
 
 
+def hold_tensors(x: Any, y: Any, n_classes: int | None = None) -> tuple[str, int]:
+    """Keep ``x``, ``y`` (this process) as the ``tensors`` dataset under their content hash;
+    returns (hash, number of images). One-line ConfigError for anything a run could not use."""
+    import hashlib
+
+    import numpy as np
+    import torch
+
+    from robust_bench_sc.datasets import Arrays, InMemory
+
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise ConfigError(f"{SOURCE}: x and y must both be torch tensors (got {type(x).__name__}, {type(y).__name__})")
+    if x.dim() != 4 or y.shape != (x.shape[0],) or x.shape[0] == 0:
+        raise ConfigError(f"{SOURCE}: x {tuple(x.shape)}, y {tuple(y.shape)}: expected x (N, C, H, W) and y (N,), N ≥ 1")
+    if y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise ConfigError(f"{SOURCE}: y is {y.dtype}; expected integer class labels")
+    if x.dtype == torch.uint8:
+        xf = x.float() / 255.0
+    elif x.dtype.is_floating_point:
+        xf = x.detach().float()
+        if not torch.isfinite(xf).all() or xf.min() < 0 or xf.max() > 1:
+            raise ConfigError(f"{SOURCE}: x has values outside [0, 1] (min {xf.min().item():.4g}, max "
+                              f"{xf.max().item():.4g}); models take images in [0, 1] (wrap a model that expects "
+                              "normalised inputs in Normalize, docs/datasets.md)")
+    else:
+        raise ConfigError(f"{SOURCE}: x is {x.dtype}; expected float in [0, 1] or uint8")
+    yl = y.detach().cpu().long()
+    k = int(yl.max()) + 1 if n_classes is None else n_classes
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2 or int(yl.min()) < 0 or int(yl.max()) >= k:
+        raise ConfigError(f"{SOURCE}: labels {int(yl.min())}..{int(yl.max())} with n_classes={k!r}: expected "
+                          "labels in 0..n_classes-1 and at least 2 classes")
+    nhwc = xf.cpu().permute(0, 2, 3, 1).contiguous().numpy()
+    h = hashlib.sha256(nhwc.tobytes())
+    h.update(yl.numpy().tobytes())
+    h.update(str((k, nhwc.shape)).encode())
+    key = "tensors-" + h.hexdigest()[:16]
+    InMemory.held[key] = Arrays(nhwc, yl.numpy(), np.arange(len(yl), dtype=np.int64), k, "given", key)
+    return key, int(x.shape[0])
+
+
 def wrap_module(module: nn.Module, name: str | None = None) -> Defense:
     """A plain classifier as a :class:`Defense`: no preprocess, differentiable, deterministic.
 
@@ -250,22 +290,33 @@ def _threat_model(entry: Any, i: int) -> ThreatModel:
 def build_suite(defense: Any, threat_models: Sequence[Any], *, n_images: int | None = None, name: str | None = None,
                 params: Mapping[str, Any] | None = None, seed: int = 0, chunk_size: int = 100,
                 worst_case_over: Sequence[str] = (), data_dir: str | Path | None = None,
-                suite_name: str = "benchmark") -> SuiteConfig:
+                suite_name: str = "benchmark", dataset: str | None = None, split: str | None = None,
+                x: Any = None, y: Any = None, n_classes: int | None = None) -> SuiteConfig:
     """The validated suite :func:`benchmark` runs (arguments as there); raises ConfigError."""
     from pydantic import ValidationError
 
     from robust_bench_sc.config import SuiteConfig, check_labels
-    from robust_bench_sc.data import N_TEST_AVAILABLE
     from robust_bench_sc.summary import resolve_worst_case
 
-    for label, value, low, high in (("n_images", n_images, 1, N_TEST_AVAILABLE), ("chunk_size", chunk_size, 1, None),
-                                    ("seed", seed, 0, None)):
+    n_given = None
+    if x is not None or y is not None:
+        if dataset is not None or data_dir is not None or split is not None:
+            raise ConfigError(f"{SOURCE}: x, y are the images; dataset, data_dir and split name other images: give one")
+        key, n_given = hold_tensors(x, y, n_classes)
+        dataset, data_dir = "tensors", key
+    elif n_classes is not None:
+        raise ConfigError(f"{SOURCE}: n_classes goes with x, y (a dataset declares its own)")
+    high = n_given
+    for label, value, low, top in (("n_images", n_images, 1, high), ("chunk_size", chunk_size, 1, None),
+                                   ("seed", seed, 0, None)):
         if value is None and label == "n_images":
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-            allowed = f"{low}..{high}" if high is not None else f">= {low}"
-            extra = f" (the first {N_TEST_AVAILABLE} CIFAR-10 test images exist here)" if label == "n_images" else ""
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (top is not None and value > top):
+            allowed = f"{low}..{top}" if top is not None else f">= {low}"
+            extra = f" (x holds {n_given} images)" if label == "n_images" and n_given else ""
             raise ConfigError(f"{SOURCE}: {label}={value!r}: must be a whole number in {allowed}{extra}")
+    if n_images is None and n_given is not None:
+        n_images = n_given
     if isinstance(threat_models, (str, Mapping)) or not isinstance(threat_models, Sequence) or not threat_models:
         raise ConfigError(f"{SOURCE}: threat_models: a non-empty list of names in attack_suites/, mappings or "
                           f"ThreatModel objects, got {threat_models!r}")
@@ -279,7 +330,11 @@ def build_suite(defense: Any, threat_models: Sequence[Any], *, n_images: int | N
     if n_images is not None:
         data["n_images"] = n_images
     if data_dir is not None:
-        data["data_dir"] = str(data_dir)
+        data["root" if dataset else "data_dir"] = str(data_dir)
+    if dataset is not None:
+        data["dataset"] = dataset
+    if split is not None:
+        data["split"] = split
     try:
         suite = SuiteConfig.model_validate({
             "name": suite_name, "seed": seed, "data": data, "defenses": [_defense_spec(defense, name, params)],
@@ -296,8 +351,10 @@ def benchmark(defense: DefenseLike, threat_models: Sequence[ThreatLike] = ("clea
               params: Mapping[str, Any] | None = None, seed: int = 0, chunk_size: int = 100,
               worst_case_over: Sequence[str] = (), device: str = "cpu", threads: int | None = None,
               data_dir: str | Path | None = None, suite_name: str = "benchmark", results_root: str | Path = "results",
-              progress: bool = False, quiet: bool = False) -> pd.DataFrame:
-    """Run ``defense`` through ``threat_models`` on the first ``n_images`` CIFAR-10 test images.
+              progress: bool = False, quiet: bool = False, dataset: str | None = None, split: str | None = None,
+              x: Any = None, y: Any = None, n_classes: int | None = None) -> pd.DataFrame:
+    """Run ``defense`` through ``threat_models`` on the first ``n_images`` of a dataset (default:
+    the CIFAR-10 test images of ``cifar10_npz``) or on your own tensors ``x``, ``y``.
 
     Args:
         defense: a :class:`~robust_bench_sc.Defense`; a plain ``torch.nn.Module`` classifier
@@ -309,7 +366,12 @@ def benchmark(defense: DefenseLike, threat_models: Sequence[ThreatLike] = ("clea
             of threat-model YAML files, mappings as a suite's inline entries (``use: NAME``
             plus overrides allowed), or :class:`~robust_bench_sc.threat_models.ThreatModel`
             objects.
-        n_images: the first N CIFAR-10 test images (1..1000; default all 1000).
+        n_images: the first N images (default 1000; with ``x``: all of them).
+        dataset, split, data_dir: a registered dataset plug-in (``scbench datasets``: ``cifar10``,
+            ``cifar100``, ``cifar10_npz``, ``npz``, ...), its split and its folder (or file).
+        x, y: your own images instead: float tensor (N, C, H, W) in [0, 1] (or uint8 0-255)
+            and integer labels (N,); hashed like a dataset (``run.json``'s ``data_hash``).
+            ``n_classes``: logits per image (default max(y) + 1). Such a run is local.
         out: run folder, as ``scbench run --out``. Called again with the same folder, the
             run resumes (recorded jobs with the same spec hash are reused, not recomputed); a
             defense whose weights changed, a record of other settings under a planned job's
@@ -350,7 +412,7 @@ def benchmark(defense: DefenseLike, threat_models: Sequence[ThreatLike] = ("clea
         return _benchmark(defense, threat_models, n_images=n_images, out=out, name=name, params=params, seed=seed,
                           chunk_size=chunk_size, worst_case_over=worst_case_over, device=device, threads=threads,
                           data_dir=data_dir, suite_name=suite_name, results_root=results_root, progress=progress,
-                          quiet=quiet)
+                          quiet=quiet, dataset=dataset, split=split, x=x, y=y, n_classes=n_classes)
     finally:
         _restore_module_state(state)
 
@@ -358,7 +420,8 @@ def benchmark(defense: DefenseLike, threat_models: Sequence[ThreatLike] = ("clea
 def _benchmark(defense: Any, threat_models: Sequence[Any], *, n_images: int | None, out: str | Path | None,
                name: str | None, params: Mapping[str, Any] | None, seed: int, chunk_size: int,
                worst_case_over: Sequence[str], device: str, threads: int | None, data_dir: str | Path | None,
-               suite_name: str, results_root: str | Path, progress: bool, quiet: bool) -> pd.DataFrame:
+               suite_name: str, results_root: str | Path, progress: bool, quiet: bool, dataset: str | None,
+               split: str | None, x: Any, y: Any, n_classes: int | None) -> pd.DataFrame:
     import torch
     from rich.console import Console
 
@@ -366,7 +429,7 @@ def _benchmark(defense: Any, threat_models: Sequence[Any], *, n_images: int | No
 
     suite = build_suite(defense, threat_models, n_images=n_images, name=name, params=params, seed=seed,
                         chunk_size=chunk_size, worst_case_over=worst_case_over, data_dir=data_dir,
-                        suite_name=suite_name)
+                        suite_name=suite_name, dataset=dataset, split=split, x=x, y=y, n_classes=n_classes)
     if threads is not None:
         torch.set_num_threads(threads)
     label = suite.defenses[0].label

@@ -424,7 +424,8 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
     from rich.console import Console
 
     from robust_bench_sc.api import build_suite
-    from robust_bench_sc.data import N_TEST_AVAILABLE, load_test
+    from robust_bench_sc.data import load_test
+    from robust_bench_sc.paths import N_TEST_AVAILABLE
     from robust_bench_sc.plan import plan_jobs
     from robust_bench_sc.plugins import build_defense
     from robust_bench_sc.probes import ProbeError, probe_defense

@@ -260,12 +260,18 @@ def _check_threads(threads: int | None) -> None:
         _fail(f"--threads {threads}: must be a whole number >= 1")
 
 
-def _load(suite: Path, set_: list[str] | None, profile: str | None, n_images: int | None, seed: int | None):
+DATA_DIR_HELP = ("the dataset's folder (or .npz file) where the suite names no data.root (default $SCBENCH_DATA, "
+                 "else ../shared/data/cifar10)")
+DATASET_HELP = "dataset plug-in (scbench datasets): cifar10, cifar100, cifar10_npz (default), npz, ..."
+
+
+def _load(suite: Path, set_: list[str] | None, profile: str | None, n_images: int | None, seed: int | None,
+          dataset: str | None = None):
     from robust_bench_sc.config import load_suite
     from robust_bench_sc.yamlio import ConfigError
 
     try:
-        return load_suite(suite, overrides=set_ or [], profile=profile, n_images=n_images, seed=seed)
+        return load_suite(suite, overrides=set_ or [], profile=profile, n_images=n_images, seed=seed, dataset=dataset)
     except ConfigError as exc:
         _fail(str(exc))
 
@@ -274,12 +280,13 @@ def _load(suite: Path, set_: list[str] | None, profile: str | None, n_images: in
 def run(
     suite: Path = typer.Argument(..., help="suite YAML file, e.g. suites/table1.yaml"),
     out: Optional[Path] = typer.Option(None, "--out", help="run directory (default results/<suite>/<timestamp>; an unfinished run of the same suite is resumed)"),
-    n_images: Optional[int] = typer.Option(None, "--n-images", help="first N CIFAR-10 test images (≤ 1000)"),
+    n_images: Optional[int] = typer.Option(None, "--n-images", help="the first N images of the dataset's split (default: the suite's)"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     seed: Optional[int] = typer.Option(None, "--seed", help="suite seed (default: the suite's)"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override a field: key=value or THREAT.key=value (repeatable)"),
     profile: Optional[str] = typer.Option(None, "--profile", help="a reduced profile declared in the suite, e.g. quick"),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="CIFAR-10 folder (default $SCBENCH_DATA or ../shared/data/cifar10)"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help=DATASET_HELP),
     executor: str = typer.Option("local", "--executor", help="local or ray"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="address of a Ray cluster (with --executor ray)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
@@ -292,7 +299,7 @@ def run(
     _check_device(device)
     if data_dir:
         os.environ["SCBENCH_DATA"] = str(data_dir)
-    cfg = _load(suite, set_, profile, n_images, seed)  # a bad suite fails here, before torch is imported
+    cfg = _load(suite, set_, profile, n_images, seed, dataset)  # a bad suite fails here, before torch is imported
     if threads:
         import torch
 
@@ -321,21 +328,29 @@ def run(
 @app.command()
 def validate(suite: Path = typer.Argument(..., help="suite YAML file"),
              set_: Optional[list[str]] = typer.Option(None, "--set", help="key=value overrides to check too"),
-             profile: Optional[str] = typer.Option(None, "--profile")):
+             profile: Optional[str] = typer.Option(None, "--profile"),
+             data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
+             dataset: Optional[str] = typer.Option(None, "--dataset", help=DATASET_HELP),
+             n_images: Optional[int] = typer.Option(None, "--n-images", help="the first N images (default: the suite's)")):
     """Check a suite without running it: everything `run` checks before computing (threat models,
-    nested ones too; defenses load with their parameters; BPDA names; attack backends)."""
-    cfg = _load(suite, set_, profile, None, None)
+    nested ones too; defenses load with their parameters; BPDA names; attack backends; the data
+    folder is read as `run` reads it and each defense takes its images and class count)."""
+    if data_dir:
+        os.environ["SCBENCH_DATA"] = str(data_dir)
+    cfg = _load(suite, set_, profile, n_images, None, dataset)
     if profile is None:  # every profile's set and selection is checked too, not only the one --profile names
         for name in cfg.profiles:
-            _load(suite, set_, name, None, None)
+            _load(suite, set_, name, n_images, None, dataset)
     from robust_bench_sc.plan import plan_jobs
     from robust_bench_sc.runner import preflight
 
     fingerprints = preflight(cfg, warn=_warn)
 
+    from robust_bench_sc.datasets import images_of
     from robust_bench_sc.subsets import describe_subset
 
-    table = Table(title=f"{cfg.name}: {len(plan_jobs(cfg))} jobs on the {describe_subset(cfg.data.n_images)}")
+    table = Table(title=f"{cfg.name}: {len(plan_jobs(cfg))} jobs on the "
+                        f"{describe_subset(cfg.data.n_images, images=images_of(cfg.data))}")
     for col in ("threat model", "attack", "backend", "norm", "ε", "bpda"):
         table.add_column(col)
     for t in cfg.threat_models:
@@ -344,6 +359,21 @@ def validate(suite: Path = typer.Argument(..., help="suite YAML file"),
     console.print(table)
     console.print("defenses (weight fingerprint): " + ", ".join(f"{d.label} ({fingerprints[d.label]})" for d in cfg.defenses))
     console.print(f"[green]ok[/] suite hash {cfg.content_hash()}")
+
+
+@app.command()
+def datasets():
+    """List the registered dataset plug-ins and the file layout each reads."""
+    from robust_bench_sc.datasets import describe_datasets
+
+    table = Table(title="registered datasets (entry-point group robust_bench_sc.datasets)")
+    table.add_column("name")
+    table.add_column("what it reads")
+    for name, text in describe_datasets():
+        table.add_row(name, text)
+    console.print(table)
+    console.print("A suite names one as data: {dataset: NAME, root: DIR, split: test, n_images: N}; "
+                  "see docs/datasets.md.")
 
 
 @app.command()
@@ -520,11 +550,12 @@ def diagnose(
     from robust_bench_sc.subsets import describe_subset
     from robust_bench_sc.threat_models import parse_number
 
-    from robust_bench_sc.data import N_TEST_AVAILABLE
+    from robust_bench_sc.paths import N_TEST_AVAILABLE
 
     _check_device(device)
-    if not 1 <= n_images <= N_TEST_AVAILABLE:
-        _fail(f"--n-images {n_images}: must be in 1..{N_TEST_AVAILABLE} (the first {N_TEST_AVAILABLE} CIFAR-10 test images exist here)")
+    if not 1 <= n_images <= N_TEST_AVAILABLE:  # diagnose reads the cifar10_npz test file (its first 1000 images)
+        _fail(f"--n-images {n_images}: must be in 1..{N_TEST_AVAILABLE} (diagnose reads the first {N_TEST_AVAILABLE} "
+              "CIFAR-10 test images of cifar10_npz)")
     if active:
         return _diagnose_active(defense, n_images, out, bpda, seed, device, norm, epsilon, steps, restarts, threat,
                                 set_ or [], inner, threshold)

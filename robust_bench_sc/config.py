@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from robust_bench_sc.datasets import DEFAULT_DATASET, DEFAULT_SPLIT
 from robust_bench_sc.paths import N_TEST_AVAILABLE, REPO_ROOT
 from robust_bench_sc.registry import did_you_mean
 from robust_bench_sc.threat_models import THREAT_MODELS, RealNumber, ThreatModel, WholeNumber
@@ -23,11 +25,58 @@ from robust_bench_sc.yamlio import ConfigError, LinedDict, line_of, load_yaml, p
 ATTACK_SUITES_DIR = REPO_ROOT / "attack_suites"
 
 
+#: data fields dumped (and hashed) only when set, so suites without them keep their content hash
+_OPTIONAL_DATA_FIELDS = {"dataset": DEFAULT_DATASET, "split": DEFAULT_SPLIT, "root": None}
+
+
 class DataConfig(BaseModel):
+    """Which images: a dataset plug-in (robust_bench_sc/datasets.py), its folder, split and the first N."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
-    n_images: WholeNumber = Field(N_TEST_AVAILABLE, ge=1, le=N_TEST_AVAILABLE)
+    n_images: WholeNumber = Field(N_TEST_AVAILABLE, ge=1, description="the first N images of the split (default 1000)")
     chunk_size: WholeNumber = Field(100, ge=1, description="images per planned job")
-    data_dir: str | None = None
+    data_dir: str | None = Field(None, description="the dataset's folder (older name of root)")
+    dataset: str = Field(DEFAULT_DATASET, description="a registered dataset plug-in (scbench datasets)")
+    split: str = Field(DEFAULT_SPLIT, description="which split of the dataset")
+    root: str | None = Field(None, description="the dataset's folder (or file); default --data-dir, "
+                             "$SCBENCH_DATA, else shared/data/cifar10")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        from robust_bench_sc.datasets import DATASETS
+
+        if ":" not in v and v not in DATASETS:  # module:attr / file.py:attr references load at run time
+            raise PydanticCustomError("unknown_dataset", f"unknown dataset {v!r}{did_you_mean(v, DATASETS.names())}; "
+                                      f"allowed values: {', '.join(DATASETS.names())}")
+        return v
+
+    @model_validator(mode="after")
+    def _split_and_root(self) -> "DataConfig":
+        from robust_bench_sc.datasets import get_dataset
+
+        if self.root is not None and self.data_dir is not None and self.root != self.data_dir:
+            raise PydanticCustomError("data_folder", f"root {self.root!r} and data_dir {self.data_dir!r} both name the "
+                                      "data folder; keep root")
+        try:
+            splits = get_dataset(self.dataset).splits
+        except Exception as exc:  # a referenced plug-in that does not load: one line
+            raise PydanticCustomError("dataset_plugin", f"dataset {self.dataset!r}: {type(exc).__name__}: "
+                                      f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        if self.split not in splits:
+            raise PydanticCustomError("unknown_split", f"dataset {self.dataset} has no split {self.split!r}; allowed "
+                                      f"values: {', '.join(splits)}")
+        return self
+
+    @property
+    def folder(self) -> str | None:
+        """The data folder the suite names (root, or its older name data_dir); None: the default."""
+        return self.root or self.data_dir
+
+    def dump(self) -> dict[str, Any]:
+        """The resolved form; dataset, split and root only when they differ from the default, so
+        suites written before datasets were plug-ins keep their content hash."""
+        return self.model_dump(exclude={k for k, v in _OPTIONAL_DATA_FIELDS.items() if getattr(self, k) == v})
 
 
 #: defense fields that select which jobs run, not what a job computes (not in a job's spec hash)
@@ -69,7 +118,7 @@ class Profile(BaseModel):
     extends: str | None = Field(None, description="another profile of the suite whose fields this one starts "
                                 "from (load_suite resolves it: set and defense_threat_models merge key by key, "
                                 "the rest is replaced)")
-    n_images: WholeNumber | None = Field(None, ge=1, le=N_TEST_AVAILABLE)
+    n_images: WholeNumber | None = Field(None, ge=1)
     defenses: list[str] | None = Field(None, description="run only these of the suite's defenses (labels)")
     threat_models: list[str] | None = Field(None, description="run only these of the suite's threat models (names)")
     defense_threat_models: dict[str, list[str]] = Field(
@@ -141,7 +190,7 @@ class SuiteConfig(BaseModel):
             "name": self.name,
             "description": self.description,
             "seed": self.seed,
-            "data": self.data.model_dump(),
+            "data": self.data.dump(),
             "defenses": [d.dump() for d in self.defenses],
             "threat_models": [t.model_dump() for t in self.threat_models],
             "diagnostics": self.diagnostics,
@@ -459,8 +508,9 @@ def _flatten_profiles(raw: LinedDict, source: str) -> dict[str, dict[str, Any]]:
 
 
 def load_suite(path: str | Path, overrides: list[str] | None = None, profile: str | None = None,
-               n_images: int | None = None, seed: int | None = None) -> SuiteConfig:
-    """Read, resolve and validate a suite file (threat-model files included)."""
+               n_images: int | None = None, seed: int | None = None, dataset: str | None = None) -> SuiteConfig:
+    """Read, resolve and validate a suite file (threat-model files included); ``dataset``
+    replaces the suite's ``data.dataset`` (``--dataset``)."""
     path = Path(path)
     raw = load_yaml(path)
     source = str(path)
@@ -505,6 +555,15 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
         elif key == "seed":
             data["seed"] = value
             top_blame["seed"] = label
+        elif key in ("data.dataset", "data.split", "data.root", "data.data_dir"):
+            data["data"][key[5:]] = value
+            top_blame[key] = label
+        elif key.startswith("data."):
+            raise ConfigError(f"{label}: unknown data key {key[5:]!r}; allowed keys: "
+                              f"{', '.join(sorted(DataConfig.model_fields))}")
+    if dataset is not None:
+        data["data"]["dataset"] = dataset
+        top_blame["data.dataset"] = f"--dataset {dataset}"
     if n_images is not None:
         data["data"]["n_images"] = n_images
         top_blame["data.n_images"] = f"--n-images {n_images}"

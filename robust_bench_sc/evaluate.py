@@ -39,17 +39,18 @@ class DefenseOutputError(RuntimeError):
     """A defense returned something that is not a batch of finite logits."""
 
 
-def checked_logits(defense: Defense, xb: torch.Tensor) -> torch.Tensor:
-    """``defense(xb)``, refused unless it is a tensor of shape (n, 10)."""
+def checked_logits(defense: Defense, xb: torch.Tensor, n_classes: int = N_CLASSES) -> torch.Tensor:
+    """``defense(xb)``, refused unless it is a tensor of shape (n, n_classes): one logit per
+    class of the dataset (``AttackContext.n_classes``; 10 for CIFAR-10, the default)."""
     out = defense(xb)
     n = xb.shape[0]
     if not isinstance(out, torch.Tensor):
         raise DefenseOutputError(f"defense {defense.name!r} returned {type(out).__name__}, expected a tensor of "
-                                 f"logits of shape ({n}, {N_CLASSES})")
-    if tuple(out.shape) != (n, N_CLASSES) or not out.is_floating_point():
+                                 f"logits of shape ({n}, {n_classes})")
+    if tuple(out.shape) != (n, n_classes) or not out.is_floating_point():
         raise DefenseOutputError(f"defense {defense.name!r} returned {out.dtype} of shape {tuple(out.shape)} for "
-                                 f"{n} images; expected float logits of shape ({n}, {N_CLASSES}) (one score per "
-                                 "CIFAR-10 class)")
+                                 f"{n} images; expected float logits of shape ({n}, {n_classes}) (one score per "
+                                 f"class of the dataset, which has {n_classes})")
     if out.device.type != xb.device.type:  # `meta` (no values at all), or left on another device
         raise DefenseOutputError(f"defense {defense.name!r} returned logits on device {out.device.type!r} for "
                                  f"images on {xb.device.type!r}; return them on the images' device")
@@ -58,13 +59,13 @@ def checked_logits(defense: Defense, xb: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(defense: Defense, x: torch.Tensor, batch_size: int, device: torch.device,
-            non_finite: str = "raise") -> torch.Tensor:
-    """Predicted classes. Logits are checked (shape (n, 10)); a row with a NaN or inf logit
+            non_finite: str = "raise", n_classes: int = N_CLASSES) -> torch.Tensor:
+    """Predicted classes. Logits are checked (shape (n, n_classes)); a row with a NaN or inf logit
     raises :class:`DefenseOutputError` (``non_finite="raise"``) or predicts ``NO_PREDICTION``
     (``"flag"``: it then matches no label), never argmax-of-NaN counted as a class."""
     out = []
     for i in range(0, x.shape[0], batch_size):
-        logits = checked_logits(defense, x[i : i + batch_size].to(device))
+        logits = checked_logits(defense, x[i : i + batch_size].to(device), n_classes)
         pred = logits.argmax(1)
         bad = ~torch.isfinite(logits).all(1)
         if bad.any():
@@ -126,7 +127,8 @@ def run_attack(threat: ThreatModel, ctx: AttackContext, x: torch.Tensor, y: torc
     return x_adv, claimed, info
 
 
-def _check_and_predict(defense, threat_norm, eps, x, y, x_adv, recheck, device, batch_size, minimum_norm):
+def _check_and_predict(defense, threat_norm, eps, x, y, x_adv, recheck, device, batch_size, minimum_norm,
+                       n_classes=N_CLASSES):
     """Validate adversarial images and re-evaluate them on the exact defense."""
     flags: list[list[str]] = [[] for _ in range(x.shape[0])]
     finite = torch.isfinite(x_adv.flatten(1)).all(1)
@@ -143,7 +145,8 @@ def _check_and_predict(defense, threat_norm, eps, x, y, x_adv, recheck, device, 
         if not within[i]:
             flags[i].append("norm_exceeded")
     checked = torch.where(valid.view(-1, 1, 1, 1), x_adv, x)
-    preds = torch.stack([predict(defense, checked, batch_size, device, non_finite="flag") for _ in range(recheck)])
+    preds = torch.stack([predict(defense, checked, batch_size, device, non_finite="flag", n_classes=n_classes)
+                         for _ in range(recheck)])
     for i in (preds == NO_PREDICTION).any(0).nonzero().squeeze(1).tolist():
         flags[i].append("non_finite_logits")  # counted as fooled: the defense gave no class
     fooled_frac = (preds != y[None]).float().mean(0)
@@ -182,7 +185,7 @@ def evaluate_threat(defense: Defense, threat: ThreatModel, x: torch.Tensor, y: t
     """Per-sample records of ``threat`` against ``defense`` on images ``x`` (CPU tensors)."""
     device = ctx.device
     if clean_pred is None:
-        clean_pred = predict(defense, x, threat.batch_size, device)
+        clean_pred = predict(defense, x, threat.batch_size, device, n_classes=ctx.n_classes)
     correct = clean_pred == y
     n = y.shape[0]
     if threat.kind == "none":
@@ -225,7 +228,8 @@ def evaluate_threat(defense: Defense, threat: ThreatModel, x: torch.Tensor, y: t
         ctx.progress(0)
     eps = threat.epsilon_value
     checked, adv_pred, fooled_frac, norms, flags, valid = _check_and_predict(
-        defense, threat.norm_name, eps, x, y, x_adv, recheck, device, threat.batch_size, threat.minimum_norm)
+        defense, threat.norm_name, eps, x, y, x_adv, recheck, device, threat.batch_size, threat.minimum_norm,
+        ctx.n_classes)
     fooled_frac = torch.where(attacked, fooled_frac, (~correct).float())
     adv_pred = torch.where(attacked, adv_pred, clean_pred)
     for i in sel.tolist():

@@ -15,8 +15,9 @@ ENV_SHARED = "SCBENCH_SHARED"
 ENV_DATA = "SCBENCH_DATA"
 ENV_REFERENCE = "SCBENCH_REFERENCE"
 
-# Only the first 1000 official CIFAR-10 test images are shipped (shared/data/cifar10/SOURCE.md).
-# Here, not in data.py, so that validating a suite (config.py) does not import torch.
+# Only the first 1000 official CIFAR-10 test images are shipped (shared/data/cifar10/SOURCE.md): the
+# cifar10_npz test split, and a suite's default n_images. Other datasets hold what their files hold
+# (robust_bench_sc/datasets.py); n_images is checked against the split when it is read.
 N_TEST_AVAILABLE = 1000
 
 

@@ -96,7 +96,7 @@ def plot_sweep(report: Report, group: list[ThreatInfo], stem: Path) -> Plot:
                 continue
             n = len(part)
             n_seen.add(n)
-            seen_d.append(describe_subset(index=part["index"]))
+            seen_d.append(describe_subset(index=part["index"], images=report.images))
             if first:  # ε = 0: clean accuracy on the same images
                 k0 = int(part["clean_correct"].sum())
                 a, b = wilson_interval(k0, n)
@@ -131,10 +131,10 @@ def plot_sweep(report: Report, group: list[ThreatInfo], stem: Path) -> Plot:
     ax.legend(fontsize=8, loc="upper right")
     names = ", ".join(t.label for t in group)
     title = f"{g0.kind} {label}: robust accuracy vs ε"
-    ax.set_title(f"{title}\n({describe_subset(n_seen)}; bands: 95% Wilson)", fontsize=10)
+    ax.set_title(f"{title}\n({describe_subset(n_seen, images=report.images)}; bands: 95% Wilson)", fontsize=10)
     png, pdf = _save(fig, stem)
     eps = ", ".join(fmt_eps(t.epsilon, norm) for t in group)
-    on = "; ".join(f"{d}: {im}" for d, im in images.items()) if mixed else describe_subset(n_seen)
+    on = "; ".join(f"{d}: {im}" for d, im in images.items()) if mixed else describe_subset(n_seen, images=report.images)
     return Plot(title, png, pdf, f"Robust accuracy vs ε over threat models {names} (ε = {eps}; ε = 0 is clean "
                                  f"accuracy), {on}, 95% Wilson bands.")
 
@@ -154,7 +154,7 @@ def plot_norms(report: Report, threat: ThreatInfo, stem: Path) -> Plot | None:
         attacked = part[part["attacked"]]
         ok = attacked[attacked["fooled"]]["l2"].astype(float).dropna().to_numpy()
         ok = ok[np.isfinite(ok)]
-        per.append((d, color, ok, len(attacked), describe_subset(index=part["index"])))
+        per.append((d, color, ok, len(attacked), describe_subset(index=part["index"], images=report.images)))
         all_l2.extend(ok.tolist())
     if all_l2:
         hi = max(all_l2) * 1.05 or 1.0

@@ -4,7 +4,7 @@ Each planned :class:`~robust_bench_sc.plan.Job` becomes one Ray task. A task rec
 suite (put once into the object store), the job and where the data lives, never the
 images: every node reads its own copy of the data and reference weights
 (``SCBENCH_SHARED`` / ``SCBENCH_DATA`` / ``SCBENCH_REFERENCE`` in that node's
-environment, or ``data.data_dir`` of the suite). A worker process keeps one
+environment, or ``data.root`` / ``data.data_dir`` of the suite). A worker process keeps one
 :class:`~robust_bench_sc.worker.Worker` per suite, so data and defenses load once per
 process, not once per job.
 
@@ -138,7 +138,7 @@ class RayExecutor(Executor):
         run and shut down after it. If Ray is already initialised in this process (e.g. a
         test cluster), that instance is used and left running.
     num_cpus: CPUs of the local instance (default: all of this machine's).
-    data_root: data folder the workers read; default the suite's ``data.data_dir``, else
+    data_root: data folder the workers read; default the suite's ``data.root`` (or ``data_dir``), else
         each node's own ``SCBENCH_DATA`` / ``SCBENCH_SHARED``.
     max_retries: retries of a task whose worker process or node died.
     max_in_flight: tasks submitted at once (default: all; lower it for huge plans).
@@ -222,9 +222,9 @@ class RayExecutor(Executor):
                 ray.shutdown()
 
     def _expected_hash(self, suite: SuiteConfig) -> str:
-        from robust_bench_sc.data import load_test
+        from robust_bench_sc.data import load_data
 
-        split = load_test(suite.data.n_images, self.data_root or suite.data.data_dir)
+        split = load_data(suite.data, root=self.data_root)
         return split_hash(split.x, split.y)
 
     def _execute(self, suite, jobs, on_result, on_progress) -> None:
@@ -235,7 +235,7 @@ class RayExecutor(Executor):
         self.concurrent_jobs = self._slots(opts, self.max_in_flight or len(jobs))
         suite_ref = ray.put(suite)
         expected = self._expected_hash(suite) if self.check_data else None
-        data_root = self.data_root or suite.data.data_dir
+        data_root = self.data_root or suite.data.folder
 
         queue = list(jobs)
         limit = self.max_in_flight or len(queue)

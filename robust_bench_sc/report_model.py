@@ -23,7 +23,7 @@ from robust_bench_sc.config import PROFILE_SELECTION, DefenseSpec, setting_chang
 from robust_bench_sc.norms import Norm
 from robust_bench_sc.stats import mean_interval, wilson_interval
 from robust_bench_sc.storage import RunDir
-from robust_bench_sc.subsets import describe_subset, short_subset
+from robust_bench_sc.subsets import IMAGES, describe_subset, run_images, short_subset
 from robust_bench_sc.summary import (WORST_CASE, WorstCaseError, worst_case_notes, worst_case_over_for, worst_case_row,
                                      worst_case_samples)
 
@@ -114,6 +114,7 @@ class Report:
     runs: list[RunInfo] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     samples: pd.DataFrame | None = None               # per-sample records, threat_model = column label
+    images: str = IMAGES                              # what the images are: "CIFAR-100 test images" (run.json)
 
     def cell(self, defense: str, threat: str) -> dict[str, Any] | None:
         return self.cells.get((defense, threat))
@@ -210,7 +211,9 @@ def report_from_suite(suite, table: pd.DataFrame, samples: pd.DataFrame | None =
         notes.append(f"Reduced profile `{suite.profile}`: not the faithful setting; run without `--profile` for the full suite.")
     if suite.overrides:
         notes.append(f"Overrides: `{' '.join(suite.overrides)}`.")
-    return Report(suite.name, defenses, threats, cells, [], notes, samples)
+    from robust_bench_sc.datasets import images_of
+
+    return Report(suite.name, defenses, threats, cells, [], notes, samples, images_of(suite.data))
 
 
 def _read_csv(path: Path, **kw) -> pd.DataFrame:
@@ -269,7 +272,7 @@ def _norm_intervals(table: pd.DataFrame, samples: pd.DataFrame | None, threats: 
 
 
 def _add_worst_case(run_dir: Path, config: dict[str, Any], table: pd.DataFrame, samples: pd.DataFrame | None,
-                    threats: list[ThreatInfo], notes: list[str]):
+                    threats: list[ThreatInfo], notes: list[str], images: str = IMAGES):
     """The run's ``worst case`` column (its suite's ``worst_case_over``), recomputed from its
     per-sample records (the same function as summary.csv's row), per-sample records included."""
     over = [str(x) for x in (config.get("worst_case_over") or [])]
@@ -299,7 +302,7 @@ def _add_worst_case(run_dir: Path, config: dict[str, Any], table: pd.DataFrame, 
             notes.append(f"{run_dir.name}: {why}.")
             continue
         secs = table[(table["defense"] == d) & table["threat_model"].isin(over_d)]["seconds"].sum()
-        rows.append(worst_case_row(part, t0.norm if t0 else "", t0.epsilon if t0 else None, float(secs)))
+        rows.append(worst_case_row(part, t0.norm if t0 else "", t0.epsilon if t0 else None, float(secs), images))
         parts.append(part)
     if rows:
         table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
@@ -339,7 +342,7 @@ def load_run(run_dir: str | Path) -> tuple[RunInfo, list[DefenseInfo], list[Thre
                for t in config.get("threat_models", [])]
     samples = _read_samples(run_dir)
     notes: list[str] = error_notes(table, f"{run_dir.name}: ")
-    table, samples = _add_worst_case(run_dir, config, table, samples, threats, notes)
+    table, samples = _add_worst_case(run_dir, config, table, samples, threats, notes, run_images(meta))
     table = _norm_intervals(table, samples, threats)
     # threat models/defenses found only in the table (old run.json): still shown
     for name in table["threat_model"].unique():
@@ -456,8 +459,10 @@ def load_report(run_dirs: Iterable[str | Path], title: str | None = None) -> Rep
             notes.append(f"`{name}` is two columns (`{name}`, `{label}`): {first} and {later} differ in "
                          f"{', '.join(keys)}, which change what it measures.")
     title = title or " + ".join(dict.fromkeys(r.meta.get("suite") or r.label for r in runs))
+    kinds = list(dict.fromkeys(run_images(r.meta) for r in runs))
     return Report(title, [d for d in defenses.values() if d.label in used_d],
-                  [t for t in threats.values() if t.label in used_t], cells, runs, notes, samples_all)
+                  [t for t in threats.values() if t.label in used_t], cells, runs, notes, samples_all,
+                  kinds[0] if len(kinds) == 1 else " / ".join(kinds))
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -19,7 +19,7 @@ from robust_bench_sc.plan import images_covered, job_spec_hash, plan_jobs, recor
 from robust_bench_sc.progress import duration, in_flight_lines, parse_in_flight
 from robust_bench_sc.stats import wilson_interval
 from robust_bench_sc.storage import DamagedFileError, RunDir, RunLock
-from robust_bench_sc.subsets import describe_subset
+from robust_bench_sc.subsets import describe_subset, run_images
 
 
 class StatusError(ValueError):
@@ -198,7 +198,7 @@ def run_status(run_dir: str | Path) -> RunStatus:
                         t.chunks_recorded, suite.threat(th).minimum_norm, tuple(t.fooled_l2),
                         tuple(in_flight.get((d, th), ())))
              for (d, th), t in per.items()]
-    subset = describe_subset(images_covered(jobs)) if jobs else str(meta.get("subset"))
+    subset = describe_subset(images_covered(jobs), images=run_images(meta)) if jobs else str(meta.get("subset"))
     return RunStatus(Path(run_dir), str(meta.get("status")), writer, meta, pairs, unusable, unchecked,
                      subset, progress)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import importlib.metadata as md
 import os
 import platform
@@ -21,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from robust_bench_sc.config import SuiteConfig
-from robust_bench_sc.data import load_test
+from robust_bench_sc.data import content_hash, load_data
 from robust_bench_sc.executor import EXECUTORS, Executor, LocalExecutor
 from robust_bench_sc.paths import REPO_ROOT, data_dir
 from robust_bench_sc.plan import Job, images_covered, job_spec_hash, plan_jobs, recorded_spec_hash
@@ -66,10 +65,7 @@ def git_commit() -> dict[str, str | bool | None]:
 
 
 def data_hash(suite: SuiteConfig, n_images: int | None = None) -> str:
-    split = load_test(n_images or suite.data.n_images, suite.data.data_dir)
-    h = hashlib.sha256(split.x.mul(255).round().byte().numpy().tobytes())
-    h.update(split.y.numpy().tobytes())
-    return h.hexdigest()[:16]
+    return content_hash(load_data(suite.data, n_images))
 
 
 def default_run_dir(suite: SuiteConfig, results_root: Path) -> Path:
@@ -151,7 +147,7 @@ def record_problem(blob, job: Job, idx, labels) -> str | None:
 
 def data_labels(suite: SuiteConfig) -> tuple[list[int], list[int]]:
     """The suite's image indices and labels, in order (what every record is checked against)."""
-    split = load_test(suite.data.n_images, suite.data.data_dir)
+    split = load_data(suite.data)
     return split.idx.tolist(), split.y.tolist()
 
 
@@ -179,6 +175,9 @@ def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None,
             raise RunError(f"{what}: {exc}") from None
 
     defenses = {d.label: build(d.ref, d.params, d.label, f"defense {d.label!r}") for d in suite.defenses}
+    probe = load_data(suite.data, n_images=min(2, suite.data.n_images))  # the data folder, read as run reads it
+    for d in defenses.values():
+        check_defense_fits(d, probe)
     if built is not None:
         built.update(defenses)
 
@@ -243,7 +242,7 @@ def probe_suite(suite: SuiteConfig, defenses: dict[str, Any], device: str = "cpu
     from robust_bench_sc.adapt import adaptation
     from robust_bench_sc.probes import ProbeError, probe_defense
 
-    split = load_test(min(PROBE_IMAGES, suite.data.n_images), suite.data.data_dir)
+    split = load_data(suite.data, n_images=min(PROBE_IMAGES, suite.data.n_images))
     adaptations: dict[str, Any] = {}
     record: dict[str, Any] = {}
     for spec in suite.defenses:
@@ -271,6 +270,24 @@ def probe_suite(suite: SuiteConfig, defenses: dict[str, Any], device: str = "cpu
     out = suite.model_copy()
     out._adaptations = adaptations
     return out, record
+def check_defense_fits(defense, split) -> None:
+    """One forward pass on the dataset's first images: a defense that cannot take their shape
+    (e.g. a 32×32-only model on 64×64 images) or returns another number of logits than the
+    dataset has classes is refused in one line before anything is computed."""
+    import torch
+
+    from robust_bench_sc.evaluate import DefenseOutputError, checked_logits
+
+    c, h, w = split.image_shape
+    what = f"the {split.images} ({c}×{h}×{w}, {split.n_classes} classes, dataset {split.dataset})"
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):  # leaves the RNG as it was
+            checked_logits(defense, split.x[:2], split.n_classes)
+    except DefenseOutputError as exc:
+        raise RunError(f"{exc}; it does not fit {what}") from None
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise RunError(f"defense {defense.name!r} cannot take {what}: {type(exc).__name__}: {first}") from None
 
 
 @dataclass
@@ -479,14 +496,19 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
     done, known_fp = reconcile_records(suite, run_dir, jobs, old, console, fingerprints, code_fps, accept_code_change)
     done_set = set(done)
     todo = [j for j in jobs if j not in done_set]
-    subset = describe_subset(images_covered(jobs) or suite.data.n_images)
+    split = load_data(suite.data)
+    subset = describe_subset(images_covered(jobs) or suite.data.n_images, images=split.images)
     meta: dict[str, Any] = {
         "suite": suite.name,
         "suite_hash": suite_hash,
         "status": "running",
         "subset": subset,
-        "data_dir": str(data_dir(suite.data.data_dir)),
-        "data_hash": data_hash(suite),
+        "data_dir": str(data_dir(suite.data.folder)),
+        "data_hash": content_hash(split),
+        # what the images are (the dataset plug-in's words); reports and plots name them so
+        "dataset": {"name": split.dataset, "split": split.split, "n_classes": split.n_classes,
+                    "image_shape": list(split.image_shape), "n_available": split.n_available},
+        "images": split.images,
         "seed": suite.seed,
         "profile": suite.profile,
         # what the profile sets (reports tell a selection of images from reduced settings)
@@ -579,7 +601,7 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
                 console.print(f"  {j.defense} × {j.threat} chunk {j.chunk}: images {j.start}-{j.stop - 1}, "
                               f"robust so far {acc_text(key)}, {res.seconds:.1f}s")
 
-        ex = executor or LocalExecutor(device=device, data_root=suite.data.data_dir)
+        ex = executor or LocalExecutor(device=device, data_root=suite.data.folder)
         computed = [0]  # jobs this invocation recorded (run.json: which invocations' code computed numbers)
         t0 = time.perf_counter()
         wall: float | None = None  # the jobs' wall time; finalize's is not counted

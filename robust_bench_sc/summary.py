@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from robust_bench_sc.norms import Norm
-from robust_bench_sc.subsets import describe_subset
+from robust_bench_sc.subsets import IMAGES, describe_subset
 from robust_bench_sc.yamlio import ConfigError
 
 if TYPE_CHECKING:  # annotations only: config imports this module (resolve_worst_case)
@@ -164,9 +164,10 @@ def worst_case_samples(samples: pd.DataFrame, over: list[str], defense: str) -> 
     return out, ""
 
 
-def worst_case_row(part: pd.DataFrame, norm: str, eps: float | None, seconds: float = 0.0) -> dict[str, Any]:
+def worst_case_row(part: pd.DataFrame, norm: str, eps: float | None, seconds: float = 0.0,
+                   images: str = IMAGES) -> dict[str, Any]:
     """The summary row of :func:`worst_case_samples`' records (``norm``, ``eps``: the budget
-    its threat models share)."""
+    its threat models share; ``images``: what the images are, the dataset's words)."""
     n = len(part)
     attacked = int(part["attacked"].sum())
     return {
@@ -176,22 +177,25 @@ def worst_case_row(part: pd.DataFrame, norm: str, eps: float | None, seconds: fl
         "success_rate": 100.0 * int((part["attacked"] & part["fooled"]).sum()) / attacked if attacked else math.nan,
         "mean_l2": math.nan, "median_l2": math.nan, "mean_linf": math.nan,
         "n_flagged": int((part["flags"] != "").sum()), "seconds": round(seconds, 3),
-        "subset": describe_subset(index=part["index"]),
+        "subset": describe_subset(index=part["index"], images=images),
     }
 
 
 def summarise(suite: SuiteConfig, samples: pd.DataFrame, seconds: dict[tuple[str, str], float]) -> pd.DataFrame:
     """One row per (defense, threat model); with the suite's ``worst_case_over``, one
     ``worst case`` row per defense as well (per image: robust only if robust under every one)."""
+    from robust_bench_sc.datasets import images_of
+
+    images = images_of(suite.data)  # the dataset's words: "CIFAR-100 test images"
     rows: list[dict[str, Any]] = []
     for d in suite.defenses:
         for t in suite.threat_models:
             part = samples[(samples["defense"] == d.label) & (samples["threat_model"] == t.name)]
-            subset = describe_subset(index=part["index"])
+            subset = describe_subset(index=part["index"], images=images)
             if "selected" in part.columns and part["selected"].notna().any():
                 # attacks on a random subset (ZOO): count only the images drawn
                 drawn = part[part["selected"] == 1]
-                subset = describe_subset(index=part["index"], drawn=len(drawn))
+                subset = describe_subset(index=part["index"], drawn=len(drawn), images=images)
                 part = drawn
             n = len(part)
             if n == 0:
@@ -230,7 +234,7 @@ def summarise(suite: SuiteConfig, samples: pd.DataFrame, seconds: dict[tuple[str
             part, _why = worst_case_samples(samples, over_d, d.label)
             if part is not None:
                 rows.append(worst_case_row(part, t0.norm_name, t0.epsilon_value,
-                                           sum(seconds.get((d.label, t), 0.0) for t in over_d)))
+                                           sum(seconds.get((d.label, t), 0.0) for t in over_d), images))
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 

@@ -14,7 +14,7 @@ import torch
 
 from robust_bench_sc.attacks.base import AttackContext
 from robust_bench_sc.config import SuiteConfig
-from robust_bench_sc.data import Split, load_test
+from robust_bench_sc.data import Split, content_hash, load_data
 from robust_bench_sc.defense import Defense
 from robust_bench_sc.evaluate import evaluate_threat
 from robust_bench_sc.plan import Job, job_spec_hash
@@ -30,20 +30,22 @@ class ChunkResult:
     spec_hash: str | None = None           # plan.job_spec_hash: what the records are of
     defense_fingerprint: str | None = None  # Defense.fingerprint(): which weights
     code_fingerprint: str | None = None     # Defense.code_fingerprint(): which code and configuration
+    data: dict[str, str] | None = None      # the images: dataset, split, data hash (as run.json's)
 
     def to_dict(self) -> dict:
         return {"job": self.job.to_dict(), "spec_hash": self.spec_hash,
                 "defense_fingerprint": self.defense_fingerprint, "seconds": self.seconds,
                 **({"code_fingerprint": self.code_fingerprint} if self.code_fingerprint else {}),
-                "records": self.records}
+                **({"data": self.data} if self.data else {}), "records": self.records}
 
 
 class Worker:
     def __init__(self, suite: SuiteConfig, device: str = "cpu", data_root: str | None = None):
         self.suite = suite
         self.device = torch.device(device)
-        self.data_root = data_root or suite.data.data_dir
+        self.data_root = data_root or suite.data.folder
         self._data: Split | None = None
+        self._data_id: dict[str, str] | None = None
         self._defenses: dict[str, Defense] = {}
         self._fingerprints: dict[str, str] = {}
         self._code_fingerprints: dict[str, str] = {}
@@ -52,8 +54,15 @@ class Worker:
     @property
     def data(self) -> Split:
         if self._data is None:
-            self._data = load_test(self.suite.data.n_images, self.data_root)
+            self._data = load_data(self.suite.data, root=self.data_root)
         return self._data
+
+    @property
+    def data_id(self) -> dict[str, str]:
+        """What each record file says its images are: dataset, split and data hash."""
+        if self._data_id is None:
+            self._data_id = {"dataset": self.data.dataset, "split": self.data.split, "hash": content_hash(self.data)}
+        return self._data_id
 
     def defense(self, index: int) -> Defense:
         spec = self.suite.defenses[index]
@@ -80,7 +89,10 @@ class Worker:
         part = self.data.take(range(job.start, job.stop))
         ctx = AttackContext(defense=defense, device=self.device, seed=job.seed, progress=progress,
                             data_root=self.data_root, cache=self._cache, build_defense=build_defense,
-                            no_gradient=adapted.no_gradient if adapted is not None else "")
+                            no_gradient=adapted.no_gradient if adapted is not None else "",
+                            n_classes=self.data.n_classes, input_shape=self.data.image_shape,
+                            dataset=self.data.dataset)
         records = evaluate_threat(defense, threat, part.x, part.y, part.idx, ctx)
         return ChunkResult(job, records, time.perf_counter() - t0, job_spec_hash(self.suite, job),
-                           self._fingerprints[job.defense], self._code_fingerprints.get(job.defense))
+                           self._fingerprints[job.defense], code_fingerprint=self._code_fingerprints.get(job.defense),
+                           data=self.data_id)

@@ -62,7 +62,7 @@ def test_good_suite_resolves(tmp_path):
         # unknown threat-model file name
         (GOOD.replace("  - clean", "  - clen"), r"unknown threat model 'clen' \(did you mean 'clean'\?\)"),
         # n_images out of range
-        (GOOD.replace("n_images: 20", "n_images: 5000"), r"line 2: data\.n_images: Input should be less than or equal to 1000"),
+        (GOOD.replace("n_images: 20", "n_images: 0"), r"line 2: data\.n_images: Input should be greater than or equal to 1"),
         # YAML syntax error
         (GOOD.replace("defenses: [madry_pgd_at]", "defenses: [madry_pgd_at"), r"YAML syntax error at line"),
         # backend not available for this attack

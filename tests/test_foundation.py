@@ -55,7 +55,8 @@ def test_corrupt_data_file_is_a_clear_error(tmp_path):
 
 
 def test_n_images_beyond_available_is_refused():
-    with pytest.raises(DataError, match="first 1000"):
+    with pytest.raises(DataError, match=r"n_images 1001: the cifar10_npz test split at .* holds 1000 images \(the first "
+                                        r"1000 CIFAR-10 test images\); ask for 1\.\.1000"):
         load_test(1001)
 
 

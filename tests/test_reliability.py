@@ -357,7 +357,7 @@ def test_option_errors_blame_the_option_not_the_suite(tmp_path, plugin):
     suite = _suite(tmp_path, plugin)
     out = _one_error(_cli("validate", suite, "--set", "steps=0"), "--set steps=0: steps")
     assert "suite.yaml, line" not in out
-    out = _one_error(_cli("run", suite, "--n-images", "5000", "--out", tmp_path / "o"), "--n-images 5000: data.n_images")
+    out = _one_error(_cli("run", suite, "--n-images", "0", "--out", tmp_path / "o"), "--n-images 0: data.n_images")
     assert "suite.yaml" not in out
     _one_error(_cli("validate", suite, "--set", "epsilon=8/0"), "--set epsilon=8/0: epsilon", "divides by zero")
 

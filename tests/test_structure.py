@@ -392,9 +392,9 @@ def test_suite_and_threat_model_errors_share_one_format(tmp_path):
             load_suite(path, **kw)
         return str(exc.value).splitlines()
 
-    assert message(bad, n_images=5000) == [
-        "--n-images 5000: data.n_images: Input should be less than or equal to 1000",
-        f"{bad}, line 2: data.shuffle: unknown key; allowed keys: chunk_size, data_dir, n_images",
+    assert message(bad, n_images=0) == [
+        "--n-images 0: data.n_images: Input should be greater than or equal to 1",
+        f"{bad}, line 2: data.shuffle: unknown key; allowed keys: chunk_size, data_dir, dataset, n_images, root, split",
         f"{bad}, line 5: defenses.0.nmae: unknown key (did you mean 'name'?); allowed keys: max_images, name, params, ref, "
         "threat_models"]
     assert message(good, overrides=["steps=0"]) == ["--set steps=0: steps: Input should be greater than or equal to 1"]

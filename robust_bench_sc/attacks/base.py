@@ -49,6 +49,10 @@ class AttackContext:
     # why gradient attacks cannot run on this defense (robust_bench_sc.adapt: the probes found no usable
     # gradient, BPDA included); "" when they can. evaluate_threat records such a column as not applicable
     no_gradient: str = ""
+    # what the dataset's images are: logits per image (checked) and (C, H, W) of one image
+    n_classes: int = 10
+    input_shape: tuple[int, int, int] = (3, 32, 32)
+    dataset: str = "cifar10_npz"  # the dataset plug-in data_root holds (start pools of decision attacks)
 
     def source_defense(self, ref: str, params: dict[str, Any], label: str) -> Defense:
         """The defense ``ref`` (built once per worker, on this context's device)."""

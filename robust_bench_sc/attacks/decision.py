@@ -23,11 +23,11 @@ log = logging.getLogger(__name__)
 # -- closest other-label start (Boundary, HopSkipJump with init_pool train/test) ----------
 
 def _pool_images(ctx: AttackContext, which: str, size: int | None) -> torch.Tensor:
-    from robust_bench_sc.data import load_test, load_train
+    from robust_bench_sc.data import load_dataset
 
     key = f"init-pool-images:{which}:{size}"
-    if key not in ctx.cache:
-        split = load_train(ctx.data_root) if which == "train" else load_test(None, ctx.data_root)
+    if key not in ctx.cache:  # the run's dataset, its train or test split
+        split = load_dataset(ctx.dataset, ctx.data_root, which)
         xs = split.x if size is None else split.x[:size]
         ctx.cache[key] = xs.contiguous()
     return ctx.cache[key]
@@ -126,7 +126,7 @@ class ArtHopSkipJump(Attack):
         t = self.threat
         model = ctx.model(t)
         atk = HopSkipJump(
-            art_classifier(model, ctx.device), batch_size=t.hsj_batch_size, targeted=False, norm=2,
+            art_classifier(model, ctx.device, n_classes=ctx.n_classes, input_shape=ctx.input_shape), batch_size=t.hsj_batch_size, targeted=False, norm=2,
             max_iter=t.max_iter, max_eval=t.max_eval, init_eval=t.init_eval, init_size=t.init_size, verbose=False,
         )
         xn = x.detach().cpu().numpy().astype(np.float32)
@@ -217,7 +217,7 @@ class ArtZoo(Attack):
         if chosen.numel():
             counter = _CountingModel(model)
             atk = ZooAttack(
-                art_classifier(counter, ctx.device), confidence=t.confidence, targeted=False,
+                art_classifier(counter, ctx.device, n_classes=ctx.n_classes, input_shape=ctx.input_shape), confidence=t.confidence, targeted=False,
                 learning_rate=t.learning_rate, max_iter=t.max_iter, binary_search_steps=t.binary_search_steps,
                 initial_const=t.initial_const, abort_early=t.abort_early, use_resize=t.use_resize,
                 use_importance=t.use_importance, nb_parallel=t.nb_parallel, batch_size=t.zoo_batch_size,

@@ -77,15 +77,17 @@ class Float32Input(nn.Module):
         return self.model(x.float())
 
 
-def art_classifier(model: nn.Module, device: torch.device, loss: str = "ce"):
-    """ART wrapper of an attack model: numpy float32 NCHW in [0, 1], 10 classes."""
+def art_classifier(model: nn.Module, device: torch.device, loss: str = "ce",
+                   n_classes: int = N_CLASSES, input_shape: tuple[int, int, int] = INPUT_SHAPE):
+    """ART wrapper of an attack model: numpy float32 NCHW in [0, 1], ``n_classes`` logits
+    (the dataset's: ``AttackContext.n_classes`` / ``input_shape``)."""
     from art.estimators.classification import PyTorchClassifier
 
     return PyTorchClassifier(
         model=Float32Input(model),
         loss=nn.CrossEntropyLoss() if loss == "ce" else MarginLoss(),
-        input_shape=INPUT_SHAPE,
-        nb_classes=N_CLASSES,
+        input_shape=input_shape,
+        nb_classes=n_classes,
         optimizer=None,
         channels_first=True,
         clip_values=(0.0, 1.0),
@@ -192,7 +194,7 @@ class ArtPGD(Attack):
 
         t = self.threat
         model = ctx.model(t)
-        clf = art_classifier(model, ctx.device, t.loss)
+        clf = art_classifier(model, ctx.device, t.loss, ctx.n_classes, ctx.input_shape)
         atk = ProjectedGradientDescent(
             clf,
             norm=Norm.of(t.norm).p,

@@ -41,5 +41,5 @@ class TransferAttack(Attack):
         ref, params, label = self.threat.source_spec
         source = ctx.source_defense(ref, params, label)
         x_adv, _, info = run_attack(self.threat.craft, ctx.on(source), x, y, attack=self.craft)
-        src_pred = predict(source, x_adv, self.threat.batch_size, ctx.device, non_finite="flag")
+        src_pred = predict(source, x_adv, self.threat.batch_size, ctx.device, non_finite="flag", n_classes=ctx.n_classes)
         return AttackOutput(x_adv, None, {**info, "source_fooled": (src_pred != y.cpu()).float()})

@@ -1,0 +1,341 @@
+"""Datasets are plug-ins: a name → a reader of one file layout.
+
+A suite names its data as ``data: {dataset: cifar10, root: DIR, split: test, n_images: N}``
+(the CLI: ``--dataset`` / ``--data-dir``). The bundled readers are registered here, in code,
+so they work from a source checkout without installing the package; other packages add
+theirs under the entry-point group ``robust_bench_sc.datasets`` (an instance of a
+:class:`Dataset` subclass, or a class / factory that takes no arguments and returns one).
+
+- ``cifar10``: the official python version (``cifar-10-batches-py/``: ``test_batch``,
+  ``data_batch_1`` … ``data_batch_5``), what ``torchvision.datasets.CIFAR10`` and RobustBench's
+  ``load_cifar10`` download; all 10,000 test images;
+- ``cifar100``: ``cifar-100-python/`` (``test``, ``train``), fine labels, 100 classes;
+- ``cifar10_npz``: this project's shared files (``test_first1000.npz``, ``train_0..4.npz``);
+  the default, so suites that name no dataset read what they always read;
+- ``npz``: one ``.npz`` with ``x`` uint8 (N, H, W, C) and integer ``y`` (optional ``idx``,
+  ``n_classes``), of any size and number of classes.
+
+Nothing is downloaded: a missing file is one line saying where the files go and which layout
+is expected. A reader returns the whole split as numpy arrays (:class:`Arrays`);
+:mod:`robust_bench_sc.data` turns them into tensors. This module imports numpy only (no torch),
+so validating a suite stays light.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robust_bench_sc.registry import Registry, RegistryError, is_reference, load_reference
+
+
+class DataError(RuntimeError):
+    """A data file is missing or does not hold what it should."""
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """A whole split as read from disk.
+
+    x: uint8 (N, H, W, C), channels last (or float32 in [0, 1], same layout: in-memory tensors);
+    y: int64 (N,) labels in 0..n_classes-1; idx: int64 (N,) each image's position in the
+    official split; n_classes: how many logits a model must return; title: the data set's
+    name in words (``CIFAR-10``), tables say "first N {title} {split} images"; source: what
+    was read (a file or folder, for messages).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    idx: np.ndarray
+    n_classes: int
+    title: str
+    source: str
+
+
+class Dataset:
+    """A dataset plug-in: reads one file layout from a folder (or file) ``root``.
+
+    Subclass it and set ``name``, ``title``, ``splits``, ``layout`` (one sentence: which
+    files, where, which format; it ends every "not found" message) and implement
+    :meth:`read`. ``n_classes`` / ``image_shape`` (H, W, C) are declared when fixed (None:
+    read from the data). Raise :class:`DataError` with one line for anything wrong.
+    """
+
+    name: str = ""
+    title: str = ""
+    splits: tuple[str, ...] = ("test",)
+    layout: str = ""
+    n_classes: int | None = None
+    image_shape: tuple[int, int, int] | None = None
+
+    def read(self, root: Path, split: str) -> Arrays:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def images_label(self, root: str | Path | None, split: str) -> str:
+        """How tables name the images: ``CIFAR-10 test images`` (after "first N")."""
+        return f"{self.title or self.name} {split} images"
+
+    def missing(self, path: Path) -> DataError:
+        """The one-line error for a missing file: where it was looked for, the layout expected."""
+        return DataError(f"{self.name} dataset: {path} not found; {self.layout} (set data.root in the suite, "
+                         "--data-dir or $SCBENCH_DATA; nothing is downloaded)")
+
+
+DATASETS: Registry[Any] = Registry("dataset", entry_point_group="robust_bench_sc.datasets")
+
+
+_REFERENCED: dict[str, Any] = {}
+
+
+def get_dataset(name: str) -> Dataset:
+    """The plug-in registered as ``name``, or referenced as ``module:attr`` / ``path/to/file.py:attr``
+    (an instance; a class or factory is called once)."""
+    if is_reference(name):
+        if name not in _REFERENCED:
+            _REFERENCED[name] = _as_dataset(name, load_reference(name))
+        return _REFERENCED[name]
+    ds = _as_dataset(name, DATASETS.get(name))
+    DATASETS._entries[name] = ds
+    return ds
+
+
+def _as_dataset(name: str, obj: Any) -> Dataset:
+    if isinstance(obj, type) or (callable(obj) and not isinstance(obj, Dataset)):
+        try:
+            obj = obj()
+        except TypeError as exc:
+            raise RegistryError(f"dataset {name!r}: {exc}") from None
+    if not isinstance(obj, Dataset):
+        raise RegistryError(f"dataset {name!r} is a {type(obj).__name__}, expected a robust_bench_sc.datasets.Dataset")
+    return obj
+
+
+def check_split(ds: Dataset, split: str) -> None:
+    if split not in ds.splits:
+        raise DataError(f"{ds.name} dataset has no split {split!r}; splits: {', '.join(ds.splits)}")
+
+
+def check_labels(path: str, y: np.ndarray, n_classes: int) -> np.ndarray:
+    if y.size and (not np.issubdtype(y.dtype, np.integer) or int(y.min()) < 0 or int(y.max()) >= n_classes):
+        lo, hi = (y.min(), y.max()) if y.size else (0, 0)
+        raise DataError(f"{path} has labels {lo}..{hi} ({y.dtype}); expected integers in 0..{n_classes - 1} "
+                        f"({n_classes} classes)")
+    return y.astype(np.int64)
+
+
+# -- the official CIFAR python pickles ----------------------------------------------------
+
+def read_cifar_pickle(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file of the official python version: a pickled dict with ``b'data'``
+    uint8 (N, 3072), each row 1024 red, 1024 green, 1024 blue values in row-major order, and
+    ``label_key`` (``b'labels'`` / ``b'fine_labels'``) a list of N ints. Returns x (N, 32, 32, 3)."""
+    try:
+        with open(path, "rb") as f:
+            blob = pickle.load(f, encoding="bytes")
+    except Exception as exc:
+        raise DataError(f"cannot read CIFAR batch {path}: {type(exc).__name__}: {exc} (expected the pickled "
+                        "dict of the official python version)") from None
+    if not isinstance(blob, dict) or b"data" not in blob or label_key not in blob:
+        keys = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in blob) if isinstance(blob, dict) else []
+        raise DataError(f"{path} is not a CIFAR batch: expected a dict with b'data' and {label_key!r}"
+                        + (f", it has {', '.join(keys)}" if isinstance(blob, dict) else f", it is a {type(blob).__name__}"))
+    data = np.asarray(blob[b"data"])
+    labels = np.asarray(blob[label_key])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
+        raise DataError(f"{path}: b'data' is {data.dtype}{tuple(data.shape)} and {label_key!r} has shape "
+                        f"{tuple(labels.shape)}; expected uint8 (N, 3072) and N labels")
+    x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(x), labels
+
+
+class CifarPickle(Dataset):
+    """CIFAR-10 / CIFAR-100 in the official python version (pickled batches)."""
+
+    folder = ""
+    files: dict[str, tuple[str, ...]] = {}
+    label_key = b"labels"
+    image_shape = (32, 32, 3)
+
+    def locate(self, root: Path) -> Path:
+        """``root/<folder>`` (what torchvision downloads into ``root``) or ``root`` itself."""
+        for cand in (root / self.folder, root):
+            if all((cand / f).is_file() for f in self.files["test"][:1]):
+                return cand
+        return root / self.folder
+
+    def read(self, root: Path, split: str) -> Arrays:
+        check_split(self, split)
+        folder = self.locate(root)
+        parts = []
+        for name in self.files[split]:
+            path = folder / name
+            if not path.is_file():
+                raise self.missing(path)
+            parts.append(read_cifar_pickle(path, self.label_key))
+        x = np.concatenate([p[0] for p in parts])
+        assert self.n_classes is not None
+        y = check_labels(str(folder), np.concatenate([p[1] for p in parts]), self.n_classes)
+        return Arrays(x, y, np.arange(len(y), dtype=np.int64), self.n_classes, self.title, str(folder))
+
+
+class Cifar10(CifarPickle):
+    name = "cifar10"
+    title = "CIFAR-10"
+    splits = ("test", "train")
+    folder = "cifar-10-batches-py"
+    files = {"test": ("test_batch",), "train": tuple(f"data_batch_{i}" for i in range(1, 6))}
+    n_classes = 10
+    layout = ("expected the official CIFAR-10 python version: ROOT/cifar-10-batches-py/test_batch and "
+              "data_batch_1..5 (cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, "
+              "extracted into ROOT, as torchvision.datasets.CIFAR10(ROOT) and RobustBench's load_cifar10 leave it)")
+
+
+class Cifar100(CifarPickle):
+    name = "cifar100"
+    title = "CIFAR-100"
+    splits = ("test", "train")
+    folder = "cifar-100-python"
+    files = {"test": ("test",), "train": ("train",)}
+    label_key = b"fine_labels"
+    n_classes = 100
+    layout = ("expected the official CIFAR-100 python version: ROOT/cifar-100-python/test and train "
+              "(cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, extracted into ROOT, "
+              "as torchvision.datasets.CIFAR100(ROOT) leaves it); labels are the 100 fine labels")
+
+
+# -- npz files ----------------------------------------------------------------------------
+
+def read_npz(path: Path, *, need_idx: bool) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as f:
+            out = {k: f[k] for k in f.files}
+    except Exception as exc:
+        raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc} (expected an .npz written by "
+                        "numpy.savez)") from None
+    n = out["x"].shape[0] if "x" in out and out["x"].ndim else -1
+    missing = [k for k in ("x", "y", *(("idx",) if need_idx else ())) if k not in out]
+    x, y = out.get("x"), out.get("y")
+    if missing or x is None or y is None or x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] not in (1, 3) \
+            or y.shape != (n,) or ("idx" in out and out["idx"].shape != (n,)):
+        have = ", ".join(f"{k} {v.dtype}{tuple(v.shape)}" for k, v in out.items()) or "nothing"
+        raise DataError(f"{path} holds {have}; expected x uint8 (N, H, W, C) with C 1 or 3 and y"
+                        + (", idx" if need_idx else "") + " of shape (N,)")
+    return out
+
+
+class Cifar10Npz(Dataset):
+    name = "cifar10_npz"
+    title = "CIFAR-10"
+    splits = ("test", "train")
+    files = {"test": ("test_first1000.npz",), "train": tuple(f"train_{i}.npz" for i in range(5))}
+    n_classes = 10
+    image_shape = (32, 32, 3)
+    layout = ("expected this project's CIFAR-10 files: ROOT/test_first1000.npz (test) and ROOT/train_0..4.npz "
+              "(train), each with x uint8 (N, 32, 32, 3), y, idx (shared/data/cifar10/SOURCE.md)")
+
+    def read(self, root: Path, split: str) -> Arrays:
+        check_split(self, split)
+        parts = []
+        for name in self.files[split]:
+            path = root / name
+            if not path.is_file():
+                raise self.missing(path)
+            f = read_npz(path, need_idx=True)
+            if f["x"].shape[1:] != (32, 32, 3):
+                raise DataError(f"{path} holds x {f['x'].dtype}{tuple(f['x'].shape)}; expected x uint8 (N, 32, 32, 3)")
+            parts.append((f["x"], check_labels(str(path), f["y"], 10), f["idx"].astype(np.int64)))
+        x, y, idx = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        return Arrays(x, y, idx, 10, self.title, str(root / self.files[split][0]))
+
+
+class Npz(Dataset):
+    """Any images: ``root`` is the .npz file itself, or a folder holding ``<split>.npz``."""
+
+    name = "npz"
+    title = ""
+    splits = ("test", "train", "val")
+    layout = ("expected one .npz (numpy.savez) with x uint8 (N, H, W, C), C 1 or 3, and y integer labels (N,); "
+              "optional idx (N,) (image positions, default 0..N-1) and n_classes (default max(y)+1); "
+              "data.root is the file, or a folder holding <split>.npz")
+
+    def path(self, root: Path, split: str) -> Path:
+        return root if root.suffix == ".npz" else root / f"{split}.npz"
+
+    def images_label(self, root: str | Path | None, split: str) -> str:
+        name = self.path(Path(root), split).name if root else f"{split}.npz"
+        return f"{split} images of {name}"
+
+    def read(self, root: Path, split: str) -> Arrays:
+        path = self.path(root, split)
+        if not path.is_file():
+            raise self.missing(path)
+        f = read_npz(path, need_idx=False)
+        y = f["y"]
+        if "n_classes" in f:
+            n_classes = int(f["n_classes"])
+        else:
+            n_classes = int(y.max()) + 1 if y.size and np.issubdtype(y.dtype, np.integer) else 0
+        if n_classes < 2:
+            raise DataError(f"{path}: {n_classes} classes (labels {y.min() if y.size else '-'}..{y.max() if y.size else '-'}); "
+                            "a classifier needs at least 2 (store n_classes in the file)")
+        idx = f["idx"].astype(np.int64) if "idx" in f else np.arange(len(y), dtype=np.int64)
+        return Arrays(f["x"], check_labels(str(path), y, n_classes), idx, n_classes, path.name, str(path))
+
+
+class InMemory(Dataset):
+    """Tensors handed to :func:`robust_bench_sc.api.benchmark` (``x``, ``y``), kept in this
+    process under their content hash (``root``)."""
+
+    name = "tensors"
+    title = "given"
+    splits = ("test",)
+    layout = "tensors passed to benchmark(x=..., y=...) exist only in the process that passed them"
+    held: dict[str, Arrays] = {}
+
+    def images_label(self, root: str | Path | None, split: str) -> str:
+        return f"images given to benchmark() (x, y {root})"
+
+    def read(self, root: Path, split: str) -> Arrays:
+        key = root.name
+        if key not in self.held:
+            raise DataError(f"tensors {key} were passed to benchmark() in another process; {self.layout}")
+        return self.held[key]
+
+
+# the bundled plug-ins, registered in code (a source checkout needs no installed entry points);
+# pyproject.toml declares the same objects under robust_bench_sc.datasets
+CIFAR10, CIFAR100, CIFAR10_NPZ, NPZ, TENSORS = Cifar10(), Cifar100(), Cifar10Npz(), Npz(), InMemory()
+for _ds in (CIFAR10, CIFAR100, CIFAR10_NPZ, NPZ, TENSORS):
+    DATASETS.register(_ds.name, _ds)
+
+DEFAULT_DATASET = "cifar10_npz"
+DEFAULT_SPLIT = "test"
+
+
+def images_label(dataset: str = DEFAULT_DATASET, split: str = DEFAULT_SPLIT, root: str | Path | None = None) -> str:
+    """``CIFAR-10 test images`` for (cifar10 or cifar10_npz, test); what follows "first N"."""
+    return get_dataset(dataset).images_label(root, split)
+
+
+def images_of(cfg: Any) -> str:
+    """How tables name the images of a suite's ``data`` section (``CIFAR-100 test images``),
+    without reading them."""
+    from robust_bench_sc.paths import data_dir
+
+    return get_dataset(cfg.dataset).images_label(data_dir(cfg.folder), cfg.split)
+
+
+def describe_datasets() -> list[tuple[str, str]]:
+    """(name, one line) of every registered dataset, for ``scbench datasets``."""
+    out = []
+    for n in DATASETS.names():
+        try:
+            ds = get_dataset(n)
+            out.append((n, f"{ds.title or n}: splits {', '.join(ds.splits)}; {ds.layout}"))
+        except Exception as exc:  # a broken third-party plug-in is listed, not fatal
+            out.append((n, f"cannot load: {exc}"))
+    return out
