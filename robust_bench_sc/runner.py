@@ -176,7 +176,7 @@ def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None) -> 
         except RegistryError as exc:
             raise RunError(f"{what}: {exc}") from None
 
-    defenses = {d.label: build(d.ref, d.params, d.label, f"defense {d.label!r}") for d in suite.defenses}
+    defenses = {d.label: build(d.load_ref, d.params, d.label, f"defense {d.label!r}") for d in suite.defenses}
 
     def check_bpda(tm, defense, what):
         if tm.bpda is None and tm.gradient_based and not defense.capabilities.differentiable and warn is not None:
@@ -338,7 +338,7 @@ def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
     known: dict[str, str] = {}
     for label, fps in recorded_fp.items():
         spec = next(d for d in suite.defenses if d.label == label)
-        now = (fingerprints or {}).get(label) or build_defense(spec.ref, spec.params, name=label).fingerprint()
+        now = (fingerprints or {}).get(label) or build_defense(spec.load_ref, spec.params, name=label).fingerprint()
         if fps != {now}:
             raise RunError(f"defense {label!r} loads other weights than its records in {run_dir} were computed "
                            f"with (fingerprint {', '.join(sorted(fps))} recorded, {now} now); restore those weights "
