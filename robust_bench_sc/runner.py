@@ -426,6 +426,10 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
         console.print(f"[bold]resuming[/] {run_dir}: {len(done)}/{len(jobs)} jobs already recorded")
     else:
         console.print(f"[bold]run[/] {suite.name} → {run_dir} ({len(jobs)} job{'s' * (len(jobs) != 1)}, {subset})")
+    from robust_bench_sc.budget import start_lines  # each threat model's budget, jobs and estimated time
+
+    for line in start_lines(suite, jobs, todo, fingerprints):
+        console.print(escape(line), highlight=False, soft_wrap=True)
 
     # progress: one bar per (defense, threat model)
     tally: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # robust, total

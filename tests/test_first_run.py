@@ -75,3 +75,71 @@ def test_missing_relative_plugin_file_says_where_it_looked(tmp_path, monkeypatch
     assert "suite.yaml, line 6: defenses[1]" in msg
     assert str((tmp_path / "exp" / "my_defense.py").resolve()) in msg
     assert "resolved from the suite file's folder" in msg
+
+
+def _console():
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    return Console(file=buf, width=400, force_terminal=False), buf
+
+
+def test_start_line_states_each_budget_the_job_count_and_the_hidden_restarts(tmp_path):
+    """linf_pgd_ce's 100 restarts show on the start line, with how to run one."""
+    from robust_bench_sc.runner import run_suite
+
+    f = _suite(tmp_path / "s", "[natural]", n=4, threat="clean, {use: linf_pgd_ce, steps: 2}")
+    console, buf = _console()
+    run_suite(load_suite(f), out=tmp_path / "run", console=console, show_progress=False)
+    text = buf.getvalue()
+    assert "(2 jobs, first 4 CIFAR-10 test images)" in text
+    assert "  clean: no attack — 1 job" in text
+    assert ("  linf_pgd_ce: 2 steps × 100 restarts, stops restarting an image once fooled — 1 job" in text
+            and "[--set linf_pgd_ce.restarts=1 for one restart]" in text)
+
+
+def test_budget_words_of_the_table1_threat_models():
+    from robust_bench_sc.budget import budget
+
+    suite = load_suite("suites/table1.yaml", profile="quick")
+    words = {t.name: budget(t) for t in suite.threat_models}
+    assert words["linf_pgd_ce"] == "20 steps × 1 restart (BPDA auto)"
+    assert words["clean"] == "no attack"
+    full = {t.name: budget(t) for t in load_suite("suites/table1.yaml").threat_models}
+    assert full["linf_pgd_ce"] == "40 steps × 100 restarts, stops restarting an image once fooled (BPDA auto)"
+    assert full["boundary"] == "25000 steps, start from the train images"
+    eot = load_suite("suites/table1.yaml", overrides=["linf_pgd_ce.eot=8", "linf_pgd_ce.restarts=1"])
+    assert budget(eot.threat("linf_pgd_ce")) == "40 steps × 1 restart (EOT 8 passes per gradient; BPDA auto)"
+
+
+def test_cost_estimate_scales_committed_job_seconds_by_the_budget(tmp_path):
+    """From a real run's records (its job seconds): the same settings give its seconds per
+    image, twice the steps twice them; a defense without records gets no estimate."""
+    import json as _json
+
+    from robust_bench_sc.budget import estimate_seconds, committed_rates, start_lines
+    from robust_bench_sc.plan import plan_jobs
+    from robust_bench_sc.runner import run_suite
+
+    root = tmp_path / "results"
+    f = _suite(tmp_path / "s", "[natural]", n=6, threat="{use: l2_pgd, steps: 3, restarts: 1}")
+    out = run_suite(load_suite(f), out=root / "committed", show_progress=False)
+    meta = _json.loads((out.run_dir / "run.json").read_text())
+    fp = meta["defense_fingerprints"]["natural"]
+    blob = _json.loads(next((out.run_dir / "records").rglob("*.json")).read_text())
+    per_image = blob["seconds"] / 6
+    assert per_image > 0
+
+    rates = committed_rates(root)
+    same = load_suite(f)
+    est, runs = estimate_seconds(fp, same.threat_models[0], 12, rates)
+    assert runs == {"committed"} and est == pytest.approx(12 * per_image)
+    double = load_suite(f, overrides=["steps=6"])
+    est2, _ = estimate_seconds(fp, double.threat_models[0], 12, rates)
+    assert est2 == pytest.approx(2 * est)
+    assert estimate_seconds("0" * 16, same.threat_models[0], 12, rates) is None
+    lines = start_lines(double, plan_jobs(double), plan_jobs(double), {"natural": fp}, results_root=root)
+    assert lines[0].startswith("  l2_pgd: 6 steps × 1 restart — 1 job, ≈ ")
+    assert "estimated job time ≈" in lines[-1] and "committed" in lines[-1]
