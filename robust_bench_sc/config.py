@@ -440,9 +440,9 @@ def _item_line(raw: Any, key: str, i: int) -> int | None:
     """Line of item ``i`` of the list ``raw[key]``: its own for a mapping; for a scalar the
     list's first line plus ``i`` in a block list (one item a line), the list's line in a flow one."""
     node = raw.get(key) if isinstance(raw, dict) else None
-    if isinstance(node, list) and 0 <= i < len(node) and getattr(node[i], "line", None) is None \
-            and getattr(node, "line", None) is not None:
-        return node.line + (i if node.line != raw.key_lines.get(key) else 0)
+    start: int | None = getattr(node, "line", None)
+    if isinstance(node, list) and 0 <= i < len(node) and getattr(node[i], "line", None) is None and start is not None:
+        return start + (i if start != getattr(raw, "key_lines", {}).get(key) else 0)
     return line_of(raw, (key, i))
 
 
