@@ -24,7 +24,7 @@ from robust_bench_sc.config import SuiteConfig
 from robust_bench_sc.data import load_test
 from robust_bench_sc.executor import EXECUTORS, Executor, LocalExecutor
 from robust_bench_sc.paths import REPO_ROOT, data_dir
-from robust_bench_sc.plan import Job, images_covered, job_spec_hash, plan_jobs, recorded_spec_hash
+from robust_bench_sc.plan import SEED_RULE, Job, images_covered, job_spec_hash, plan_jobs, recorded_spec_hash
 from robust_bench_sc.plugins import build_defense
 from robust_bench_sc.progress import STARTED, InFlight
 from robust_bench_sc.registry import load_reference
@@ -401,6 +401,7 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
         "data_dir": str(data_dir(suite.data.data_dir)),
         "data_hash": data_hash(suite),
         "seed": suite.seed,
+        "seed_rule": SEED_RULE,
         "profile": suite.profile,
         # what the profile sets (reports tell a selection of images from reduced settings)
         **({"profile_set": dict(suite.profiles[suite.profile].set)} if suite.profile in suite.profiles else {}),

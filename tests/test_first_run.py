@@ -143,3 +143,37 @@ def test_cost_estimate_scales_committed_job_seconds_by_the_budget(tmp_path):
     lines = start_lines(double, plan_jobs(double), plan_jobs(double), {"natural": fp}, results_root=root)
     assert lines[0].startswith("  l2_pgd: 6 steps × 1 restart — 1 job, ≈ ")
     assert "estimated job time ≈" in lines[-1] and "committed" in lines[-1]
+
+
+def test_a_rename_is_explained_by_check_and_run_json_states_the_seed_rule(tmp_path):
+    """The same weights under two labels get other job seeds (run.json says why); a baseline of
+    one label checked against a run of the other is matched by fingerprint, not 'missing', and
+    the check names the seed change."""
+    import json as _json
+
+    from robust_bench_sc.plan import SEED_RULE
+    from robust_bench_sc.regression import baseline_from_run, compare, format_result
+    from robust_bench_sc.runner import run_suite
+
+    f = _suite(tmp_path / "s", "[natural, {ref: natural, name: mine}]", n=6,
+               threat="{use: l2_pgd, steps: 2, restarts: 1}")
+    out = run_suite(load_suite(f), out=tmp_path / "run", show_progress=False)
+    meta = _json.loads((out.run_dir / "run.json").read_text())
+    assert meta["seed_rule"] == SEED_RULE and "defense label" in SEED_RULE
+    both = baseline_from_run(out.run_dir)
+    a, b = both["entries"]["natural"]["l2_pgd"], both["entries"]["mine"]["l2_pgd"]
+    assert a["fingerprint"] == b["fingerprint"] == meta["defense_fingerprints"]["natural"]
+    assert len(a["seeds"]) == len(b["seeds"]) == 1 and a["seeds"] != b["seeds"]
+    assert a["clean_bits"] == b["clean_bits"] == "111111"               # the same weights, the same images
+
+    old = _json.loads(_json.dumps(both))
+    old["entries"].pop("mine")
+    new = _json.loads(_json.dumps(both))
+    new["entries"].pop("natural")
+    res = compare(old, new)
+    text = format_result(res, "run", "base", 0.5, 0.01)
+    assert res.n_compared == 1 and not any(c.metric == "missing" for c in res.changes) and not res.new_pairs
+    assert "defense 'natural' of the baseline is 'mine' in the run" in text
+    assert "other job seeds than the baseline's (defense label 'natural' → 'mine')" in text
+    same = compare(old, old)
+    assert same.ok and not same.warnings                                    # no seed note without a change of seed
