@@ -107,6 +107,8 @@ def test_budget_words_of_the_table1_threat_models():
     words = {t.name: budget(t) for t in suite.threat_models}
     assert words["linf_pgd_ce"] == "20 steps × 1 restart (BPDA auto)"
     assert words["clean"] == "no attack"
+    # the quick Boundary column at the budget measured to separate natural from robust (docs/quick-profile.md)
+    assert words["boundary"] == "3000 steps, start from the first 5000 train images (first 5 images)"
     full = {t.name: budget(t) for t in load_suite("suites/table1.yaml").threat_models}
     assert full["linf_pgd_ce"] == "40 steps × 100 restarts, stops restarting an image once fooled (BPDA auto)"
     assert full["boundary"] == "25000 steps, start from the train images"
