@@ -454,15 +454,17 @@ def _plugin_files_from(defenses: list[DefenseSpec], path: Path, raw: Any, source
     for i, d in enumerate(defenses):
         target = plugin_file(d.ref)
         if target is not None:
-            base = Path(d.base_dir) if d.base_dir else path.resolve().parent
-            if d.base_dir and not base.is_absolute():
-                base = path.resolve().parent / base
-            d = d.model_copy(update={"base_dir": str(base.resolve())})
+            relative = not (target.startswith("~") or Path(target).is_absolute())
+            if relative:  # an absolute ref keeps no base_dir: its run.json and suite hash stay as they were
+                base = Path(d.base_dir) if d.base_dir else path.resolve().parent
+                if d.base_dir and not base.is_absolute():
+                    base = path.resolve().parent / base
+                d = d.model_copy(update={"base_dir": str(base.resolve())})
             file = Path(d.load_ref.rpartition(":")[0]).expanduser()
             if not file.is_file():
                 line = _item_line(raw, "defenses", i)
-                where = "relative paths in a suite are resolved from the suite file's folder" \
-                    if not (target.startswith("~") or Path(target).is_absolute()) else "an absolute path"
+                where = "relative paths in a suite are resolved from the suite file's folder" if relative \
+                    else "an absolute path"
                 raise ConfigError(f"{source}" + (f", line {line}" if line else "") + f": defenses[{i}]: plug-in file "
                                   f"{target!r} not found: looked for {file} ({where})")
         out.append(d)
