@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from robust_bench_sc.config import load_suite
+from robust_bench_sc.paths import REPO_ROOT
 from robust_bench_sc.yamlio import ConfigError
 
+TABLE1 = REPO_ROOT / "suites" / "table1.yaml"
 PLUGIN = textwrap.dedent("""
     from robust_bench_sc.plugins import build_defense
 
@@ -103,16 +105,16 @@ def test_start_line_states_each_budget_the_job_count_and_the_hidden_restarts(tmp
 def test_budget_words_of_the_table1_threat_models():
     from robust_bench_sc.budget import budget
 
-    suite = load_suite("suites/table1.yaml", profile="quick")
+    suite = load_suite(TABLE1, profile="quick")
     words = {t.name: budget(t) for t in suite.threat_models}
     assert words["linf_pgd_ce"] == "20 steps × 1 restart (BPDA auto)"
     assert words["clean"] == "no attack"
     # the quick Boundary column at the budget measured to separate natural from robust (docs/quick-profile.md)
     assert words["boundary"] == "3000 steps, start from the first 5000 train images (first 5 images)"
-    full = {t.name: budget(t) for t in load_suite("suites/table1.yaml").threat_models}
+    full = {t.name: budget(t) for t in load_suite(TABLE1).threat_models}
     assert full["linf_pgd_ce"] == "40 steps × 100 restarts, stops restarting an image once fooled (BPDA auto)"
     assert full["boundary"] == "25000 steps, start from the train images"
-    eot = load_suite("suites/table1.yaml", overrides=["linf_pgd_ce.eot=8", "linf_pgd_ce.restarts=1"])
+    eot = load_suite(TABLE1, overrides=["linf_pgd_ce.eot=8", "linf_pgd_ce.restarts=1"])
     assert budget(eot.threat("linf_pgd_ce")) == "40 steps × 1 restart (EOT 8 passes per gradient; BPDA auto)"
 
 
