@@ -406,7 +406,7 @@ def run_suite_binarization(suite, run_dir: str | Path, device: str = "cpu", cons
                 except ValueError:
                     pass
             if defense is None:
-                defense = build_defense(spec.ref, spec.params, name=spec.label)
+                defense = build_defense(spec.load_ref, spec.params, name=spec.label)
             try:
                 rep = binarization_test(defense, threat, base)
             except NotApplicable as exc:

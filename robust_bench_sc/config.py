@@ -18,7 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from robust_bench_sc.datasets import DEFAULT_DATASET, DEFAULT_SPLIT
 from robust_bench_sc.paths import N_TEST_AVAILABLE, REPO_ROOT
-from robust_bench_sc.registry import did_you_mean
+from robust_bench_sc.registry import did_you_mean, plugin_file, resolve_plugin_ref
 from robust_bench_sc.threat_models import THREAT_MODELS, RealNumber, ThreatModel, WholeNumber
 from robust_bench_sc.yamlio import ConfigError, LinedDict, line_of, load_yaml, plain
 
@@ -80,7 +80,8 @@ class DataConfig(BaseModel):
 
 
 #: defense fields that select which jobs run, not what a job computes (not in a job's spec hash)
-UNHASHED_DEFENSE_FIELDS = ("threat_models", "max_images")
+#: (``base_dir``: where the ref's file is, not what it is; records stay valid when a suite's folder moves)
+UNHASHED_DEFENSE_FIELDS = ("threat_models", "max_images", "base_dir")
 
 
 class DefenseSpec(BaseModel):
@@ -94,10 +95,17 @@ class DefenseSpec(BaseModel):
                                             "this defense (names; default: all)")
     max_images: WholeNumber | None = Field(None, ge=1, description="attack this defense on only the first max_images of the "
                                    "suite's images (a compute cap for an expensive defense; every cell states its n)")
+    base_dir: str | None = Field(None, description="the folder a relative plug-in file (ref my_defense.py:make) is "
+                                 "resolved from; load_suite sets it to the suite file's folder")
 
     @property
     def label(self) -> str:
         return self.name or self.ref
+
+    @property
+    def load_ref(self) -> str:
+        """What to load: ``ref``, with a relative plug-in file made absolute from ``base_dir``."""
+        return resolve_plugin_ref(self.ref, self.base_dir)
 
     def dump(self) -> dict[str, Any]:
         """The resolved form; ``threat_models`` and ``max_images`` only when set, so suites
@@ -507,6 +515,41 @@ def _flatten_profiles(raw: LinedDict, source: str) -> dict[str, dict[str, Any]]:
     return flat
 
 
+def _item_line(raw: Any, key: str, i: int) -> int | None:
+    """Line of item ``i`` of the list ``raw[key]``: its own for a mapping; for a scalar the
+    list's first line plus ``i`` in a block list (one item a line), the list's line in a flow one."""
+    node = raw.get(key) if isinstance(raw, dict) else None
+    start: int | None = getattr(node, "line", None)
+    if isinstance(node, list) and 0 <= i < len(node) and getattr(node[i], "line", None) is None and start is not None:
+        return start + (i if start != getattr(raw, "key_lines", {}).get(key) else 0)
+    return line_of(raw, (key, i))
+
+
+def _plugin_files_from(defenses: list[DefenseSpec], path: Path, raw: Any, source: str) -> list[DefenseSpec]:
+    """Each defense whose ref is a relative plug-in file (``my_defense.py:make``) resolved from
+    the suite file's folder (as the threat-model files beside a suite are), whatever the current
+    folder; a missing file is a ConfigError naming the line and the path looked at."""
+    out = []
+    for i, d in enumerate(defenses):
+        target = plugin_file(d.ref)
+        if target is not None:
+            relative = not (target.startswith("~") or Path(target).is_absolute())
+            if relative:  # an absolute ref keeps no base_dir: its run.json and suite hash stay as they were
+                base = Path(d.base_dir) if d.base_dir else path.resolve().parent
+                if d.base_dir and not base.is_absolute():
+                    base = path.resolve().parent / base
+                d = d.model_copy(update={"base_dir": str(base.resolve())})
+            file = Path(d.load_ref.rpartition(":")[0]).expanduser()
+            if not file.is_file():
+                line = _item_line(raw, "defenses", i)
+                where = "relative paths in a suite are resolved from the suite file's folder" if relative \
+                    else "an absolute path"
+                raise ConfigError(f"{source}" + (f", line {line}" if line else "") + f": defenses[{i}]: plug-in file "
+                                  f"{target!r} not found: looked for {file} ({where})")
+        out.append(d)
+    return out
+
+
 def load_suite(path: str | Path, overrides: list[str] | None = None, profile: str | None = None,
                n_images: int | None = None, seed: int | None = None, dataset: str | None = None) -> SuiteConfig:
     """Read, resolve and validate a suite file (threat-model files included); ``dataset``
@@ -632,6 +675,7 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
     if dup:
         raise ConfigError(f"{source}: defense names must be unique; repeated: {', '.join(sorted(dup))} (give each a 'name')")
     check_labels(suite, source)
+    suite = suite.model_copy(update={"defenses": _plugin_files_from(suite.defenses, path, raw, source)})
     for i, d in enumerate(suite.defenses):
         unknown = [k for k in d.threat_models or [] if k not in names]
         if unknown:

@@ -31,8 +31,17 @@ class Job:
         return asdict(self)
 
 
+#: how a job's seed is made, in run.json (``seed_rule``) and the README. The label is part of
+#: it: committed records' spec hashes hold these seeds, so the rule stays as it is.
+SEED_RULE = ("job seed = the first 31 bits of sha256('SUITE_SEED|DEFENSE_LABEL|THREAT_MODEL_NAME|CHUNK'): the "
+             "defense label and the threat-model name are part of it (the weights are not), so renaming either "
+             "draws other random starts, restarts and samples, and its numbers move within the attack's sampling "
+             "noise; scbench check names a move on other seeds")
+
+
 def job_seed(suite_seed: int, defense: str, threat: str, chunk: int) -> int:
-    """Seed of a job: independent of execution order, so resumed runs repeat exactly."""
+    """Seed of a job (:data:`SEED_RULE`): independent of execution order, so resumed runs repeat
+    exactly; it depends on the defense label, not on the weights."""
     blob = f"{suite_seed}|{defense}|{threat}|{chunk}".encode()
     return int.from_bytes(hashlib.sha256(blob).digest()[:4], "little") & 0x7FFFFFFF
 

@@ -23,7 +23,7 @@ from robust_bench_sc.config import SuiteConfig
 from robust_bench_sc.data import content_hash, load_data
 from robust_bench_sc.executor import EXECUTORS, Executor, LocalExecutor
 from robust_bench_sc.paths import REPO_ROOT, data_dir
-from robust_bench_sc.plan import Job, images_covered, job_spec_hash, plan_jobs, recorded_spec_hash
+from robust_bench_sc.plan import SEED_RULE, Job, images_covered, job_spec_hash, plan_jobs, recorded_spec_hash
 from robust_bench_sc.plugins import build_defense
 from robust_bench_sc.progress import STARTED, InFlight
 from robust_bench_sc.registry import load_reference
@@ -174,7 +174,7 @@ def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None,
         except RegistryError as exc:
             raise RunError(f"{what}: {exc}") from None
 
-    defenses = {d.label: build(d.ref, d.params, d.label, f"defense {d.label!r}") for d in suite.defenses}
+    defenses = {d.label: build(d.load_ref, d.params, d.label, f"defense {d.label!r}") for d in suite.defenses}
     probe = load_data(suite.data, n_images=min(2, suite.data.n_images))  # the data folder, read as run reads it
     for d in defenses.values():
         check_defense_fits(d, probe)
@@ -408,7 +408,7 @@ def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
     known: dict[str, str] = {}
     for label, fps in recorded_fp.items():
         spec = next(d for d in suite.defenses if d.label == label)
-        now = (fingerprints or {}).get(label) or build_defense(spec.ref, spec.params, name=label).fingerprint()
+        now = (fingerprints or {}).get(label) or build_defense(spec.load_ref, spec.params, name=label).fingerprint()
         if fps != {now}:
             raise RunError(f"defense {label!r} loads other weights than its records in {run_dir} were computed "
                            f"with (fingerprint {', '.join(sorted(fps))} recorded, {now} now); restore those weights "
@@ -510,6 +510,7 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
                     "image_shape": list(split.image_shape), "n_available": split.n_available},
         "images": split.images,
         "seed": suite.seed,
+        "seed_rule": SEED_RULE,
         "profile": suite.profile,
         # what the profile sets (reports tell a selection of images from reduced settings)
         **({"profile_set": dict(suite.profiles[suite.profile].set)} if suite.profile in suite.profiles else {}),
@@ -539,6 +540,10 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
         console.print(f"[bold]resuming[/] {run_dir}: {len(done)}/{len(jobs)} jobs already recorded")
     else:
         console.print(f"[bold]run[/] {suite.name} → {run_dir} ({len(jobs)} job{'s' * (len(jobs) != 1)}, {subset})")
+    from robust_bench_sc.budget import start_lines  # each threat model's budget, jobs and estimated time
+
+    for line in start_lines(suite, jobs, todo, fingerprints):
+        console.print(escape(line), highlight=False, soft_wrap=True)
 
     # progress: one bar per (defense, threat model)
     tally: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # robust, total

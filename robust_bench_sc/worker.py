@@ -67,7 +67,7 @@ class Worker:
     def defense(self, index: int) -> Defense:
         spec = self.suite.defenses[index]
         if spec.label not in self._defenses:
-            defense = build_defense(spec.ref, spec.params, name=spec.label)
+            defense = build_defense(spec.load_ref, spec.params, name=spec.label)
             self._fingerprints[spec.label] = defense.fingerprint()
             self._code_fingerprints[spec.label] = defense.code_fingerprint()
             adapted = self.suite.adaptation(spec.label)
