@@ -1,0 +1,53 @@
+"""Issue 36: the docs each have one purpose, and the generated ones cannot drift.
+
+docs/threat-models.md is generated from the threat-model schemas and attack_suites/; the README
+stays short and its links lead somewhere. (docs/results.md, the generated paper tables, is checked
+against the committed runs in tests/test_reports.py.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+
+from robust_bench_sc.paths import REPO_ROOT
+
+
+def _tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tools" / f"{name}.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_threat_models_doc_is_generated_from_the_schemas():
+    tool = _tool("threat_model_docs")
+    text = tool.render()
+    committed = (REPO_ROOT / "docs" / "threat-models.md").read_text()
+    assert committed == text, "docs/threat-models.md is stale: run `python tools/threat_model_docs.py`"
+    # it says what the schemas say: every kind, its backends, a field's default and constraint
+    from robust_bench_sc.threat_models import THREAT_MODELS
+
+    for kind, cls in THREAT_MODELS.items():
+        assert f"\n### {kind}\n" in text
+        for backend in cls.backends:
+            assert f"`{backend}`" in text
+    assert "| `steps` | whole number | `40` | ≥ 1 |" in text          # pgd
+    assert "| `norm` | `linf` \\| `l2` \\| `l1` | **required** |" in text
+    assert "| `linf_pgd_ce` | pgd | native | linf | 8/255 | restarts=100 |" in text
+
+
+def test_readme_is_short_and_its_links_exist():
+    text = (REPO_ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200, "README.md: keep it under 200 lines; the manual is docs/guide.md"
+    for must in ("./run.sh", "./test.sh", "docs/guide.md", "docs/results.md", "docs/threat-models.md",
+                 "docs/extending.md"):
+        assert must in text, must
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    missing = [p for p in links if not p.startswith("http") and not (REPO_ROOT / p).exists()]
+    assert missing == []
+    for doc in ("guide", "results", "extending", "threat-models"):
+        body = (REPO_ROOT / "docs" / f"{doc}.md").read_text()
+        rel = [p for p in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", body) if not p.startswith("http")]
+        gone = [p for p in rel if not ((REPO_ROOT / "docs" / p).exists() or (REPO_ROOT / p).exists())]
+        assert gone == [], (doc, gone)
