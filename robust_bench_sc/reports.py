@@ -29,7 +29,7 @@ def render(run_dirs: list[str | Path], fmt: str = "md", paper: bool = False, out
     """Render a report of ``run_dirs``; write it to ``out`` when given. Returns the text.
 
     ``embed`` (md): headings two levels down (``#`` → ``###``), for a section of another
-    document, as the README's "Status against the paper" embeds it.
+    document, as docs/results.md embeds it.
 
     Plots (PNG + PDF) go to ``plots_dir`` (default: ``<out stem>_plots/`` beside ``out``);
     the HTML page embeds them. Without ``out`` and ``plots_dir`` only HTML makes plots
