@@ -21,6 +21,11 @@ from robust_bench_sc.threat_models import THREAT_MODELS, ThreatModel
 from robust_bench_sc.yamlio import ConfigError, LinedDict, line_of, load_yaml, plain
 
 ATTACK_SUITES_DIR = REPO_ROOT / "attack_suites"
+WORST_CASE = "worst case"   # the per-image worst case's threat_model name in summary.csv and its report column
+
+
+class WorstCaseError(ConfigError):
+    """The threat models of a worst case cannot be combined (other images, unknown names)."""
 
 
 class DataConfig(BaseModel):
@@ -545,18 +550,18 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
         except ConfigError as exc:
             line = getattr(entry, "line", None) or (tms_raw.line + i if hasattr(tms_raw, "line") else "?")
             raise ConfigError(f"{source}, line {line}: threat_models[{i}]: {exc}") from None
-        d = r.mapping
+        mapping = r.mapping
         if r.path is None:
-            d.setdefault("name", str(d.get("attack", f"threat_model_{i}")))
-        resolved.append(d)
+            mapping.setdefault("name", str(mapping.get("attack", f"threat_model_{i}")))
+        resolved.append(mapping)
         origins.append((str(r.path), r.lined) if r.path else (source, entry))
     blames = _apply_threat_overrides(resolved, sets, source, labels)
 
     tms = []
-    for i, (d, (src, lined)) in enumerate(zip(resolved, origins)):
-        default = d.get("name") or d.get("attack", f"tm{i}")
+    for i, (tm_map, (src, lined)) in enumerate(zip(resolved, origins)):
+        default = tm_map.get("name") or tm_map.get("attack", f"tm{i}")
         prefix = () if src != source else ("threat_models", i)
-        tm = validate_threat_model(d, src, lined, default_name=default, prefix=prefix, blame=blames[i])
+        tm = validate_threat_model(tm_map, src, lined, default_name=default, prefix=prefix, blame=blames[i])
         tms.append(tm)
     names = [t.name for t in tms]
     dup = {n for n in names if names.count(n) > 1}
@@ -603,8 +608,6 @@ def resolve_worst_case(suite: SuiteConfig, all_threats: list, raw: Any, source: 
     """Validate a suite's ``worst_case_over`` against all its threat models (errors name the
     file and line); then keep the names the (profiled) suite runs. A worst case needs ≥ 2
     accuracy threat models at one norm and ε on the same images."""
-    from robust_bench_sc.summary import WORST_CASE, WorstCaseError  # the column's name and its error
-
     over = list(suite.worst_case_over)
     names = [t.name for t in all_threats]
     if WORST_CASE in names:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from robust_bench_sc.config import WORST_CASE, WorstCaseError  # noqa: F401 (both also read from here)
 from robust_bench_sc.norms import Norm
 from robust_bench_sc.subsets import describe_subset
-from robust_bench_sc.yamlio import ConfigError
+
+if TYPE_CHECKING:
+    from robust_bench_sc.config import SuiteConfig
 
 SUMMARY_COLUMNS = [
     "defense", "threat_model", "attack", "backend", "norm", "epsilon", "bpda", "n_images",
@@ -19,13 +22,6 @@ SUMMARY_COLUMNS = [
 
 
 # -- per-sample worst case across threat models -----------------------------------------
-
-WORST_CASE = "worst case"   # its threat_model name in summary.csv and its column in reports
-
-
-class WorstCaseError(ConfigError):
-    """The threat models of a worst case cannot be combined (other images, unknown names)."""
-
 
 def worst_case_over_for(over: list[str], runs_on_defense: list[str] | None) -> list[str]:
     """The threat models of ``over`` a defense's worst case is over: those its jobs run
