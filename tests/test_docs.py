@@ -51,3 +51,14 @@ def test_readme_is_short_and_its_links_exist():
         rel = [p for p in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", body) if not p.startswith("http")]
         gone = [p for p in rel if not ((REPO_ROOT / "docs" / p).exists() or (REPO_ROOT / p).exists())]
         assert gone == [], (doc, gone)
+
+
+def test_status_without_a_profile_says_so():
+    """Issue 36, small things: ``scbench status`` on a run made without a profile says so
+    (it printed "profile None"); one made with a profile names it."""
+    from robust_bench_sc.run_status import run_status, status_lines
+
+    head = status_lines(run_status(REPO_ROOT / "results" / "adaptive_1000"))[1]
+    assert "no profile (the suite as declared)" in head and "None" not in head
+    head = status_lines(run_status(REPO_ROOT / "results" / "table2"))[1]
+    assert "profile T15_row," in head
