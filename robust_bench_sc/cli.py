@@ -328,13 +328,13 @@ def validate(suite: Path = typer.Argument(..., help="suite YAML file"),
     fingerprints = preflight(cfg, warn=_warn)
 
     from robust_bench_sc.subsets import describe_subset
+    from robust_bench_sc.summary import fmt_eps
 
     table = Table(title=f"{cfg.name}: {len(plan_jobs(cfg))} jobs on the {describe_subset(cfg.data.n_images)}")
     for col in ("threat model", "attack", "backend", "norm", "ε", "bpda"):
         table.add_column(col)
     for t in cfg.threat_models:
-        eps = t.epsilon_value
-        table.add_row(t.name, t.kind, t.backend, t.norm_name or "—", "" if eps is None else f"{eps:.6g}", t.bpda or "—")
+        table.add_row(t.name, t.kind, t.backend, t.norm_name or "—", fmt_eps(t.epsilon_value, t.norm_name), t.bpda or "—")
     console.print(table)
     console.print("defenses (weight fingerprint): " + ", ".join(f"{d.label} ({fingerprints[d.label]})" for d in cfg.defenses))
     console.print(f"[green]ok[/] suite hash {cfg.content_hash()}")
@@ -360,8 +360,10 @@ def threat_models():
     from robust_bench_sc.config import ATTACK_SUITES_DIR, load_threat_model_file
     from robust_bench_sc.threat_models import THREAT_MODELS
 
+    from robust_bench_sc.summary import fmt_eps
+
     table = Table(title=f"threat models in {ATTACK_SUITES_DIR}")
-    for col in ("name", "attack", "backend", "norm", "ε"):
+    for col in ("name", "attack", "backend", "norm", "ε", "budget"):  # fits 80 columns
         table.add_column(col)
     from robust_bench_sc.yamlio import ConfigError
 
@@ -371,9 +373,15 @@ def threat_models():
         except ConfigError as exc:  # one bad file does not hide the others
             err.print(f"[yellow]warning:[/] skipped {escape(str(exc))}", highlight=False, soft_wrap=True)
             continue
-        eps = t.epsilon_value
-        table.add_row(p.stem, t.kind, t.backend, t.norm_name or "—", "" if eps is None else f"{eps:.6g}")
+        steps = getattr(t, "steps", None) or getattr(t, "max_iter", None)  # iterations; queries for score-based
+        restarts = getattr(t, "restarts", None)
+        if getattr(t, "n_queries", None) and t.kind in ("square", "random_search"):
+            budget = f"{t.n_queries} queries"
+        else:
+            budget = "" if steps is None else f"{steps} × {restarts}" if restarts is not None else str(steps)
+        table.add_row(p.stem, t.kind, t.backend, t.norm_name or "—", fmt_eps(t.epsilon_value, t.norm_name), budget)
     console.print(table)
+    console.print("budget: steps × restarts, or iterations; queries for score-based attacks")
     console.print("attack kinds: " + ", ".join(sorted(THREAT_MODELS)))
 
 

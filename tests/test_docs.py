@@ -62,3 +62,19 @@ def test_status_without_a_profile_says_so():
     assert "no profile (the suite as declared)" in head and "None" not in head
     head = status_lines(run_status(REPO_ROOT / "results" / "table2"))[1]
     assert "profile T15_row," in head
+
+
+def test_threat_models_command_shows_budgets_and_eps_on_the_pixel_grid():
+    """Issue 36, small things: ``scbench threat-models`` shows steps, restarts and ε as k/255."""
+    from typer.testing import CliRunner
+
+    from robust_bench_sc.cli import app
+
+    r = CliRunner().invoke(app, ["threat-models"], env={"COLUMNS": "80"})  # an 80-column terminal
+    assert r.exit_code == 0, r.output
+    rows = {ln.split("│")[1].strip(): [c.strip() for c in ln.split("│")[2:-1]]
+            for ln in r.stdout.splitlines() if ln.startswith("│")}
+    assert rows["linf_pgd_ce"] == ["pgd", "native", "linf", "8/255", "40 × 100"]
+    assert rows["square_linf_1000"] == ["square", "autoattack", "linf", "8/255", "1000 queries"]
+    assert rows["l2_pgd"][3] == "0.6" and rows["boundary"][4] == "25000" and rows["hsj"][4] == "50"
+    assert max(len(ln) for ln in r.stdout.splitlines()) <= 80
