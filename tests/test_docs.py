@@ -78,3 +78,26 @@ def test_threat_models_command_shows_budgets_and_eps_on_the_pixel_grid():
     assert rows["square_linf_1000"] == ["square", "autoattack", "linf", "8/255", "1000 queries"]
     assert rows["l2_pgd"][3] == "0.6" and rows["boundary"][4] == "25000" and rows["hsj"][4] == "50"
     assert max(len(ln) for ln in r.stdout.splitlines()) <= 80
+
+
+def test_the_own_defense_example_validates(monkeypatch):
+    """README "Evaluate your own defense": examples/my_suite.yaml names examples/my_defense.py
+    (from the repository root); it validates and the defense builds and classifies."""
+    import torch
+
+    from robust_bench_sc.config import load_suite
+    from robust_bench_sc.data import load_test
+    from robust_bench_sc.plugins import build_defense
+
+    monkeypatch.chdir(REPO_ROOT)
+    suite = load_suite(REPO_ROOT / "examples" / "my_suite.yaml")
+    assert [d.label for d in suite.defenses] == ["quantised_madry", "madry_pgd_at"]
+    spec = suite.defenses[0]
+    d = build_defense(spec.ref, spec.params, name=spec.label)
+    assert d.capabilities.differentiable is False and d.preprocess is not None
+    split = load_test(20)
+    with torch.no_grad():
+        acc = (d(split.x).argmax(1) == split.y).float().mean().item()
+    assert acc == 1.0  # measured: 20/20 of the first 20 behind round(8x)/8 (the run in the README says so too)
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "examples/my_defense.py:make" in readme and "examples/my_suite.yaml" in readme
