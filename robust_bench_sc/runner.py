@@ -420,8 +420,9 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
     meta["defense_fingerprints"] = dict(known_fp)
     layout.write_meta(meta)
     if old is not None and old.get("suite_hash") != suite_hash:  # grown: same folder, other settings
-        console.print(f"[bold]growing[/] {run_dir} (earlier configuration {old.get('suite_hash')}, profile "
-                      f"{old.get('profile')}): {len(done)}/{len(jobs)} jobs already recorded with identical settings")
+        earlier = f"profile {old['profile']}" if old.get("profile") else "no profile"
+        console.print(f"[bold]growing[/] {run_dir} (earlier configuration {old.get('suite_hash')}, {earlier}): "
+                      f"{len(done)}/{len(jobs)} jobs already recorded with identical settings")
     elif done:
         console.print(f"[bold]resuming[/] {run_dir}: {len(done)}/{len(jobs)} jobs already recorded")
     else:
