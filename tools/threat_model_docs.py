@@ -62,16 +62,12 @@ def _constraint(field: Any) -> str:
 
 
 def _default(field: Any) -> str:
-    from pydantic_core import PydanticUndefined
-
     if field.is_required():
         return "**required**"
-    value = field.default if field.default is not PydanticUndefined else None
-    if field.default_factory is not None:
-        try:
-            value = field.default_factory()
-        except TypeError:
-            return "(computed)"
+    try:
+        value = field.get_default(call_default_factory=True)
+    except TypeError:  # a factory that needs the validated data
+        return "(computed)"
     if value is None:
         return "null"
     if isinstance(value, bool):
