@@ -375,8 +375,9 @@ def threat_models():
             continue
         steps = getattr(t, "steps", None) or getattr(t, "max_iter", None)  # iterations; queries for score-based
         restarts = getattr(t, "restarts", None)
-        if getattr(t, "n_queries", None) and t.kind in ("square", "random_search"):
-            budget = f"{t.n_queries} queries"
+        queries = getattr(t, "n_queries", None)
+        if queries and t.kind in ("square", "random_search"):
+            budget = f"{queries} queries"
         else:
             budget = "" if steps is None else f"{steps} × {restarts}" if restarts is not None else str(steps)
         table.add_row(p.stem, t.kind, t.backend, t.norm_name or "—", fmt_eps(t.epsilon_value, t.norm_name), budget)
@@ -422,7 +423,7 @@ def report(
 
     try:
         dirs: list[str | Path] = list(run_dirs)
-        text = render(dirs, fmt, paper=paper, out=out, plots_dir=plots, embed=embed)
+        text = render(dirs, fmt, paper=paper, out=out, plots_dir=plots, embed=embed, on_note=_warn)
     except ReportError as exc:
         _fail(str(exc))
     if out is None:

@@ -101,3 +101,20 @@ def test_the_own_defense_example_validates(monkeypatch):
     assert acc == 1.0  # measured: 20/20 of the first 20 behind round(8x)/8 (the run in the README says so too)
     readme = (REPO_ROOT / "README.md").read_text()
     assert "examples/my_defense.py:make" in readme and "examples/my_suite.yaml" in readme
+
+
+def test_plots_say_when_there_is_nothing_to_draw(tmp_path, monkeypatch):
+    """Issue 36, small things: ``--plots`` on runs with no ε sweep and no minimum-norm attack
+    says so in one line (it wrote an empty folder silently); a sweep run draws and says nothing."""
+    from typer.testing import CliRunner
+
+    from robust_bench_sc.cli import app
+    from robust_bench_sc.reports import NOTHING_TO_PLOT
+
+    monkeypatch.chdir(REPO_ROOT)
+    r = CliRunner().invoke(app, ["report", "results/table1_natural", "--plots", str(tmp_path / "none")])
+    assert r.exit_code == 0, r.output
+    assert r.stderr.count(NOTHING_TO_PLOT[:30]) == 1 and not list((tmp_path / "none").glob("*.png"))
+    r = CliRunner().invoke(app, ["report", "results/fig1b", "--plots", str(tmp_path / "sweep")])
+    assert r.exit_code == 0 and NOTHING_TO_PLOT[:30] not in r.stderr
+    assert [p.name for p in (tmp_path / "sweep").glob("*.png")] == ["sweep_pgd_linf_linf_eps1.png"]
