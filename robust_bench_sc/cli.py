@@ -282,7 +282,7 @@ def run(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="CIFAR-10 folder (default $SCBENCH_DATA or ../shared/data/cifar10)"),
     executor: str = typer.Option("local", "--executor", help="local or ray"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="address of a Ray cluster (with --executor ray)"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress and no table: only warnings, errors and the results folder"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads of the local executor (default: torch's); no effect on the numbers"),
 ):
     """Run every defense of SUITE through every threat model; write tables and per-sample records."""
@@ -302,7 +302,8 @@ def run(
     outcome = run_suite(cfg, out=out, device=device, executor=ex, command=sys.argv, show_progress=not quiet)
     from robust_bench_sc.storage import RunDir
 
-    console.print(RunDir(outcome.run_dir).read_summary_md(), highlight=False)
+    if not quiet:  # --quiet: warnings, errors and where the results are; the table is in summary.md
+        console.print(RunDir(outcome.run_dir).read_summary_md(), highlight=False)
     if cfg.profile:
         from robust_bench_sc.config import PROFILE_SELECTION, setting_changes
 

@@ -485,7 +485,7 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
             tally[key][0] += sum(int(r["robust"]) for r in res.records)
             tally[key][1] += len(res.records)
             progress.update(tasks[key], completed=tally[key][1], acc=acc_text(key), stage="")
-            if not show_progress or not console.is_terminal:
+            if show_progress and not console.is_terminal:  # a log file gets a line per job; --quiet none
                 console.print(f"  {j.defense} × {j.threat} chunk {j.chunk}: images {j.start}-{j.stop - 1}, "
                               f"robust so far {acc_text(key)}, {res.seconds:.1f}s")
 

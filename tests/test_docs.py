@@ -118,3 +118,21 @@ def test_plots_say_when_there_is_nothing_to_draw(tmp_path, monkeypatch):
     r = CliRunner().invoke(app, ["report", "results/fig1b", "--plots", str(tmp_path / "sweep")])
     assert r.exit_code == 0 and NOTHING_TO_PLOT[:30] not in r.stderr
     assert [p.name for p in (tmp_path / "sweep").glob("*.png")] == ["sweep_pgd_linf_linf_eps1.png"]
+
+
+def test_quiet_is_quiet(tmp_path):
+    """Issue 36, small things: ``run --quiet`` prints no per-job lines and no table, only where
+    the results are (the table is in summary.md); without it the table is printed."""
+    from typer.testing import CliRunner
+
+    from robust_bench_sc.cli import app
+
+    suite = tmp_path / "q.yaml"
+    suite.write_text("name: q\nseed: 0\ndata: {n_images: 4, chunk_size: 2}\ndefenses: [madry_pgd_at]\n"
+                     "threat_models: [clean]\n")
+    r = CliRunner().invoke(app, ["run", str(suite), "--out", str(tmp_path / "r"), "--quiet", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert "chunk 0" not in r.output and "| defense |" not in r.output and f"results: {tmp_path / 'r'}" in r.output
+    assert "| madry_pgd_at | 100.00 [51.0, 100.0] |" in (tmp_path / "r" / "summary.md").read_text()
+    r = CliRunner().invoke(app, ["run", str(suite), "--out", str(tmp_path / "r"), "--threads", "1"])
+    assert r.exit_code == 0 and "| madry_pgd_at | 100.00 [51.0, 100.0] |" in r.output
