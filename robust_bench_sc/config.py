@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from robust_bench_sc.paths import N_TEST_AVAILABLE, REPO_ROOT
 from robust_bench_sc.registry import did_you_mean
-from robust_bench_sc.threat_models import THREAT_MODELS, ThreatModel
+from robust_bench_sc.threat_models import THREAT_MODELS, RealNumber, ThreatModel, WholeNumber
 from robust_bench_sc.yamlio import ConfigError, LinedDict, line_of, load_yaml, plain
 
 ATTACK_SUITES_DIR = REPO_ROOT / "attack_suites"
@@ -30,8 +30,8 @@ class WorstCaseError(ConfigError):
 
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    n_images: int = Field(N_TEST_AVAILABLE, ge=1, le=N_TEST_AVAILABLE)
-    chunk_size: int = Field(100, ge=1, description="images per planned job")
+    n_images: WholeNumber = Field(N_TEST_AVAILABLE, ge=1, le=N_TEST_AVAILABLE)
+    chunk_size: WholeNumber = Field(100, ge=1, description="images per planned job")
     data_dir: str | None = None
 
 
@@ -48,7 +48,7 @@ class DefenseSpec(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     threat_models: list[str] | None = Field(None, description="run only these of the suite's threat models on "
                                             "this defense (names; default: all)")
-    max_images: int | None = Field(None, ge=1, description="attack this defense on only the first max_images of the "
+    max_images: WholeNumber | None = Field(None, ge=1, description="attack this defense on only the first max_images of the "
                                    "suite's images (a compute cap for an expensive defense; every cell states its n)")
 
     @property
@@ -74,7 +74,7 @@ class Profile(BaseModel):
     extends: str | None = Field(None, description="another profile of the suite whose fields this one starts "
                                 "from (load_suite resolves it: set and defense_threat_models merge key by key, "
                                 "the rest is replaced)")
-    n_images: int | None = Field(None, ge=1, le=N_TEST_AVAILABLE)
+    n_images: WholeNumber | None = Field(None, ge=1, le=N_TEST_AVAILABLE)
     defenses: list[str] | None = Field(None, description="run only these of the suite's defenses (labels)")
     threat_models: list[str] | None = Field(None, description="run only these of the suite's threat models (names)")
     defense_threat_models: dict[str, list[str]] = Field(
@@ -101,8 +101,8 @@ class ResourcesConfig(BaseModel):
     """What one job asks of a distributed executor (Ray); does not change the numbers."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    num_cpus: float = Field(1, gt=0, description="CPUs reserved per job (also its torch threads)")
-    num_gpus: float | None = Field(None, ge=0, description="GPUs per job; default 1 with a cuda device, else 0")
+    num_cpus: RealNumber = Field(1, gt=0, description="CPUs reserved per job (also its torch threads)")
+    num_gpus: RealNumber | None = Field(None, ge=0, description="GPUs per job; default 1 with a cuda device, else 0")
 
 
 class SuiteConfig(BaseModel):
@@ -111,7 +111,7 @@ class SuiteConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
     name: str
     description: str = ""
-    seed: int = 0
+    seed: WholeNumber = 0
     data: DataConfig = Field(default_factory=DataConfig)
     defenses: list[DefenseSpec] = Field(min_length=1)
     threat_models: list[ThreatModel] = Field(min_length=1)
@@ -124,6 +124,14 @@ class SuiteConfig(BaseModel):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)  # not in resolved(): no effect on numbers
     profile: str | None = None
     overrides: list[str] = Field(default_factory=list)
+    # per defense label, what the probes imply (robust_bench_sc.adapt.DefenseAdaptation), set by the runner
+    # before any job runs; not configuration (no YAML sets it, resolved() leaves it out), it travels with the
+    # suite to the workers and its choices enter the job spec hashes (plan.job_spec_hash)
+    _adaptations: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def adaptation(self, label: str) -> Any:
+        """The probes' adaptation of defense ``label`` (robust_bench_sc.adapt), or None."""
+        return self._adaptations.get(label)
 
     @field_validator("defenses", mode="before")
     @classmethod
@@ -160,6 +168,22 @@ class SuiteConfig(BaseModel):
             if t.name == name:
                 return t
         raise KeyError(name)
+
+
+def check_labels(suite: SuiteConfig, source: str) -> SuiteConfig:
+    """Defense and threat-model labels name folders of a run (``records/<defense>/<threat>/``,
+    via :func:`robust_bench_sc.storage.safe_name`): two labels that map to one folder would
+    share records (the second job never computed, its row showing the first's numbers), so
+    they are refused here, both named. A label that names no folder of its own (``..``, ``☃``)
+    maps to ``unnamed`` and stays inside the run folder."""
+    from robust_bench_sc.storage import label_clashes
+
+    for what, labels in (("defense", [d.label for d in suite.defenses]),
+                         ("threat model", [t.name for t in suite.threat_models])):
+        for first, second, folder in label_clashes(labels):
+            raise ConfigError(f"{source}: {what} names {first!r} and {second!r} would share the records folder "
+                              f"{folder!r} (a name keeps letters, digits and _ . - only); rename one")
+    return suite
 
 
 # -- errors -----------------------------------------------------------------------------
@@ -350,7 +374,7 @@ def suite_from_resolved(config: Any, source: str) -> SuiteConfig:
     data = dict(config)
     data["threat_models"] = [validate_threat_model(t, source) for t in config["threat_models"]]
     try:
-        return SuiteConfig.model_validate(data)
+        return check_labels(SuiteConfig.model_validate(data), source)
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, source, None)) from None
 
@@ -368,7 +392,13 @@ def parse_set(items: list[str]) -> list[tuple[str, Any]]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. restarts=1 or linf_pgd_ce.steps=10")
-        out.append((key.strip(), yaml.safe_load(value)))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:  # `steps=[1,2`, a `!!python/...` tag: the option is named, not a traceback
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"--set {item!r}: {key.strip()}: the value is not valid YAML ({problem}); write a "
+                              "number, a string or a list, e.g. steps=10 or attacks_to_run=[apgd-ce]") from None
+        out.append((key.strip(), parsed))
     return out
 
 
@@ -581,6 +611,7 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
     dup = {n for n in labels if labels.count(n) > 1}
     if dup:
         raise ConfigError(f"{source}: defense names must be unique; repeated: {', '.join(sorted(dup))} (give each a 'name')")
+    check_labels(suite, source)
     for i, d in enumerate(suite.defenses):
         unknown = [k for k in d.threat_models or [] if k not in names]
         if unknown:

@@ -17,8 +17,29 @@ if TYPE_CHECKING:
 SUMMARY_COLUMNS = [
     "defense", "threat_model", "attack", "backend", "norm", "epsilon", "bpda", "n_images",
     "clean_accuracy", "robust_accuracy", "success_rate", "mean_l2", "median_l2",
-    "mean_linf", "n_flagged", "seconds", "subset",
+    "mean_linf", "n_flagged", "seconds", "subset", "error",
 ]
+
+
+def column_error(part: pd.DataFrame) -> tuple[str, bool]:
+    """Why a (defense, threat model) column is missing or partial, and whether it is missing:
+    the attack raised on some of its images (records' ``attack_error``, evaluate.py: no
+    number), or a worst case's member did (``member_errors``: the number stands, over the
+    other members). ("", False) when neither."""
+    for key, missing in (("attack_error", True), ("member_errors", False)):
+        if key in part.columns:
+            msgs = [m for m in part[key].dropna().astype(str) if m]
+            if msgs:
+                return (msgs[0] if missing else f"worst case without {msgs[0]}"), missing
+    return "", False
+
+
+def robust_mean(part: pd.DataFrame) -> float:
+    """Robust accuracy as a fraction: on a randomised defense the expectation over the
+    re-check's fresh draws (records' ``robust_frac``), else the share of robust records."""
+    if "robust_frac" in part.columns and len(part) and part["robust_frac"].notna().all():
+        return float(part["robust_frac"].astype(float).mean())
+    return float(part["robust"].mean())
 
 
 # -- per-sample worst case across threat models -----------------------------------------
@@ -75,11 +96,15 @@ def worst_case_samples(samples: pd.DataFrame, over: list[str], defense: str) -> 
                       axis=1).apply(
         lambda r: ";".join(dict.fromkeys(x for v in r for x in v.split(";") if x)), axis=1)
     fooled_by = robust_each.apply(lambda r: ";".join(t for t in over if not r[t]), axis=1).where(clean, "")
+    extra: dict[str, Any] = {}
+    if all("robust_frac" in f.columns and f["robust_frac"].notna().all() for f in frames):
+        # a randomised defense: per image, the least expected robustness over the threat models
+        extra["robust_frac"] = pd.concat([f["robust_frac"].astype(float) for f in frames], axis=1).min(axis=1).to_numpy()
     out = pd.DataFrame({
         "defense": defense, "threat_model": WORST_CASE, "index": first.index.to_numpy(),
         "label": first["label"].to_numpy(), "clean_correct": clean.to_numpy(), "attacked": attacked.to_numpy(),
         "fooled": (clean & ~robust).to_numpy(), "robust": robust.to_numpy(), "flags": flags.to_numpy(),
-        "fooled_by": fooled_by.to_numpy(),
+        "fooled_by": fooled_by.to_numpy(), **extra,
     })
     return out, ""
 
@@ -92,7 +117,7 @@ def worst_case_row(part: pd.DataFrame, norm: str, eps: float | None, seconds: fl
     return {
         "defense": part["defense"].iloc[0], "threat_model": WORST_CASE, "attack": "worst_case", "backend": "",
         "norm": norm, "epsilon": eps if eps is not None else math.nan, "bpda": "", "n_images": n,
-        "clean_accuracy": 100.0 * part["clean_correct"].mean(), "robust_accuracy": 100.0 * part["robust"].mean(),
+        "clean_accuracy": 100.0 * part["clean_correct"].mean(), "robust_accuracy": 100.0 * robust_mean(part),
         "success_rate": 100.0 * int((part["attacked"] & part["fooled"]).sum()) / attacked if attacked else math.nan,
         "mean_l2": math.nan, "median_l2": math.nan, "mean_linf": math.nan,
         "n_flagged": int((part["flags"] != "").sum()), "seconds": round(seconds, 3),
@@ -119,6 +144,7 @@ def summarise(suite: SuiteConfig, samples: pd.DataFrame, seconds: dict[tuple[str
             fooled = part[part["attacked"] & part["fooled"]]
             attacked = int(part["attacked"].sum())
             eps = t.epsilon_value
+            error, missing = column_error(part)  # the attack raised: no number, the table says why
             rows.append({
                 "defense": d.label,
                 "threat_model": t.name,
@@ -129,14 +155,15 @@ def summarise(suite: SuiteConfig, samples: pd.DataFrame, seconds: dict[tuple[str
                 "bpda": t.bpda or "",
                 "n_images": n,
                 "clean_accuracy": 100.0 * part["clean_correct"].mean(),
-                "robust_accuracy": 100.0 * part["robust"].mean(),
-                "success_rate": 100.0 * len(fooled) / attacked if attacked else math.nan,
+                "robust_accuracy": math.nan if missing else 100.0 * robust_mean(part),
+                "success_rate": 100.0 * len(fooled) / attacked if attacked and not missing else math.nan,
                 "mean_l2": fooled["l2"].mean() if len(fooled) else math.nan,
                 "median_l2": fooled["l2"].median() if len(fooled) else math.nan,
                 "mean_linf": fooled["linf"].mean() if len(fooled) else math.nan,
                 "n_flagged": int((part["flags"].notna() & (part["flags"].astype(str) != "")).sum()),
                 "seconds": round(seconds.get((d.label, t.name), 0.0), 3),
                 "subset": subset,
+                "error": error,
             })
     over = list(getattr(suite, "worst_case_over", []) or [])
     if over:
