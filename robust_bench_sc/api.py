@@ -248,43 +248,23 @@ def _defense_spec(defense: Any, name: str | None, params: Mapping[str, Any] | No
 def _threat_model(entry: Any, i: int) -> ThreatModel:
     """One entry of ``threat_models`` → a validated threat model (its schema validates the
     nested ones, transfer ``craft`` and worst_case ``attacks``, too)."""
-    from robust_bench_sc.config import (ATTACK_SUITES_DIR, load_threat_model_file, threat_model_names,
-                                        validate_threat_model)
+    from robust_bench_sc.config import resolve_threat_entry, validate_threat_model
     from robust_bench_sc.threat_models import ThreatModel
-    from robust_bench_sc.yamlio import load_yaml, plain
 
     where = f"{SOURCE}: threat_models[{i}]"
-
-    def named_file(name: str) -> Path:
-        path = ATTACK_SUITES_DIR / f"{name}.yaml"
-        if not path.is_file():
-            known = threat_model_names()
-            raise ConfigError(f"{where}: unknown threat model {name!r}{did_you_mean(name, known)}; files in "
-                              f"{ATTACK_SUITES_DIR}: {', '.join(known) or 'none'}")
-        return path
-
     if isinstance(entry, ThreatModel):
-        tm = entry
-    elif isinstance(entry, (str, Path)):
-        text = str(entry)
-        path = Path(text) if text.endswith((".yaml", ".yml")) else named_file(text)
-        if not path.is_file():
-            raise ConfigError(f"{where}: no threat-model file {path}")
-        tm = load_threat_model_file(path)  # errors name that file and line
-    elif isinstance(entry, Mapping):
-        d = plain(dict(entry))
-        if "use" in d:  # a file of attack_suites/ with fields overridden, as in a suite
-            base_name = d.pop("use")
-            base_path = named_file(str(base_name))
-            base = plain(load_yaml(base_path))
-            base.setdefault("name", base_path.stem)
-            base.update(d)
-            d = base
-        tm = validate_threat_model(d, where, default_name=str(d.get("name") or d.get("attack") or f"threat_model_{i}"))
-    else:
+        return entry
+    if not isinstance(entry, (str, Path, Mapping)):
         raise ConfigError(f"{where}: expected a name in attack_suites/, a mapping or a ThreatModel, got "
                           f"{type(entry).__name__}")
-    return tm
+    try:  # a name in attack_suites/ or a .yaml path; a mapping, with use: as in a suite
+        r = resolve_threat_entry(dict(entry) if isinstance(entry, Mapping) else entry, allow_path=True)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    d = r.mapping
+    if r.path is not None:  # errors name that file and line
+        return validate_threat_model(r.lined, str(r.path), r.lined, default_name=r.path.stem)
+    return validate_threat_model(d, where, default_name=str(d.get("name") or d.get("attack") or f"threat_model_{i}"))
 
 
 def build_suite(defense: Any, threat_models: Sequence[Any], *, n_images: int | None = None, name: str | None = None,
@@ -296,7 +276,7 @@ def build_suite(defense: Any, threat_models: Sequence[Any], *, n_images: int | N
     from pydantic import ValidationError
 
     from robust_bench_sc.config import SuiteConfig, check_labels
-    from robust_bench_sc.summary import resolve_worst_case
+    from robust_bench_sc.config import resolve_worst_case
 
     n_given = None
     if x is not None or y is not None:

@@ -289,7 +289,7 @@ def run(
     dataset: Optional[str] = typer.Option(None, "--dataset", help=DATASET_HELP),
     executor: str = typer.Option("local", "--executor", help="local or ray"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="address of a Ray cluster (with --executor ray)"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress and no table: only warnings, errors and the results folder"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads of the local executor (default: torch's); no effect on the numbers"),
     no_probes: bool = typer.Option(False, "--no-probes", help="skip the probes (randomness, gradients, saturation) and run every threat model exactly as written, without auto's adaptations"),
     accept_code_change: bool = typer.Option(False, "--accept-code-change", help="reuse records although the defense's code fingerprint (factory source, module settings) changed"),
@@ -312,7 +312,8 @@ def run(
                         probes=not no_probes, accept_code_change=accept_code_change)
     from robust_bench_sc.storage import RunDir
 
-    console.print(RunDir(outcome.run_dir).read_summary_md(), highlight=False)
+    if not quiet:  # --quiet: warnings, errors and where the results are; the table is in summary.md
+        console.print(RunDir(outcome.run_dir).read_summary_md(), highlight=False)
     if cfg.profile:
         from robust_bench_sc.config import PROFILE_SELECTION, setting_changes
 
@@ -348,14 +349,14 @@ def validate(suite: Path = typer.Argument(..., help="suite YAML file"),
 
     from robust_bench_sc.datasets import images_of
     from robust_bench_sc.subsets import describe_subset
+    from robust_bench_sc.summary import fmt_eps
 
     table = Table(title=f"{cfg.name}: {len(plan_jobs(cfg))} jobs on the "
                         f"{describe_subset(cfg.data.n_images, images=images_of(cfg.data))}")
     for col in ("threat model", "attack", "backend", "norm", "ε", "bpda"):
         table.add_column(col)
     for t in cfg.threat_models:
-        eps = t.epsilon_value
-        table.add_row(t.name, t.kind, t.backend, t.norm_name or "—", "" if eps is None else f"{eps:.6g}", t.bpda or "—")
+        table.add_row(t.name, t.kind, t.backend, t.norm_name or "—", fmt_eps(t.epsilon_value, t.norm_name), t.bpda or "—")
     console.print(table)
     console.print("defenses (weight fingerprint): " + ", ".join(f"{d.label} ({fingerprints[d.label]})" for d in cfg.defenses))
     console.print(f"[green]ok[/] suite hash {cfg.content_hash()}")
@@ -396,8 +397,10 @@ def threat_models():
     from robust_bench_sc.config import ATTACK_SUITES_DIR, load_threat_model_file
     from robust_bench_sc.threat_models import THREAT_MODELS
 
+    from robust_bench_sc.summary import fmt_eps
+
     table = Table(title=f"threat models in {ATTACK_SUITES_DIR}")
-    for col in ("name", "attack", "backend", "norm", "ε"):
+    for col in ("name", "attack", "backend", "norm", "ε", "budget"):  # fits 80 columns
         table.add_column(col)
     from robust_bench_sc.yamlio import ConfigError
 
@@ -407,9 +410,16 @@ def threat_models():
         except ConfigError as exc:  # one bad file does not hide the others
             err.print(f"[yellow]warning:[/] skipped {escape(str(exc))}", highlight=False, soft_wrap=True)
             continue
-        eps = t.epsilon_value
-        table.add_row(p.stem, t.kind, t.backend, t.norm_name or "—", "" if eps is None else f"{eps:.6g}")
+        steps = getattr(t, "steps", None) or getattr(t, "max_iter", None)  # iterations; queries for score-based
+        restarts = getattr(t, "restarts", None)
+        queries = getattr(t, "n_queries", None)
+        if queries and t.kind in ("square", "random_search"):
+            budget = f"{queries} queries"
+        else:
+            budget = "" if steps is None else f"{steps} × {restarts}" if restarts is not None else str(steps)
+        table.add_row(p.stem, t.kind, t.backend, t.norm_name or "—", fmt_eps(t.epsilon_value, t.norm_name), budget)
     console.print(table)
+    console.print("budget: steps × restarts, or iterations; queries for score-based attacks")
     console.print("attack kinds: " + ", ".join(sorted(THREAT_MODELS)))
 
 
@@ -450,7 +460,7 @@ def report(
 
     try:
         dirs: list[str | Path] = list(run_dirs)
-        text = render(dirs, fmt, paper=paper, out=out, plots_dir=plots, embed=embed)
+        text = render(dirs, fmt, paper=paper, out=out, plots_dir=plots, embed=embed, on_note=_warn)
     except ReportError as exc:
         _fail(str(exc))
     if out is None:

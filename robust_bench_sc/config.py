@@ -23,6 +23,11 @@ from robust_bench_sc.threat_models import THREAT_MODELS, RealNumber, ThreatModel
 from robust_bench_sc.yamlio import ConfigError, LinedDict, line_of, load_yaml, plain
 
 ATTACK_SUITES_DIR = REPO_ROOT / "attack_suites"
+WORST_CASE = "worst case"   # the per-image worst case's threat_model name in summary.csv and its report column
+
+
+class WorstCaseError(ConfigError):
+    """The threat models of a worst case cannot be combined (other images, unknown names)."""
 
 
 #: data fields dumped (and hashed) only when set, so suites without them keep their content hash
@@ -172,7 +177,7 @@ class SuiteConfig(BaseModel):
     # "all": both (robust_bench_sc/diagnostics/suite.py: run_suite_diagnostics)
     diagnostics: bool | Literal["active", "all"] = False
     worst_case_over: list[str] = Field(default_factory=list, description="threat models of the per-sample 'worst case' "
-                                       "column (robust only if robust under all); see summary.resolve_worst_case")
+                                       "column (robust only if robust under all); see config.resolve_worst_case")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)  # not in resolved(): no effect on numbers
     profile: str | None = None
     overrides: list[str] = Field(default_factory=list)
@@ -340,6 +345,54 @@ def _find_threat_file(name: str, search: list[Path]) -> Path:
         f"unknown threat model {name!r}{did_you_mean(name, known)}; files in "
         f"{', '.join(str(d) for d in search if d.is_dir())}: {', '.join(known) or 'none'}"
     )
+
+
+class ThreatEntry(BaseModel):
+    """One threat-model entry resolved to a plain mapping (not yet validated): ``mapping`` with
+    ``name`` defaulted to the file's stem where it came from a file; ``path``: that file (None for
+    an inline mapping); ``lined``: what line numbers are read from (the file's mapping, or the
+    entry as written)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+    mapping: dict[str, Any]
+    path: Path | None = None
+    lined: Any = None
+
+
+def _threat_file_mapping(path: Path) -> tuple[dict[str, Any], Any]:
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a threat model must be a mapping, got {type(raw).__name__}")
+    d = plain(raw)
+    d.setdefault("name", path.stem)
+    return d, raw
+
+
+def resolve_threat_entry(entry: Any, search: list[Path] | None = None, *, allow_path: bool = False) -> ThreatEntry:
+    """The one resolution of a threat-model entry, as suites, ``benchmark()`` and ``diagnose
+    --active`` write it: a name of a file in ``search`` (default ``attack_suites/``); with
+    ``allow_path``, a ``.yaml`` / ``.yml`` file path; or a mapping, where ``use: NAME`` takes that
+    file's mapping with the entry's other fields over it. Raises ConfigError (callers add where)."""
+    dirs = search or [ATTACK_SUITES_DIR]
+    if isinstance(entry, (str, Path)):
+        text = str(entry)
+        if allow_path and text.endswith((".yaml", ".yml")):
+            path = Path(text)
+            if not path.is_file():
+                raise ConfigError(f"no threat-model file {path}")
+        else:
+            path = _find_threat_file(text, dirs)
+        mapping, raw = _threat_file_mapping(path)
+        return ThreatEntry(mapping=mapping, path=path, lined=raw)
+    if isinstance(entry, dict):
+        d = plain(dict(entry))
+        if "use" in d:
+            base_path = _find_threat_file(str(d.pop("use")), dirs)
+            base, _ = _threat_file_mapping(base_path)
+            base.update(d)
+            d = base
+        return ThreatEntry(mapping=d, lined=entry)
+    raise ConfigError(f"expected a name or a mapping, got {entry!r}")
 
 
 def validate_threat_model(raw: Any, source: str, lined: Any = None, default_name: str = "",
@@ -622,39 +675,25 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
     resolved: list[dict] = []
     origins: list[tuple[str, Any]] = []
     for i, entry in enumerate(tms_raw):
-        if isinstance(entry, str):
-            try:
-                tm_path = _find_threat_file(entry, search)
-            except ConfigError as exc:
-                raise ConfigError(f"{source}, line {tms_raw.line + i if hasattr(tms_raw, 'line') else '?'}: threat_models[{i}]: {exc}") from None
-            tm_raw = load_yaml(tm_path)
-            if not isinstance(tm_raw, dict):
-                raise ConfigError(f"{tm_path}: a threat model must be a mapping")
-            d = plain(tm_raw)
-            d.setdefault("name", tm_path.stem)
-            resolved.append(d)
-            origins.append((str(tm_path), tm_raw))
-        elif isinstance(entry, dict):
-            d = plain(entry)
-            if "use" in d:
-                base_name = d.pop("use")
-                tm_path = _find_threat_file(str(base_name), search)
-                base = plain(load_yaml(tm_path))
-                base.setdefault("name", tm_path.stem)
-                base.update(d)
-                d = base
-            d.setdefault("name", str(d.get("attack", f"threat_model_{i}")))
-            resolved.append(d)
-            origins.append((source, entry))
-        else:
+        if not isinstance(entry, (str, dict)):
             raise ConfigError(f"{source}: threat_models[{i}]: expected a name or a mapping, got {entry!r}")
+        try:
+            r = resolve_threat_entry(entry, search)
+        except ConfigError as exc:
+            line = getattr(entry, "line", None) or (tms_raw.line + i if hasattr(tms_raw, "line") else "?")
+            raise ConfigError(f"{source}, line {line}: threat_models[{i}]: {exc}") from None
+        mapping = r.mapping
+        if r.path is None:
+            mapping.setdefault("name", str(mapping.get("attack", f"threat_model_{i}")))
+        resolved.append(mapping)
+        origins.append((str(r.path), r.lined) if r.path else (source, entry))
     blames = _apply_threat_overrides(resolved, sets, source, labels)
 
     tms = []
-    for i, (d, (src, lined)) in enumerate(zip(resolved, origins)):
-        default = d.get("name") or d.get("attack", f"tm{i}")
+    for i, (tm_map, (src, lined)) in enumerate(zip(resolved, origins)):
+        default = tm_map.get("name") or tm_map.get("attack", f"tm{i}")
         prefix = () if src != source else ("threat_models", i)
-        tm = validate_threat_model(d, src, lined, default_name=default, prefix=prefix, blame=blames[i])
+        tm = validate_threat_model(tm_map, src, lined, default_name=default, prefix=prefix, blame=blames[i])
         tms.append(tm)
     names = [t.name for t in tms]
     dup = {n for n in names if names.count(n) > 1}
@@ -696,6 +735,50 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
             suite = suite.model_copy(update={field: [x for x in getattr(suite, field) if label_of(x) in keep]})
         if chosen.defense_threat_models:
             suite = _limit_defense_threats(suite, chosen.defense_threat_models, raw, source, profile)
-    from robust_bench_sc.summary import resolve_worst_case  # validated against every threat model, then profiled
+    return resolve_worst_case(suite, tms, raw, source)  # validated against every threat model, then profiled
 
-    return resolve_worst_case(suite, tms, raw, source)
+
+def resolve_worst_case(suite: SuiteConfig, all_threats: list, raw: Any, source: str) -> SuiteConfig:
+    """Validate a suite's ``worst_case_over`` against all its threat models (errors name the
+    file and line); then keep the names the (profiled) suite runs. A worst case needs ≥ 2
+    accuracy threat models at one norm and ε on the same images."""
+    over = list(suite.worst_case_over)
+    names = [t.name for t in all_threats]
+    if WORST_CASE in names:
+        raise WorstCaseError(f"{source}: a threat model may not be named {WORST_CASE!r} (the worst-case column's name)")
+    if not over:
+        return suite
+    line = getattr(raw, "key_lines", {}).get("worst_case_over")
+    where = f"{source}, line {line}: worst_case_over" if line else f"{source}: worst_case_over"
+    dup = sorted({n for n in over if over.count(n) > 1})
+    if dup:
+        raise WorstCaseError(f"{where}: repeated {', '.join(dup)}")
+    if len(over) < 2:
+        raise WorstCaseError(f"{where}: needs at least two threat models (a worst case over one is that one)")
+    by_name = {t.name: t for t in all_threats}
+    for n in over:
+        if n not in by_name:
+            raise WorstCaseError(f"{where}: unknown threat model {n!r}{did_you_mean(str(n), names)}; "
+                                 f"threat models of the suite: {', '.join(names)}")
+        t = by_name[n]
+        if t.kind == "none":
+            raise WorstCaseError(f"{where}: {n!r} is the clean evaluation, not an attack; list attacks only")
+        if t.kind == "zoo":
+            raise WorstCaseError(f"{where}: {n!r} (zoo) attacks a random subset of the images; "
+                                 "a worst case needs every image under every threat model")
+        if t.minimum_norm and t.epsilon_value is None:
+            raise WorstCaseError(f"{where}: {n!r} is a minimum-norm attack ({t.kind}) without epsilon; "
+                                 "give it an epsilon so that it has a robust bit at a budget")
+    budgets = {(by_name[n].norm_name, None if by_name[n].epsilon_value is None else round(by_name[n].epsilon_value, 9))
+               for n in over}
+    if len(budgets) > 1:
+        each = ", ".join(f"{n}: {by_name[n].norm_name} ε={by_name[n].epsilon_value:.6g}" for n in over)
+        raise WorstCaseError(f"{where}: the threat models must share one norm and ε ({each})")
+    caps = {by_name[n].max_images for n in over}
+    if len(caps) > 1:
+        each = ", ".join(f"{n}: {by_name[n].max_images or 'all'}" for n in over)
+        raise WorstCaseError(f"{where}: the threat models are on different images (max_images {each}); "
+                             "give them the same max_images")
+    running = {t.name for t in suite.threat_models}
+    kept = [n for n in over if n in running]
+    return suite.model_copy(update={"worst_case_over": kept if len(kept) >= 2 else []})

@@ -231,7 +231,8 @@ def status_lines(st: RunStatus) -> list[str]:
     done, total = st.jobs
     meta = st.meta
     head = [f"{st.run_dir}: {st.state}",
-            f"suite {meta.get('suite')} (hash {meta.get('suite_hash')}), profile {meta.get('profile')}, "
+            f"suite {meta.get('suite')} (hash {meta.get('suite_hash')}), "
+            + (f"profile {meta['profile']}, " if meta.get("profile") else "no profile (the suite as declared), ") +
             f"{st.subset}; {done}/{total} jobs recorded"]
     rem, lower = st.remaining_seconds
     if done < total and not any(p.chunks_recorded for p in st.pairs if p.recorded < p.planned):

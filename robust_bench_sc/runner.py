@@ -534,8 +534,9 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
         meta["code_fingerprints"] = dict(code_fps)
     layout.write_meta(meta)
     if old is not None and old.get("suite_hash") != suite_hash:  # grown: same folder, other settings
-        console.print(f"[bold]growing[/] {run_dir} (earlier configuration {old.get('suite_hash')}, profile "
-                      f"{old.get('profile')}): {len(done)}/{len(jobs)} jobs already recorded with identical settings")
+        earlier = f"profile {old['profile']}" if old.get("profile") else "no profile"
+        console.print(f"[bold]growing[/] {run_dir} (earlier configuration {old.get('suite_hash')}, {earlier}): "
+                      f"{len(done)}/{len(jobs)} jobs already recorded with identical settings")
     elif done:
         console.print(f"[bold]resuming[/] {run_dir}: {len(done)}/{len(jobs)} jobs already recorded")
     else:
@@ -602,7 +603,7 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
             tally[key][0] += sum(int(r["robust"]) for r in res.records)
             tally[key][1] += len(res.records)
             progress.update(tasks[key], completed=tally[key][1], acc=acc_text(key), stage="")
-            if not show_progress or not console.is_terminal:
+            if show_progress and not console.is_terminal:  # a log file gets a line per job; --quiet none
                 console.print(f"  {j.defense} × {j.threat} chunk {j.chunk}: images {j.start}-{j.stop - 1}, "
                               f"robust so far {acc_text(key)}, {res.seconds:.1f}s")
 

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from robust_bench_sc.config import WORST_CASE, WorstCaseError  # noqa: F401 (both also read from here)
 from robust_bench_sc.norms import Norm
 from robust_bench_sc.subsets import IMAGES, describe_subset
-from robust_bench_sc.yamlio import ConfigError
 
-if TYPE_CHECKING:  # annotations only: config imports this module (resolve_worst_case)
+if TYPE_CHECKING:
     from robust_bench_sc.config import SuiteConfig
 
 SUMMARY_COLUMNS = [
@@ -43,61 +43,6 @@ def robust_mean(part: pd.DataFrame) -> float:
 
 
 # -- per-sample worst case across threat models -----------------------------------------
-
-WORST_CASE = "worst case"   # its threat_model name in summary.csv and its column in reports
-
-
-class WorstCaseError(ConfigError):
-    """The threat models of a worst case cannot be combined (other images, unknown names)."""
-
-
-def resolve_worst_case(suite: SuiteConfig, all_threats: list, raw: Any, source: str) -> SuiteConfig:
-    """Validate a suite's ``worst_case_over`` against all its threat models (errors name the
-    file and line); then keep the names the (profiled) suite runs. A worst case needs ≥ 2
-    accuracy threat models at one norm and ε on the same images."""
-    over = list(suite.worst_case_over)
-    names = [t.name for t in all_threats]
-    if WORST_CASE in names:
-        raise WorstCaseError(f"{source}: a threat model may not be named {WORST_CASE!r} (the worst-case column's name)")
-    if not over:
-        return suite
-    from robust_bench_sc.registry import did_you_mean
-
-    line = getattr(raw, "key_lines", {}).get("worst_case_over")
-    where = f"{source}, line {line}: worst_case_over" if line else f"{source}: worst_case_over"
-    dup = sorted({n for n in over if over.count(n) > 1})
-    if dup:
-        raise WorstCaseError(f"{where}: repeated {', '.join(dup)}")
-    if len(over) < 2:
-        raise WorstCaseError(f"{where}: needs at least two threat models (a worst case over one is that one)")
-    by_name = {t.name: t for t in all_threats}
-    for n in over:
-        if n not in by_name:
-            raise WorstCaseError(f"{where}: unknown threat model {n!r}{did_you_mean(str(n), names)}; "
-                                 f"threat models of the suite: {', '.join(names)}")
-        t = by_name[n]
-        if t.kind == "none":
-            raise WorstCaseError(f"{where}: {n!r} is the clean evaluation, not an attack; list attacks only")
-        if t.kind == "zoo":
-            raise WorstCaseError(f"{where}: {n!r} (zoo) attacks a random subset of the images; "
-                                 "a worst case needs every image under every threat model")
-        if t.minimum_norm and t.epsilon_value is None:
-            raise WorstCaseError(f"{where}: {n!r} is a minimum-norm attack ({t.kind}) without epsilon; "
-                                 "give it an epsilon so that it has a robust bit at a budget")
-    budgets = {(by_name[n].norm_name, None if by_name[n].epsilon_value is None else round(by_name[n].epsilon_value, 9))
-               for n in over}
-    if len(budgets) > 1:
-        each = ", ".join(f"{n}: {by_name[n].norm_name} ε={by_name[n].epsilon_value:.6g}" for n in over)
-        raise WorstCaseError(f"{where}: the threat models must share one norm and ε ({each})")
-    caps = {by_name[n].max_images for n in over}
-    if len(caps) > 1:
-        each = ", ".join(f"{n}: {by_name[n].max_images or 'all'}" for n in over)
-        raise WorstCaseError(f"{where}: the threat models are on different images (max_images {each}); "
-                             "give them the same max_images")
-    running = {t.name for t in suite.threat_models}
-    kept = [n for n in over if n in running]
-    return suite.model_copy(update={"worst_case_over": kept if len(kept) >= 2 else []})
-
 
 def worst_case_over_for(over: list[str], runs_on_defense: list[str] | None) -> list[str]:
     """The threat models of ``over`` a defense's worst case is over: those its jobs run
