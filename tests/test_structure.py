@@ -55,7 +55,9 @@ def test_sparse_coding_commands_are_registered_by_entry_point():
     names = {ep.name: ep.value for ep in cli._command_entry_points()}
     assert names == {"learn-dictionary": "defenses.sparse_coding.commands:learn_dictionary",
                      "figures": "defenses.sparse_coding.commands:figures"}
-    out = subprocess.run(["scbench", "--help"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    # the console script installed beside this interpreter (the venv's), whatever is on PATH
+    script = Path(sys.executable).with_name("scbench")
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "learn-dictionary" in out.stdout and "figures" in out.stdout and "Plug-in commands" in out.stdout
     assert out.stderr == ""  # no plug-in warning for the bundled ones
@@ -404,7 +406,7 @@ def test_suite_and_threat_model_errors_share_one_format(tmp_path):
     assert message(bad, n_images=0) == [
         "--n-images 0: data.n_images: Input should be greater than or equal to 1",
         f"{bad}, line 2: data.shuffle: unknown key; allowed keys: chunk_size, data_dir, dataset, n_images, root, split",
-        f"{bad}, line 5: defenses.0.nmae: unknown key (did you mean 'name'?); allowed keys: max_images, name, params, ref, "
+        f"{bad}, line 5: defenses.0.nmae: unknown key (did you mean 'name'?); allowed keys: base_dir, max_images, name, params, ref, "
         "threat_models"]
     assert message(good, overrides=["steps=0"]) == ["--set steps=0: steps: Input should be greater than or equal to 1"]
     assert message(good, overrides=["linf.norm=l3"]) == [
