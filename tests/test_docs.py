@@ -81,19 +81,20 @@ def test_threat_models_command_shows_budgets_and_eps_on_the_pixel_grid():
 
 
 def test_the_own_defense_example_validates(monkeypatch):
-    """README "Evaluate your own defense": examples/my_suite.yaml names examples/my_defense.py
-    (from the repository root); it validates and the defense builds and classifies."""
+    """README "Evaluate your own defense": examples/my_suite.yaml names my_defense.py beside it
+    (a relative plug-in file is resolved from the suite's folder, whatever the current folder);
+    it validates and the defense builds and classifies."""
     import torch
 
     from robust_bench_sc.config import load_suite
     from robust_bench_sc.data import load_test
     from robust_bench_sc.plugins import build_defense
 
-    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.chdir(REPO_ROOT / "tests")  # not the suite's folder
     suite = load_suite(REPO_ROOT / "examples" / "my_suite.yaml")
     assert [d.label for d in suite.defenses] == ["quantised_madry", "madry_pgd_at"]
     spec = suite.defenses[0]
-    d = build_defense(spec.ref, spec.params, name=spec.label)
+    d = build_defense(spec.load_ref, spec.params, name=spec.label)
     assert d.capabilities.differentiable is False and d.preprocess is not None
     split = load_test(20)
     with torch.no_grad():
