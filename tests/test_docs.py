@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 import re
 
+import pytest
+
 from robust_bench_sc.paths import REPO_ROOT
 
 
@@ -137,3 +139,21 @@ def test_quiet_is_quiet(tmp_path):
     assert "| madry_pgd_at | 100.00 [51.0, 100.0] |" in (tmp_path / "r" / "summary.md").read_text()
     r = CliRunner().invoke(app, ["run", str(suite), "--out", str(tmp_path / "r"), "--threads", "1"])
     assert r.exit_code == 0 and "| madry_pgd_at | 100.00 [51.0, 100.0] |" in r.output
+
+
+@pytest.mark.slow
+def test_the_readme_tour_output_is_what_the_example_prints(tmp_path, monkeypatch):
+    """The results table the README's quick tour shows is what `scbench run examples/my_suite.yaml`
+    writes (≈ 2 min on one core): the tour's output is real and stays so."""
+    from typer.testing import CliRunner
+
+    from robust_bench_sc.cli import app
+
+    monkeypatch.chdir(REPO_ROOT)
+    r = CliRunner().invoke(app, ["run", "examples/my_suite.yaml", "--out", str(tmp_path / "mine"), "--quiet",
+                                 "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    table = [ln for ln in (tmp_path / "mine" / "summary.md").read_text().splitlines() if ln.startswith("| ")]
+    table = table[:table.index(next(ln for ln in table if ln.startswith("| n images")))]
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert len(table) == 3 and all(ln in readme for ln in table), table
