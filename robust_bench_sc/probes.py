@@ -162,18 +162,29 @@ def input_gradient(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
     """The gradient of ``loss(model(x)).sum()`` with respect to ``x`` and None, or None and
     why there is none (one line): the output is not in the autograd graph, the input is not
     part of it, or backward raised."""
+    grads, broken = input_gradients(model, x, [loss])
+    return (None, broken) if grads is None else (grads[0], None)
+
+
+def input_gradients(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                    losses: list[Callable[[torch.Tensor], torch.Tensor]]
+                    ) -> tuple[list[torch.Tensor] | None, str | None]:
+    """:func:`input_gradient` of each of ``losses``, from one forward pass."""
     xr = x.detach().clone().requires_grad_(True)
+    out_grads = []
     with torch.enable_grad():
         out = model(xr)
         if not isinstance(out, torch.Tensor) or not out.requires_grad:
             return None, "the output does not require grad (the autograd graph is broken: .detach(), numpy, no_grad)"
-        try:
-            (g,) = torch.autograd.grad(loss(out).sum(), xr, allow_unused=True)
-        except RuntimeError as exc:
-            return None, f"backward raised: {str(exc).splitlines()[0][:120]}"
-    if g is None:
-        return None, "the input is not part of the autograd graph"
-    return g.detach(), None
+        for k, loss in enumerate(losses):
+            try:
+                (g,) = torch.autograd.grad(loss(out).sum(), xr, allow_unused=True, retain_graph=k < len(losses) - 1)
+            except RuntimeError as exc:
+                return None, f"backward raised: {str(exc).splitlines()[0][:120]}"
+            if g is None:
+                return None, "the input is not part of the autograd graph"
+            out_grads.append(g.detach())
+    return out_grads, None
 
 
 def gradient_status(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
@@ -181,16 +192,16 @@ def gradient_status(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     """(status, one-line detail, per-image CE-gradient-all-zero mask or None) of ``model``'s
     input gradient on ``x``: the margin loss's gradient decides ok / zero / nonfinite; the
     CE gradient is returned for the saturation probe."""
-    g, broken = input_gradient(model, x, lambda out: margin_loss(out, y))
+    grads, broken = input_gradients(model, x, [lambda out: margin_loss(out, y),
+                                               lambda out: F.cross_entropy(out, y, reduction="none")])
     n = x.shape[0]
-    if broken is not None:
-        return "missing", broken, None
-    assert g is not None
+    if grads is None:
+        return "missing", str(broken), None
+    g, ce = grads
     b = bad_gradients(g)
     k_zero, k_nf = int(b["zero"].sum()), int(b["nonfinite"].sum())
     detail = f"{k_zero}/{n} all-zero, {k_nf}/{n} non-finite input gradients (margin loss)"
-    ce, _ = input_gradient(model, x, lambda out: F.cross_entropy(out, y, reduction="none"))
-    ce_zero = None if ce is None else bad_gradients(ce)["zero"].cpu()
+    ce_zero = bad_gradients(ce)["zero"].cpu()
     if k_nf:
         return "nonfinite", detail, ce_zero
     if k_zero >= max(1, MAJORITY * n):
