@@ -242,9 +242,8 @@ def cascade_outcome(records: list[dict[str, Any]], member_names: list[str]) -> d
         alive -= fooled
     robust = sum(bool(r["robust"]) for r in records)
     lo, hi = wilson_interval(robust, n)
-    fracs = [r.get("robust_frac") for r in records]
-    expected = (round(100.0 * sum(float(f) for f in fracs) / max(n, 1), 2)
-                if n and all(f is not None for f in fracs) else None)
+    fracs = [float(r["robust_frac"]) for r in records if r.get("robust_frac") is not None]
+    expected = round(100.0 * sum(fracs) / n, 2) if n and len(fracs) == n else None
     return {
         "n_images": n, "clean_correct": len(correct),
         "clean_accuracy": round(100.0 * len(correct) / max(n, 1), 2),
@@ -274,8 +273,8 @@ def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any],
     out: list[Finding] = []
     if findings.randomised and not findings.randomised_declared:
         out.append(Finding("probe", "fail", "randomness",
-                           f"undeclared randomness: {findings.prediction_flip_frac:.0%} of the probe images changed "
-                           f"prediction over {getattr(findings, 'n_passes', 'several')} passes",
+                           f"undeclared randomness: logits differ over {findings.n_passes} passes on the same "
+                           f"{findings.n_images} probe images ({findings.prediction_flip_frac:.0%} changed prediction)",
                            "declare randomised=True (Capabilities) so that every evaluation uses EOT and re-checks"))
     if plan.randomised:
         out.append(Finding("probe", "fail", "masking",
@@ -525,14 +524,22 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
 
 
 # --------------------------------------------------------------------------- the report card
+def _eps(eps: float) -> str:
+    k = eps * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.6g}"
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     wc, v = card["worst_case"], card["verdict"]
     lines = [f"# Audit: {card['defense']}", "",
-             f"{card['subset'][:1].upper()}{card['subset'][1:]}; ℓ∞ ε = {card['threat']['epsilon']:.6g}; clean accuracy "
+             f"{card['subset'][:1].upper()}{card['subset'][1:]}; ℓ∞ ε = {_eps(card['threat']['epsilon'])}; clean accuracy "
              f"{card['clean_accuracy']:.1f}%. Run folder: `{card['run_dir']}`.", "",
              f"**Verdict ({v['code']}):** {v['text']}", "",
              f"**Worst case:** {wc['robust_accuracy']:.1f}% robust ({wc['robust']}/{wc['n']}; {wc['interval']} "
-             f"[{wc['ci95'][0]:.1f}, {wc['ci95'][1]:.1f}]).", "", "## Probes", ""]
+             f"[{wc['ci95'][0]:.1f}, {wc['ci95'][1]:.1f}])"
+             + (f"; as the expectation over the re-check draws of a randomised defense: "
+                f"{wc['expected_robust_accuracy']:.1f}%." if wc.get("expected_robust_accuracy") is not None else ".")
+             + " An image counts as robust only if every re-check draw classifies it correctly.", "", "## Probes", ""]
     lines += [f"- {s}" for s in card["probes"]["summary"]]
     g = card["probes"]["attack_gradient"]
     lines += [f"- gradient the attacks follow (bpda {g['bpda']}): {g['status']}: {g['detail']}", "",
@@ -589,7 +596,7 @@ def card_html(card: dict[str, Any]) -> str:
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.3em .6em;vertical-align:top}}.v{{color:{colour};font-weight:bold}}</style>
 </head><body><h1>Audit: {e(card['defense'])}</h1>
-<p>{e(card['subset'])}; ℓ∞ ε = {card['threat']['epsilon']:.6g}; clean accuracy {card['clean_accuracy']:.1f}%</p>
+<p>{e(card['subset'])}; ℓ∞ ε = {_eps(card['threat']['epsilon'])}; clean accuracy {card['clean_accuracy']:.1f}%</p>
 <p class="v">{e(v['code'])}: {e(v['text'])}</p>
 <p><b>Worst case</b>: {wc['robust_accuracy']:.1f}% ({wc['robust']}/{wc['n']}, {e(wc['interval'])}
 [{wc['ci95'][0]:.1f}, {wc['ci95'][1]:.1f}])</p>
