@@ -45,8 +45,6 @@ AUTOATTACK_SQUARE_QUERIES = 5000        # AutoAttack's Square budget (its schedu
 LATE_FOOLED_MIN_IMAGES = 2              # gradient-free / transfer fool ≥ this many images the gradient attacks
 LATE_FOOLED_MIN_FRAC = 0.02             # missed, and ≥ this share of the clean-correct images → masking
 PROBE_IMAGES = 8
-RANDOMISED_TREATED = "robust_bench_sc.audit:treated_as_randomised"
-RANDOMISED_FOR_ATTACKS_REF = RANDOMISED_TREATED
 
 
 class AuditError(RuntimeError):
@@ -103,16 +101,6 @@ class CascadePlan:
     def threat_model(self, batch_size: int) -> dict[str, Any]:
         return {"attack": "worst_case", "name": CASCADE, "batch_size": batch_size,
                 "description": "scbench audit: the cascade chosen by the probes", "attacks": self.members}
-
-
-def treated_as_randomised(ref: str) -> Defense:
-    """The defense ``ref``, declared randomised (the audit's stand-in for a defense whose
-    probes found randomness its author did not declare: the engine then re-checks every
-    success ``recheck`` times, as for a declared one)."""
-    from robust_bench_sc.plugins import build_defense
-
-    d = build_defense(ref)
-    return replace(d, capabilities=replace(d.capabilities, randomised=True))
 
 
 # --------------------------------------------------------------------------- gradient check
@@ -254,11 +242,14 @@ def cascade_outcome(records: list[dict[str, Any]], member_names: list[str]) -> d
         alive -= fooled
     robust = sum(bool(r["robust"]) for r in records)
     lo, hi = wilson_interval(robust, n)
+    fracs = [float(r["robust_frac"]) for r in records if r.get("robust_frac") is not None]
+    expected = round(100.0 * sum(fracs) / n, 2) if n and len(fracs) == n else None
     return {
         "n_images": n, "clean_correct": len(correct),
         "clean_accuracy": round(100.0 * len(correct) / max(n, 1), 2),
         "worst_case": {"robust_accuracy": round(100.0 * robust / max(n, 1), 2), "robust": robust, "n": n,
-                       "ci95": [round(lo, 2), round(hi, 2)], "interval": "Wilson 95 %"},
+                       "ci95": [round(lo, 2), round(hi, 2)], "interval": "Wilson 95 %",
+                       "expected_robust_accuracy": expected},
         "per_attack": per_member,
         "fooled_by": {str(r["index"]): r.get("fooled_by") or ("misclassified" if not r["clean_correct"] else "")
                       for r in records},
@@ -282,8 +273,8 @@ def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any],
     out: list[Finding] = []
     if findings.randomised and not findings.randomised_declared:
         out.append(Finding("probe", "fail", "randomness",
-                           f"undeclared randomness: {findings.prediction_flip_frac:.0%} of the probe images changed "
-                           f"prediction over {getattr(findings, 'n_passes', 'several')} passes",
+                           f"undeclared randomness: logits differ over {findings.n_passes} passes on the same "
+                           f"{findings.n_images} probe images ({findings.prediction_flip_frac:.0%} changed prediction)",
                            "declare randomised=True (Capabilities) so that every evaluation uses EOT and re-checks"))
     if plan.randomised:
         out.append(Finding("probe", "fail", "masking",
@@ -464,9 +455,8 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
         say(f"probe: {line}")
     randomised = bool(findings.randomised or findings.randomised_declared)
     attacked_defense = defense
-    run_ref, params = ref, None
     if randomised and not defense.capabilities.randomised:
-        run_ref, params = RANDOMISED_TREATED, {"ref": ref}
+        # the run's own probes (robust_bench_sc.adapt) treat it as randomised too: re-checks in every job
         attacked_defense = replace(defense, capabilities=replace(defense.capabilities, randomised=True))
         say(f"warning: defense {label!r} is randomised but does not declare it: the audit treats it as randomised "
             "(EOT and re-checks); declare randomised=True")
@@ -479,8 +469,8 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
         say(f"cascade: {s['attack']} left out: {s['reason']}")
     for m in plan.members:
         say(f"cascade: {m['name']}: {'; '.join(plan.reasons.get(m['name'], []))}")
-    suite = build_suite(run_ref, [plan.threat_model(budget.batch_size)], n_images=n_images, name=label,
-                        params=params, seed=budget.seed, chunk_size=min(budget.chunk_size, n_images),
+    suite = build_suite(ref, [plan.threat_model(budget.batch_size)], n_images=n_images, name=label,
+                        seed=budget.seed, chunk_size=min(budget.chunk_size, n_images),
                         suite_name=f"audit_{safe_name(label)}")
     t0 = time.perf_counter()
     outcome_run = run_suite(suite, out=run_dir, device=device, console=console, results_root=results_root,
@@ -502,7 +492,7 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
     if budget.indicators:
         t0 = time.perf_counter()
         say("indicators (scbench diagnose)")
-        indicators = _indicators(attacked_defense, budget, n_images, device, randomised, log=lambda s: None)
+        indicators = _indicators(defense, budget, n_images, device, randomised, log=lambda s: None)
         seconds["indicators"] = round(time.perf_counter() - t0, 2)
     if budget.binarization:
         t0 = time.perf_counter()
@@ -535,14 +525,22 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
 
 
 # --------------------------------------------------------------------------- the report card
+def _eps(eps: float) -> str:
+    k = eps * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.6g}"
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     wc, v = card["worst_case"], card["verdict"]
     lines = [f"# Audit: {card['defense']}", "",
-             f"{card['subset'][:1].upper()}{card['subset'][1:]}; ℓ∞ ε = {card['threat']['epsilon']:.6g}; clean accuracy "
+             f"{card['subset'][:1].upper()}{card['subset'][1:]}; ℓ∞ ε = {_eps(card['threat']['epsilon'])}; clean accuracy "
              f"{card['clean_accuracy']:.1f}%. Run folder: `{card['run_dir']}`.", "",
              f"**Verdict ({v['code']}):** {v['text']}", "",
              f"**Worst case:** {wc['robust_accuracy']:.1f}% robust ({wc['robust']}/{wc['n']}; {wc['interval']} "
-             f"[{wc['ci95'][0]:.1f}, {wc['ci95'][1]:.1f}]).", "", "## Probes", ""]
+             f"[{wc['ci95'][0]:.1f}, {wc['ci95'][1]:.1f}])"
+             + (f"; as the expectation over the re-check draws of a randomised defense: "
+                f"{wc['expected_robust_accuracy']:.1f}%." if wc.get("expected_robust_accuracy") is not None else ".")
+             + " An image counts as robust only if every re-check draw classifies it correctly.", "", "## Probes", ""]
     lines += [f"- {s}" for s in card["probes"]["summary"]]
     g = card["probes"]["attack_gradient"]
     lines += [f"- gradient the attacks follow (bpda {g['bpda']}): {g['status']}: {g['detail']}", "",
@@ -599,7 +597,7 @@ def card_html(card: dict[str, Any]) -> str:
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.3em .6em;vertical-align:top}}.v{{color:{colour};font-weight:bold}}</style>
 </head><body><h1>Audit: {e(card['defense'])}</h1>
-<p>{e(card['subset'])}; ℓ∞ ε = {card['threat']['epsilon']:.6g}; clean accuracy {card['clean_accuracy']:.1f}%</p>
+<p>{e(card['subset'])}; ℓ∞ ε = {_eps(card['threat']['epsilon'])}; clean accuracy {card['clean_accuracy']:.1f}%</p>
 <p class="v">{e(v['code'])}: {e(v['text'])}</p>
 <p><b>Worst case</b>: {wc['robust_accuracy']:.1f}% ({wc['robust']}/{wc['n']}, {e(wc['interval'])}
 [{wc['ci95'][0]:.1f}, {wc['ci95'][1]:.1f}])</p>
