@@ -324,7 +324,8 @@ def test_a_32x32_only_model_is_refused_on_other_sizes(tmp_path):
         benchmark(Only32(), ["clean"], dataset="npz", data_dir=tmp_path / "big.npz", n_images=8,
                   out=tmp_path / "run", name="only32", quiet=True)
     text = _one_line(exc)
-    assert text.startswith("defense 'only32' cannot take the test images of big.npz (3×40×40, 10 classes, dataset npz)")
+    assert text.startswith("defense 'only32' cannot take the test images of big.npz (3×40×40, 10 classes, dataset npz) "
+                           "(it runs on 3×32×32 images): RuntimeError: mat1 and mat2 shapes cannot be multiplied")
 
 
 def test_benchmark_takes_tensors(tmp_path):
