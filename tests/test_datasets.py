@@ -305,6 +305,12 @@ def test_a_100_class_model_runs_on_cifar100(tmp_path):
     assert rows.loc["clean", "clean_accuracy"] == pytest.approx(expected) and expected > 0
     assert rows.loc["pgd", "n_images"] == 40 and rows.loc["pgd", "robust_accuracy"] <= expected
     assert rows.loc["clean", "subset"] == "first 40 CIFAR-100 test images"
+    from robust_bench_sc.report_model import load_report
+    from robust_bench_sc.run_status import run_status
+
+    report = load_report([tmp_path / "run"])
+    assert report.images == "CIFAR-100 test images" and report.subset == "first 40 CIFAR-100 test images"
+    assert run_status(tmp_path / "run").subset == "first 40 CIFAR-100 test images"
     # the 10-logit reference ResNet is refused on the 100-class dataset, in one line
     from robust_bench_sc.runner import RunError
 
