@@ -298,13 +298,24 @@ def test_a_100_class_model_runs_on_cifar100(tmp_path):
     x, fine = write_cifar100(tmp_path / "data", n=200)
     model = ColourReadout(100, seed=3)
     pgd = {"use": "linf_pgd_ce", "name": "pgd", "epsilon": "8/255", "steps": 3, "restarts": 1}
-    table = benchmark(model, ["clean", pgd], dataset="cifar100", data_dir=tmp_path / "data", n_images=40,
+    pgd4 = {**pgd, "name": "pgd4", "epsilon": "4/255"}
+    table = benchmark(model, ["clean", pgd, pgd4], dataset="cifar100", data_dir=tmp_path / "data", n_images=40,
                       chunk_size=40, out=tmp_path / "run", name="colour100", quiet=True)
     rows = table.set_index("threat_model")
     expected = _accuracy(model, x[:40], fine[:40])
     assert rows.loc["clean", "clean_accuracy"] == pytest.approx(expected) and expected > 0
     assert rows.loc["pgd", "n_images"] == 40 and rows.loc["pgd", "robust_accuracy"] <= expected
     assert rows.loc["clean", "subset"] == "first 40 CIFAR-100 test images"
+    from robust_bench_sc.report_model import load_report
+    from robust_bench_sc.run_status import run_status
+
+    report = load_report([tmp_path / "run"])
+    assert report.images == "CIFAR-100 test images" and report.subset == "first 40 CIFAR-100 test images"
+    assert run_status(tmp_path / "run").subset == "first 40 CIFAR-100 test images"
+    from robust_bench_sc.plots import make_plots
+
+    (sweep,) = make_plots(report, tmp_path / "plots")
+    assert sweep.caption.endswith("first 40 CIFAR-100 test images, 95% Wilson bands.") and sweep.png.is_file()
     # the 10-logit reference ResNet is refused on the 100-class dataset, in one line
     from robust_bench_sc.runner import RunError
 
@@ -324,7 +335,8 @@ def test_a_32x32_only_model_is_refused_on_other_sizes(tmp_path):
         benchmark(Only32(), ["clean"], dataset="npz", data_dir=tmp_path / "big.npz", n_images=8,
                   out=tmp_path / "run", name="only32", quiet=True)
     text = _one_line(exc)
-    assert text.startswith("defense 'only32' cannot take the test images of big.npz (3×40×40, 10 classes, dataset npz)")
+    assert text.startswith("defense 'only32' cannot take the test images of big.npz (3×40×40, 10 classes, dataset npz) "
+                           "(it runs on 3×32×32 images): RuntimeError: mat1 and mat2 shapes cannot be multiplied")
 
 
 def test_benchmark_takes_tensors(tmp_path):

@@ -640,7 +640,7 @@ def test_status_without_the_data_says_it_checked_counts_only(tmp_path, plugin, m
     monkeypatch.setenv("SCBENCH_DATA", str(tmp_path / "nowhere"))
     st = run_status(run_dir)
     assert [(p.threat, p.recorded) for p in st.pairs] == [("clean", 4), ("linf_1", 4)] and not st.unusable
-    assert "CIFAR-10 file not found" in st.unchecked
+    assert "test_first1000.npz not found" in st.unchecked
     assert "images and labels of the records not checked" in _cli("status", run_dir).output
 
 
