@@ -44,7 +44,7 @@ installed() {  # a stamp line of the same inputs and clone whose extras include 
 if installed; then
   echo "setup.sh: $VENV is up to date (nothing installed)" >&2
 else
-  pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
+  pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@" >&2; }
   pip_install -c requirements/constraints.txt "torch==2.13.0"
   pip_install -c requirements/constraints.txt -e ".[${EXTRAS}]"
   pip_install --no-deps -r requirements/no-deps.txt

@@ -20,6 +20,7 @@ by ``scbench run``; registered names and ``module:attr`` references have neither
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -111,6 +112,112 @@ def wrap_module(module: nn.Module, name: str | None = None) -> Defense:
                    description=f"{type(module).__name__} passed to benchmark() ([0, 1] NCHW images -> logits)")
 
 
+#: fixed images on which :func:`model_identity` records what an in-memory model answers
+PROBE_SHAPE = (2, 3, 32, 32)
+
+
+def model_identity(obj: Defense) -> str:
+    """What an in-memory defense is beyond its name and weights (whose hash its records carry
+    as the fingerprint): the qualified name and source of each module's class, and its logits
+    on fixed probe images (seeded, RNG state restored; 4 significant digits, so that a
+    parameter-free model is told apart by what it computes). 16 hex digits; the same object
+    (or a copy of the same code and weights) always gets the same one in one environment."""
+    import hashlib
+    import inspect
+
+    import torch
+
+    h = hashlib.sha256()
+    for module in obj.modules():
+        cls = type(module)
+        h.update(f"{cls.__module__}.{cls.__qualname__}".encode())
+        try:
+            h.update(inspect.getsource(cls).encode())
+        except (OSError, TypeError):  # a class typed at a prompt or built at run time: its name only
+            pass
+    modules = obj.modules()
+    state = _module_state(modules)
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(0)
+            x = torch.rand(PROBE_SHAPE, generator=torch.Generator().manual_seed(0))
+            device = next((p.device for m in modules for p in m.parameters()), torch.device("cpu"))
+            for m in modules:
+                m.eval()
+            out = obj(x.to(device))
+            if isinstance(out, torch.Tensor) and out.device.type != "meta":
+                values = out.detach().float().cpu().flatten().tolist()
+                h.update(" ".join(f"{v:.4g}" for v in values).encode())
+            else:
+                h.update(f"probe:{type(out).__name__}".encode())
+    except Exception as exc:  # noqa: BLE001 - a model that fails here fails the run's own checks, with their message
+        h.update(f"probe failed:{type(exc).__name__}".encode())
+    finally:
+        _restore_module_state(state)
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def _in_memory_class() -> Any:
+    """The InMemoryDefense class, built on first use (importing api.py does not import torch)."""
+    from robust_bench_sc.defense import Defense
+
+    @dataclasses.dataclass
+    class InMemoryDefense(Defense):
+        """A defense passed to :func:`benchmark`: its fingerprint covers its weights (as every
+        defense's) and its :func:`model_identity` (class code and probe outputs), so two models
+        under one name with the same (or no) weights never share records."""
+
+        identity: str = ""
+
+        @classmethod
+        def of(cls, obj: Defense) -> "InMemoryDefense":
+            fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(Defense)}
+            return cls(**fields, identity=model_identity(obj))
+
+        def fingerprint(self) -> str:
+            import hashlib
+
+            return hashlib.sha256(f"{super().fingerprint()}:{self.identity}".encode()).hexdigest()[:16]
+
+    return InMemoryDefense
+
+
+
+
+def _module_state(modules: Sequence[Any]) -> list[tuple[Any, bool, list[tuple[Any, bool]]]]:
+    """Train/eval mode of every (sub)module and ``requires_grad`` of every parameter."""
+    seen: set[int] = set()
+    out = []
+    for root in modules:
+        for m in root.modules():
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            out.append((m, m.training, [(p, p.requires_grad) for p in m.parameters(recurse=False)]))
+    return out
+
+
+def _restore_module_state(state: list[tuple[Any, bool, list[tuple[Any, bool]]]]) -> None:
+    for m, training, params in state:
+        m.training = training
+        for p, grad in params:
+            p.requires_grad_(grad)
+
+
+def _caller_modules(defense: Any) -> list[Any]:
+    """The caller's modules that a run may put in eval mode or freeze."""
+    from torch import nn
+
+    from robust_bench_sc.defense import Defense
+
+    if isinstance(defense, nn.Module):
+        return [defense]
+    if isinstance(defense, Defense):
+        return defense.modules()
+    return []
+
+
 def _defense_spec(defense: Any, name: str | None, params: Mapping[str, Any] | None) -> dict[str, Any]:
     """The suite's defense entry for ``defense`` (registering an in-memory one)."""
     from torch import nn
@@ -134,50 +241,30 @@ def _defense_spec(defense: Any, name: str | None, params: Mapping[str, Any] | No
                           f"defense name or 'module:attr', got {type(defense).__name__}")
     if not obj.name or not isinstance(obj.name, str):
         raise ConfigError(f"{SOURCE}: defense: the Defense has no name; pass name=...")
-    _IN_MEMORY[obj.name] = obj
+    _IN_MEMORY[obj.name] = _in_memory_class().of(obj)
     return {"ref": IN_MEMORY_REF, "name": obj.name, "params": {"key": obj.name}}
 
 
 def _threat_model(entry: Any, i: int) -> ThreatModel:
     """One entry of ``threat_models`` → a validated threat model (its schema validates the
     nested ones, transfer ``craft`` and worst_case ``attacks``, too)."""
-    from robust_bench_sc.config import (ATTACK_SUITES_DIR, load_threat_model_file, threat_model_names,
-                                        validate_threat_model)
+    from robust_bench_sc.config import resolve_threat_entry, validate_threat_model
     from robust_bench_sc.threat_models import ThreatModel
-    from robust_bench_sc.yamlio import load_yaml, plain
 
     where = f"{SOURCE}: threat_models[{i}]"
-
-    def named_file(name: str) -> Path:
-        path = ATTACK_SUITES_DIR / f"{name}.yaml"
-        if not path.is_file():
-            known = threat_model_names()
-            raise ConfigError(f"{where}: unknown threat model {name!r}{did_you_mean(name, known)}; files in "
-                              f"{ATTACK_SUITES_DIR}: {', '.join(known) or 'none'}")
-        return path
-
     if isinstance(entry, ThreatModel):
-        tm = entry
-    elif isinstance(entry, (str, Path)):
-        text = str(entry)
-        path = Path(text) if text.endswith((".yaml", ".yml")) else named_file(text)
-        if not path.is_file():
-            raise ConfigError(f"{where}: no threat-model file {path}")
-        tm = load_threat_model_file(path)  # errors name that file and line
-    elif isinstance(entry, Mapping):
-        d = plain(dict(entry))
-        if "use" in d:  # a file of attack_suites/ with fields overridden, as in a suite
-            base_name = d.pop("use")
-            base_path = named_file(str(base_name))
-            base = plain(load_yaml(base_path))
-            base.setdefault("name", base_path.stem)
-            base.update(d)
-            d = base
-        tm = validate_threat_model(d, where, default_name=str(d.get("name") or d.get("attack") or f"threat_model_{i}"))
-    else:
+        return entry
+    if not isinstance(entry, (str, Path, Mapping)):
         raise ConfigError(f"{where}: expected a name in attack_suites/, a mapping or a ThreatModel, got "
                           f"{type(entry).__name__}")
-    return tm
+    try:  # a name in attack_suites/ or a .yaml path; a mapping, with use: as in a suite
+        r = resolve_threat_entry(dict(entry) if isinstance(entry, Mapping) else entry, allow_path=True)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    d = r.mapping
+    if r.path is not None:  # errors name that file and line
+        return validate_threat_model(r.lined, str(r.path), r.lined, default_name=r.path.stem)
+    return validate_threat_model(d, where, default_name=str(d.get("name") or d.get("attack") or f"threat_model_{i}"))
 
 
 def build_suite(defense: Any, threat_models: Sequence[Any], *, n_images: int | None = None, name: str | None = None,
@@ -188,8 +275,8 @@ def build_suite(defense: Any, threat_models: Sequence[Any], *, n_images: int | N
     """The validated suite :func:`benchmark` runs (arguments as there); raises ConfigError."""
     from pydantic import ValidationError
 
-    from robust_bench_sc.config import SuiteConfig
-    from robust_bench_sc.summary import resolve_worst_case
+    from robust_bench_sc.config import SuiteConfig, check_labels
+    from robust_bench_sc.config import resolve_worst_case
 
     n_given = None
     if x is not None or y is not None:
@@ -235,6 +322,7 @@ def build_suite(defense: Any, threat_models: Sequence[Any], *, n_images: int | N
     except ValidationError as exc:
         raise ConfigError("; ".join(f"{SOURCE}: {'.'.join(map(str, e['loc']))}: {e['msg']}"
                                     for e in exc.errors())) from None
+    check_labels(suite, SOURCE)
     return resolve_worst_case(suite, tms, None, SOURCE)
 
 
@@ -299,6 +387,26 @@ def benchmark(defense: DefenseLike, threat_models: Sequence[ThreatLike] = ("clea
         raise ConfigError(f"{SOURCE}: device={device!r}: no CUDA device is available here")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"{SOURCE}: threads={threads!r}: must be a whole number >= 1")
+    state = _module_state(_caller_modules(defense))  # the caller's model is theirs: restored as found
+    try:
+        return _benchmark(defense, threat_models, n_images=n_images, out=out, name=name, params=params, seed=seed,
+                          chunk_size=chunk_size, worst_case_over=worst_case_over, device=device, threads=threads,
+                          data_dir=data_dir, suite_name=suite_name, results_root=results_root, progress=progress,
+                          quiet=quiet, dataset=dataset, split=split, x=x, y=y, n_classes=n_classes)
+    finally:
+        _restore_module_state(state)
+
+
+def _benchmark(defense: Any, threat_models: Sequence[Any], *, n_images: int | None, out: str | Path | None,
+               name: str | None, params: Mapping[str, Any] | None, seed: int, chunk_size: int,
+               worst_case_over: Sequence[str], device: str, threads: int | None, data_dir: str | Path | None,
+               suite_name: str, results_root: str | Path, progress: bool, quiet: bool, dataset: str | None,
+               split: str | None, x: Any, y: Any, n_classes: int | None) -> pd.DataFrame:
+    import torch
+    from rich.console import Console
+
+    from robust_bench_sc.runner import run_suite
+
     suite = build_suite(defense, threat_models, n_images=n_images, name=name, params=params, seed=seed,
                         chunk_size=chunk_size, worst_case_over=worst_case_over, data_dir=data_dir,
                         suite_name=suite_name, dataset=dataset, split=split, x=x, y=y, n_classes=n_classes)

@@ -406,7 +406,7 @@ def run_suite_binarization(suite, run_dir: str | Path, device: str = "cpu", cons
                 except ValueError:
                     pass
             if defense is None:
-                defense = build_defense(spec.ref, spec.params, name=spec.label)
+                defense = build_defense(spec.load_ref, spec.params, name=spec.label)
             try:
                 rep = binarization_test(defense, threat, base)
             except NotApplicable as exc:
@@ -426,19 +426,16 @@ def resolve_threat(threat: str | None, sets: list[str] | None = None, *, norm: s
     attack_suites/ or a YAML file) or, without it, the plain evaluation's native PGD
     (``norm``, ``epsilon``, ``steps``, ``restarts``, step ε/4, CE); then ``sets``
     (``key=value``) and ``bpda``. Bad input raises ConfigError / NotApplicable (one line)."""
-    from robust_bench_sc.config import ATTACK_SUITES_DIR, _find_threat_file, parse_set, validate_threat_model
-    from robust_bench_sc.yamlio import load_yaml, plain
+    from robust_bench_sc.config import parse_set, resolve_threat_entry, validate_threat_model
 
     if threat is None:
         raw: dict[str, Any] = dict(attack="pgd", name="diag_pgd", norm=norm, epsilon=epsilon, steps=steps,
                                    restarts=restarts, step_size="epsilon/4")
         source = "--active (the plain evaluation's PGD)"
-    else:
-        p = Path(threat)
-        path = p if p.suffix in (".yaml", ".yml") and p.is_file() else _find_threat_file(threat, [ATTACK_SUITES_DIR])
-        raw = dict(plain(load_yaml(path)))
-        raw.setdefault("name", path.stem)
-        source = str(path)
+    else:  # a name in attack_suites/ or a YAML file, as everywhere
+        r = resolve_threat_entry(threat, allow_path=True)
+        raw = dict(r.mapping)
+        source = str(r.path)
     for key, value in parse_set(list(sets or [])):
         raw[key] = value
     if bpda is not None:

@@ -41,11 +41,11 @@ def _explain(exc: BaseException) -> str:
     from robust_bench_sc.regression import BaselineError
     from robust_bench_sc.reports import ReportError
     from robust_bench_sc.runner import RunError
-    from robust_bench_sc.storage import DamagedFileError, LockError
+    from robust_bench_sc.storage import DamagedFileError, EscapeError, LockError
     from robust_bench_sc.yamlio import ConfigError
 
     ours = (ConfigError, RunError, RegistryError, DataError, ReportError, BaselineError, DefenseOutputError,
-            LockError, DamagedFileError)
+            LockError, DamagedFileError, EscapeError)
     if isinstance(exc, ours):
         return str(exc)
     if isinstance(exc, SyntaxError):  # a plug-in file that does not parse
@@ -289,8 +289,10 @@ def run(
     dataset: Optional[str] = typer.Option(None, "--dataset", help=DATASET_HELP),
     executor: str = typer.Option("local", "--executor", help="local or ray"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="address of a Ray cluster (with --executor ray)"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress and no table: only warnings, errors and the results folder"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads of the local executor (default: torch's); no effect on the numbers"),
+    no_probes: bool = typer.Option(False, "--no-probes", help="skip the probes (randomness, gradients, saturation) and run every threat model exactly as written, without auto's adaptations"),
+    accept_code_change: bool = typer.Option(False, "--accept-code-change", help="reuse records although the defense's code fingerprint (factory source, module settings) changed"),
 ):
     """Run every defense of SUITE through every threat model; write tables and per-sample records."""
     _check_threads(threads)
@@ -306,10 +308,12 @@ def run(
 
     ex = make_executor(executor, device, address=ray_address) if executor != "local" else None
     _interrupt_on_sigterm()  # `kill` or a job scheduler: the run records it was interrupted, then exits
-    outcome = run_suite(cfg, out=out, device=device, executor=ex, command=sys.argv, show_progress=not quiet)
+    outcome = run_suite(cfg, out=out, device=device, executor=ex, command=sys.argv, show_progress=not quiet,
+                        probes=not no_probes, accept_code_change=accept_code_change)
     from robust_bench_sc.storage import RunDir
 
-    console.print(RunDir(outcome.run_dir).read_summary_md(), highlight=False)
+    if not quiet:  # --quiet: warnings, errors and where the results are; the table is in summary.md
+        console.print(RunDir(outcome.run_dir).read_summary_md(), highlight=False)
     if cfg.profile:
         from robust_bench_sc.config import PROFILE_SELECTION, setting_changes
 
@@ -335,6 +339,9 @@ def validate(suite: Path = typer.Argument(..., help="suite YAML file"),
     if data_dir:
         os.environ["SCBENCH_DATA"] = str(data_dir)
     cfg = _load(suite, set_, profile, n_images, None, dataset)
+    if profile is None:  # every profile's set and selection is checked too, not only the one --profile names
+        for name in cfg.profiles:
+            _load(suite, set_, name, n_images, None, dataset)
     from robust_bench_sc.plan import plan_jobs
     from robust_bench_sc.runner import preflight
 
@@ -342,14 +349,14 @@ def validate(suite: Path = typer.Argument(..., help="suite YAML file"),
 
     from robust_bench_sc.datasets import images_of
     from robust_bench_sc.subsets import describe_subset
+    from robust_bench_sc.summary import fmt_eps
 
     table = Table(title=f"{cfg.name}: {len(plan_jobs(cfg))} jobs on the "
                         f"{describe_subset(cfg.data.n_images, images=images_of(cfg.data))}")
     for col in ("threat model", "attack", "backend", "norm", "ε", "bpda"):
         table.add_column(col)
     for t in cfg.threat_models:
-        eps = t.epsilon_value
-        table.add_row(t.name, t.kind, t.backend, t.norm_name or "—", "" if eps is None else f"{eps:.6g}", t.bpda or "—")
+        table.add_row(t.name, t.kind, t.backend, t.norm_name or "—", fmt_eps(t.epsilon_value, t.norm_name), t.bpda or "—")
     console.print(table)
     console.print("defenses (weight fingerprint): " + ", ".join(f"{d.label} ({fingerprints[d.label]})" for d in cfg.defenses))
     console.print(f"[green]ok[/] suite hash {cfg.content_hash()}")
@@ -390,8 +397,10 @@ def threat_models():
     from robust_bench_sc.config import ATTACK_SUITES_DIR, load_threat_model_file
     from robust_bench_sc.threat_models import THREAT_MODELS
 
+    from robust_bench_sc.summary import fmt_eps
+
     table = Table(title=f"threat models in {ATTACK_SUITES_DIR}")
-    for col in ("name", "attack", "backend", "norm", "ε"):
+    for col in ("name", "attack", "backend", "norm", "ε", "budget"):  # fits 80 columns
         table.add_column(col)
     from robust_bench_sc.yamlio import ConfigError
 
@@ -401,9 +410,16 @@ def threat_models():
         except ConfigError as exc:  # one bad file does not hide the others
             err.print(f"[yellow]warning:[/] skipped {escape(str(exc))}", highlight=False, soft_wrap=True)
             continue
-        eps = t.epsilon_value
-        table.add_row(p.stem, t.kind, t.backend, t.norm_name or "—", "" if eps is None else f"{eps:.6g}")
+        steps = getattr(t, "steps", None) or getattr(t, "max_iter", None)  # iterations; queries for score-based
+        restarts = getattr(t, "restarts", None)
+        queries = getattr(t, "n_queries", None)
+        if queries and t.kind in ("square", "random_search"):
+            budget = f"{queries} queries"
+        else:
+            budget = "" if steps is None else f"{steps} × {restarts}" if restarts is not None else str(steps)
+        table.add_row(p.stem, t.kind, t.backend, t.norm_name or "—", fmt_eps(t.epsilon_value, t.norm_name), budget)
     console.print(table)
+    console.print("budget: steps × restarts, or iterations; queries for score-based attacks")
     console.print("attack kinds: " + ", ".join(sorted(THREAT_MODELS)))
 
 
@@ -444,7 +460,7 @@ def report(
 
     try:
         dirs: list[str | Path] = list(run_dirs)
-        text = render(dirs, fmt, paper=paper, out=out, plots_dir=plots, embed=embed)
+        text = render(dirs, fmt, paper=paper, out=out, plots_dir=plots, embed=embed, on_note=_warn)
     except ReportError as exc:
         _fail(str(exc))
     if out is None:
@@ -464,6 +480,13 @@ def check(
     force: bool = typer.Option(False, "--force", help="with --update: replace a baseline of another suite (or a damaged one)"),
 ):
     """Compare a run with a committed baseline; exit 1 when a number moved or a pair disappeared."""
+    import math
+
+    for option, value, ok, allowed in (("--tolerance", tolerance, lambda v: v >= 0, ">= 0 percentage points"),
+                                       ("--alpha", alpha, lambda v: 0 < v < 1, "in (0, 1), e.g. 0.01"),
+                                       ("--norm-tolerance", norm_tolerance, lambda v: v >= 0, ">= 0 (relative)")):
+        if not math.isfinite(value) or not ok(value):  # nan compares false: a nan tolerance passed every drop
+            _fail(f"{option} {value}: must be a finite number {allowed}")
     from robust_bench_sc.regression import (BaselineError, baseline_from_run, check_run, compare, format_result,
                                             read_baseline, write_baseline)
     from robust_bench_sc.reports import ReportError
@@ -621,6 +644,40 @@ def _diagnose_active(defense, n_images, out, bpda, seed, device, norm, epsilon, 
 
 
 @app.command()
+def audit(
+    defense: str = typer.Argument(..., help="defense name, 'module:attr' or 'path/to/file.py:attr'"),
+    n_images: int = typer.Option(100, "--n-images", help="first N CIFAR-10 test images"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run folder (resumable; default results/audit/<defense>/<timestamp>); audit.json/.md/.html are written into it"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (no effect on the numbers)"),
+    budget: str = typer.Option("standard", "--budget", help="standard (APGD 100 iterations, Square 5000 queries, EOT 20) or quick (smoke runs)"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+):
+    """Probe DEFENSE, attack it with a cascade chosen by the probes, run the indicators and the
+    binarization test, and write a report card with a verdict (docs/audit.md)."""
+    from robust_bench_sc.audit import BUDGETS, AuditError, audit as _audit
+
+    _check_device(device)
+    _check_threads(threads)
+    if budget not in BUDGETS:
+        _fail(f"--budget {budget}: allowed values are {', '.join(BUDGETS)}")
+    _interrupt_on_sigterm()
+    try:
+        card = _audit(defense, n_images=n_images, out=out, budget=BUDGETS[budget], device=device, threads=threads,
+                      console=err, show_progress=not quiet, command=sys.argv)
+    except AuditError as exc:
+        _fail(str(exc))
+    v, wc = card["verdict"], card["worst_case"]
+    code_colour = "green" if v["code"] == "trustworthy" else "yellow" if v["code"].startswith("trustworthy") else "bold red"
+    for m in card["cascade"]:
+        acc = "—" if m["robust_accuracy"] is None else f"{m['robust_accuracy']:.1f}%"
+        console.print(f"  {m['name']}: ran on {m['ran_on']}, fooled {m['fooled']}, robust there {acc}", highlight=False)
+    console.print(f"worst case {wc['robust_accuracy']:.1f}% ({wc['robust']}/{wc['n']})", highlight=False)
+    console.print(f"[{code_colour}]verdict:[/] {escape(v['text'])}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {card['run_dir']}/audit.json, audit.md, audit.html", highlight=False)
+
+
+@app.command()
 def train(
     out: Path = typer.Option(..., "--out", help="run folder: last.pt (resumable), best.pt, latest_weights.pt, log.csv/json"),
     model: str = typer.Option("sparse_coding", "--model", help="what to train: sparse_coding (frontend + ResNet-32) or resnet32 (natural ResNet-32); plug-ins may add more"),
@@ -661,6 +718,13 @@ def train(
             _fail(f"{name} {value}: must be > 0")
     if not 0 <= warmup_frac <= 1:
         _fail(f"--warmup-frac {warmup_frac}: must be in [0, 1]")
+    # sparse_coding keeps the top T of the shared dictionary's 500 atoms per patch (shared/reference)
+    if model == "sparse_coding" and not 1 <= T <= 500:
+        _fail(f"--T {T}: must be a whole number in 1..500 (the dictionary's 500 atoms; paper: 1, 2, 5, 10, 15, 20)")
+    for name, count, low in (("--ckpt-every", ckpt_every, 1), ("--eval-every", eval_every, 1), ("--n-val", n_val, 1),
+                             ("--n-test", n_test, 1), ("--max-steps", max_steps, 0)):
+        if count is not None and count < low:  # --ckpt-every 0 divided by zero at the first step
+            _fail(f"{name} {count}: must be a whole number >= {low}")
     if device == "cuda":
         import torch
 

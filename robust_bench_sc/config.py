@@ -13,16 +13,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from robust_bench_sc.datasets import DEFAULT_DATASET, DEFAULT_SPLIT
 from robust_bench_sc.paths import N_TEST_AVAILABLE, REPO_ROOT
-from robust_bench_sc.registry import did_you_mean
-from robust_bench_sc.threat_models import THREAT_MODELS, ThreatModel
+from robust_bench_sc.registry import did_you_mean, plugin_file, resolve_plugin_ref
+from robust_bench_sc.threat_models import THREAT_MODELS, RealNumber, ThreatModel, WholeNumber
 from robust_bench_sc.yamlio import ConfigError, LinedDict, line_of, load_yaml, plain
 
 ATTACK_SUITES_DIR = REPO_ROOT / "attack_suites"
+WORST_CASE = "worst case"   # the per-image worst case's threat_model name in summary.csv and its report column
+
+
+class WorstCaseError(ConfigError):
+    """The threat models of a worst case cannot be combined (other images, unknown names)."""
 
 
 #: data fields dumped (and hashed) only when set, so suites without them keep their content hash
@@ -33,8 +38,8 @@ class DataConfig(BaseModel):
     """Which images: a dataset plug-in (robust_bench_sc/datasets.py), its folder, split and the first N."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    n_images: int = Field(N_TEST_AVAILABLE, ge=1, description="the first N images of the split (default 1000)")
-    chunk_size: int = Field(100, ge=1, description="images per planned job")
+    n_images: WholeNumber = Field(N_TEST_AVAILABLE, ge=1, description="the first N images of the split (default 1000)")
+    chunk_size: WholeNumber = Field(100, ge=1, description="images per planned job")
     data_dir: str | None = Field(None, description="the dataset's folder (older name of root)")
     dataset: str = Field(DEFAULT_DATASET, description="a registered dataset plug-in (scbench datasets)")
     split: str = Field(DEFAULT_SPLIT, description="which split of the dataset")
@@ -80,7 +85,8 @@ class DataConfig(BaseModel):
 
 
 #: defense fields that select which jobs run, not what a job computes (not in a job's spec hash)
-UNHASHED_DEFENSE_FIELDS = ("threat_models", "max_images")
+#: (``base_dir``: where the ref's file is, not what it is; records stay valid when a suite's folder moves)
+UNHASHED_DEFENSE_FIELDS = ("threat_models", "max_images", "base_dir")
 
 
 class DefenseSpec(BaseModel):
@@ -92,12 +98,19 @@ class DefenseSpec(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     threat_models: list[str] | None = Field(None, description="run only these of the suite's threat models on "
                                             "this defense (names; default: all)")
-    max_images: int | None = Field(None, ge=1, description="attack this defense on only the first max_images of the "
+    max_images: WholeNumber | None = Field(None, ge=1, description="attack this defense on only the first max_images of the "
                                    "suite's images (a compute cap for an expensive defense; every cell states its n)")
+    base_dir: str | None = Field(None, description="the folder a relative plug-in file (ref my_defense.py:make) is "
+                                 "resolved from; load_suite sets it to the suite file's folder")
 
     @property
     def label(self) -> str:
         return self.name or self.ref
+
+    @property
+    def load_ref(self) -> str:
+        """What to load: ``ref``, with a relative plug-in file made absolute from ``base_dir``."""
+        return resolve_plugin_ref(self.ref, self.base_dir)
 
     def dump(self) -> dict[str, Any]:
         """The resolved form; ``threat_models`` and ``max_images`` only when set, so suites
@@ -118,7 +131,7 @@ class Profile(BaseModel):
     extends: str | None = Field(None, description="another profile of the suite whose fields this one starts "
                                 "from (load_suite resolves it: set and defense_threat_models merge key by key, "
                                 "the rest is replaced)")
-    n_images: int | None = Field(None, ge=1)
+    n_images: WholeNumber | None = Field(None, ge=1)
     defenses: list[str] | None = Field(None, description="run only these of the suite's defenses (labels)")
     threat_models: list[str] | None = Field(None, description="run only these of the suite's threat models (names)")
     defense_threat_models: dict[str, list[str]] = Field(
@@ -145,8 +158,8 @@ class ResourcesConfig(BaseModel):
     """What one job asks of a distributed executor (Ray); does not change the numbers."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    num_cpus: float = Field(1, gt=0, description="CPUs reserved per job (also its torch threads)")
-    num_gpus: float | None = Field(None, ge=0, description="GPUs per job; default 1 with a cuda device, else 0")
+    num_cpus: RealNumber = Field(1, gt=0, description="CPUs reserved per job (also its torch threads)")
+    num_gpus: RealNumber | None = Field(None, ge=0, description="GPUs per job; default 1 with a cuda device, else 0")
 
 
 class SuiteConfig(BaseModel):
@@ -155,7 +168,7 @@ class SuiteConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
     name: str
     description: str = ""
-    seed: int = 0
+    seed: WholeNumber = 0
     data: DataConfig = Field(default_factory=DataConfig)
     defenses: list[DefenseSpec] = Field(min_length=1)
     threat_models: list[ThreatModel] = Field(min_length=1)
@@ -164,10 +177,18 @@ class SuiteConfig(BaseModel):
     # "all": both (robust_bench_sc/diagnostics/suite.py: run_suite_diagnostics)
     diagnostics: bool | Literal["active", "all"] = False
     worst_case_over: list[str] = Field(default_factory=list, description="threat models of the per-sample 'worst case' "
-                                       "column (robust only if robust under all); see summary.resolve_worst_case")
+                                       "column (robust only if robust under all); see config.resolve_worst_case")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)  # not in resolved(): no effect on numbers
     profile: str | None = None
     overrides: list[str] = Field(default_factory=list)
+    # per defense label, what the probes imply (robust_bench_sc.adapt.DefenseAdaptation), set by the runner
+    # before any job runs; not configuration (no YAML sets it, resolved() leaves it out), it travels with the
+    # suite to the workers and its choices enter the job spec hashes (plan.job_spec_hash)
+    _adaptations: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def adaptation(self, label: str) -> Any:
+        """The probes' adaptation of defense ``label`` (robust_bench_sc.adapt), or None."""
+        return self._adaptations.get(label)
 
     @field_validator("defenses", mode="before")
     @classmethod
@@ -204,6 +225,22 @@ class SuiteConfig(BaseModel):
             if t.name == name:
                 return t
         raise KeyError(name)
+
+
+def check_labels(suite: SuiteConfig, source: str) -> SuiteConfig:
+    """Defense and threat-model labels name folders of a run (``records/<defense>/<threat>/``,
+    via :func:`robust_bench_sc.storage.safe_name`): two labels that map to one folder would
+    share records (the second job never computed, its row showing the first's numbers), so
+    they are refused here, both named. A label that names no folder of its own (``..``, ``☃``)
+    maps to ``unnamed`` and stays inside the run folder."""
+    from robust_bench_sc.storage import label_clashes
+
+    for what, labels in (("defense", [d.label for d in suite.defenses]),
+                         ("threat model", [t.name for t in suite.threat_models])):
+        for first, second, folder in label_clashes(labels):
+            raise ConfigError(f"{source}: {what} names {first!r} and {second!r} would share the records folder "
+                              f"{folder!r} (a name keeps letters, digits and _ . - only); rename one")
+    return suite
 
 
 # -- errors -----------------------------------------------------------------------------
@@ -310,6 +347,54 @@ def _find_threat_file(name: str, search: list[Path]) -> Path:
     )
 
 
+class ThreatEntry(BaseModel):
+    """One threat-model entry resolved to a plain mapping (not yet validated): ``mapping`` with
+    ``name`` defaulted to the file's stem where it came from a file; ``path``: that file (None for
+    an inline mapping); ``lined``: what line numbers are read from (the file's mapping, or the
+    entry as written)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+    mapping: dict[str, Any]
+    path: Path | None = None
+    lined: Any = None
+
+
+def _threat_file_mapping(path: Path) -> tuple[dict[str, Any], Any]:
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a threat model must be a mapping, got {type(raw).__name__}")
+    d = plain(raw)
+    d.setdefault("name", path.stem)
+    return d, raw
+
+
+def resolve_threat_entry(entry: Any, search: list[Path] | None = None, *, allow_path: bool = False) -> ThreatEntry:
+    """The one resolution of a threat-model entry, as suites, ``benchmark()`` and ``diagnose
+    --active`` write it: a name of a file in ``search`` (default ``attack_suites/``); with
+    ``allow_path``, a ``.yaml`` / ``.yml`` file path; or a mapping, where ``use: NAME`` takes that
+    file's mapping with the entry's other fields over it. Raises ConfigError (callers add where)."""
+    dirs = search or [ATTACK_SUITES_DIR]
+    if isinstance(entry, (str, Path)):
+        text = str(entry)
+        if allow_path and text.endswith((".yaml", ".yml")):
+            path = Path(text)
+            if not path.is_file():
+                raise ConfigError(f"no threat-model file {path}")
+        else:
+            path = _find_threat_file(text, dirs)
+        mapping, raw = _threat_file_mapping(path)
+        return ThreatEntry(mapping=mapping, path=path, lined=raw)
+    if isinstance(entry, dict):
+        d = plain(dict(entry))
+        if "use" in d:
+            base_path = _find_threat_file(str(d.pop("use")), dirs)
+            base, _ = _threat_file_mapping(base_path)
+            base.update(d)
+            d = base
+        return ThreatEntry(mapping=d, lined=entry)
+    raise ConfigError(f"expected a name or a mapping, got {entry!r}")
+
+
 def validate_threat_model(raw: Any, source: str, lined: Any = None, default_name: str = "",
                           prefix: tuple = (), blame: dict[str, str] | None = None) -> ThreatModel:
     """Validate one threat-model mapping; errors name ``source`` and the line (or, for a
@@ -346,7 +431,7 @@ def suite_from_resolved(config: Any, source: str) -> SuiteConfig:
     data = dict(config)
     data["threat_models"] = [validate_threat_model(t, source) for t in config["threat_models"]]
     try:
-        return SuiteConfig.model_validate(data)
+        return check_labels(SuiteConfig.model_validate(data), source)
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, source, None)) from None
 
@@ -364,7 +449,13 @@ def parse_set(items: list[str]) -> list[tuple[str, Any]]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. restarts=1 or linf_pgd_ce.steps=10")
-        out.append((key.strip(), yaml.safe_load(value)))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:  # `steps=[1,2`, a `!!python/...` tag: the option is named, not a traceback
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"--set {item!r}: {key.strip()}: the value is not valid YAML ({problem}); write a "
+                              "number, a string or a list, e.g. steps=10 or attacks_to_run=[apgd-ce]") from None
+        out.append((key.strip(), parsed))
     return out
 
 
@@ -477,6 +568,41 @@ def _flatten_profiles(raw: LinedDict, source: str) -> dict[str, dict[str, Any]]:
     return flat
 
 
+def _item_line(raw: Any, key: str, i: int) -> int | None:
+    """Line of item ``i`` of the list ``raw[key]``: its own for a mapping; for a scalar the
+    list's first line plus ``i`` in a block list (one item a line), the list's line in a flow one."""
+    node = raw.get(key) if isinstance(raw, dict) else None
+    start: int | None = getattr(node, "line", None)
+    if isinstance(node, list) and 0 <= i < len(node) and getattr(node[i], "line", None) is None and start is not None:
+        return start + (i if start != getattr(raw, "key_lines", {}).get(key) else 0)
+    return line_of(raw, (key, i))
+
+
+def _plugin_files_from(defenses: list[DefenseSpec], path: Path, raw: Any, source: str) -> list[DefenseSpec]:
+    """Each defense whose ref is a relative plug-in file (``my_defense.py:make``) resolved from
+    the suite file's folder (as the threat-model files beside a suite are), whatever the current
+    folder; a missing file is a ConfigError naming the line and the path looked at."""
+    out = []
+    for i, d in enumerate(defenses):
+        target = plugin_file(d.ref)
+        if target is not None:
+            relative = not (target.startswith("~") or Path(target).is_absolute())
+            if relative:  # an absolute ref keeps no base_dir: its run.json and suite hash stay as they were
+                base = Path(d.base_dir) if d.base_dir else path.resolve().parent
+                if d.base_dir and not base.is_absolute():
+                    base = path.resolve().parent / base
+                d = d.model_copy(update={"base_dir": str(base.resolve())})
+            file = Path(d.load_ref.rpartition(":")[0]).expanduser()
+            if not file.is_file():
+                line = _item_line(raw, "defenses", i)
+                where = "relative paths in a suite are resolved from the suite file's folder" if relative \
+                    else "an absolute path"
+                raise ConfigError(f"{source}" + (f", line {line}" if line else "") + f": defenses[{i}]: plug-in file "
+                                  f"{target!r} not found: looked for {file} ({where})")
+        out.append(d)
+    return out
+
+
 def load_suite(path: str | Path, overrides: list[str] | None = None, profile: str | None = None,
                n_images: int | None = None, seed: int | None = None, dataset: str | None = None) -> SuiteConfig:
     """Read, resolve and validate a suite file (threat-model files included); ``dataset``
@@ -549,39 +675,25 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
     resolved: list[dict] = []
     origins: list[tuple[str, Any]] = []
     for i, entry in enumerate(tms_raw):
-        if isinstance(entry, str):
-            try:
-                tm_path = _find_threat_file(entry, search)
-            except ConfigError as exc:
-                raise ConfigError(f"{source}, line {tms_raw.line + i if hasattr(tms_raw, 'line') else '?'}: threat_models[{i}]: {exc}") from None
-            tm_raw = load_yaml(tm_path)
-            if not isinstance(tm_raw, dict):
-                raise ConfigError(f"{tm_path}: a threat model must be a mapping")
-            d = plain(tm_raw)
-            d.setdefault("name", tm_path.stem)
-            resolved.append(d)
-            origins.append((str(tm_path), tm_raw))
-        elif isinstance(entry, dict):
-            d = plain(entry)
-            if "use" in d:
-                base_name = d.pop("use")
-                tm_path = _find_threat_file(str(base_name), search)
-                base = plain(load_yaml(tm_path))
-                base.setdefault("name", tm_path.stem)
-                base.update(d)
-                d = base
-            d.setdefault("name", str(d.get("attack", f"threat_model_{i}")))
-            resolved.append(d)
-            origins.append((source, entry))
-        else:
+        if not isinstance(entry, (str, dict)):
             raise ConfigError(f"{source}: threat_models[{i}]: expected a name or a mapping, got {entry!r}")
+        try:
+            r = resolve_threat_entry(entry, search)
+        except ConfigError as exc:
+            line = getattr(entry, "line", None) or (tms_raw.line + i if hasattr(tms_raw, "line") else "?")
+            raise ConfigError(f"{source}, line {line}: threat_models[{i}]: {exc}") from None
+        mapping = r.mapping
+        if r.path is None:
+            mapping.setdefault("name", str(mapping.get("attack", f"threat_model_{i}")))
+        resolved.append(mapping)
+        origins.append((str(r.path), r.lined) if r.path else (source, entry))
     blames = _apply_threat_overrides(resolved, sets, source, labels)
 
     tms = []
-    for i, (d, (src, lined)) in enumerate(zip(resolved, origins)):
-        default = d.get("name") or d.get("attack", f"tm{i}")
+    for i, (tm_map, (src, lined)) in enumerate(zip(resolved, origins)):
+        default = tm_map.get("name") or tm_map.get("attack", f"tm{i}")
         prefix = () if src != source else ("threat_models", i)
-        tm = validate_threat_model(d, src, lined, default_name=default, prefix=prefix, blame=blames[i])
+        tm = validate_threat_model(tm_map, src, lined, default_name=default, prefix=prefix, blame=blames[i])
         tms.append(tm)
     names = [t.name for t in tms]
     dup = {n for n in names if names.count(n) > 1}
@@ -601,6 +713,8 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
     dup = {n for n in labels if labels.count(n) > 1}
     if dup:
         raise ConfigError(f"{source}: defense names must be unique; repeated: {', '.join(sorted(dup))} (give each a 'name')")
+    check_labels(suite, source)
+    suite = suite.model_copy(update={"defenses": _plugin_files_from(suite.defenses, path, raw, source)})
     for i, d in enumerate(suite.defenses):
         unknown = [k for k in d.threat_models or [] if k not in names]
         if unknown:
@@ -621,6 +735,50 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
             suite = suite.model_copy(update={field: [x for x in getattr(suite, field) if label_of(x) in keep]})
         if chosen.defense_threat_models:
             suite = _limit_defense_threats(suite, chosen.defense_threat_models, raw, source, profile)
-    from robust_bench_sc.summary import resolve_worst_case  # validated against every threat model, then profiled
+    return resolve_worst_case(suite, tms, raw, source)  # validated against every threat model, then profiled
 
-    return resolve_worst_case(suite, tms, raw, source)
+
+def resolve_worst_case(suite: SuiteConfig, all_threats: list, raw: Any, source: str) -> SuiteConfig:
+    """Validate a suite's ``worst_case_over`` against all its threat models (errors name the
+    file and line); then keep the names the (profiled) suite runs. A worst case needs ≥ 2
+    accuracy threat models at one norm and ε on the same images."""
+    over = list(suite.worst_case_over)
+    names = [t.name for t in all_threats]
+    if WORST_CASE in names:
+        raise WorstCaseError(f"{source}: a threat model may not be named {WORST_CASE!r} (the worst-case column's name)")
+    if not over:
+        return suite
+    line = getattr(raw, "key_lines", {}).get("worst_case_over")
+    where = f"{source}, line {line}: worst_case_over" if line else f"{source}: worst_case_over"
+    dup = sorted({n for n in over if over.count(n) > 1})
+    if dup:
+        raise WorstCaseError(f"{where}: repeated {', '.join(dup)}")
+    if len(over) < 2:
+        raise WorstCaseError(f"{where}: needs at least two threat models (a worst case over one is that one)")
+    by_name = {t.name: t for t in all_threats}
+    for n in over:
+        if n not in by_name:
+            raise WorstCaseError(f"{where}: unknown threat model {n!r}{did_you_mean(str(n), names)}; "
+                                 f"threat models of the suite: {', '.join(names)}")
+        t = by_name[n]
+        if t.kind == "none":
+            raise WorstCaseError(f"{where}: {n!r} is the clean evaluation, not an attack; list attacks only")
+        if t.kind == "zoo":
+            raise WorstCaseError(f"{where}: {n!r} (zoo) attacks a random subset of the images; "
+                                 "a worst case needs every image under every threat model")
+        if t.minimum_norm and t.epsilon_value is None:
+            raise WorstCaseError(f"{where}: {n!r} is a minimum-norm attack ({t.kind}) without epsilon; "
+                                 "give it an epsilon so that it has a robust bit at a budget")
+    budgets = {(by_name[n].norm_name, None if by_name[n].epsilon_value is None else round(by_name[n].epsilon_value, 9))
+               for n in over}
+    if len(budgets) > 1:
+        each = ", ".join(f"{n}: {by_name[n].norm_name} ε={by_name[n].epsilon_value:.6g}" for n in over)
+        raise WorstCaseError(f"{where}: the threat models must share one norm and ε ({each})")
+    caps = {by_name[n].max_images for n in over}
+    if len(caps) > 1:
+        each = ", ".join(f"{n}: {by_name[n].max_images or 'all'}" for n in over)
+        raise WorstCaseError(f"{where}: the threat models are on different images (max_images {each}); "
+                             "give them the same max_images")
+    running = {t.name for t in suite.threat_models}
+    kept = [n for n in over if n in running]
+    return suite.model_copy(update={"worst_case_over": kept if len(kept) >= 2 else []})

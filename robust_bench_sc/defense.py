@@ -138,6 +138,47 @@ class Defense:
                 h.update(value.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
+    def code_fingerprint(self) -> str:
+        """Hash of the code and configuration behind the weights: every module's class and its
+        plain settings (a JPEG quality, a noise σ, a flag; not tensors, not ``training``), the
+        source of every module class outside torch, the declared capabilities, and the factory's
+        source file (its digest ``source_digest``, set by ``plugins.build_defense``). Records carry it beside
+        :meth:`fingerprint`, so the same name with other code is refused as other weights are."""
+        import hashlib
+        import inspect
+
+        h = hashlib.sha256()
+        h.update(repr(self.capabilities).encode())
+        parts = {"classifier": self.classifier, "preprocess": self.preprocess,
+                 **{f"bpda.{k}": v for k, v in self.bpda.items()}}
+        files: set[str] = set()
+        for prefix, module in sorted(parts.items()):
+            if module is None:
+                continue
+            for name, m in module.named_modules():
+                cls = type(m)
+                h.update(f"{prefix}.{name}:{cls.__module__}.{cls.__qualname__}".encode())
+                for key, value in sorted(vars(m).items()):
+                    if not key.startswith("_") and key != "training":
+                        h.update(f"{key}={_setting_repr(value)};".encode())
+                if cls.__module__.split(".")[0] != "torch":
+                    try:
+                        src = inspect.getsourcefile(cls)
+                    except (TypeError, OSError):
+                        src = None
+                    if src:
+                        files.add(src)
+        contents = [str(getattr(self, "source_digest", ""))]
+        for f in files:  # by content, not path: the same code elsewhere is the same code
+            try:
+                with open(f, "rb") as fh:
+                    contents.append(hashlib.sha256(fh.read()).hexdigest())
+            except OSError:
+                contents.append(f"unreadable:{f.rsplit('/', 1)[-1]}")
+        for c in sorted(contents):
+            h.update(c.encode())
+        return h.hexdigest()[:16]
+
     def to(self, device: str | torch.device) -> "Defense":
         for m in self.modules():
             m.to(device)
@@ -155,18 +196,32 @@ class Defense:
         return AttackModel(self, bpda=bpda, eot=eot)
 
 
+def _setting_repr(value: object) -> str:
+    """A module attribute as its code fingerprint sees it: plain values in full, others by type."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return repr(value)
+    if isinstance(value, (tuple, list)) and all(v is None or isinstance(v, (bool, int, float, str)) for v in value):
+        return repr(tuple(value))
+    return type(value).__qualname__
+
+
 AUTO_BPDA = "auto"
+# ``default_bpda`` meaning "no stand-in: the preprocess's own gradients" (a differentiable
+# preprocess; robust_bench_sc.adapt sets it when the probes find the preprocess differentiable)
+EXACT_BPDA = "exact"
 
 
 def resolve_bpda(defense: Defense, bpda: str | None) -> str | None:
     """The stand-in that ``bpda`` names on ``defense`` (the one ``bpda: auto`` rule): ``auto``
     is the declared ``default_bpda``, else ``identity``, and None without a preprocess (there
-    is nothing to stand in for); any other value (None, a stand-in name) as given."""
+    is nothing to stand in for) or where ``default_bpda`` is ``exact``; any other value (None,
+    a stand-in name) as given."""
     if bpda != AUTO_BPDA:
         return bpda
     if defense.preprocess is None:
         return None
-    return defense.capabilities.default_bpda or IDENTITY_BPDA
+    chosen = defense.capabilities.default_bpda or IDENTITY_BPDA
+    return None if chosen == EXACT_BPDA else chosen
 
 
 class NoFeatureSplit(ValueError):
@@ -322,6 +377,7 @@ class AttackModel(nn.Module):
         return self.classifier(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.eot == 1:
-            return self._once(x)
-        return torch.stack([self._once(x) for _ in range(self.eot)]).mean(0)
+        out = self._once(x) if self.eot == 1 else torch.stack([self._once(x) for _ in range(self.eot)]).mean(0)
+        if isinstance(out, torch.Tensor) and out.is_floating_point() and out.dtype != torch.float32:
+            out = out.float()  # float64 / float16 / bfloat16 logits: attacks and their losses work in float32
+        return out

@@ -25,6 +25,14 @@ NORM_TOL_ABS = 1e-5
 
 
 NO_PREDICTION = -1  # a sample whose logits were not finite: never counted as any class
+ATTACK_ERROR = "attack_error"  # flag and record field: the attack raised; the field holds its one-line message
+NO_GRADIENT = "no_gradient"    # flag: a gradient attack not run, the probes found no usable gradient (attack_error says)
+
+
+def attack_error_text(threat: ThreatModel, exc: BaseException) -> str:
+    """One line: which attack raised what (a record's ``attack_error``, a table's note)."""
+    msg = " ".join(str(exc).split())[:200]
+    return f"{threat.kind} ({threat.backend}) raised {type(exc).__name__}{': ' + msg if msg else ''}"
 
 
 class DefenseOutputError(RuntimeError):
@@ -43,6 +51,9 @@ def checked_logits(defense: Defense, xb: torch.Tensor, n_classes: int = N_CLASSE
         raise DefenseOutputError(f"defense {defense.name!r} returned {out.dtype} of shape {tuple(out.shape)} for "
                                  f"{n} images; expected float logits of shape ({n}, {n_classes}) (one score per "
                                  f"class of the dataset, which has {n_classes})")
+    if out.device.type != xb.device.type:  # `meta` (no values at all), or left on another device
+        raise DefenseOutputError(f"defense {defense.name!r} returned logits on device {out.device.type!r} for "
+                                 f"images on {xb.device.type!r}; return them on the images' device")
     return out
 
 
@@ -192,9 +203,19 @@ def evaluate_threat(defense: Defense, threat: ThreatModel, x: torch.Tensor, y: t
     claimed_all = None
     info_all: dict[str, torch.Tensor] = {}
     recheck = threat.recheck if defense.capabilities.randomised else 1
-    if sel.numel():
+    error = ""
+    if sel.numel() and threat.gradient_based and ctx.no_gradient:  # the probes found no usable gradient
+        error = f"not applicable (no gradient): {ctx.no_gradient}"
+        x_adv[sel] = x[sel]
+        if ctx.progress:
+            ctx.progress(int(sel.numel()))
+    elif sel.numel():
         ctx.seed_everything()
-        xa, claimed, info = run_attack(threat, ctx, x[sel], y[sel])
+        try:
+            xa, claimed, info = run_attack(threat, ctx, x[sel], y[sel])
+        except Exception as exc:  # no attack aborts a run: the job records the error, every other job goes on
+            error = attack_error_text(threat, exc)
+            xa, claimed, info = x[sel], None, {}
         x_adv[sel] = xa
         if claimed is not None:
             claimed_all = torch.zeros(n, dtype=torch.bool)
@@ -212,6 +233,9 @@ def evaluate_threat(defense: Defense, threat: ThreatModel, x: torch.Tensor, y: t
     fooled_frac = torch.where(attacked, fooled_frac, (~correct).float())
     adv_pred = torch.where(attacked, adv_pred, clean_pred)
     for i in sel.tolist():
+        if error:
+            flags[i].append(NO_GRADIENT if error.startswith("not applicable") else ATTACK_ERROR)
+            continue
         if torch.equal(x_adv[i], x[i]):
             flags[i].append("unchanged")
         if claimed_all is not None and bool(claimed_all[i]) != bool(fooled_frac[i] > 0):
@@ -222,8 +246,17 @@ def evaluate_threat(defense: Defense, threat: ThreatModel, x: torch.Tensor, y: t
         robust = correct & ~fooled_at_budget
     else:
         robust = correct & ~fooled
-    return _records(idx, y, clean_pred, attacked, adv_pred, fooled_frac, norms, flags, claimed_all,
+    recs = _records(idx, y, clean_pred, attacked, adv_pred, fooled_frac, norms, flags, claimed_all,
                     info_all, robust)
+    if recheck > 1 and not threat.minimum_norm:
+        # a randomised defense: the expectation over the re-check's fresh draws, per image
+        robust_frac = torch.where(attacked & correct, 1.0 - fooled_frac, correct.float())
+        for i, r in enumerate(recs):
+            r["robust_frac"] = float(robust_frac[i])
+    if error:
+        for i in sel.tolist():
+            recs[i][ATTACK_ERROR] = error
+    return recs
 
 
 def _evaluate_worst_case(defense, threat: WorstCaseThreat, x, y, idx, ctx, clean_pred):
@@ -231,11 +264,15 @@ def _evaluate_worst_case(defense, threat: WorstCaseThreat, x, y, idx, ctx, clean
     n = y.shape[0]
     robust = (clean_pred == y).clone()
     final: list[dict[str, Any] | None] = [None] * n
+    errors: list[str] = []  # members that raised: the cascade goes on without them, every record says so
     for sub_tm in threat.attacks:  # typed, named and with the parent's defaults (threat_models.py)
         alive = robust.nonzero().squeeze(1)
         if alive.numel() == 0:
             break
         recs = evaluate_threat(defense, sub_tm, x[alive], y[alive], idx[alive], ctx, clean_pred[alive])
+        err = next((r[ATTACK_ERROR] for r in recs if r.get(ATTACK_ERROR)), "")
+        if err:
+            errors.append(f"{sub_tm.name}: {err}")
         for j, i in enumerate(alive.tolist()):
             rec = dict(recs[j])
             rec["fooled_by"] = sub_tm.name if not rec["robust"] else ""
@@ -244,4 +281,11 @@ def _evaluate_worst_case(defense, threat: WorstCaseThreat, x, y, idx, ctx, clean
                 robust[i] = False
     base = evaluate_threat(defense, CleanThreat(name="none"), x, y, idx, AttackContext(defense, ctx.device, ctx.seed),
                            clean_pred)
-    return [rec if rec is not None else dict(base[i], fooled_by="") for i, rec in enumerate(final)]
+    out = [rec if rec is not None else dict(base[i], fooled_by="") for i, rec in enumerate(final)]
+    if errors:  # a member that raised is no part of this worst case: each record names it
+        for rec in out:
+            rec.pop(ATTACK_ERROR, None)
+            rec["flags"] = ";".join(dict.fromkeys([f for f in str(rec.get("flags") or "").split(";") if f]
+                                                  + ["member_error"]))
+            rec["member_errors"] = " | ".join(errors)
+    return out

@@ -31,8 +31,17 @@ class Job:
         return asdict(self)
 
 
+#: how a job's seed is made, in run.json (``seed_rule``) and the README. The label is part of
+#: it: committed records' spec hashes hold these seeds, so the rule stays as it is.
+SEED_RULE = ("job seed = the first 31 bits of sha256('SUITE_SEED|DEFENSE_LABEL|THREAT_MODEL_NAME|CHUNK'): the "
+             "defense label and the threat-model name are part of it (the weights are not), so renaming either "
+             "draws other random starts, restarts and samples, and its numbers move within the attack's sampling "
+             "noise; scbench check names a move on other seeds")
+
+
 def job_seed(suite_seed: int, defense: str, threat: str, chunk: int) -> int:
-    """Seed of a job: independent of execution order, so resumed runs repeat exactly."""
+    """Seed of a job (:data:`SEED_RULE`): independent of execution order, so resumed runs repeat
+    exactly; it depends on the defense label, not on the weights."""
     blob = f"{suite_seed}|{defense}|{threat}|{chunk}".encode()
     return int.from_bytes(hashlib.sha256(blob).digest()[:4], "little") & 0x7FFFFFFF
 
@@ -65,23 +74,34 @@ def images_covered(jobs: list[Job]) -> set[int]:
     return set(last.values())
 
 
-def spec_hash(suite_seed: int, defense: dict[str, Any], threat: dict[str, Any], job: Job) -> str:
+def spec_hash(suite_seed: int, defense: dict[str, Any], threat: dict[str, Any], job: Job,
+              auto: dict[str, Any] | None = None) -> str:
     """Identity of a job's records: what was attacked, how, which images, which seed.
 
     ``defense`` / ``threat`` are the specs dumped without their default values, so a field
     added to the code later (with its default) keeps older records valid; the code version
-    of every invocation is in ``run.json`` (``history``).
+    of every invocation is in ``run.json`` (``history``). ``auto``: the settings the probes
+    chose for this job (robust_bench_sc.adapt), only when there are any, so a job they leave
+    as it was keeps its hash.
     """
     blob = {"suite_seed": suite_seed, "defense": defense,
             "threat": {k: v for k, v in threat.items() if k not in _LABEL_FIELDS},
             "start": job.start, "stop": job.stop, "seed": job.seed}
+    if auto:
+        blob["auto"] = auto
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def job_spec_hash(suite: SuiteConfig, job: Job) -> str:
+def job_spec_hash(suite: SuiteConfig, job: Job, auto: dict[str, Any] | None = None) -> str:
+    """The spec hash of ``job``: with the choices the suite's probe adaptation made for it, or
+    ``auto`` as given (a run.json's ``probes[defense].spec_hash_auto[threat]``)."""
     d = suite.defenses[job.defense_index].model_dump(exclude_defaults=True, exclude=set(UNHASHED_DEFENSE_FIELDS))
-    t = suite.threat_models[job.threat_index].model_dump(exclude_defaults=True)
-    return spec_hash(suite.seed, d, t, job)
+    threat = suite.threat_models[job.threat_index]
+    t = threat.model_dump(exclude_defaults=True)
+    if auto is None:
+        adapted = suite.adaptation(job.defense)
+        auto = adapted.key(threat) if adapted is not None else None
+    return spec_hash(suite.seed, d, t, job, auto)
 
 
 def recorded_spec_hash(blob: dict[str, Any], config: dict[str, Any] | None) -> str | None:

@@ -31,8 +31,22 @@ def _materialise(obj: Any, ref: str, params: dict[str, Any]) -> Defense:
 def build_defense(ref: str, params: dict[str, Any] | None = None, name: str | None = None) -> Defense:
     """A registry name, ``module:attr`` or ``path/to/file.py:attr`` → a Defense in eval mode."""
     params = dict(params or {})
-    obj = load_reference(ref) if is_reference(ref) else DEFENSES.get(ref)
-    defense = _materialise(obj, ref, params)
+    try:
+        obj = load_reference(ref) if is_reference(ref) else DEFENSES.get(ref)
+        defense = _materialise(obj, ref, params)
+    except SystemExit as exc:  # sys.exit() in a plug-in would end scbench with no message
+        raise RegistryError(f"defense {ref!r}: its module or factory called sys.exit({exc.code!r}); a plug-in "
+                            "must raise an exception saying what is wrong instead") from None
+    if not isinstance(obj, Defense):  # the factory's source, as built: part of Defense.code_fingerprint
+        import hashlib
+
+        try:
+            src = inspect.getsourcefile(obj)
+            if src:
+                with open(src, "rb") as fh:
+                    defense.source_digest = hashlib.sha256(fh.read()).hexdigest()  # type: ignore[attr-defined]
+        except (TypeError, OSError):
+            pass
     if name:
         defense.name = name
     return defense.eval()

@@ -68,6 +68,24 @@ def is_reference(name: str) -> bool:
     return ":" in name
 
 
+def plugin_file(ref: str) -> str | None:
+    """The file part of a ``path/to/file.py:attr`` reference (None for registry names and
+    ``module:attr``)."""
+    target, sep, attr = ref.rpartition(":")
+    if sep and target and attr and (target.endswith(".py") or "/" in target or "\\" in target):
+        return target
+    return None
+
+
+def resolve_plugin_ref(ref: str, base_dir: str | Path | None) -> str:
+    """``ref`` with a relative plug-in file made absolute from ``base_dir`` (a suite's folder);
+    registry names, ``module:attr``, absolute and ``~`` paths, and any ref without a base stay."""
+    target = plugin_file(ref)
+    if target is None or base_dir is None or target.startswith("~") or Path(target).is_absolute():
+        return ref
+    return f"{Path(base_dir) / target}:{ref.rpartition(':')[2]}"
+
+
 def load_reference(ref: str) -> Any:
     """Import ``module:attr`` or ``path/to/file.py:attr``."""
     target, sep, attr = ref.rpartition(":")

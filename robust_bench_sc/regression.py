@@ -10,6 +10,13 @@ keyed by image index. A new run is compared number by number:
 * mean ‖e‖₂ (minimum-norm attacks): relative tolerance; p from a Wilcoxon signed-rank
   test on images fooled in both runs (Mann–Whitney U when the images differ).
 
+A baseline also keeps, per entry, the job seeds and the defense's weight fingerprint. A job's
+seed comes from the suite seed, the defense label, the threat-model name and the chunk
+(``plan.SEED_RULE``): a renamed defense draws other random starts, restarts and samples. A
+baseline entry whose label the run lacks is matched to the run's entry of the same weights
+and threat model (a rename), and every change on other seeds says so, with which of the
+seed's inputs differ: such a move can be the attack's own sampling noise.
+
 A number has *moved* when it changed by more than the tolerance (points, or relative for
 norms) or its change is significant at ``alpha``. A (defense, threat model) of the
 baseline that the run lacks is a failure too. Timings are never compared.
@@ -83,7 +90,12 @@ def baseline_from_run(run_dir: str | Path) -> dict[str, Any]:
     info, defenses, threats, table, samples = load_run(run_dir)
     if samples is None:
         raise BaselineError(f"{run_dir}: no {RunDir.SAMPLES}; a baseline needs per-sample records")
+    from robust_bench_sc.plan import job_seed
+
     mn = {t.name: t.minimum_norm for t in threats}
+    m = info.meta
+    planned = {t.name for t in threats}
+    fingerprints = m.get("defense_fingerprints") or {}
     entries: dict[str, dict[str, Any]] = {}
     for _, r in table.iterrows():
         d, t = r["defense"], r["threat_model"]
@@ -107,8 +119,11 @@ def baseline_from_run(run_dir: str | Path) -> dict[str, Any]:
             l2 = fooled["l2"].astype(float).dropna()
             e["mean_l2"] = round(float(l2.mean()), 6) if len(l2) else None
             e["l2"] = {str(int(i)): round(float(v), 6) for i, v in zip(fooled["index"], fooled["l2"]) if not pd.isna(v)}
+        if t in planned and "chunk" in part and isinstance(m.get("seed"), int) and len(part):  # not a derived column
+            e["seeds"] = sorted({job_seed(m["seed"], d, t, int(c)) for c in part["chunk"].dropna()})
+        if fingerprints.get(d):
+            e["fingerprint"] = fingerprints[d]
         entries.setdefault(d, {})[t] = e
-    m = info.meta
     return {
         "format": FORMAT,
         "suite": m.get("suite"),
@@ -226,6 +241,46 @@ class CheckResult:
         return not self.failed
 
 
+def renamed_defenses(baseline: dict[str, Any], current: dict[str, Any]) -> dict[str, str]:
+    """Baseline label → run label, for defenses the run lacks by name but holds under another
+    label with the same weight fingerprint and threat models (a rename)."""
+    old_e, new_e = baseline.get("entries", {}), current.get("entries", {})
+
+    def fp(per: dict[str, Any]) -> str | None:
+        fps = {e.get("fingerprint") for e in per.values()}
+        return fps.pop() if len(fps) == 1 else None
+
+    gone = {d: fp(per) for d, per in old_e.items() if d not in new_e}
+    arrived = {d: fp(per) for d, per in new_e.items() if d not in old_e}
+    out: dict[str, str] = {}
+    for d, f in gone.items():
+        same = [n for n, g in arrived.items() if f and g == f and n not in out.values()
+                and set(old_e[d]) <= set(new_e[n])]
+        if len(same) == 1:
+            out[d] = same[0]
+    return out
+
+
+def seed_change(baseline: dict[str, Any], current: dict[str, Any], old: dict[str, Any], new: dict[str, Any],
+                old_label: str, new_label: str) -> str:
+    """Which inputs of the job seed changed for a (defense, threat model) whose seeds differ
+    from the baseline's; '' when they do not (or the baseline predates seeds)."""
+    if "seeds" not in old or "seeds" not in new or old["seeds"] == new["seeds"]:
+        return ""
+    why = []
+    if baseline.get("seed") != current.get("seed"):
+        why.append(f"suite seed {baseline.get('seed')} → {current.get('seed')}")
+    if old_label != new_label:
+        why.append(f"defense label {old_label!r} → {new_label!r}")
+    if not why:
+        why.append("threat-model name or chunks")
+    return ", ".join(why)
+
+
+SEED_NOTE = ("a job's seed comes from the suite seed, the defense label, the threat-model name and the chunk, so "
+             "the attack drew other random starts and samples: part of a change there can be its sampling noise")
+
+
 def compare(baseline: dict[str, Any], current: dict[str, Any], tolerance: float = 0.5, alpha: float = 0.01,
             norm_tolerance: float = 0.05) -> CheckResult:
     """Compare two baseline-shaped dicts (``current`` built from the new run)."""
@@ -234,13 +289,26 @@ def compare(baseline: dict[str, Any], current: dict[str, Any], tolerance: float 
         if baseline.get(key) != current.get(key):
             res.warnings.append(f"{key.replace('_', ' ')} differs: baseline {baseline.get(key)} vs run {current.get(key)}")
     same_data = baseline.get("data_hash") == current.get("data_hash")
+    renamed = renamed_defenses(baseline, current)
+    seed_notes: list[str] = []
+    for d, now in renamed.items():
+        res.warnings.append(f"defense {d!r} of the baseline is {now!r} in the run (same weights "
+                            f"{baseline['entries'][d][next(iter(baseline['entries'][d]))].get('fingerprint')}); "
+                            "compared as one")
     for d, per in baseline.get("entries", {}).items():
         for t, old in per.items():
-            new = current.get("entries", {}).get(d, {}).get(t)
+            dn = renamed.get(d, d)
+            new = current.get("entries", {}).get(dn, {}).get(t)
             if new is None:
                 res.changes.append(Change(d, t, "missing", None, None, None, "", True))
                 continue
             res.n_compared += 1
+            seeds = seed_change(baseline, current, old, new, d, dn)
+            note = f"other job seeds than the baseline's ({seeds}): {SEED_NOTE}"
+            if seeds and note not in seed_notes:
+                seed_notes.append(note)
+            label = d if dn == d else f"{d} (now {dn})"
+            first = len(res.changes)
             oi, ni = from_ranges(old["indices"]), from_ranges(new["indices"])
             paired = same_data and oi == ni
             for metric, bits_key, acc_key in (("clean accuracy", "clean_bits", "clean_accuracy"),
@@ -262,24 +330,27 @@ def compare(baseline: dict[str, Any], current: dict[str, Any], tolerance: float 
                     res.changes.append(Change(d, t, metric, o, n, p, test, moved, detail))
             if old.get("minimum_norm"):
                 o, n = old.get("mean_l2"), new.get("mean_l2")
-                if o is None and n is None:
-                    continue
-                if o is None or n is None:
+                if (o is None) != (n is None):
                     res.changes.append(Change(d, t, "mean ‖e‖₂", o, n, None, "", True, "success appeared/vanished"))
-                    continue
-                ol = {int(k): v for k, v in (old.get("l2") or {}).items()}
-                nl = {int(k): v for k, v in (new.get("l2") or {}).items()}
-                if abs(n - o) <= 1e-6 and ol == nl:
-                    continue
-                p = _norm_pvalue(ol, nl, paired)
-                rel = abs(n - o) / max(abs(o), 1e-12)
-                moved = rel > norm_tolerance or (not math.isnan(p) and p < alpha)
-                res.changes.append(Change(d, t, "mean ‖e‖₂", o, n, p, "Wilcoxon" if paired else "Mann–Whitney", moved,
-                                          f"relative change {100 * rel:.1f}% (tolerance {100 * norm_tolerance:.0f}%)"))
+                elif o is not None and n is not None:
+                    ol = {int(k): v for k, v in (old.get("l2") or {}).items()}
+                    nl = {int(k): v for k, v in (new.get("l2") or {}).items()}
+                    if abs(n - o) > 1e-6 or ol != nl:
+                        p = _norm_pvalue(ol, nl, paired)
+                        rel = abs(n - o) / max(abs(o), 1e-12)
+                        moved = rel > norm_tolerance or (not math.isnan(p) and p < alpha)
+                        res.changes.append(Change(d, t, "mean ‖e‖₂", o, n, p, "Wilcoxon" if paired else "Mann–Whitney",
+                                                  moved, f"relative change {100 * rel:.1f}% (tolerance "
+                                                  f"{100 * norm_tolerance:.0f}%)"))
+            for c in res.changes[first:]:  # this pair's changes name the rename and the seeds
+                c.defense = label
+                if seeds:
+                    c.detail = f"{c.detail}; other job seeds: {seeds}" if c.detail else f"other job seeds: {seeds}"
     for d, per in current.get("entries", {}).items():
         for t in per:
-            if t not in baseline.get("entries", {}).get(d, {}):
+            if t not in baseline.get("entries", {}).get(d, {}) and d not in renamed.values():
                 res.new_pairs.append((d, t))
+    res.warnings += seed_notes
     return res
 
 

@@ -173,6 +173,20 @@ def _nan(x) -> bool:
         return True
 
 
+def error_notes(table: pd.DataFrame, prefix: str = "") -> list[str]:
+    """One line per column an attack error left missing (or a worst case partial): summary
+    rows' ``error`` (robust_bench_sc.summary.column_error)."""
+    if "error" not in table.columns:
+        return []
+    notes = []
+    for _, r in table.iterrows():
+        err = r.get("error")
+        if isinstance(err, str) and err:
+            what = "partial" if err.startswith("worst case without") else "missing"
+            notes.append(f"{prefix}{r['defense']} × {r['threat_model']}: column {what}: {err}.")
+    return notes
+
+
 # -- building reports -------------------------------------------------------------------
 
 def report_from_suite(suite, table: pd.DataFrame, samples: pd.DataFrame | None = None) -> Report:
@@ -187,6 +201,7 @@ def report_from_suite(suite, table: pd.DataFrame, samples: pd.DataFrame | None =
     defenses = [DefenseInfo(d.label, d.ref, dict(d.params)) for d in suite.defenses]
     cells = {(r["defense"], r["threat_model"]): r.to_dict() for _, r in table.iterrows()}
     notes = worst_case_notes(over, [(d.label, d.threat_models) for d in suite.defenses]) if over else []
+    notes += error_notes(table)
     if suite.profile in suite.profiles:
         changes = setting_changes(suite.profiles[suite.profile].set)
         notes.append(f"Reduced profile `{suite.profile}` ({', '.join(changes)}): not the suite's declared setting; run "
@@ -304,10 +319,10 @@ def load_run(run_dir: str | Path) -> tuple[RunInfo, list[DefenseInfo], list[Thre
     meta_path = RunDir(run_dir).meta_path
     if not meta_path.is_file():
         raise ReportError(f"{run_dir}: not a run directory (no run.json)")
-    from robust_bench_sc.storage import read_json
+    from robust_bench_sc.storage import check_meta, read_json
 
     try:
-        meta = read_json(meta_path)  # a damaged one is named, not a bare JSON error
+        meta = check_meta(read_json(meta_path), meta_path)  # a damaged one is named, not a bare JSON error
     except ValueError as exc:
         raise ReportError(str(exc)) from None
     if not isinstance(meta, dict):
@@ -326,7 +341,7 @@ def load_run(run_dir: str | Path) -> tuple[RunInfo, list[DefenseInfo], list[Thre
     threats = [ThreatInfo(t["name"], t["name"], normalized_config(t), _is_minimum_norm(t))
                for t in config.get("threat_models", [])]
     samples = _read_samples(run_dir)
-    notes: list[str] = []
+    notes: list[str] = error_notes(table, f"{run_dir.name}: ")
     table, samples = _add_worst_case(run_dir, config, table, samples, threats, notes, run_images(meta))
     table = _norm_intervals(table, samples, threats)
     # threat models/defenses found only in the table (old run.json): still shown
@@ -510,6 +525,8 @@ def cell_value(row: dict[str, Any], threat: ThreatInfo) -> CellValue:
                          flagged=0 if _nan(row.get("n_flagged")) else int(row.get("n_flagged") or 0),
                          success_ci=success_ci)
     acc = float(row["clean_accuracy"] if threat.kind == "none" else row["robust_accuracy"])
+    if _nan(acc):  # no number (the attack raised: the notes say why)
+        return CellValue(math.nan, n)
     k = int(round(acc * n / 100))
     return CellValue(acc, n, wilson_interval(k, n))
 

@@ -17,19 +17,26 @@ keeps every name importable from here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from robust_bench_sc.renderers import FORMATS, latex_escape, to_csv, to_frame, to_html, to_latex, to_markdown
 from robust_bench_sc.report_model import (CellValue, DefenseInfo, Report, ReportError, RunInfo, ThreatInfo, cell_value,
                                           load_report, load_run, paper_cell, report_from_suite)
 
+NOTHING_TO_PLOT = ("no plots: nothing to draw (an ε-sweep plot needs one attack at two or more ε, a norm histogram "
+                   "a minimum-norm attack: cw, boundary, hsj or zoo)")
+
 
 def render(run_dirs: list[str | Path], fmt: str = "md", paper: bool = False, out: str | Path | None = None,
-           plots_dir: str | Path | None = None, with_plots: bool | None = None, embed: bool = False) -> str:
+           plots_dir: str | Path | None = None, with_plots: bool | None = None, embed: bool = False,
+           on_note: Callable[[str], None] | None = None) -> str:
     """Render a report of ``run_dirs``; write it to ``out`` when given. Returns the text.
 
     ``embed`` (md): headings two levels down (``#`` → ``###``), for a section of another
-    document, as the README's "Status against the paper" embeds it.
+    document, as docs/results.md embeds it.
+
+    ``on_note``: told, in one line, when plots were asked for and there is nothing to draw.
 
     Plots (PNG + PDF) go to ``plots_dir`` (default: ``<out stem>_plots/`` beside ``out``);
     the HTML page embeds them. Without ``out`` and ``plots_dir`` only HTML makes plots
@@ -39,6 +46,7 @@ def render(run_dirs: list[str | Path], fmt: str = "md", paper: bool = False, out
         raise ReportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     report = load_report(run_dirs)
     out_path = Path(out) if out else None
+    asked = plots_dir is not None or with_plots is True  # plots asked for, not only on by default
     if with_plots is None:
         with_plots = fmt in ("md", "html") and (plots_dir is not None or out_path is not None or fmt == "html")
     plots = []
@@ -52,6 +60,8 @@ def render(run_dirs: list[str | Path], fmt: str = "md", paper: bool = False, out
 
             plots_dir = tempfile.mkdtemp(prefix="scbench_plots_")
         plots = make_plots(report, Path(plots_dir))
+        if not plots and asked and on_note is not None:
+            on_note(NOTHING_TO_PLOT)
     if fmt == "md":
         text = to_markdown(report, paper, plots, plots_relative_to=out_path.parent if out_path else None)
         if embed:

@@ -84,6 +84,9 @@ class RunStatus:
                     "cannot be checked)" if not w.get("unreadable") else f"{self.status}; unreadable lock file")
         if self.status == "interrupted":
             return f"interrupted at {self.meta.get('interrupted_at')}; the same command resumes it"
+        if self.status == "failed":
+            return (f"stopped on an error at {self.meta.get('interrupted_at')} ({str(self.meta.get('error'))[:120]}); "
+                    "fix it, and the same command resumes it")
         return f"not running (run.json says {self.status!r}, no live writer: killed?); the same command resumes it"
 
     @property
@@ -115,6 +118,15 @@ class _Tally:
     chunks_planned: int = 0
     chunks_recorded: int = 0
     fooled_l2: list[float] = field(default_factory=list)
+
+
+def _auto(meta: dict, job: Any) -> dict[str, Any] | None:
+    """What the probes' adaptation put into ``job``'s spec hash, as run.json recorded it (None: nothing)."""
+    probes = meta.get("probes")
+    entry = probes.get(job.defense) if isinstance(probes, dict) else None
+    keys = entry.get("spec_hash_auto") if isinstance(entry, dict) else None
+    auto = keys.get(job.threat) if isinstance(keys, dict) else None
+    return auto if isinstance(auto, dict) else None
 
 
 def run_status(run_dir: str | Path) -> RunStatus:
@@ -151,7 +163,7 @@ def run_status(run_dir: str | Path) -> RunStatus:
             continue
         recs = blob.get("records") if isinstance(blob, dict) else None
         if not isinstance(recs, list) or len(recs) != j.stop - j.start \
-                or recorded_spec_hash(blob, meta.get("config")) != job_spec_hash(suite, j):
+                or recorded_spec_hash(blob, meta.get("config")) != job_spec_hash(suite, j, _auto(meta, j)):
             unusable.append(f"{path} (other settings or images)")
             continue
         if expected is None and unchecked is None:
@@ -219,7 +231,8 @@ def status_lines(st: RunStatus) -> list[str]:
     done, total = st.jobs
     meta = st.meta
     head = [f"{st.run_dir}: {st.state}",
-            f"suite {meta.get('suite')} (hash {meta.get('suite_hash')}), profile {meta.get('profile')}, "
+            f"suite {meta.get('suite')} (hash {meta.get('suite_hash')}), "
+            + (f"profile {meta['profile']}, " if meta.get("profile") else "no profile (the suite as declared), ") +
             f"{st.subset}; {done}/{total} jobs recorded"]
     rem, lower = st.remaining_seconds
     if done < total and not any(p.chunks_recorded for p in st.pairs if p.recorded < p.planned):

@@ -23,7 +23,7 @@ from robust_bench_sc.config import SuiteConfig
 from robust_bench_sc.data import content_hash, load_data
 from robust_bench_sc.executor import EXECUTORS, Executor, LocalExecutor
 from robust_bench_sc.paths import REPO_ROOT, data_dir
-from robust_bench_sc.plan import Job, images_covered, job_spec_hash, plan_jobs, recorded_spec_hash
+from robust_bench_sc.plan import SEED_RULE, Job, images_covered, job_spec_hash, plan_jobs, recorded_spec_hash
 from robust_bench_sc.plugins import build_defense
 from robust_bench_sc.progress import STARTED, InFlight
 from robust_bench_sc.registry import load_reference
@@ -151,7 +151,8 @@ def data_labels(suite: SuiteConfig) -> tuple[list[int], list[int]]:
     return split.idx.tolist(), split.y.tolist()
 
 
-def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None) -> dict[str, str]:
+def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None,
+              built: dict[str, Any] | None = None) -> dict[str, str]:
     """Every check ``run`` would otherwise make only when it reaches a job: each defense loads
     (registry name or reference, parameters bound to its factory's signature, weights), each
     threat model's BPDA stand-in exists on each defense it is run against, transfer sources
@@ -161,7 +162,8 @@ def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None) -> 
 
     ``warn`` hears of suites that run but measure the wrong thing: a gradient attack without
     BPDA on a defense that declares its gradients meaningless (``Capabilities.differentiable``
-    False) measures gradient masking, not robustness."""
+    False) measures gradient masking, not robustness. ``built``, when given, receives the
+    defenses built (label → Defense), for the probes."""
     from robust_bench_sc.attacks.base import ATTACKS, attack_class, attack_key
     from robust_bench_sc.registry import RegistryError
     from robust_bench_sc.threat_models import TransferThreat, WorstCaseThreat
@@ -172,10 +174,12 @@ def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None) -> 
         except RegistryError as exc:
             raise RunError(f"{what}: {exc}") from None
 
-    defenses = {d.label: build(d.ref, d.params, d.label, f"defense {d.label!r}") for d in suite.defenses}
+    defenses = {d.label: build(d.load_ref, d.params, d.label, f"defense {d.label!r}") for d in suite.defenses}
     probe = load_data(suite.data, n_images=min(2, suite.data.n_images))  # the data folder, read as run reads it
     for d in defenses.values():
         check_defense_fits(d, probe)
+    if built is not None:
+        built.update(defenses)
 
     def check_bpda(tm, defense, what):
         if tm.bpda is None and tm.gradient_based and not defense.capabilities.differentiable and warn is not None:
@@ -226,6 +230,46 @@ def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None) -> 
     return {label: d.fingerprint() for label, d in defenses.items()}
 
 
+PROBE_IMAGES = 8  # the first images of the suite the probes run on
+
+
+def probe_suite(suite: SuiteConfig, defenses: dict[str, Any], device: str = "cpu",
+                console: Console | None = None) -> tuple[SuiteConfig, dict[str, Any]]:
+    """Probe every defense (robust_bench_sc.probes) on the suite's first ``PROBE_IMAGES``
+    images, before any attack; return the suite carrying the adaptations (``auto``,
+    robust_bench_sc.adapt) and what run.json keeps of them (``probes``). Prints each finding
+    and each choice with its reason; a defense whose probes cannot run is one RunError line."""
+    from robust_bench_sc.adapt import adaptation
+    from robust_bench_sc.probes import ProbeError, probe_defense
+
+    split = load_data(suite.data, n_images=min(PROBE_IMAGES, suite.data.n_images))
+    adaptations: dict[str, Any] = {}
+    record: dict[str, Any] = {}
+    for spec in suite.defenses:
+        d = defenses[spec.label].to(device)
+        try:
+            found = probe_defense(d, split.x, split.y, device=device, seed=suite.seed)
+            adapted = adaptation(spec.label, d, found, split.x, split.y, device)
+        except ProbeError as exc:
+            raise RunError(f"defense {spec.label!r}: {exc}") from None
+        adaptations[spec.label] = adapted
+        threats = [t for t in suite.threat_models if spec.runs(t.name)]
+        record[spec.label] = adapted.to_dict(threats)
+        if console is None:
+            continue
+        console.print(f"[bold]probes[/] {escape(spec.label)} ({found.n_images} images, {found.seconds:.1f}s)",
+                      highlight=False)
+        for line in found.summary_lines():
+            console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
+        for w in adapted.warnings + [w for t in threats for w in adapted.warnings_for(t)]:
+            console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
+        for t in threats:
+            for c in adapted.threat(t)[1]:
+                console.print(f"  auto {escape(spec.label)} × {escape(t.name)}: {escape(c.line())}", highlight=False,
+                              soft_wrap=True)
+    out = suite.model_copy()
+    out._adaptations = adaptations
+    return out, record
 CIFAR_SHAPE = (3, 32, 32)
 
 
@@ -285,7 +329,7 @@ def make_executor(name: str, device: str, **kwargs) -> Executor:
 
 # what run.json keeps of each earlier invocation; its resolved ``config`` too, so that the records a
 # folder grown under several profiles holds can each be traced to the configuration that planned them
-_HISTORY_KEYS = ("suite_hash", "profile", "profile_set", "overrides", "started_at", "finished_at", "interrupted_at", "status", "n_jobs",
+_HISTORY_KEYS = ("suite_hash", "profile", "profile_set", "overrides", "started_at", "finished_at", "interrupted_at", "status", "error", "n_jobs",
                  "git", "versions", "command", "config", "wall_seconds_this_invocation", "jobs_computed",
                  "executor")
 
@@ -304,7 +348,8 @@ def _archived_invocation(old: dict, now: str) -> dict:
 
 def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
                       old: dict | None, console: Console | None = None,
-                      fingerprints: dict[str, str] | None = None) -> tuple[list[Job], dict[str, str]]:
+                      fingerprints: dict[str, str] | None = None, code_fingerprints: dict[str, str] | None = None,
+                      accept_code_change: bool = False) -> tuple[list[Job], dict[str, str]]:
     """Which planned jobs a run directory already holds records of, checked job by job.
 
     A record counts when its spec hash (defense, threat-model settings, images, seed) equals
@@ -314,7 +359,9 @@ def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
     before the run grew) is recomputed. A damaged record (truncated, unparsable, missing
     samples, other images) is named, set aside as ``*.json.damaged`` and recomputed.
     Recorded weight fingerprints must match the defense as it loads now (``fingerprints``:
-    as :func:`preflight` measured them). Returns the jobs done and the fingerprints per defense.
+    as :func:`preflight` measured them). So must recorded code fingerprints (records that carry
+    one) match ``code_fingerprints`` (``Defense.code_fingerprint``), unless ``accept_code_change``
+    (said in one line). Returns the jobs done and the fingerprints per defense.
     """
     if old is not None and old.get("suite") not in (None, suite.name):
         raise RunError(f"{run_dir} holds a run of suite {old.get('suite')!r}, not {suite.name!r}; "
@@ -327,6 +374,7 @@ def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
                            f"{n_old} ≠ {here} here); choose another --out")
     done, superseded, conflicts, damaged = [], [], [], []
     recorded_fp: dict[str, set[str]] = defaultdict(set)
+    recorded_code: dict[str, set[str]] = defaultdict(set)
     unverified: set[str] = set()
     expected = None
     layout = RunDir(run_dir)
@@ -352,6 +400,8 @@ def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
                 damaged.append((path, problem))
                 continue
             done.append(j)
+            if blob.get("code_fingerprint"):
+                recorded_code[j.defense].add(str(blob["code_fingerprint"]))
             if blob.get("defense_fingerprint"):
                 recorded_fp[j.defense].add(blob["defense_fingerprint"])
             else:
@@ -364,8 +414,9 @@ def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
     if conflicts:
         raise RunError(
             f"{run_dir} holds records of a different suite configuration for {len(conflicts)} planned job(s) "
-            f"(e.g. {', '.join(conflicts[:3])}: other defense or threat-model settings or seed); refusing to mix "
-            "results. Choose another --out or delete that folder.")
+            f"(e.g. {', '.join(conflicts[:3])}: other defense or threat-model settings, seed, or settings auto "
+            "chose from the probes, see run.json: probes); refusing to mix results. Choose another --out or delete "
+            "that folder.")
     for path, why in damaged:  # kept for inspection; the job is recomputed
         os.replace(path, path.with_name(path.name + ".damaged"))
         if console is not None:
@@ -374,12 +425,24 @@ def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
     known: dict[str, str] = {}
     for label, fps in recorded_fp.items():
         spec = next(d for d in suite.defenses if d.label == label)
-        now = (fingerprints or {}).get(label) or build_defense(spec.ref, spec.params, name=label).fingerprint()
+        now = (fingerprints or {}).get(label) or build_defense(spec.load_ref, spec.params, name=label).fingerprint()
         if fps != {now}:
             raise RunError(f"defense {label!r} loads other weights than its records in {run_dir} were computed "
                            f"with (fingerprint {', '.join(sorted(fps))} recorded, {now} now); restore those weights "
                            "or choose another --out")
         known[label] = now
+    for label, codes in recorded_code.items():
+        now_code = (code_fingerprints or {}).get(label)
+        if now_code is None or codes == {now_code}:
+            continue
+        what = (f"defense {label!r} loads other code than its records in {run_dir} were computed with (code "
+                f"fingerprint {', '.join(sorted(codes))} recorded, {now_code} now: its factory's source file or a "
+                "module's settings changed)")
+        if not accept_code_change:
+            raise RunError(f"{what}; restore that code, pass --accept-code-change to reuse the records knowingly, or "
+                           "choose another --out")
+        if console is not None:
+            console.print(f"[yellow]note[/]: {escape(what)}; reused as --accept-code-change asks", highlight=False)
     if unverified and console is not None:
         console.print(f"[yellow]note[/]: records of {', '.join(sorted(unverified))} in {run_dir} predate weight "
                       "fingerprints: which weights they used cannot be checked (run.json's git commit says)")
@@ -391,28 +454,50 @@ def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
 def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "cpu",
               executor: Executor | None = None, console: Console | None = None,
               results_root: str | Path = "results", command: list[str] | None = None,
-              show_progress: bool = True) -> RunOutcome:
+              show_progress: bool = True, probes: bool = True, accept_code_change: bool = False) -> RunOutcome:
+    """Run ``suite`` (resumably). ``probes``: probe each defense first and adapt the attacks
+    to it (robust_bench_sc.adapt); off, every threat model runs exactly as written.
+    ``accept_code_change``: reuse records whose defense code fingerprint differs from the
+    code as it loads now (refused otherwise, as other weights are)."""
     console = console or Console(stderr=True)
     # every check of the suite and its plug-ins, before anything is written
+    built: dict[str, Any] = {}
     fingerprints = preflight(suite, warn=lambda msg: console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False,
-                                                                   soft_wrap=True))
+                                                                   soft_wrap=True), built=built)
+    code_fps = {label: d.code_fingerprint() for label, d in built.items()}
+    probe_record: dict[str, Any] | None = None
+    if probes:
+        suite, probe_record = probe_suite(suite, built, device, console)
+    del built
     run_dir = Path(out) if out else default_run_dir(suite, Path(results_root))
     run_dir = run_dir.resolve()
+    created = not run_dir.exists()
     prepare_run_dir(run_dir)
     try:
-        lock = RunDir(run_dir).lock().acquire()  # one writer per run folder
-    except LockError as exc:
-        raise RunError(str(exc)) from None
-    if lock.stale_owner:
-        console.print(f"note: took over {lock.path} left by pid {lock.stale_owner.get('pid')} (no longer running)")
-    try:
-        return _run_locked(suite, run_dir, device, executor, console, command, show_progress, fingerprints)
-    finally:
-        lock.release()
+        try:
+            lock = RunDir(run_dir).lock().acquire()  # one writer per run folder
+        except LockError as exc:
+            raise RunError(str(exc)) from None
+        if lock.stale_owner:
+            console.print(f"note: took over {lock.path} left by pid {lock.stale_owner.get('pid')} (no longer running)")
+        try:
+            return _run_locked(suite, run_dir, device, executor, console, command, show_progress, fingerprints,
+                               probe_record, code_fps, accept_code_change)
+        finally:
+            lock.release()
+    except BaseException:
+        if created:  # a failed start leaves no empty folder behind (only this invocation's own, and only empty)
+            try:
+                run_dir.rmdir()
+            except OSError:
+                pass
+        raise
 
 
 def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Executor | None, console: Console,
-                command: list[str] | None, show_progress: bool, fingerprints: dict[str, str]) -> RunOutcome:
+                command: list[str] | None, show_progress: bool, fingerprints: dict[str, str],
+                probe_record: dict[str, Any] | None = None, code_fps: dict[str, str] | None = None,
+                accept_code_change: bool = False) -> RunOutcome:
     layout = RunDir(run_dir)
     meta_path = layout.meta_path
     suite_hash = suite.content_hash()
@@ -425,7 +510,7 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
         raise RunError(f"{meta_path}: not a run description (a JSON {type(old).__name__}); restore it, or choose "
                        "another --out")
     jobs = plan_jobs(suite)
-    done, known_fp = reconcile_records(suite, run_dir, jobs, old, console, fingerprints)
+    done, known_fp = reconcile_records(suite, run_dir, jobs, old, console, fingerprints, code_fps, accept_code_change)
     done_set = set(done)
     todo = [j for j in jobs if j not in done_set]
     split = load_data(suite.data)
@@ -442,6 +527,7 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
                     "image_shape": list(split.image_shape), "n_available": split.n_available},
         "images": split.images,
         "seed": suite.seed,
+        "seed_rule": SEED_RULE,
         "profile": suite.profile,
         # what the profile sets (reports tell a selection of images from reduced settings)
         **({"profile_set": dict(suite.profiles[suite.profile].set)} if suite.profile in suite.profiles else {}),
@@ -454,19 +540,28 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
         "started_at": _dt.datetime.now().isoformat(timespec="seconds"),
         "n_jobs": len(jobs),
         "config": suite.resolved(),
+        # what the probes found per defense and what auto chose from it, with reasons (robust_bench_sc.adapt)
+        **({"probes": probe_record} if probe_record is not None else {}),
     }
     if old is not None:
         meta["first_started_at"] = old.get("first_started_at") or old.get("started_at")
         meta["history"] = [*old.get("history", []), _archived_invocation(old, meta["started_at"])]
     meta["defense_fingerprints"] = dict(known_fp)
+    if code_fps:
+        meta["code_fingerprints"] = dict(code_fps)
     layout.write_meta(meta)
     if old is not None and old.get("suite_hash") != suite_hash:  # grown: same folder, other settings
-        console.print(f"[bold]growing[/] {run_dir} (earlier configuration {old.get('suite_hash')}, profile "
-                      f"{old.get('profile')}): {len(done)}/{len(jobs)} jobs already recorded with identical settings")
+        earlier = f"profile {old['profile']}" if old.get("profile") else "no profile"
+        console.print(f"[bold]growing[/] {run_dir} (earlier configuration {old.get('suite_hash')}, {earlier}): "
+                      f"{len(done)}/{len(jobs)} jobs already recorded with identical settings")
     elif done:
         console.print(f"[bold]resuming[/] {run_dir}: {len(done)}/{len(jobs)} jobs already recorded")
     else:
         console.print(f"[bold]run[/] {suite.name} → {run_dir} ({len(jobs)} job{'s' * (len(jobs) != 1)}, {subset})")
+    from robust_bench_sc.budget import start_lines  # each threat model's budget, jobs and estimated time
+
+    for line in start_lines(suite, jobs, todo, fingerprints):
+        console.print(escape(line), highlight=False, soft_wrap=True)
 
     # progress: one bar per (defense, threat model)
     tally: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # robust, total
@@ -525,7 +620,7 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
             tally[key][0] += sum(int(r["robust"]) for r in res.records)
             tally[key][1] += len(res.records)
             progress.update(tasks[key], completed=tally[key][1], acc=acc_text(key), stage="")
-            if not show_progress or not console.is_terminal:
+            if show_progress and not console.is_terminal:  # a log file gets a line per job; --quiet none
                 console.print(f"  {j.defense} × {j.threat} chunk {j.chunk}: images {j.start}-{j.stop - 1}, "
                               f"robust so far {acc_text(key)}, {res.seconds:.1f}s")
 
@@ -541,6 +636,10 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM via the cli: say so in run.json, keep every record
             # (stopped while the tables were written: every job is recorded, the same command writes them)
             _mark_interrupted(layout, time.perf_counter() - t0 if wall is None else wall, known_fp, computed[0])
+            raise
+        except Exception as exc:  # stopped on an error: run.json says so (not "running", later read as killed)
+            _mark_interrupted(layout, time.perf_counter() - t0 if wall is None else wall, known_fp, computed[0],
+                              error=f"{type(exc).__name__}: {exc}")
             raise
         finally:  # nothing is in flight once this invocation ends, however it ends
             layout.remove_progress()
@@ -567,17 +666,22 @@ def _record_executor(layout: RunDir, ex: Executor) -> None:
         layout.write_meta(meta)
 
 
-def _mark_interrupted(layout: RunDir, wall: float, known_fp: dict[str, str], computed: int) -> None:
-    """run.json of an invocation stopped before its last job: status ``interrupted``, when,
-    and how long it ran; the recorded chunks stay and the same command resumes."""
+def _mark_interrupted(layout: RunDir, wall: float, known_fp: dict[str, str], computed: int,
+                      error: str | None = None) -> None:
+    """run.json of an invocation stopped before its last job: status ``interrupted`` (or
+    ``failed``, with the ``error`` that stopped it), when, and how long it ran; the recorded
+    chunks stay and the same command resumes."""
     try:
         meta = layout.read_meta()
     except DamagedFileError:
         return
     if isinstance(meta, dict):
         meta["defense_fingerprints"] = dict(known_fp)
-        meta.update(status="interrupted", interrupted_at=_dt.datetime.now().isoformat(timespec="seconds"),
+        meta.update(status="interrupted" if error is None else "failed",
+                    interrupted_at=_dt.datetime.now().isoformat(timespec="seconds"),
                     wall_seconds_this_invocation=round(wall, 2), jobs_computed=computed)
+        if error is not None:
+            meta["error"] = error[:500]
         layout.write_meta(meta)
 
 
@@ -598,6 +702,10 @@ def load_samples(run_dir: Path, jobs: list[Job], suite: SuiteConfig | None = Non
         if expected is None and suite is not None:
             expected = data_labels(suite)
         problem = record_problem(blob, j, *expected) if expected else None
+        recorded = blob.get("spec_hash") if isinstance(blob, dict) else None
+        if not problem and suite is not None and recorded is not None and recorded != job_spec_hash(suite, j):
+            problem = (f"a record of another job (spec hash {recorded}, job {j.key} has {job_spec_hash(suite, j)}): "
+                       "never shown under this job's row")
         if problem:
             raise RunError(f"{path}: {problem}; rerun the same command to recompute it")
         seconds[(j.defense, j.threat)] += blob["seconds"]

@@ -90,8 +90,43 @@ def write_report_files(out_dir: str | Path, stem: str, data: Any, markdown: str)
     return j, m
 
 def safe_name(name: str) -> str:
-    """A file-system friendly version of a defense or threat-model name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "unnamed"
+    """The folder (or file stem) of a defense, threat-model or suite name: the one place a
+    label becomes a path component. Characters other than letters, digits, ``_ . -`` become
+    ``_``; a name of dots only (``.``, ``..``) or of no such character becomes ``unnamed``, so a
+    label never names the folder itself or the one above it. Not injective on its own
+    (``x/y`` and ``x_y``): :func:`label_clashes` finds labels that would share a folder, and
+    every suite is refused with them (config.load_suite, api.build_suite)."""
+    out = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_")
+    return "unnamed" if not out.strip(".") else out
+
+
+def label_clashes(labels: list[str]) -> list[tuple[str, str, str]]:
+    """Pairs of distinct labels that :func:`safe_name` maps to one folder, with that folder:
+    ``[(first, second, folder), ...]`` (empty when the mapping is injective on ``labels``)."""
+    seen: dict[str, str] = {}
+    out = []
+    for label in labels:
+        folder = safe_name(label)
+        if folder in seen and seen[folder] != label:
+            out.append((seen[folder], label, folder))
+        seen.setdefault(folder, label)
+    return out
+
+
+def inside(root: str | Path, path: str | Path) -> Path:
+    """``path`` resolved (symlinks followed), checked to lie inside ``root``; a path that
+    would escape (a ``..`` label, a symlinked folder pointing elsewhere) raises
+    :class:`EscapeError`: a run never writes outside its folder."""
+    base = Path(root).resolve()
+    target = Path(path).resolve()
+    if target != base and base not in target.parents:
+        raise EscapeError(f"{path}: resolves to {target}, outside the run folder {base} (a symlink or a label "
+                          "that escapes it); refusing to write there")
+    return target
+
+
+class EscapeError(ValueError):
+    """A path a run would write lies outside its run folder."""
 
 
 def read_json(path: Path) -> Any:
@@ -106,6 +141,58 @@ def read_json(path: Path) -> Any:
     except UnicodeDecodeError as exc:
         raise DamagedFileError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
                                f"{exc.start}): not a file scbench wrote") from None
+
+
+# -- run.json ---------------------------------------------------------------------------
+
+_NUM = (int, float)
+#: the fields of ``run.json`` that commands read, and their JSON types (None: may be null); a
+#: field may be missing (older runs lack some), never of another type
+RUN_META_SCHEMA: dict[str, tuple[type, ...]] = {
+    "suite": (str,), "suite_hash": (str,), "status": (str,), "subset": (str,), "data_dir": (str, type(None)),
+    "data_hash": (str, type(None)), "seed": (int,), "profile": (str, type(None)), "profile_set": (dict, type(None)),
+    "overrides": (list,), "device": (str,), "command": (list,), "versions": (dict,), "git": (dict,),
+    "host": (dict,), "started_at": (str,), "first_started_at": (str, type(None)), "finished_at": (str, type(None)),
+    "interrupted_at": (str, type(None)), "error": (str, type(None)), "n_jobs": (int,), "config": (dict,), "history": (list,),
+    "defense_fingerprints": (dict,), "executor": (dict, type(None)), "jobs_computed": (int, type(None)),
+    "wall_seconds_this_invocation": (*_NUM, type(None)), "wall_seconds_total": (*_NUM, type(None)),
+}
+_JSON_NAME = {str: "a string", int: "a whole number", float: "a number", dict: "an object", list: "a list",
+              type(None): "null"}
+
+
+def check_meta(meta: Any, path: str | Path) -> dict[str, Any]:
+    """``run.json`` read through its schema (:data:`RUN_META_SCHEMA`): an object whose known
+    fields have their types, ``config`` with lists ``defenses`` (objects with a string ``ref``)
+    and ``threat_models`` (objects with a string ``name``), ``history`` a list of objects. A
+    field of another type (``"config": "oops"``, edited by hand or written by another tool)
+    raises :class:`DamagedFileError` naming the file and the field."""
+    def bad(field: str, want: str, got: Any) -> DamagedFileError:
+        return DamagedFileError(f"{path}: field {field!r} should be {want}, got {type(got).__name__} {str(got)[:40]!r}: "
+                                "not as scbench wrote it")
+
+    if not isinstance(meta, dict):
+        raise DamagedFileError(f"{path}: not a run description (a JSON {type(meta).__name__}); restore it, or "
+                               "choose another folder")
+    for field, types in RUN_META_SCHEMA.items():
+        if field not in meta:
+            continue
+        value = meta[field]
+        if isinstance(value, bool) or not isinstance(value, types):  # no field is a boolean
+            raise bad(field, " or ".join(dict.fromkeys(_JSON_NAME[t] for t in types)), value)
+    config = meta.get("config")
+    if isinstance(config, dict):
+        for key, need in (("defenses", "ref"), ("threat_models", "name")):
+            entries = config.get(key, [])
+            if not isinstance(entries, list):
+                raise bad(f"config.{key}", "a list", entries)
+            for i, e in enumerate(entries):
+                if not isinstance(e, dict) or not isinstance(e.get(need), str):
+                    raise bad(f"config.{key}[{i}]", f"an object with a string {need!r}", e)
+    for i, entry in enumerate(meta.get("history") or []):
+        if not isinstance(entry, dict):
+            raise bad(f"history[{i}]", "an object", entry)
+    return meta
 
 
 # -- ownership of a run directory ----------------------------------------------------------
@@ -333,8 +420,11 @@ class RunDir:
         return self.path / self.DIAGNOSTICS
 
     def chunk(self, defense: str, threat: str, chunk: int) -> Path:
-        """The record file of one job."""
-        return self.records_dir / safe_name(defense) / safe_name(threat) / f"chunk_{chunk:05d}.json"
+        """The record file of one job (folders named by :func:`safe_name`, checked to stay
+        inside the run folder)."""
+        path = self.records_dir / safe_name(defense) / safe_name(threat) / f"chunk_{chunk:05d}.json"
+        inside(self.path, path.parent)
+        return path
 
     def is_run(self) -> bool:
         """True when the folder holds a run description (it is a run folder, finished or not)."""
@@ -342,17 +432,20 @@ class RunDir:
 
     # reading and writing
     def read_meta(self) -> Any:
-        """The parsed ``run.json``; None when there is none; :class:`DamagedFileError` when damaged."""
-        return read_json(self.meta_path) if self.meta_path.exists() else None
+        """The parsed ``run.json``, checked by :func:`check_meta`; None when there is none;
+        :class:`DamagedFileError` when damaged or of the wrong shape."""
+        return check_meta(read_json(self.meta_path), self.meta_path) if self.meta_path.exists() else None
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        atomic_write_json(self.meta_path, meta)
+        atomic_write_json(inside(self.path, self.meta_path), meta)
 
     def read_chunk(self, defense: str, threat: str, chunk: int) -> Any:
         return read_json(self.chunk(defense, threat, chunk))
 
     def write_chunk(self, defense: str, threat: str, chunk: int, blob: dict[str, Any]) -> None:
-        atomic_write_json(self.chunk(defense, threat, chunk), blob)
+        path = self.chunk(defense, threat, chunk)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(inside(self.path, path), blob)
 
     def write_samples(self, samples_csv: str) -> None:
         """``samples.csv`` (as text)."""

@@ -7,76 +7,42 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from robust_bench_sc.config import WORST_CASE, WorstCaseError  # noqa: F401 (both also read from here)
 from robust_bench_sc.norms import Norm
 from robust_bench_sc.subsets import IMAGES, describe_subset
-from robust_bench_sc.yamlio import ConfigError
 
-if TYPE_CHECKING:  # annotations only: config imports this module (resolve_worst_case)
+if TYPE_CHECKING:
     from robust_bench_sc.config import SuiteConfig
 
 SUMMARY_COLUMNS = [
     "defense", "threat_model", "attack", "backend", "norm", "epsilon", "bpda", "n_images",
     "clean_accuracy", "robust_accuracy", "success_rate", "mean_l2", "median_l2",
-    "mean_linf", "n_flagged", "seconds", "subset",
+    "mean_linf", "n_flagged", "seconds", "subset", "error",
 ]
 
 
+def column_error(part: pd.DataFrame) -> tuple[str, bool]:
+    """Why a (defense, threat model) column is missing or partial, and whether it is missing:
+    the attack raised on some of its images (records' ``attack_error``, evaluate.py: no
+    number), or a worst case's member did (``member_errors``: the number stands, over the
+    other members). ("", False) when neither."""
+    for key, missing in (("attack_error", True), ("member_errors", False)):
+        if key in part.columns:
+            msgs = [m for m in part[key].dropna().astype(str) if m]
+            if msgs:
+                return (msgs[0] if missing else f"worst case without {msgs[0]}"), missing
+    return "", False
+
+
+def robust_mean(part: pd.DataFrame) -> float:
+    """Robust accuracy as a fraction: on a randomised defense the expectation over the
+    re-check's fresh draws (records' ``robust_frac``), else the share of robust records."""
+    if "robust_frac" in part.columns and len(part) and part["robust_frac"].notna().all():
+        return float(part["robust_frac"].astype(float).mean())
+    return float(part["robust"].mean())
+
+
 # -- per-sample worst case across threat models -----------------------------------------
-
-WORST_CASE = "worst case"   # its threat_model name in summary.csv and its column in reports
-
-
-class WorstCaseError(ConfigError):
-    """The threat models of a worst case cannot be combined (other images, unknown names)."""
-
-
-def resolve_worst_case(suite: SuiteConfig, all_threats: list, raw: Any, source: str) -> SuiteConfig:
-    """Validate a suite's ``worst_case_over`` against all its threat models (errors name the
-    file and line); then keep the names the (profiled) suite runs. A worst case needs ≥ 2
-    accuracy threat models at one norm and ε on the same images."""
-    over = list(suite.worst_case_over)
-    names = [t.name for t in all_threats]
-    if WORST_CASE in names:
-        raise WorstCaseError(f"{source}: a threat model may not be named {WORST_CASE!r} (the worst-case column's name)")
-    if not over:
-        return suite
-    from robust_bench_sc.registry import did_you_mean
-
-    line = getattr(raw, "key_lines", {}).get("worst_case_over")
-    where = f"{source}, line {line}: worst_case_over" if line else f"{source}: worst_case_over"
-    dup = sorted({n for n in over if over.count(n) > 1})
-    if dup:
-        raise WorstCaseError(f"{where}: repeated {', '.join(dup)}")
-    if len(over) < 2:
-        raise WorstCaseError(f"{where}: needs at least two threat models (a worst case over one is that one)")
-    by_name = {t.name: t for t in all_threats}
-    for n in over:
-        if n not in by_name:
-            raise WorstCaseError(f"{where}: unknown threat model {n!r}{did_you_mean(str(n), names)}; "
-                                 f"threat models of the suite: {', '.join(names)}")
-        t = by_name[n]
-        if t.kind == "none":
-            raise WorstCaseError(f"{where}: {n!r} is the clean evaluation, not an attack; list attacks only")
-        if t.kind == "zoo":
-            raise WorstCaseError(f"{where}: {n!r} (zoo) attacks a random subset of the images; "
-                                 "a worst case needs every image under every threat model")
-        if t.minimum_norm and t.epsilon_value is None:
-            raise WorstCaseError(f"{where}: {n!r} is a minimum-norm attack ({t.kind}) without epsilon; "
-                                 "give it an epsilon so that it has a robust bit at a budget")
-    budgets = {(by_name[n].norm_name, None if by_name[n].epsilon_value is None else round(by_name[n].epsilon_value, 9))
-               for n in over}
-    if len(budgets) > 1:
-        each = ", ".join(f"{n}: {by_name[n].norm_name} ε={by_name[n].epsilon_value:.6g}" for n in over)
-        raise WorstCaseError(f"{where}: the threat models must share one norm and ε ({each})")
-    caps = {by_name[n].max_images for n in over}
-    if len(caps) > 1:
-        each = ", ".join(f"{n}: {by_name[n].max_images or 'all'}" for n in over)
-        raise WorstCaseError(f"{where}: the threat models are on different images (max_images {each}); "
-                             "give them the same max_images")
-    running = {t.name for t in suite.threat_models}
-    kept = [n for n in over if n in running]
-    return suite.model_copy(update={"worst_case_over": kept if len(kept) >= 2 else []})
-
 
 def worst_case_over_for(over: list[str], runs_on_defense: list[str] | None) -> list[str]:
     """The threat models of ``over`` a defense's worst case is over: those its jobs run
@@ -130,11 +96,15 @@ def worst_case_samples(samples: pd.DataFrame, over: list[str], defense: str) -> 
                       axis=1).apply(
         lambda r: ";".join(dict.fromkeys(x for v in r for x in v.split(";") if x)), axis=1)
     fooled_by = robust_each.apply(lambda r: ";".join(t for t in over if not r[t]), axis=1).where(clean, "")
+    extra: dict[str, Any] = {}
+    if all("robust_frac" in f.columns and f["robust_frac"].notna().all() for f in frames):
+        # a randomised defense: per image, the least expected robustness over the threat models
+        extra["robust_frac"] = pd.concat([f["robust_frac"].astype(float) for f in frames], axis=1).min(axis=1).to_numpy()
     out = pd.DataFrame({
         "defense": defense, "threat_model": WORST_CASE, "index": first.index.to_numpy(),
         "label": first["label"].to_numpy(), "clean_correct": clean.to_numpy(), "attacked": attacked.to_numpy(),
         "fooled": (clean & ~robust).to_numpy(), "robust": robust.to_numpy(), "flags": flags.to_numpy(),
-        "fooled_by": fooled_by.to_numpy(),
+        "fooled_by": fooled_by.to_numpy(), **extra,
     })
     return out, ""
 
@@ -148,7 +118,7 @@ def worst_case_row(part: pd.DataFrame, norm: str, eps: float | None, seconds: fl
     return {
         "defense": part["defense"].iloc[0], "threat_model": WORST_CASE, "attack": "worst_case", "backend": "",
         "norm": norm, "epsilon": eps if eps is not None else math.nan, "bpda": "", "n_images": n,
-        "clean_accuracy": 100.0 * part["clean_correct"].mean(), "robust_accuracy": 100.0 * part["robust"].mean(),
+        "clean_accuracy": 100.0 * part["clean_correct"].mean(), "robust_accuracy": 100.0 * robust_mean(part),
         "success_rate": 100.0 * int((part["attacked"] & part["fooled"]).sum()) / attacked if attacked else math.nan,
         "mean_l2": math.nan, "median_l2": math.nan, "mean_linf": math.nan,
         "n_flagged": int((part["flags"] != "").sum()), "seconds": round(seconds, 3),
@@ -178,6 +148,7 @@ def summarise(suite: SuiteConfig, samples: pd.DataFrame, seconds: dict[tuple[str
             fooled = part[part["attacked"] & part["fooled"]]
             attacked = int(part["attacked"].sum())
             eps = t.epsilon_value
+            error, missing = column_error(part)  # the attack raised: no number, the table says why
             rows.append({
                 "defense": d.label,
                 "threat_model": t.name,
@@ -188,14 +159,15 @@ def summarise(suite: SuiteConfig, samples: pd.DataFrame, seconds: dict[tuple[str
                 "bpda": t.bpda or "",
                 "n_images": n,
                 "clean_accuracy": 100.0 * part["clean_correct"].mean(),
-                "robust_accuracy": 100.0 * part["robust"].mean(),
-                "success_rate": 100.0 * len(fooled) / attacked if attacked else math.nan,
+                "robust_accuracy": math.nan if missing else 100.0 * robust_mean(part),
+                "success_rate": 100.0 * len(fooled) / attacked if attacked and not missing else math.nan,
                 "mean_l2": fooled["l2"].mean() if len(fooled) else math.nan,
                 "median_l2": fooled["l2"].median() if len(fooled) else math.nan,
                 "mean_linf": fooled["linf"].mean() if len(fooled) else math.nan,
                 "n_flagged": int((part["flags"].notna() & (part["flags"].astype(str) != "")).sum()),
                 "seconds": round(seconds.get((d.label, t.name), 0.0), 3),
                 "subset": subset,
+                "error": error,
             })
     over = list(getattr(suite, "worst_case_over", []) or [])
     if over:

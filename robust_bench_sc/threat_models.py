@@ -12,8 +12,8 @@ import math
 import re
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_serializer, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo, field_serializer,
+                      field_validator, model_validator)
 
 Norm = Literal["linf", "l2", "l1"]
 _FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
@@ -53,6 +53,20 @@ def _number(v: Any) -> float:
 
 
 Number = Annotated[float, BeforeValidator(_number)]
+
+
+def _not_bool(v: Any) -> Any:
+    """YAML's ``true`` / ``false`` are not numbers: pydantic's lax mode would read them as 1 / 0
+    (``--set steps=true`` ran one step)."""
+    if isinstance(v, bool):
+        raise ValueError(f"expected a number, got the boolean {str(v).lower()}")
+    return v
+
+
+#: a whole number that is not a boolean (every count: steps, restarts, queries, batch sizes, seeds)
+WholeNumber = Annotated[int, BeforeValidator(_not_bool)]
+#: a real number that is not a boolean (rates, constants)
+RealNumber = Annotated[float, BeforeValidator(_not_bool)]
 
 
 def resolve_relative(value: Any, epsilon: float) -> float:
@@ -95,13 +109,13 @@ class ThreatModel(BaseModel):
     name: str = ""
     attack: str
     description: str = ""
-    batch_size: int = Field(100, ge=1)
+    batch_size: WholeNumber = Field(100, ge=1)
     backend: str = "native"
     bpda: str | None = Field(None, description="BPDA stand-in name, 'auto' for the defense's default, or null")
-    eot: int = Field(1, ge=1, description="forward passes averaged per gradient (randomised defenses)")
-    recheck: int = Field(1, ge=1, description="re-evaluations of each success against a randomised defense")
+    eot: WholeNumber = Field(1, ge=1, description="forward passes averaged per gradient (randomised defenses)")
+    recheck: WholeNumber = Field(1, ge=1, description="re-evaluations of each success against a randomised defense")
     only_correct: bool = Field(True, description="attack only images the defense classifies correctly")
-    max_images: int | None = Field(None, ge=1, description="evaluate only the first N of the suite's images "
+    max_images: WholeNumber | None = Field(None, ge=1, description="evaluate only the first N of the suite's images "
                                    "(e.g. a 25000-step Boundary column on 50 of 1000); tables state the subset")
 
     # The one declaration of a schema's backends: backend name → its implementation
@@ -176,9 +190,9 @@ class PGDThreat(ThreatModel):
     attack: Literal["pgd"] = "pgd"
     norm: Norm
     epsilon: Number = Field(gt=0)
-    steps: int = Field(40, ge=1)
+    steps: WholeNumber = Field(40, ge=1)
     step_size: Number | str = "epsilon/8"
-    restarts: int = Field(1, ge=1)
+    restarts: WholeNumber = Field(1, ge=1)
     random_start: bool = True
     loss: Literal["ce", "cw"] = "ce"
     early_stop: bool = Field(True, description="stop restarting a sample once it is fooled")
@@ -186,16 +200,22 @@ class PGDThreat(ThreatModel):
         True, description="native: an image's first adversarial iterate is its answer, and it leaves the batch "
                           "there (off: the last iterate, every image to the last step, as plain Madry PGD)")
     l1_step: Literal["dense", "sparse"] = "sparse"
-    l1_sparsity: float = Field(0.99, ge=0.0, lt=1.0, description="sparse ℓ1 step: quantile of |gradient| kept")
+    l1_sparsity: RealNumber = Field(0.99, ge=0.0, lt=1.0, description="sparse ℓ1 step: quantile of |gradient| kept")
 
     @field_validator("step_size")
     @classmethod
-    def _check_step(cls, v):
+    def _check_step(cls, v, info: ValidationInfo):
         if isinstance(v, str):
             if _RELATIVE.match(v):
-                resolve_relative(v, 1.0)  # a zero or non-finite factor is an error now, not at run time
-                return v
-            return parse_number(v)
+                step = resolve_relative(v, 1.0)  # a zero or non-finite factor is an error now, not at run time
+            else:
+                v = step = parse_number(v)
+        else:
+            step = v
+        if not step > 0:  # 0, negative or eps*-1: every iterate stays at its start (robust = clean)
+            eps = info.data.get("epsilon")
+            value = f" ({step * eps:.6g} at epsilon {eps:.6g})" if isinstance(v, str) and eps else ""
+            raise ValueError(f"got {v!r}{value}; must be > 0 (e.g. epsilon/8)")
         return v
 
     @property
@@ -226,11 +246,11 @@ class CWThreat(ThreatModel):
     attack: Literal["cw"] = "cw"
     backend: str = "foolbox"
     norm: Literal["l2"] = "l2"
-    steps: int = Field(1000, ge=1)
-    binary_search_steps: int = Field(9, ge=1)
-    confidence: float = 0.0
-    learning_rate: float = Field(0.01, gt=0)
-    initial_const: float = Field(0.001, gt=0)
+    steps: WholeNumber = Field(1000, ge=1)
+    binary_search_steps: WholeNumber = Field(9, ge=1)
+    confidence: RealNumber = 0.0
+    learning_rate: RealNumber = Field(0.01, gt=0)
+    initial_const: RealNumber = Field(0.001, gt=0)
     abort_early: bool = Field(True, description="foolbox: stop a binary-search step once the loss stalls")
     epsilon: Number | None = Field(None, description="report accuracy at this ℓ2 budget too")
 
@@ -254,14 +274,14 @@ class BoundaryThreat(ThreatModel):
     attack: Literal["boundary"] = "boundary"
     backend: str = "foolbox"
     norm: Literal["l2"] = "l2"
-    steps: int = Field(25000, ge=1)
-    spherical_step: float = Field(0.01, gt=0)
-    source_step: float = Field(0.01, gt=0)
-    source_step_convergance: float = Field(1e-7, gt=0)
-    step_adaptation: float = Field(1.5, gt=1)
-    update_stats_every_k: int = Field(10, ge=1)
+    steps: WholeNumber = Field(25000, ge=1)
+    spherical_step: RealNumber = Field(0.01, gt=0)
+    source_step: RealNumber = Field(0.01, gt=0)
+    source_step_convergance: RealNumber = Field(1e-7, gt=0)
+    step_adaptation: RealNumber = Field(1.5, gt=1)
+    update_stats_every_k: WholeNumber = Field(10, ge=1)
     init_pool: Literal["train", "test"] = "train"
-    init_pool_size: int | None = Field(None, ge=1, description="use only the first N pool images (None: all; 50000 for train)")
+    init_pool_size: WholeNumber | None = Field(None, ge=1, description="use only the first N pool images (None: all; 50000 for train)")
     epsilon: Number | None = Field(None, description="report accuracy at this ℓ2 budget too")
 
 
@@ -277,19 +297,19 @@ class HopSkipJumpThreat(ThreatModel):
     attack: Literal["hsj"] = "hsj"
     backend: str = "art"
     norm: Literal["l2"] = "l2"
-    max_iter: int = Field(50, ge=1)
-    max_eval: int = Field(10000, ge=1)
-    init_eval: int = Field(100, ge=1)
-    init_size: int = Field(100, ge=1)
-    gamma: float = Field(1.0, gt=0, description="foolbox only: binary-search threshold factor")
+    max_iter: WholeNumber = Field(50, ge=1)
+    max_eval: WholeNumber = Field(10000, ge=1)
+    init_eval: WholeNumber = Field(100, ge=1)
+    init_size: WholeNumber = Field(100, ge=1)
+    gamma: RealNumber = Field(1.0, gt=0, description="foolbox only: binary-search threshold factor")
     stepsize_search: Literal["geometric_progression", "grid_search"] = "geometric_progression"
-    hsj_batch_size: int = Field(64, ge=1, description="ART only: batch of model queries")
+    hsj_batch_size: WholeNumber = Field(64, ge=1, description="ART only: batch of model queries")
     init_pool: Literal["noise", "train", "test"] = Field(
         "noise", description="starting point: noise = the toolkit's own uniform-noise search (ART: init_size "
         "draws; an image none of them misleads comes back unchanged); train/test = the ℓ2-closest image of that "
         "split the defense predicts as another label than the true one (as Boundary), passed as ART's "
         "x_adv_init / foolbox's starting_points")
-    init_pool_size: int | None = Field(None, ge=1, description="init_pool train/test: use only the first N pool "
+    init_pool_size: WholeNumber | None = Field(None, ge=1, description="init_pool train/test: use only the first N pool "
                                        "images (None: all; 50000 for train)")
     epsilon: Number | None = None
 
@@ -312,19 +332,19 @@ class ZooThreat(ThreatModel):
     attack: Literal["zoo"] = "zoo"
     backend: str = "art"
     norm: Literal["l2"] = "l2"
-    n_samples: int = Field(100, ge=1, description="random correctly classified images attacked")
-    confidence: float = 0.0
-    learning_rate: float = Field(0.01, gt=0)
-    max_iter: int = Field(100, ge=1)
-    binary_search_steps: int = Field(1, ge=1)
-    initial_const: float = Field(1e-3, gt=0)
-    nb_parallel: int = Field(128, ge=1)
-    variable_h: float = Field(1e-4, gt=0)
+    n_samples: WholeNumber = Field(100, ge=1, description="random correctly classified images attacked")
+    confidence: RealNumber = 0.0
+    learning_rate: RealNumber = Field(0.01, gt=0)
+    max_iter: WholeNumber = Field(100, ge=1)
+    binary_search_steps: WholeNumber = Field(1, ge=1)
+    initial_const: RealNumber = Field(1e-3, gt=0)
+    nb_parallel: WholeNumber = Field(128, ge=1)
+    variable_h: RealNumber = Field(1e-4, gt=0)
     use_resize: bool = False
     use_importance: bool = False
     abort_early: bool = True
-    zoo_batch_size: int = Field(1, ge=1, description="ART ZooAttack batch_size (images optimised together)")
-    batch_size: int = Field(1000, ge=1, description="images per attack call: the n_samples are drawn from each call's correctly classified images, so keep it ≥ the suite's chunk_size")
+    zoo_batch_size: WholeNumber = Field(1, ge=1, description="ART ZooAttack batch_size (images optimised together)")
+    batch_size: WholeNumber = Field(1000, ge=1, description="images per attack call: the n_samples are drawn from each call's correctly classified images, so keep it ≥ the suite's chunk_size")
     epsilon: Number | None = None
 
 
@@ -394,9 +414,9 @@ class SquareThreat(ThreatModel):
     backend: str = "autoattack"
     norm: Literal["linf", "l2"]
     epsilon: Number = Field(gt=0)
-    n_queries: int = Field(AUTOATTACK_SQUARE_QUERIES, ge=1)
-    p_init: float = Field(0.8, gt=0)
-    restarts: int = Field(1, ge=1)
+    n_queries: WholeNumber = Field(AUTOATTACK_SQUARE_QUERIES, ge=1)
+    p_init: RealNumber = Field(0.8, gt=0)
+    restarts: WholeNumber = Field(1, ge=1)
     rescale_schedule: bool = Field(False, description=_RESCALE_DOC)
 
     @model_validator(mode="before")
@@ -430,9 +450,9 @@ class AutoAttackThreat(ThreatModel):
     epsilon: Number = Field(gt=0)
     version: Literal["standard", "plus", "rand", "custom"] = "standard"
     attacks_to_run: list[str] = Field(default_factory=list)
-    n_queries: int = Field(5000, ge=1, description="Square's query budget")
-    apgd_iterations: int | None = Field(None, ge=1, description="APGD-CE/DLR and APGD-T iterations (None: the version's 100)")
-    apgd_restarts: int | None = Field(
+    n_queries: WholeNumber = Field(5000, ge=1, description="Square's query budget")
+    apgd_iterations: WholeNumber | None = Field(None, ge=1, description="APGD-CE/DLR and APGD-T iterations (None: the version's 100)")
+    apgd_restarts: WholeNumber | None = Field(
         None, ge=1, description="APGD-CE/DLR restarts (None: the version's own — 1 in standard, 5 in custom)")
     rescale_schedule: bool = Field(False, description="Square's schedule: " + _RESCALE_DOC + " (only where Square "
                                    "runs: standard, plus, or custom with square)")
@@ -464,8 +484,8 @@ class RandomSearchThreat(ThreatModel):
     attack: Literal["random_search"] = "random_search"
     norm: Literal["linf"] = "linf"
     epsilon: Number = Field(gt=0)
-    n_queries: int = Field(100, ge=1)
-    p_init: float = Field(0.1, gt=0, le=1, description="the first window's share of the image area")
+    n_queries: WholeNumber = Field(100, ge=1)
+    p_init: RealNumber = Field(0.1, gt=0, le=1, description="the first window's share of the image area")
 
 
 # -- threat models holding threat models ---------------------------------------------------

@@ -29,11 +29,13 @@ class ChunkResult:
     seconds: float
     spec_hash: str | None = None           # plan.job_spec_hash: what the records are of
     defense_fingerprint: str | None = None  # Defense.fingerprint(): which weights
+    code_fingerprint: str | None = None     # Defense.code_fingerprint(): which code and configuration
     data: dict[str, str] | None = None      # the images: dataset, split, data hash (as run.json's)
 
     def to_dict(self) -> dict:
         return {"job": self.job.to_dict(), "spec_hash": self.spec_hash,
                 "defense_fingerprint": self.defense_fingerprint, "seconds": self.seconds,
+                **({"code_fingerprint": self.code_fingerprint} if self.code_fingerprint else {}),
                 **({"data": self.data} if self.data else {}), "records": self.records}
 
 
@@ -46,6 +48,7 @@ class Worker:
         self._data_id: dict[str, str] | None = None
         self._defenses: dict[str, Defense] = {}
         self._fingerprints: dict[str, str] = {}
+        self._code_fingerprints: dict[str, str] = {}
         self._cache: dict[str, Any] = {}
 
     @property
@@ -64,8 +67,12 @@ class Worker:
     def defense(self, index: int) -> Defense:
         spec = self.suite.defenses[index]
         if spec.label not in self._defenses:
-            defense = build_defense(spec.ref, spec.params, name=spec.label)
+            defense = build_defense(spec.load_ref, spec.params, name=spec.label)
             self._fingerprints[spec.label] = defense.fingerprint()
+            self._code_fingerprints[spec.label] = defense.code_fingerprint()
+            adapted = self.suite.adaptation(spec.label)
+            if adapted is not None:  # what the probes found (undeclared randomness, exact preprocess gradients)
+                adapted.apply(defense)
             self._defenses[spec.label] = defense.to(self.device)
         return self._defenses[spec.label]
 
@@ -76,11 +83,16 @@ class Worker:
             progress(0, STARTED)
         defense = self.defense(job.defense_index)
         threat = self.suite.threat_models[job.threat_index]
+        adapted = self.suite.adaptation(job.defense)
+        if adapted is not None:  # auto: the threat model as the probes adapt it to this defense
+            threat, _ = adapted.threat(threat)
         part = self.data.take(range(job.start, job.stop))
         ctx = AttackContext(defense=defense, device=self.device, seed=job.seed, progress=progress,
                             data_root=self.data_root, cache=self._cache, build_defense=build_defense,
+                            no_gradient=adapted.no_gradient if adapted is not None else "",
                             n_classes=self.data.n_classes, input_shape=self.data.image_shape,
                             dataset=self.data.dataset)
         records = evaluate_threat(defense, threat, part.x, part.y, part.idx, ctx)
         return ChunkResult(job, records, time.perf_counter() - t0, job_spec_hash(self.suite, job),
-                           self._fingerprints[job.defense], self.data_id)
+                           self._fingerprints[job.defense], code_fingerprint=self._code_fingerprints.get(job.defense),
+                           data=self.data_id)

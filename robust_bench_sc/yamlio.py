@@ -12,8 +12,49 @@ class ConfigError(ValueError):
     """A configuration file is malformed; the message names file, line and key."""
 
 
+#: the most values (scalars, list entries, mapping entries) a YAML document may expand to, its
+#: aliases followed: a suite has a few thousand at most; "billion laughs" (nested aliases that
+#: each repeat the one before) grows past any memory, and is refused before it is built
+MAX_EXPANDED_NODES = 100_000
+
+
 class _LineLoader(yaml.SafeLoader):
-    pass
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node)
+        return super().construct_document(node)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand to more than :data:`MAX_EXPANDED_NODES` values.
+    Each node's expanded size is counted once (memoised on the shared node an alias points
+    to), so the check is linear in the document as written."""
+    sizes: dict[int, int] = {}
+    visiting: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        if isinstance(node, yaml.ScalarNode):
+            sizes[key] = 1
+            continue
+        kids = [k for pair in node.value for k in pair] if isinstance(node, yaml.MappingNode) else list(node.value)
+        if not expanded:
+            if key in visiting:  # reached again while expanding itself: `&a [*a]`
+                raise ConfigError(f"line {node.start_mark.line + 1}: a YAML alias refers to the value that "
+                                  "contains it (a recursive value); write the values out")
+            visiting.add(key)
+            stack.append((node, True))
+            stack.extend((k, False) for k in kids if id(k) not in sizes)
+            continue
+        visiting.discard(key)
+        total = 1 + sum(sizes[id(k)] for k in kids)
+        sizes[key] = total
+        if total > MAX_EXPANDED_NODES:
+            raise ConfigError(f"YAML aliases at line {node.start_mark.line + 1} expand to more than "
+                              f"{MAX_EXPANDED_NODES} values (nested '*' aliases repeating each other); write "
+                              "the values out, or use fewer aliases")
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> LinedDict:
@@ -74,6 +115,8 @@ def load_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: YAML syntax error at {where}: {exc.problem}") from None
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:  # a control character (ReaderError), and any other unmarked YAML error
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
 def line_of(data: Any, loc: tuple) -> int | None:

@@ -271,3 +271,45 @@ def test_suite_rebuilt_from_its_resolved_config_plans_the_same_jobs(path):
         assert [job_spec_hash(again, j) for j in plan_jobs(again)] == [job_spec_hash(suite, j) for j in plan_jobs(suite)]
     with pytest.raises(ConfigError, match="run.json: no resolved suite configuration"):
         suite_from_resolved({"name": "x"}, "run.json")
+
+
+def test_one_threat_model_resolution_for_suites_api_and_diagnose(tmp_path):
+    """Issue 36: ``use:`` and names are resolved by one function (config.resolve_threat_entry);
+    a suite, ``benchmark()`` and ``diagnose --active`` get the same threat model from the same entry."""
+    from robust_bench_sc.api import _threat_model
+    from robust_bench_sc.binarization import resolve_threat
+
+    suite = load_suite(write(tmp_path, """
+        name: t
+        data: {n_images: 20, chunk_size: 10}
+        defenses: [madry_pgd_at]
+        threat_models:
+          - {use: linf_pgd_ce, steps: 20}
+          - linf_pgd_cw
+        """))
+    by_suite = {t.name: t.model_dump() for t in suite.threat_models}
+    assert by_suite["linf_pgd_ce"]["steps"] == 20 and by_suite["linf_pgd_ce"]["restarts"] == 100
+    assert _threat_model({"use": "linf_pgd_ce", "steps": 20}, 0).model_dump() == by_suite["linf_pgd_ce"]
+    assert resolve_threat("linf_pgd_ce", ["steps=20"]).model_dump() == by_suite["linf_pgd_ce"]
+    assert _threat_model("linf_pgd_cw", 1).model_dump() == by_suite["linf_pgd_cw"]
+    assert resolve_threat(str(REPO_ROOT / "attack_suites" / "linf_pgd_cw.yaml")).model_dump() == by_suite["linf_pgd_cw"]
+    # bad input: a use: of a file that is not a mapping, an unknown use:, each one line with file and line
+    (tmp_path / "attack_suites").mkdir()
+    (tmp_path / "attack_suites" / "listy.yaml").write_text("- attack: pgd\n")
+    (tmp_path / "suites").mkdir()
+    bad = write(tmp_path / "suites", """
+        name: t
+        data: {n_images: 20, chunk_size: 10}
+        defenses: [madry_pgd_at]
+        threat_models:
+          - clean
+          - {use: listy, steps: 2}
+        """)
+    with pytest.raises(ConfigError) as exc:
+        load_suite(bad)
+    msg = str(exc.value)
+    assert "suite.yaml, line 6: threat_models[1]:" in msg and "listy.yaml: a threat model must be a mapping" in msg
+    assert "\n" not in msg
+    with pytest.raises(ConfigError, match=r"line 6: threat_models\[1\]: unknown threat model 'lnf_pgd_ce' "
+                                          r"\(did you mean 'linf_pgd_ce'"):
+        load_suite(write(tmp_path / "suites", bad.read_text().replace("listy", "lnf_pgd_ce")))

@@ -46,6 +46,9 @@ class AttackContext:
     # source): ``build_defense(ref, params, name=label)``; the runner's workers pass
     # ``plugins.build_defense``, so the engine itself never imports the plug-ins
     build_defense: Callable[..., Defense] | None = None
+    # why gradient attacks cannot run on this defense (robust_bench_sc.adapt: the probes found no usable
+    # gradient, BPDA included); "" when they can. evaluate_threat records such a column as not applicable
+    no_gradient: str = ""
     # what the dataset's images are: logits per image (checked) and (C, H, W) of one image
     n_classes: int = 10
     input_shape: tuple[int, int, int] = (3, 32, 32)
@@ -63,7 +66,7 @@ class AttackContext:
 
     def on(self, defense: Defense) -> AttackContext:
         """The same context (device, seed, progress, cache, builder) for another defense."""
-        return replace(self, defense=defense)
+        return replace(self, defense=defense, no_gradient="")
 
     def bpda_name(self, threat: ThreatModel) -> str | None:
         """Resolve ``bpda: auto`` to the defense's declared default stand-in."""

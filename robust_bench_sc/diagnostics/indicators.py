@@ -27,6 +27,7 @@ from robust_bench_sc.diagnostics.base import (FAIL, MASKING, OPTIMISATION, PASS,
                                               Status, indicator)
 from robust_bench_sc.diagnostics.run import DiagnosticRun, Records
 from robust_bench_sc.norms import Norm
+from robust_bench_sc.probes import bad_gradients, input_gradient
 from robust_bench_sc.threat_models import RandomSearchThreat, SquareThreat
 
 
@@ -121,31 +122,17 @@ def transfer_failure(run: DiagnosticRun) -> Outcome:
 
 
 def input_gradients(run: DiagnosticRun, model: torch.nn.Module) -> tuple[torch.Tensor, str | None]:
-    """Per-image CE input gradients of ``model`` and None, or zeros and why the graph is broken."""
+    """Per-image CE input gradients of ``model`` and None, or zeros and why the graph is broken
+    (:func:`robust_bench_sc.probes.input_gradient`, batch by batch)."""
     grads = []
     for i in range(0, run.n, run.cfg.batch_size):
-        xb = run.x[i: i + run.cfg.batch_size].to(run.device).clone().requires_grad_(True)
+        xb = run.x[i: i + run.cfg.batch_size].to(run.device)
         yb = run.y[i: i + run.cfg.batch_size].to(run.device)
-        try:
-            with torch.enable_grad():
-                out = model(xb)
-                if not out.requires_grad:
-                    return torch.zeros_like(run.x), "the output does not depend on the input in the autograd graph"
-                (g,) = torch.autograd.grad(F.cross_entropy(out, yb, reduction="sum"), xb, allow_unused=True)
-        except RuntimeError as exc:
-            return torch.zeros_like(run.x), f"backward raised: {str(exc).splitlines()[0][:120]}"
-        if g is None:
-            return torch.zeros_like(run.x), "the input is not part of the autograd graph"
-        grads.append(g.detach().cpu())
+        g, broken = input_gradient(model, xb, lambda out: F.cross_entropy(out, yb, reduction="none"))
+        if broken is not None or g is None:
+            return torch.zeros_like(run.x), broken
+        grads.append(g.cpu())
     return torch.cat(grads), None
-
-
-def bad_gradients(g: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per image: all-zero, non-finite, and either."""
-    f = g.flatten(1)
-    nonfinite = ~torch.isfinite(f).all(1)
-    zero = (f == 0).all(1)
-    return {"zero": zero & ~nonfinite, "nonfinite": nonfinite, "bad": zero | nonfinite}
 
 
 @indicator("unavailable_gradients", "unavailable gradients", "Pintor et al. 2022; AutoAttack", MASKING)
@@ -212,12 +199,12 @@ def randomness(run: DiagnosticRun, clean_logits: torch.Tensor) -> Outcome:
     mask = spread > 1e-5 * scale
     preds_vary = (outs.argmax(2) != outs[0:1].argmax(2)).any(0)
     k = int(mask.sum())
-    declared = run.randomised
+    declared = run.declared_randomised
     status: Status
     if k and not declared:
         status, ev = FAIL, (f"{k}/{run.n} images get different outputs over {c.random_passes} forward passes "
                             f"({int(preds_vary.sum())} change prediction) but the defense does not declare "
-                            f"randomised=True: attacks ran without EOT and successes were not re-checked")
+                            f"randomised=True; treated as randomised here (the probes: EOT and re-checks), declare it")
     elif k:
         status, ev = PASS, (f"randomised (declared): {k}/{run.n} outputs vary, {int(preds_vary.sum())} predictions; "
                             f"attacks use eot={c.eot}, recheck={c.random_passes}")

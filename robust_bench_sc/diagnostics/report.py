@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class DiagnosticsReport:
     wall_seconds: float
     attack_seconds: dict[str, float]
     created_at: str
+    probes: dict[str, Any] | None = None  # robust_bench_sc.probes.ProbeFindings.to_dict(), run before any attack
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,26 +110,40 @@ def diagnose(defense: Defense, cfg: DiagnosticsConfig | None = None, log: Callab
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     run = DiagnosticRun(defense, cfg, log)
+    from robust_bench_sc.probes import probe_defense
+
+    # probes first (a few images, their own random state): undeclared randomness is treated as randomised
+    # from here on (EOT, PGD's stopping rule, re-checks); the randomness indicator still reports the declaration
+    found = probe_defense(defense, run.x[:8], run.y[:8], device=run.device, seed=cfg.seed)
+    declared = defense.capabilities  # restored at the end: the caller's defense is left as it was
+    if found.undeclared_randomness:
+        defense.capabilities = replace(defense.capabilities, randomised=True)
+        if log:
+            log(found.summary_lines()[0])
     names = sorted(only or INDICATORS.names(), key=lambda n: (n != "unconstrained_attack", *_rank(n)))
     inputs: dict[str, Any] = {}
     results = []
-    for name in names:
-        ind: Indicator = INDICATORS.get(name)
-        if name in cfg.skip:
-            results.append(ind.result(Outcome(SKIP, "skipped (--skip)")))
-            continue
-        if log:
-            log(f"indicator {name}")
-        results.append(run_indicator(ind, run, inputs))
-    results.sort(key=lambda r: _rank(r.name))
-    code, text = verdict(results, run)
+    try:
+        for name in names:
+            ind: Indicator = INDICATORS.get(name)
+            if name in cfg.skip:
+                results.append(ind.result(Outcome(SKIP, "skipped (--skip)")))
+                continue
+            if log:
+                log(f"indicator {name}")
+            results.append(run_indicator(ind, run, inputs))
+        results.sort(key=lambda r: _rank(r.name))
+        code, text = verdict(results, run)
+    finally:
+        defense.capabilities = declared
     plain = inputs.get("plain")
     return DiagnosticsReport(
         defense=defense.name, config=asdict(cfg), n_images=run.n,
         clean_accuracy=float(run.correct.float().mean()),
         plain_robust_accuracy=float(plain.robust.float().mean()) if plain is not None else float("nan"),
         indicators=results, verdict=text, verdict_code=code, wall_seconds=round(time.perf_counter() - t0, 1),
-        attack_seconds=dict(run.attack_seconds), created_at=_dt.datetime.now().isoformat(timespec="seconds"))
+        attack_seconds=dict(run.attack_seconds), created_at=_dt.datetime.now().isoformat(timespec="seconds"),
+        probes=found.to_dict())
 
 
 def _capital(text: str) -> str:
@@ -155,6 +170,11 @@ def report_markdown(rep: DiagnosticsReport) -> str:
         fl = "—" if r.flagged is None else str(len(r.flagged))
         lines.append(f"| {r.title} (`{r.name}`) | {r.source} | **{_ICON[r.status]}** | {r.evidence.replace('|', '/')} "
                      f"| {fl} |")
+    if rep.probes is not None:  # reports from before the probes render as they were committed
+        from robust_bench_sc.probes import ProbeFindings
+
+        lines += ["", f"Probes ({rep.probes.get('n_images')} images, before any attack):", ""]
+        lines += [f"- {line}" for line in ProbeFindings.from_dict(rep.probes).summary_lines()]
     lines += ["", f"**Verdict:** {rep.verdict}", ""]
     return "\n".join(lines)
 

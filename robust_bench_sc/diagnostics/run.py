@@ -52,6 +52,8 @@ class DiagnosticRun:
 
         self.defense = defense
         self.cfg = cfg
+        # as declared, before the probes may treat an undeclared randomised defense as randomised
+        self.declared_randomised = bool(defense.capabilities.randomised)
         self.device = torch.device(cfg.device)
         defense.to(self.device).eval()
         split = load_test(cfg.n_images)

@@ -60,7 +60,7 @@ def run_suite_diagnostics(suite, run_dir: str | Path, device: str = "cpu", conso
                     continue
             except ValueError:
                 pass
-        defense = build_defense(spec.ref, spec.params, name=spec.label)
+        defense = build_defense(spec.load_ref, spec.params, name=spec.label)
         log = (lambda s, label=spec.label: console.print(f"  diagnostics {label}: {s}")) if console else None
         rep = diagnose(defense, cfg, log=log)
         save_report(rep, out, stem)

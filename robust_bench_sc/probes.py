@@ -1,0 +1,304 @@
+"""Probes: what a defense *is*, measured on a few images in seconds, before any attack.
+
+Carlini et al. 2019's checklist asks the evaluator to find out whether a defense is
+randomised, whether its gradients exist, and whether its softmax saturates; a defense's
+own declarations (``Capabilities``) may be wrong or missing. :func:`probe_defense` measures
+each on the images it is given:
+
+- **randomness**: ``n_passes`` forward passes on the same inputs; logits that differ (beyond
+  float noise) mean the defense is randomised, declared or not;
+- **gradient**: the input gradient of the loss through the exact defense (preprocess and
+  classifier), ``missing`` (the graph is broken: a ``.detach()``, a numpy round trip, a
+  backward that raises), ``zero`` (a quantisation step, ``torch.round``), ``nonfinite``, or
+  ``ok``. The gradient of the margin (CW) loss decides, since CE's gradient vanishes on a
+  saturated softmax for reasons of its own (the saturation probe says so);
+- **preprocess differentiability**: the same check through the preprocess alone (None when
+  the defense has no separate preprocess);
+- **saturation**: softmax one-hot (max probability ≥ 1 − 1e-6) or a CE input gradient that
+  underflows to zero where the margin's does not.
+
+A probe that cannot run (the defense raises, or returns something that is not a batch of
+finite logits) raises :class:`ProbeError`, one line naming the probe. Probes change no
+global random state and leave the defense's modules in the mode they found them in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robust_bench_sc.defense import Defense
+
+GradientStatus = Literal["ok", "missing", "zero", "nonfinite"]
+GRADIENT_STATUSES: tuple[str, ...] = get_args(GradientStatus)
+
+SATURATION_GAP = 1e-6     # softmax max ≥ 1 − this: one-hot
+RANDOM_REL_TOL = 1e-5     # logits differing by more than this × max(|logit|, 1) differ (the diagnostics' rule)
+MAJORITY = 0.5            # share of images that makes an image-level finding the defense's
+
+
+class ProbeError(Exception):
+    """A probe could not run: the defense raised, or returned something that is not logits."""
+
+
+@dataclass(frozen=True)
+class ProbeFindings:
+    """What the probes found on ``n_images`` images (``run.json``: ``probes[<defense>]``).
+
+    randomised: observed — forward passes on the same inputs disagree.
+    randomised_declared: ``Capabilities.randomised``.
+    prediction_flip_frac: share of images whose predicted label changed across the passes.
+    gradient: the exact defense's input gradient: ok / missing / zero / nonfinite.
+    gradient_detail: one line, the evidence.
+    preprocess_differentiable: the preprocess alone has a usable gradient (None: no preprocess).
+    saturated / saturated_frac: softmax one-hot or CE gradient underflow, on most images / the share.
+    """
+
+    n_images: int
+    randomised: bool
+    randomised_declared: bool
+    prediction_flip_frac: float
+    gradient: str
+    gradient_detail: str
+    preprocess_differentiable: bool | None
+    saturated: bool
+    saturated_frac: float
+    seconds: float
+    n_passes: int = 4
+
+    def __post_init__(self) -> None:
+        if self.gradient not in GRADIENT_STATUSES:
+            raise ValueError(f"gradient {self.gradient!r}; allowed: {', '.join(GRADIENT_STATUSES)}")
+
+    @property
+    def treat_as_randomised(self) -> bool:
+        """Randomised as observed or as declared: attacks need EOT, successes a re-check."""
+        return self.randomised or self.randomised_declared
+
+    @property
+    def undeclared_randomness(self) -> bool:
+        return self.randomised and not self.randomised_declared
+
+    @property
+    def gradient_ok(self) -> bool:
+        return self.gradient == "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["prediction_flip_frac"] = round(self.prediction_flip_frac, 6)
+        d["saturated_frac"] = round(self.saturated_frac, 6)
+        d["seconds"] = round(self.seconds, 3)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ProbeFindings":
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def summary_lines(self) -> list[str]:
+        """One line per finding and what it implies for the attacks."""
+        n, k = self.n_images, round(self.prediction_flip_frac * self.n_images)
+        passes = f"{self.n_passes} passes"
+        if self.undeclared_randomness:
+            rand = (f"randomised (not declared): {k}/{n} predictions changed over {passes}, logits differ -> "
+                    "treated as randomised, EOT on")
+        elif self.randomised:
+            rand = f"randomised (declared): {k}/{n} predictions changed over {passes}, logits differ -> EOT on"
+        elif self.randomised_declared:
+            rand = (f"declared randomised, but {passes} gave identical logits on {n} images -> treated as "
+                    "randomised, as declared (EOT on)")
+        else:
+            rand = f"deterministic: {passes} gave identical logits on {n} images -> no EOT"
+        implications = {
+            "ok": "gradient attacks follow it",
+            "missing": "gradient attacks cannot follow it: BPDA for a preprocess; a break inside the classifier "
+                       "leaves gradient columns not applicable",
+            "zero": "gradient attacks see a flat loss (gradient masking): BPDA for a preprocess, else rely on "
+                    "gradient-free and transfer attacks",
+            "nonfinite": "gradient attacks step on NaN/inf: rely on gradient-free and transfer attacks",
+        }
+        grad = f"gradient {self.gradient}: {self.gradient_detail} -> {implications[self.gradient]}"
+        lines = [rand, grad]
+        if self.preprocess_differentiable is None:
+            lines.append("preprocess: none separate (the classifier is the whole defense)")
+        elif self.preprocess_differentiable:
+            lines.append("preprocess differentiable -> bpda: auto keeps its exact gradients")
+        else:
+            lines.append("preprocess not differentiable -> bpda: auto uses a stand-in (identity unless declared)")
+        s = round(self.saturated_frac * n)
+        if self.saturated:
+            lines.append(f"saturated: {s}/{n} images have a one-hot softmax or a CE gradient that underflows -> "
+                         "margin (DLR/CW) loss leads")
+        else:
+            lines.append(f"not saturated: {s}/{n} images with a one-hot softmax")
+        return lines
+
+
+# --------------------------------------------------------------------------- helpers
+def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Max wrong logit − true logit, per image (as ``attacks.pgd.margin_loss``, imported lazily there)."""
+    from robust_bench_sc.attacks.pgd import margin_loss as _margin
+
+    return _margin(logits, y)
+
+
+def bad_gradients(g: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per image: all-zero, non-finite, and either."""
+    f = g.flatten(1)
+    nonfinite = ~torch.isfinite(f).all(1)
+    zero = (f == 0).all(1)
+    return {"zero": zero & ~nonfinite, "nonfinite": nonfinite, "bad": zero | nonfinite}
+
+
+def input_gradient(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                   loss: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor | None, str | None]:
+    """The gradient of ``loss(model(x)).sum()`` with respect to ``x`` and None, or None and
+    why there is none (one line): the output is not in the autograd graph, the input is not
+    part of it, or backward raised."""
+    grads, broken = input_gradients(model, x, [loss])
+    return (None, broken) if grads is None else (grads[0], None)
+
+
+def input_gradients(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                    losses: list[Callable[[torch.Tensor], torch.Tensor]]
+                    ) -> tuple[list[torch.Tensor] | None, str | None]:
+    """:func:`input_gradient` of each of ``losses``, from one forward pass."""
+    xr = x.detach().clone().requires_grad_(True)
+    out_grads = []
+    with torch.enable_grad():
+        out = model(xr)
+        if not isinstance(out, torch.Tensor) or not out.requires_grad:
+            return None, "the output does not require grad (the autograd graph is broken: .detach(), numpy, no_grad)"
+        for k, loss in enumerate(losses):
+            try:
+                (g,) = torch.autograd.grad(loss(out).sum(), xr, allow_unused=True, retain_graph=k < len(losses) - 1)
+            except RuntimeError as exc:
+                return None, f"backward raised: {str(exc).splitlines()[0][:120]}"
+            if g is None:
+                return None, "the input is not part of the autograd graph"
+            out_grads.append(g.detach())
+    return out_grads, None
+
+
+def gradient_status(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                    y: torch.Tensor) -> tuple[str, str, torch.Tensor | None]:
+    """(status, one-line detail, per-image CE-gradient-all-zero mask or None) of ``model``'s
+    input gradient on ``x``: the margin loss's gradient decides ok / zero / nonfinite; the
+    CE gradient is returned for the saturation probe."""
+    grads, broken = input_gradients(model, x, [lambda out: margin_loss(out, y),
+                                               lambda out: F.cross_entropy(out, y, reduction="none")])
+    n = x.shape[0]
+    if grads is None:
+        return "missing", str(broken), None
+    g, ce = grads
+    b = bad_gradients(g)
+    k_zero, k_nf = int(b["zero"].sum()), int(b["nonfinite"].sum())
+    detail = f"{k_zero}/{n} all-zero, {k_nf}/{n} non-finite input gradients (margin loss)"
+    ce_zero = bad_gradients(ce)["zero"].cpu()
+    if k_nf:
+        return "nonfinite", detail, ce_zero
+    if k_zero >= max(1, MAJORITY * n):
+        return "zero", detail, ce_zero
+    return "ok", detail, ce_zero
+
+
+@contextmanager
+def _eval_mode(defense: Defense) -> Iterator[None]:
+    """Every module of the defense in eval mode while probing, restored afterwards."""
+    modes = [(m, m.training) for top in defense.modules() for m in top.modules()]
+    try:
+        for top in defense.modules():
+            top.eval()
+        yield
+    finally:
+        for m, training in modes:
+            m.train(training)
+
+
+def _raised(probe: str, defense: Defense, exc: BaseException) -> str:
+    msg = str(exc).splitlines()[0][:160] if str(exc).strip() else ""
+    return (f"probe {probe!r} on defense {defense.name!r}: the defense raised "
+            f"{type(exc).__name__}{': ' + msg if msg else ''}")
+
+
+def _call(probe: str, defense: Defense, fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except ProbeError:
+        raise
+    except Exception as exc:  # the defense's own code: any exception is a probe that could not run
+        raise ProbeError(_raised(probe, defense, exc)) from None
+
+
+def _logits(probe: str, defense: Defense, x: torch.Tensor) -> torch.Tensor:
+    from robust_bench_sc.evaluate import DefenseOutputError, checked_logits
+
+    try:
+        out = checked_logits(defense, x)
+    except DefenseOutputError as exc:
+        raise ProbeError(f"probe {probe!r}: {exc}") from None
+    except Exception as exc:  # the defense's own code
+        raise ProbeError(_raised(probe, defense, exc)) from None
+    if not torch.isfinite(out).all():
+        bad = int((~torch.isfinite(out).all(1)).sum())
+        raise ProbeError(f"probe {probe!r} on defense {defense.name!r}: non-finite logits (NaN or inf) on {bad} of "
+                         f"{x.shape[0]} clean images")
+    return out.detach()
+
+
+# --------------------------------------------------------------------------- the probes
+def probe_defense(defense: Defense, x: torch.Tensor, y: torch.Tensor, *, device: str | torch.device = "cpu",
+                  n_passes: int = 4, seed: int = 0) -> ProbeFindings:
+    """Run every probe on images ``x`` (labels ``y``; a few, e.g. 8) through ``defense``
+    (already on ``device``). Deterministic for a given ``seed``; global RNG state is restored."""
+    if n_passes < 2:
+        raise ValueError("n_passes must be >= 2 (randomness is disagreement between passes)")
+    if x.shape[0] == 0 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"probe images: {x.shape[0]} images and {y.shape[0]} labels; need at least one of each")
+    t0 = time.perf_counter()
+    dev = torch.device(device)
+    x, y = x.to(dev).float(), y.to(dev).long()
+    n = int(x.shape[0])
+    devices = [dev] if dev.type == "cuda" else []
+    with _eval_mode(defense), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        # randomness: n_passes forward passes on the same inputs
+        with torch.no_grad():
+            outs = torch.stack([_logits("randomness", defense, x).float() for _ in range(n_passes)])
+        spread = (outs - outs[0:1]).abs().flatten(2).amax(dim=(0, 2))
+        scale = outs[0].abs().amax(1).clamp_min(1.0)
+        randomised = bool((spread > RANDOM_REL_TOL * scale).any())
+        flips = (outs.argmax(2) != outs[0:1].argmax(2)).any(0)
+        # gradient through the exact defense (its own forward: preprocess + classifier)
+        grad, detail, ce_zero = _call("gradient", defense, lambda: gradient_status(defense, x, y))
+        # the preprocess alone
+        pre: bool | None = None
+        if defense.preprocess is not None:
+            pre_module: nn.Module = defense.preprocess
+            gen = torch.Generator().manual_seed(seed + 1)
+
+            def projected(h: torch.Tensor) -> torch.Tensor:  # a random projection: no cancellation to zero
+                return (h * torch.randn(h.shape, generator=gen).to(h.device, h.dtype)).flatten(1).sum(1)
+
+            g, broken = _call("preprocess gradient", defense, lambda: input_gradient(pre_module, x, projected))
+            pre = broken is None and g is not None and not bool(bad_gradients(g)["nonfinite"].any()) \
+                and int(bad_gradients(g)["zero"].sum()) < max(1, MAJORITY * n)
+    # saturation: one-hot softmax (in float64: the gap is below float32's resolution near 1), or a CE
+    # gradient that underflowed where the margin's did not
+    logp = torch.log_softmax(outs[0].double(), 1)
+    one_hot = (1 - logp.max(1).values.exp()) <= SATURATION_GAP
+    sat = one_hot.cpu()
+    if grad == "ok" and ce_zero is not None:
+        sat = sat | ce_zero
+    sat_frac = float(sat.float().mean())
+    return ProbeFindings(n_images=n, randomised=randomised, randomised_declared=bool(defense.capabilities.randomised),
+                         prediction_flip_frac=float(flips.float().mean()), gradient=grad, gradient_detail=detail,
+                         preprocess_differentiable=pre, saturated=sat_frac >= MAJORITY, saturated_frac=sat_frac,
+                         seconds=time.perf_counter() - t0, n_passes=n_passes)

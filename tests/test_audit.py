@@ -1,0 +1,245 @@
+"""`scbench audit`: the cascade the probes choose, the verdict, and the audit of each archetype
+of defenses/archetypes against a tailored attack written here (the truth).
+
+Default tests: the planning and verdict rules on synthetic probe findings, and one real audit
+(the quantiser inside the classifier: no gradient, no abort) on 4 images. The archetype-by-
+archetype comparisons run a few minutes each on a CPU: ``@pytest.mark.slow``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from robust_bench_sc.audit import (BUDGETS, GRADIENT_MEMBERS, AuditError, CascadePlan, attack_gradient, audit,
+                                   cascade_outcome, plan_cascade, verdict)
+from robust_bench_sc.data import load_test
+from robust_bench_sc.plugins import build_defense
+from robust_bench_sc.probes import ProbeFindings
+
+EPS = 8 / 255
+TINY = replace(BUDGETS["quick"], apgd_iterations=10, eot=3, recheck=2, square_queries=50, square_eot=2,
+               transfer_steps=10, indicators=False, binarization=False)
+
+
+def findings(**kw) -> ProbeFindings:
+    d = dict(n_images=8, randomised=False, randomised_declared=False, prediction_flip_frac=0.0, gradient="ok",
+             gradient_detail="non-zero", preprocess_differentiable=None, saturated=False, saturated_frac=0.0,
+             seconds=0.1)
+    d.update(kw)
+    return ProbeFindings(**d)
+
+
+@pytest.fixture(scope="module")
+def madry():
+    return build_defense("defenses.archetypes:madry")
+
+
+# --------------------------------------------------------------------------- planning rules
+def test_plan_honest_defense_runs_apgd_then_transfer_then_square(madry):
+    plan = plan_cascade(madry, findings(), BUDGETS["standard"])
+    names = [m["name"] for m in plan.members]
+    assert names == ["apgd-ce", "apgd-dlr", "apgd-t", "transfer:madry_pgd_at", "square"]
+    assert all(m.get("eot", 1) == 1 for m in plan.members) and not plan.skipped
+    sq = plan.members[-1]
+    assert sq["n_queries"] == 5000 and sq["rescale_schedule"] is False  # AutoAttack's own schedule at 5000
+    assert plan.members[0]["apgd_iterations"] == 100
+
+
+def test_plan_saturated_puts_dlr_first(madry):
+    plan = plan_cascade(madry, findings(saturated=True, saturated_frac=1.0), BUDGETS["standard"])
+    assert [m["name"] for m in plan.members][:2] == ["apgd-dlr", "apgd-ce"]
+    assert "saturated" in plan.reasons["apgd-dlr"][0]
+
+
+def test_plan_randomised_uses_eot_and_recheck_everywhere(madry):
+    plan = plan_cascade(madry, findings(randomised=True, prediction_flip_frac=0.25), BUDGETS["standard"])
+    grad = [m for m in plan.members if m["name"] in GRADIENT_MEMBERS]
+    assert grad and all(m["eot"] == 20 and m["recheck"] == 5 for m in grad)
+    assert all(m["recheck"] == 5 for m in plan.members)
+    assert any("not declared" in r for r in plan.reasons["apgd-ce"])
+
+
+def test_plan_without_gradient_leaves_gradient_attacks_out_with_the_reason(madry):
+    plan = plan_cascade(madry, findings(gradient="missing", gradient_detail="graph broken"), BUDGETS["standard"],
+                        gradient=("missing", "graph broken"))
+    assert [s["attack"] for s in plan.skipped] == list(GRADIENT_MEMBERS)
+    assert all("not applicable (no gradient)" in s["reason"] for s in plan.skipped)
+    assert [m["name"] for m in plan.members] == ["transfer:madry_pgd_at", "transfer:trades", "square"]
+    # a rescaled Square schedule whenever the budget is not AutoAttack's 5000 queries
+    assert plan_cascade(madry, findings(), replace(BUDGETS["standard"], square_queries=1000)).members[-1][
+        "rescale_schedule"] is True
+
+
+def test_gradient_through_the_quantiser_is_missing_and_through_madry_ok(madry):
+    s = load_test(2)
+    q = build_defense("defenses.archetypes:quantised_classifier")
+    assert attack_gradient(q, None, s.x, s.y)[0] == "missing"
+    assert attack_gradient(madry, None, s.x, s.y)[0] == "ok"
+
+
+# --------------------------------------------------------------------------- verdict rules
+def _records(fooled_by: list[str]) -> list[dict]:
+    return [{"index": i, "clean_correct": f != "misclassified", "robust": f == "", "fooled_by": "" if f ==
+             "misclassified" else f} for i, f in enumerate(fooled_by)]
+
+
+def _plan(gradient=True, randomised=False) -> CascadePlan:
+    names = [*(GRADIENT_MEMBERS if gradient else ()), "transfer:madry_pgd_at", "square"]
+    return CascadePlan(members=[{"name": n} for n in names], reasons={}, skipped=[], randomised=randomised,
+                       bpda=None, gradient_attacks=gradient, eot=20 if randomised else 1)
+
+
+def test_cascade_outcome_counts_each_attack_on_the_images_it_ran_on():
+    recs = _records(["apgd-ce", "apgd-ce", "", "square", "misclassified", ""])
+    out = cascade_outcome(recs, [*GRADIENT_MEMBERS, "transfer:madry_pgd_at", "square"])
+    per = {m["name"]: m for m in out["per_attack"]}
+    assert (per["apgd-ce"]["ran_on"], per["apgd-ce"]["fooled"]) == (5, 2)
+    assert (per["square"]["ran_on"], per["square"]["fooled"], per["square"]["robust_accuracy"]) == (3, 1, 66.67)
+    assert out["worst_case"]["robust"] == 2 and out["worst_case"]["robust_accuracy"] == pytest.approx(33.33)
+    lo, hi = out["worst_case"]["ci95"]
+    assert lo < 33.33 < hi
+    assert out["fooled_by"]["3"] == "square" and out["fooled_by"]["4"] == "misclassified"
+
+
+def test_verdict_honest_is_trustworthy_and_square_wins_mean_masking():
+    honest = cascade_outcome(_records(["apgd-ce"] * 6 + [""] * 4), [*GRADIENT_MEMBERS, "square"])
+    v = verdict(findings(), _plan(), honest, None, None)
+    assert v["code"] == "trustworthy" and "masking" not in v["text"]
+    masked = cascade_outcome(_records(["square"] * 5 + ["apgd-ce"] + [""] * 4), [*GRADIENT_MEMBERS, "square"])
+    v = verdict(findings(), _plan(), masked, None, None)
+    assert v["code"] == "gradient_masking"
+    assert "the worst case comes from square" in v["text"] and "gradients are masked" in v["text"]
+
+
+def test_verdict_never_trustworthy_while_a_probe_or_indicator_fails():
+    honest = cascade_outcome(_records(["apgd-ce"] * 6 + [""] * 4), [*GRADIENT_MEMBERS, "square"])
+    v = verdict(findings(randomised=True, prediction_flip_frac=0.5), _plan(randomised=True), honest, None, None)
+    assert v["code"] != "trustworthy" and "declare randomised=True" in v["text"]
+    v = verdict(findings(saturated=True, saturated_frac=1.0), _plan(), honest, None, {"status": "pass",
+                                                                                       "evidence": "8/8"})
+    assert v["code"] == "gradient_masking" and v["blind_spots"] and "saturated" in v["blind_spots"][0]
+    ind = {"indicators": [{"name": "unavailable_gradients", "status": "fail", "evidence": "x", "category": "masking"}]}
+    assert verdict(findings(), _plan(), honest, ind, None)["code"] == "gradient_masking"
+    assert verdict(findings(), _plan(), honest, {"error": "boom"}, None)["code"] != "trustworthy"
+
+
+# --------------------------------------------------------------------------- tailored attacks (the truth)
+def pgd(loss_of, x, y, steps=20, step=EPS / 4, seed=0):
+    """ℓ∞ PGD (random start) maximising ``loss_of(x_adv, y)``; the last iterate."""
+    g = torch.Generator().manual_seed(seed)
+    xa = (x + (torch.rand(x.shape, generator=g) * 2 - 1) * EPS).clamp(0, 1)
+    for _ in range(steps):
+        xa.requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_of(xa, y), xa)
+        xa = (xa.detach() + step * grad.sign()).clamp(x - EPS, x + EPS).clamp(0, 1)
+    return xa.detach()
+
+
+def robust_count(defense, x, y, xa, draws=1, seed=1) -> int:
+    """Images classified correctly clean and on every one of ``draws`` passes at ``xa``."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        ok = defense(x).argmax(1) == y
+        for _ in range(draws):
+            ok &= defense(xa).argmax(1) == y
+    return int(ok.sum())
+
+
+def ce(model, eot=1):
+    return lambda xa, y: F.cross_entropy(torch.stack([model(xa) for _ in range(eot)]).mean(0), y)
+
+
+def cw(model):
+    def loss(xa, y):
+        z = model(xa)
+        true = z.gather(1, y.view(-1, 1)).squeeze(1)
+        other = z.masked_fill(F.one_hot(y, 10).bool(), -1e30).max(1).values
+        return (other - true).clamp(max=1.0).sum()
+    return loss
+
+
+def tailored(name: str, x, y, draws: int) -> int:
+    d = build_defense(f"defenses.archetypes:{name}")
+    if name == "quantised_classifier":  # BPDA: the quantiser's forward, the identity's backward
+        quantise, net = d.classifier[0], d.classifier[1]
+        loss = ce(lambda h: net(h + (quantise(h) - h).detach()))
+    elif name in ("random_resize_pad", "random_resize_pad_undeclared", "gaussian_noise"):  # EOT
+        torch.manual_seed(0)
+        loss = ce(d, eot=10)
+    elif name == "saturated_logits":  # a margin loss: the CE gradient underflows
+        loss = cw(d)
+    else:  # exact gradients (the median filter's too)
+        loss = ce(d)
+    xa = pgd(loss, x, y, steps=40)
+    return robust_count(d, x, y, xa, draws=draws)
+
+
+# --------------------------------------------------------------------------- real audits
+def test_audit_quantiser_inside_the_classifier_no_abort_no_gradient_columns(tmp_path):
+    n = 3
+    card = audit("defenses.archetypes:quantised_classifier", n_images=n, out=tmp_path / "run", budget=TINY)
+    assert [s["attack"] for s in card["skipped"]] == list(GRADIENT_MEMBERS)
+    assert {m["name"] for m in card["cascade"]} == {"transfer:madry_pgd_at", "transfer:trades", "square"}
+    assert card["verdict"]["code"] == "gradient_masking" and card["probes"]["gradient"] == "missing"
+    assert all(not m.get("error") for m in card["cascade"])
+    for f in ("audit.json", "audit.md", "audit.html", "run.json", "summary.csv"):
+        assert (tmp_path / "run" / f).is_file()
+    s = load_test(n)
+    truth = tailored("quantised_classifier", s.x, s.y, draws=1)
+    assert card["worst_case"]["robust"] <= truth + 1, (card["worst_case"], truth)  # within one image, or stronger
+    # the same command resumes: every job is reused, the card is the same
+    again = audit("defenses.archetypes:quantised_classifier", n_images=n, out=tmp_path / "run", budget=TINY)
+    assert again["worst_case"] == card["worst_case"] and again["fooled_by"] == card["fooled_by"]
+
+
+def test_audit_bad_input_is_one_line(tmp_path):
+    with pytest.raises(AuditError, match="--n-images 0: must be in 1..1000"):
+        audit("defenses.archetypes:madry", n_images=0, out=tmp_path / "a")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    with pytest.raises(AuditError, match="not a run folder"):
+        audit("defenses.archetypes:madry", n_images=2, out=tmp_path / "foreign")
+
+
+def test_cli_audit_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from robust_bench_sc.cli import app
+
+    res = CliRunner().invoke(app, ["audit", "defenses.archetypes:madry", "--n-images", "0", "--out",
+                                   str(tmp_path / "x")])
+    assert res.exit_code == 2 and "--n-images 0" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["audit", "madry_pgdat", "--budget", "quick"])
+    assert res.exit_code == 2 and "did you mean" in res.output
+    res = CliRunner().invoke(app, ["audit", "madry_pgd_at", "--budget", "huge"])
+    assert res.exit_code == 2 and "standard, quick" in res.output
+
+
+ARCHETYPE_CASES = [  # name, masked (the verdict may not say trustworthy)
+    ("random_resize_pad", True), ("random_resize_pad_undeclared", True), ("gaussian_noise", True),
+    ("quantised_classifier", True), ("saturated_logits", True), ("median_filter", False), ("madry", False)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,masked", ARCHETYPE_CASES)
+def test_archetype_audit_matches_a_tailored_attack(tmp_path, name, masked):
+    n = 10
+    budget = replace(BUDGETS["quick"], indicators=not masked, binarization=False)
+    card = audit(f"defenses.archetypes:{name}", n_images=n, out=tmp_path / "run", budget=budget)
+    s = load_test(n)
+    draws = budget.recheck if card["probes"]["randomised"] or card["probes"]["randomised_declared"] else 1
+    truth = tailored(name, s.x, s.y, draws)
+    got = card["worst_case"]["robust"]
+    print(f"{name}: audit {got}/{n} robust vs tailored {truth}/{n}, verdict {card['verdict']['code']}, "
+          f"{card['seconds']['total']:.0f} s")
+    assert got <= truth + 1  # within one image of the truth, or stronger
+    assert all(not m.get("error") for m in card["cascade"])  # no aborts, no member errors
+    if masked:
+        assert not card["verdict"]["code"].startswith("trustworthy"), card["verdict"]
+    elif name == "madry":
+        assert card["verdict"]["code"] != "gradient_masking" and "masking" not in card["verdict"]["text"], \
+            card["verdict"]

@@ -1,0 +1,141 @@
+"""Probes (issue 33): randomness, gradient availability, preprocess differentiability and
+saturation, measured on the reference Madry model and small archetypes built around it, on
+the first real CIFAR-10 test images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from robust_bench_sc.defense import Capabilities, Defense
+from robust_bench_sc.probes import ProbeError, ProbeFindings, probe_defense
+
+N = 8
+
+
+@pytest.fixture(scope="module")
+def images(test_split):
+    return test_split.x[:N], test_split.y[:N]
+
+
+class Noise(nn.Module):
+    def __init__(self, sigma: float):
+        super().__init__()
+        self.sigma = sigma
+
+    def forward(self, x):
+        return (x + self.sigma * torch.randn_like(x)).clamp(0, 1)
+
+
+class Detached(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x).detach()
+
+
+class NumpyRoundTrip(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(torch.from_numpy(np.ascontiguousarray(x.detach().cpu().numpy())))
+
+
+class Quantise(nn.Module):
+    """JPEG-like: pixel values rounded to a coarse grid (gradient zero almost everywhere)."""
+
+    def forward(self, x):
+        return torch.round(x * 8) / 8
+
+
+class Scaled(nn.Module):
+    def __init__(self, inner: nn.Module, k: float):
+        super().__init__()
+        self.inner, self.k = inner, k
+
+    def forward(self, x):
+        return self.inner(x) * self.k
+
+
+class Raises(nn.Module):
+    def forward(self, x):
+        raise ValueError("out of memory in my own code")
+
+
+def wrap(madry, name, classifier=None, preprocess=None, randomised=False):
+    return Defense(name=name, classifier=classifier or madry.classifier, preprocess=preprocess,
+                   capabilities=Capabilities(randomised=randomised))
+
+
+def test_reference_model_is_ok_deterministic_unsaturated(madry, images):
+    f = probe_defense(madry, *images)
+    assert (f.n_images, f.randomised, f.randomised_declared, f.prediction_flip_frac) == (N, False, False, 0.0)
+    assert f.gradient == "ok" and f.gradient_detail.startswith("0/8 all-zero, 0/8 non-finite")
+    assert f.preprocess_differentiable is None
+    assert not f.saturated and f.saturated_frac < 0.5
+    assert 0 < f.seconds < 30
+    lines = f.summary_lines()
+    assert len(lines) == 4 and lines[0].startswith("deterministic: 4 passes") and "no EOT" in lines[0]
+    assert json.loads(json.dumps(f.to_dict())) == f.to_dict()
+    assert ProbeFindings.from_dict(f.to_dict()).gradient == "ok"
+    # probing changes no global random state
+    torch.manual_seed(5)
+    a = torch.rand(3)
+    torch.manual_seed(5)
+    probe_defense(madry, *images)
+    assert torch.equal(torch.rand(3), a)
+
+
+def test_noise_wrapped_model_is_randomised_though_not_declared(madry, images):
+    f = probe_defense(wrap(madry, "noisy", preprocess=Noise(0.05)), *images)
+    assert f.randomised and not f.randomised_declared and f.undeclared_randomness and f.treat_as_randomised
+    assert f.gradient == "ok" and f.preprocess_differentiable is True
+    line = f.summary_lines()[0]
+    assert line.startswith("randomised (not declared): ") and "over 4 passes" in line
+    assert line.endswith("treated as randomised, EOT on")
+    # declared: no warning wording, still EOT
+    g = probe_defense(wrap(madry, "noisy", preprocess=Noise(0.05), randomised=True), *images)
+    assert g.randomised and not g.undeclared_randomness and g.summary_lines()[0].startswith("randomised (declared)")
+    # same seed, same findings
+    assert probe_defense(wrap(madry, "noisy", preprocess=Noise(0.05)), *images).prediction_flip_frac \
+        == f.prediction_flip_frac
+
+
+@pytest.mark.parametrize("broken", [Detached, NumpyRoundTrip])
+def test_a_broken_graph_is_missing(madry, images, broken):
+    f = probe_defense(wrap(madry, "broken", classifier=broken(madry.classifier)), *images)
+    assert f.gradient == "missing" and "does not require grad" in f.gradient_detail
+    assert not f.randomised and f.preprocess_differentiable is None
+    assert "gradient missing" in f.summary_lines()[1]
+
+
+def test_saturated_logits(madry, images):
+    f = probe_defense(wrap(madry, "saturated", classifier=Scaled(madry.classifier, 1e4)), *images)
+    assert f.saturated and f.saturated_frac == 1.0
+    assert f.gradient == "ok"  # the margin's gradient is there; CE's underflows (that is the saturation)
+    assert "margin (DLR/CW) loss leads" in f.summary_lines()[3]
+
+
+def test_quantisation_gives_zero_gradient(madry, images):
+    inside = probe_defense(wrap(madry, "jpeg-inside", classifier=nn.Sequential(Quantise(), madry.classifier)), *images)
+    assert inside.gradient == "zero" and inside.gradient_detail.startswith("8/8 all-zero")
+    assert inside.preprocess_differentiable is None
+    pre = probe_defense(wrap(madry, "jpeg-pre", preprocess=Quantise()), *images)
+    assert pre.gradient == "zero" and pre.preprocess_differentiable is False
+    assert "preprocess not differentiable" in pre.summary_lines()[2]
+
+
+def test_a_defense_that_raises_is_one_line_naming_the_probe(madry, images):
+    with pytest.raises(ProbeError, match=r"^probe 'randomness' on defense 'bad': the defense raised ValueError: "
+                                         r"out of memory in my own code$"):
+        probe_defense(wrap(madry, "bad", classifier=Raises()), *images)
+    with pytest.raises(ProbeError, match=r"^probe 'randomness': defense 'flat' returned .* shape \(8, 3\)"):
+        probe_defense(wrap(madry, "flat", classifier=nn.Sequential(nn.Flatten(), nn.Linear(3072, 3))), *images)
