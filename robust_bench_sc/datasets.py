@@ -297,7 +297,7 @@ class InMemory(Dataset):
     held: dict[str, Arrays] = {}
 
     def images_label(self, root: str | Path | None, split: str) -> str:
-        return f"images given to benchmark() (x, y {root})"
+        return f"images given to benchmark() ({Path(root).name if root else 'x, y'})"
 
     def read(self, root: Path, split: str) -> Arrays:
         key = root.name

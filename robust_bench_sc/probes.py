@@ -237,11 +237,11 @@ def _call(probe: str, defense: Defense, fn: Callable[[], Any]) -> Any:
         raise ProbeError(_raised(probe, defense, exc)) from None
 
 
-def _logits(probe: str, defense: Defense, x: torch.Tensor) -> torch.Tensor:
-    from robust_bench_sc.evaluate import DefenseOutputError, checked_logits
+def _logits(probe: str, defense: Defense, x: torch.Tensor, n_classes: int | None = None) -> torch.Tensor:
+    from robust_bench_sc.evaluate import N_CLASSES, DefenseOutputError, checked_logits
 
     try:
-        out = checked_logits(defense, x)
+        out = checked_logits(defense, x, N_CLASSES if n_classes is None else n_classes)
     except DefenseOutputError as exc:
         raise ProbeError(f"probe {probe!r}: {exc}") from None
     except Exception as exc:  # the defense's own code
@@ -255,9 +255,10 @@ def _logits(probe: str, defense: Defense, x: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- the probes
 def probe_defense(defense: Defense, x: torch.Tensor, y: torch.Tensor, *, device: str | torch.device = "cpu",
-                  n_passes: int = 4, seed: int = 0) -> ProbeFindings:
+                  n_passes: int = 4, seed: int = 0, n_classes: int | None = None) -> ProbeFindings:
     """Run every probe on images ``x`` (labels ``y``; a few, e.g. 8) through ``defense``
-    (already on ``device``). Deterministic for a given ``seed``; global RNG state is restored."""
+    (already on ``device``). Deterministic for a given ``seed``; global RNG state is restored.
+    ``n_classes``: logits per image, the dataset's (default 10, CIFAR-10)."""
     if n_passes < 2:
         raise ValueError("n_passes must be >= 2 (randomness is disagreement between passes)")
     if x.shape[0] == 0 or x.shape[0] != y.shape[0]:
@@ -271,7 +272,7 @@ def probe_defense(defense: Defense, x: torch.Tensor, y: torch.Tensor, *, device:
         torch.manual_seed(seed)
         # randomness: n_passes forward passes on the same inputs
         with torch.no_grad():
-            outs = torch.stack([_logits("randomness", defense, x).float() for _ in range(n_passes)])
+            outs = torch.stack([_logits("randomness", defense, x, n_classes).float() for _ in range(n_passes)])
         spread = (outs - outs[0:1]).abs().flatten(2).amax(dim=(0, 2))
         scale = outs[0].abs().amax(1).clamp_min(1.0)
         randomised = bool((spread > RANDOM_REL_TOL * scale).any())

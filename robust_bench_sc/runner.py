@@ -248,7 +248,7 @@ def probe_suite(suite: SuiteConfig, defenses: dict[str, Any], device: str = "cpu
     for spec in suite.defenses:
         d = defenses[spec.label].to(device)
         try:
-            found = probe_defense(d, split.x, split.y, device=device, seed=suite.seed)
+            found = probe_defense(d, split.x, split.y, device=device, seed=suite.seed, n_classes=split.n_classes)
             adapted = adaptation(spec.label, d, found, split.x, split.y, device)
         except ProbeError as exc:
             raise RunError(f"defense {spec.label!r}: {exc}") from None

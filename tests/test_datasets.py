@@ -350,6 +350,7 @@ def test_benchmark_takes_tensors(tmp_path):
     assert table.iloc[0]["n_images"] == 30 and table.iloc[0]["clean_accuracy"] == pytest.approx(expected)
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     assert meta["dataset"]["name"] == "tensors" and meta["dataset"]["n_classes"] == 5
+    assert table.iloc[0]["subset"] == f"first 30 images given to benchmark() ({meta['config']['data']['root']})"
     # hashed like a dataset: images as bytes 0-255 plus labels
     import hashlib
 
