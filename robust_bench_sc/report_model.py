@@ -187,6 +187,20 @@ def error_notes(table: pd.DataFrame, prefix: str = "") -> list[str]:
     return notes
 
 
+def auto_notes(probes: Any, prefix: str = "") -> list[str]:
+    """One line per setting ``auto`` chose from the probes (run.json's ``probes``:
+    label → {threat_models: name → [{setting, value, reason}]}), so a table says why."""
+    notes = []
+    for label, entry in (probes.items() if isinstance(probes, dict) else []):
+        per = entry.get("threat_models") if isinstance(entry, dict) else None
+        for tname, choices in (per.items() if isinstance(per, dict) else []):
+            for c in choices if isinstance(choices, list) else []:
+                if isinstance(c, dict):
+                    notes.append(f"{prefix}auto, {label} × {tname}: {c.get('setting')} {c.get('value')} "
+                                 f"({c.get('reason')}).")
+    return notes
+
+
 # -- building reports -------------------------------------------------------------------
 
 def report_from_suite(suite, table: pd.DataFrame, samples: pd.DataFrame | None = None) -> Report:
@@ -202,6 +216,10 @@ def report_from_suite(suite, table: pd.DataFrame, samples: pd.DataFrame | None =
     cells = {(r["defense"], r["threat_model"]): r.to_dict() for _, r in table.iterrows()}
     notes = worst_case_notes(over, [(d.label, d.threat_models) for d in suite.defenses]) if over else []
     notes += error_notes(table)
+    adaptations = getattr(suite, "_adaptations", None) or {}
+    notes += auto_notes({label: a.to_dict([t for t in suite.threat_models
+                                           if next(d for d in suite.defenses if d.label == label).runs(t.name)])
+                         for label, a in adaptations.items()})
     if suite.profile in suite.profiles:
         changes = setting_changes(suite.profiles[suite.profile].set)
         notes.append(f"Reduced profile `{suite.profile}` ({', '.join(changes)}): not the suite's declared setting; run "
@@ -341,7 +359,7 @@ def load_run(run_dir: str | Path) -> tuple[RunInfo, list[DefenseInfo], list[Thre
     threats = [ThreatInfo(t["name"], t["name"], normalized_config(t), _is_minimum_norm(t))
                for t in config.get("threat_models", [])]
     samples = _read_samples(run_dir)
-    notes: list[str] = error_notes(table, f"{run_dir.name}: ")
+    notes: list[str] = error_notes(table, f"{run_dir.name}: ") + auto_notes(meta.get("probes"), f"{run_dir.name}: ")
     table, samples = _add_worst_case(run_dir, config, table, samples, threats, notes, run_images(meta))
     table = _norm_intervals(table, samples, threats)
     # threat models/defenses found only in the table (old run.json): still shown

@@ -139,3 +139,15 @@ def test_a_defense_that_raises_is_one_line_naming_the_probe(madry, images):
         probe_defense(wrap(madry, "bad", classifier=Raises()), *images)
     with pytest.raises(ProbeError, match=r"^probe 'randomness': defense 'flat' returned .* shape \(8, 3\)"):
         probe_defense(wrap(madry, "flat", classifier=nn.Sequential(nn.Flatten(), nn.Linear(3072, 3))), *images)
+
+
+def test_diagnose_runs_the_probes_first_and_leaves_the_defense_as_declared(madry):
+    from robust_bench_sc.diagnostics import DiagnosticsConfig, diagnose, report_markdown
+
+    noisy = wrap(madry, "noisy", preprocess=Noise(0.05))
+    rep = diagnose(noisy, DiagnosticsConfig(n_images=4, steps=1), only=["randomness"])
+    assert rep.probes is not None and rep.probes["randomised"] and not rep.probes["randomised_declared"]
+    assert rep.status_of("randomness") == "fail" and "treated as randomised here" in rep.indicators[0].evidence
+    assert noisy.capabilities.randomised is False  # restored: the caller's defense is left as it was
+    md = report_markdown(rep)
+    assert "Probes (4 images, before any attack):" in md and "- randomised (not declared)" in md
