@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from robust_bench_sc.threat_models import THREAT_MODELS, ThreatModel, stored_config
+from robust_bench_sc.threat_models import THREAT_MODELS, UNHASHED, ThreatModel, fields_with, stored_config
 
 if TYPE_CHECKING:
     from robust_bench_sc.config import SuiteConfig
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 #: restarts at or above which the budget line says how to run one (``linf_pgd_ce`` has 100)
 MANY_RESTARTS = 10
-_LABEL_FIELDS = ("name", "description", "max_images", "batch_size")
+_LABEL_FIELDS = (*sorted(fields_with(UNHASHED)), "name", "batch_size")  # labels, the images, the batch
 
 
 def _n(k: int, one: str, many: str | None = None) -> str:
