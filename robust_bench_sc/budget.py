@@ -76,7 +76,7 @@ def budget(t: ThreatModel) -> str:
         text = t.kind
     extra = []
     if t.eot > 1:
-        extra.append(f"EOT {t.eot} passes per gradient" if t.kind in ("pgd", "cw", "autoattack") else f"EOT {t.eot}")
+        extra.append(f"EOT {t.eot} passes per gradient" if t.gradient_based else f"EOT {t.eot}")
     if t.recheck > 1:
         extra.append(f"{t.recheck} re-checks")
     if t.bpda:
