@@ -109,7 +109,7 @@ def work_units(t: ThreatModel) -> float | None:
         return float(v.steps)
     if t.kind == "hsj":
         return float(v.max_iter)
-    if t.kind in ("square", "random_search"):
+    if t.query_budget:
         return float(v.n_queries * getattr(v, "restarts", 1) * eot)
     return None
 

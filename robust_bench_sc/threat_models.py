@@ -141,6 +141,8 @@ class ThreatModel(BaseModel):
     #: why this kind has no ε-ball an adversarial example can be planted in (the binarization
     #: test's refusal, one line); "" where it has one
     no_epsilon_ball: ClassVar[str] = ""
+    #: its budget is ``n_queries`` model queries per image (score-based searches; ZOO counts iterations)
+    query_budget: ClassVar[bool] = False
     #: attacks a seeded random subset of a chunk's images, not every image (no worst case over it)
     random_subset: ClassVar[bool] = False
 
@@ -451,6 +453,7 @@ class SquareThreat(ThreatModel):
     """
 
     kind: ClassVar[str] = "square"
+    query_budget: ClassVar[bool] = True
     backends: ClassVar[dict[str, str | None]] = {
         "autoattack": "robust_bench_sc.attacks.autoattack:AutoAttackSquare",
         "torchattacks": "robust_bench_sc.attacks.toolkits:TorchattacksSquare"}
@@ -533,6 +536,7 @@ class RandomSearchThreat(ThreatModel):
     to one pixel over ``n_queries``; scores average ``eot`` forward passes."""
 
     kind: ClassVar[str] = "random_search"
+    query_budget: ClassVar[bool] = True
     backends: ClassVar[dict[str, str | None]] = {"native": "robust_bench_sc.attacks.random_search:RandomSearch"}
 
     attack: Literal["random_search"] = "random_search"

@@ -307,3 +307,11 @@ def test_readers_query_the_schema():
     assert tms.runs_square({"attack": "autoattack", "version": "custom", "attacks_to_run": ["square"]})
     assert not tms.runs_square({"attack": "autoattack", "version": "rand"})
     assert tms.runs_square({"attack": "square"}) and not tms.runs_square({"attack": "pgd"})
+
+
+def test_kind_traits_as_the_readers_used_to_list_them():
+    """What budget.py, cli.py (``threat-models``) and config.py's worst-case check read."""
+    assert tms.kinds_where("gradient_based") == ["pgd", "cw", "autoattack"]
+    assert tms.kinds_where("query_budget") == ["square", "random_search"]
+    assert tms.kinds_where("random_subset") == ["zoo"]
+    assert all("n_queries" in tms.THREAT_MODELS[k].model_fields for k in tms.kinds_where("query_budget"))
