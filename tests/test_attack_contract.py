@@ -105,34 +105,61 @@ def _attack(madry, key, x, y, seed=SEED):
     return threat, run_attack(threat, ctx, x, y)
 
 
+def violations(model, threat, x, y, x_adv, claimed) -> list[str]:
+    """What of the contract an attack's output breaks (empty: nothing), each in one line."""
+    out = []
+    if x_adv.shape != x.shape or x_adv.dtype != torch.float32:
+        return [f"returned {x_adv.dtype} {tuple(x_adv.shape)} for float32 {tuple(x.shape)}"]
+    if not torch.isfinite(x_adv).all():
+        out.append("non-finite pixels")
+    low, high = float(x_adv.min()), float(x_adv.max())
+    if low < -BOX_TOL or high > 1 + BOX_TOL:
+        out.append(f"outside the [0, 1] box ({low:.3g}..{high:.3g})")
+    if not threat.minimum_norm:
+        eps = threat.epsilon_value
+        worst = float(perturbation_norms(x, x_adv)[threat.norm_name].max())
+        if worst > eps * (1 + NORM_TOL_REL) + NORM_TOL_ABS:
+            out.append(f"{threat.norm_name} {worst:.6g} > ε {eps:.6g}")
+    if claimed is not None:
+        with torch.no_grad():
+            fooled = model(x_adv).argmax(1) != y
+        false_claims = (claimed & ~fooled).nonzero().squeeze(1).tolist()
+        if false_claims:
+            out.append(f"claims success on images {false_claims} the exact model still gets right")
+    return out
+
+
 @pytest.mark.parametrize("key", _cases())
 def test_backend_keeps_the_contract(madry, four, key):
     x, y = four
     threat, (x_adv, claimed, _info) = _attack(madry, key, x, y)
-    assert x_adv.shape == x.shape and x_adv.dtype == torch.float32
-    assert torch.isfinite(x_adv).all(), f"{key}: non-finite pixels"
-    low, high = float(x_adv.min()), float(x_adv.max())
-    assert low >= -BOX_TOL and high <= 1 + BOX_TOL, f"{key}: outside the [0, 1] box ({low:.3g}..{high:.3g})"
-    norms = perturbation_norms(x, x_adv)
-    if not threat.minimum_norm:
-        eps = threat.epsilon_value
-        worst = float(norms[threat.norm_name].max())
-        assert worst <= eps * (1 + NORM_TOL_REL) + NORM_TOL_ABS, f"{key}: {threat.norm_name} {worst:.6g} > ε {eps:.6g}"
+    assert violations(madry, threat, x, y, x_adv, claimed) == [], key
     with torch.no_grad():
         fooled = madry(x_adv).argmax(1) != y
     if key in FOOLS_NONE_AT_TINY:
-        assert float(norms["l2"].max()) > 0, f"{key}: moved no image (the tiny budget checks nothing)"
+        assert float(perturbation_norms(x, x_adv)["l2"].max()) > 0, f"{key}: moved no image (checks nothing)"
     else:
         assert fooled.any(), f"{key}: fooled none of {N_IMAGES} images (the tiny budget would check no success)"
-    if claimed is not None:
-        false_claims = (claimed & ~fooled).nonzero().squeeze(1).tolist()
-        assert false_claims == [], f"{key}: claims success on images {false_claims} the exact model still gets right"
     # the same seed, the same images
     _, (again, claimed2, _) = _attack(madry, key, x, y)
     diff = float((again - x_adv).abs().max())
     assert diff <= TOLERANCE.get(key, 0.0), f"{key}: same seed, images differ by up to {diff:.3g}"
     if key not in TOLERANCE and claimed is not None:
         assert torch.equal(claimed, claimed2)
+
+
+def test_the_contract_catches_a_cheating_backend(madry, four):
+    """PGD's output pushed past ε and the box, successes claimed on the clean images, NaN pixels:
+    each breach is named."""
+    x, y = four
+    threat, (x_adv, _claimed, _) = _attack(madry, "pgd:native", x, y)
+    assert violations(madry, threat, x, y, x_adv, _claimed) == []
+    cheat = x_adv + 3 * threat.epsilon_value * torch.sign(x_adv - x + 1e-12)
+    found = violations(madry, threat, x, y, cheat, None)
+    assert [v.split(" ")[0] for v in found] == ["outside", "linf"]
+    still_right = violations(madry, threat, x, y, x, torch.ones(N_IMAGES, dtype=torch.bool))
+    assert still_right == [f"claims success on images {list(range(N_IMAGES))} the exact model still gets right"]
+    assert violations(madry, threat, x, y, torch.full_like(x, float("nan")), None)[0] == "non-finite pixels"
 
 
 # The other norms of the bounded kinds (the ℓ2 and ℓ1 projections are where a budget slips).
