@@ -151,12 +151,16 @@ class ThreatModel(BaseModel):
     description: Annotated[str, UNHASHED] = ""
     batch_size: Annotated[WholeNumber, EFFORT] = Field(100, ge=1)
     backend: Annotated[str, EFFORT] = "native"
-    bpda: Annotated[str | None, EFFORT] = Field(None, description="BPDA stand-in name, 'auto' for the defense's default, or null")
-    eot: Annotated[WholeNumber, EFFORT] = Field(1, ge=1, description="forward passes averaged per gradient (randomised defenses)")
-    recheck: Annotated[WholeNumber, EFFORT] = Field(1, ge=1, description="re-evaluations of each success against a randomised defense")
+    bpda: Annotated[str | None, EFFORT] = Field(
+        None, description="BPDA stand-in name, 'auto' for the defense's default, or null")
+    eot: Annotated[WholeNumber, EFFORT] = Field(
+        1, ge=1, description="forward passes averaged per gradient (randomised defenses)")
+    recheck: Annotated[WholeNumber, EFFORT] = Field(
+        1, ge=1, description="re-evaluations of each success against a randomised defense")
     only_correct: bool = Field(True, description="attack only images the defense classifies correctly")
-    max_images: Annotated[WholeNumber | None, BUDGET, UNHASHED] = Field(None, ge=1, description="evaluate only the first N of the suite's images "
-                                   "(e.g. a 25000-step Boundary column on 50 of 1000); tables state the subset")
+    max_images: Annotated[WholeNumber | None, BUDGET, UNHASHED] = Field(
+        None, ge=1, description="evaluate only the first N of the suite's images "
+        "(e.g. a 25000-step Boundary column on 50 of 1000); tables state the subset")
 
     # The one declaration of a schema's backends: backend name → its implementation
     # ("module:Class", an ``attacks.base.Attack`` imported only when it runs), or None where
@@ -324,7 +328,8 @@ class BoundaryThreat(ThreatModel):
     step_adaptation: RealNumber = Field(1.5, gt=1)
     update_stats_every_k: WholeNumber = Field(10, ge=1)
     init_pool: Literal["train", "test"] = "train"
-    init_pool_size: Annotated[WholeNumber | None, EFFORT] = Field(None, ge=1, description="use only the first N pool images (None: all; 50000 for train)")
+    init_pool_size: Annotated[WholeNumber | None, EFFORT] = Field(
+        None, ge=1, description="use only the first N pool images (None: all; 50000 for train)")
     epsilon: Number | None = Field(None, description="report accuracy at this ℓ2 budget too")
 
 
@@ -354,8 +359,9 @@ class HopSkipJumpThreat(ThreatModel):
         "draws; an image none of them misleads comes back unchanged); train/test = the ℓ2-closest image of that "
         "split the defense predicts as another label than the true one (as Boundary), passed as ART's "
         "x_adv_init / foolbox's starting_points")
-    init_pool_size: Annotated[WholeNumber | None, EFFORT] = Field(None, ge=1, description="init_pool train/test: use only the first N pool "
-                                       "images (None: all; 50000 for train)")
+    init_pool_size: Annotated[WholeNumber | None, EFFORT] = Field(
+        None, ge=1, description="init_pool train/test: use only the first N pool "
+        "images (None: all; 50000 for train)")
     epsilon: Number | None = None
 
     @model_validator(mode="after")
@@ -390,8 +396,11 @@ class ZooThreat(ThreatModel):
     use_resize: bool = False
     use_importance: bool = False
     abort_early: bool = True
-    zoo_batch_size: Annotated[WholeNumber, EFFORT] = Field(1, ge=1, description="ART ZooAttack batch_size (images optimised together)")
-    batch_size: Annotated[WholeNumber, EFFORT] = Field(1000, ge=1, description="images per attack call: the n_samples are drawn from each call's correctly classified images, so keep it ≥ the suite's chunk_size")
+    zoo_batch_size: Annotated[WholeNumber, EFFORT] = Field(
+        1, ge=1, description="ART ZooAttack batch_size (images optimised together)")
+    batch_size: Annotated[WholeNumber, EFFORT] = Field(
+        1000, ge=1, description="images per attack call: the n_samples are drawn from each call's correctly "
+        "classified images, so keep it ≥ the suite's chunk_size")
     epsilon: Number | None = None
 
 
@@ -508,11 +517,13 @@ class AutoAttackThreat(ThreatModel):
     version: Literal["standard", "plus", "rand", "custom"] = "standard"
     attacks_to_run: list[str] = Field(default_factory=list)
     n_queries: Annotated[WholeNumber, BUDGET] = Field(5000, ge=1, description="Square's query budget")
-    apgd_iterations: Annotated[WholeNumber | None, BUDGET] = Field(None, ge=1, description="APGD-CE/DLR and APGD-T iterations (None: the version's 100)")
+    apgd_iterations: Annotated[WholeNumber | None, BUDGET] = Field(
+        None, ge=1, description="APGD-CE/DLR and APGD-T iterations (None: the version's 100)")
     apgd_restarts: Annotated[WholeNumber | None, BUDGET] = Field(
         None, ge=1, description="APGD-CE/DLR restarts (None: the version's own — 1 in standard, 5 in custom)")
-    rescale_schedule: Annotated[bool, EFFORT] = Field(False, description="Square's schedule: " + _RESCALE_DOC + " (only where Square "
-                                   "runs: standard, plus, or custom with square)")
+    rescale_schedule: Annotated[bool, EFFORT] = Field(
+        False, description="Square's schedule: " + _RESCALE_DOC + " (only where Square "
+        "runs: standard, plus, or custom with square)")
 
     @model_validator(mode="before")
     @classmethod
@@ -543,7 +554,8 @@ class RandomSearchThreat(ThreatModel):
     norm: Literal["linf"] = "linf"
     epsilon: Number = Field(gt=0)
     n_queries: Annotated[WholeNumber, BUDGET] = Field(100, ge=1)
-    p_init: Annotated[RealNumber, EFFORT] = Field(0.1, gt=0, le=1, description="the first window's share of the image area")
+    p_init: Annotated[RealNumber, EFFORT] = Field(
+        0.1, gt=0, le=1, description="the first window's share of the image area")
 
 
 # -- threat models holding threat models ---------------------------------------------------
@@ -682,7 +694,8 @@ class WorstCaseThreat(_Nesting):
     not their defaults."""
 
     kind: ClassVar[str] = "worst_case"
-    no_epsilon_ball: ClassVar[str] = "a worst-case threat model is a list of attacks: test each of its attacks on its own"
+    no_epsilon_ball: ClassVar[str] = ("a worst-case threat model is a list of attacks: test each of its attacks on "
+                                      "its own")
     backends: ClassVar[dict[str, str | None]] = {"native": None}  # evaluate.py runs the members
     nested_fields: ClassVar[tuple[str, ...]] = ("attacks",)
     INHERITED: ClassVar[tuple[str, ...]] = ("bpda", "eot", "recheck", "batch_size")
