@@ -40,20 +40,14 @@ from robust_bench_sc.predictions import predicted
 from robust_bench_sc.defense import Defense, NoFeatureSplit
 from robust_bench_sc.norms import NORMS, Norm
 from robust_bench_sc.subsets import describe_subset
+from robust_bench_sc.threat_models import THREAT_MODELS
 
 PASS, FAIL, NOT_APPLICABLE = "pass", "fail", "not_applicable"
 
-# kinds with an ε-ball the attack must stay in; minimum-norm decision attacks have none
-_BALL_KINDS = ("pgd", "square", "random_search", "autoattack", "cw")
-_NO_BALL = {
-    "boundary": "the Boundary attack is a minimum-norm decision-based attack with no ε-ball to plant an "
-                "adversarial example in",
-    "hsj": "HopSkipJump is a minimum-norm decision-based attack with no ε-ball to plant an adversarial example in",
-    "zoo": "ZOO is a minimum-norm attack with no ε-ball to plant an adversarial example in",
-    "none": "the threat model runs no attack",
-    "transfer": "a transfer attack is crafted on another model, not on the two-class network the test builds",
-    "worst_case": "a worst-case threat model is a list of attacks: test each of its attacks on its own",
-}
+# kinds with an ε-ball the attack must stay in, and why the others have none: each schema's
+# ``no_epsilon_ball`` (threat_models.py)
+_NO_BALL = {k: cls.no_epsilon_ball for k, cls in THREAT_MODELS.items() if cls.no_epsilon_ball}
+_BALL_KINDS = tuple(k for k in THREAT_MODELS if k not in _NO_BALL)
 
 
 class NotApplicable(ValueError):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from robust_bench_sc.threat_models import THREAT_MODELS, ThreatModel, stored_config
+from robust_bench_sc.threat_models import THREAT_MODELS, UNHASHED, ThreatModel, fields_with, stored_config
 
 if TYPE_CHECKING:
     from robust_bench_sc.config import SuiteConfig
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 #: restarts at or above which the budget line says how to run one (``linf_pgd_ce`` has 100)
 MANY_RESTARTS = 10
-_LABEL_FIELDS = ("name", "description", "max_images", "batch_size")
+_LABEL_FIELDS = (*sorted(fields_with(UNHASHED)), "name", "batch_size")  # labels, the images, the batch
 
 
 def _n(k: int, one: str, many: str | None = None) -> str:
@@ -76,7 +76,7 @@ def budget(t: ThreatModel) -> str:
         text = t.kind
     extra = []
     if t.eot > 1:
-        extra.append(f"EOT {t.eot} passes per gradient" if t.kind in ("pgd", "cw", "autoattack") else f"EOT {t.eot}")
+        extra.append(f"EOT {t.eot} passes per gradient" if t.gradient_based else f"EOT {t.eot}")
     if t.recheck > 1:
         extra.append(f"{t.recheck} re-checks")
     if t.bpda:
@@ -109,7 +109,7 @@ def work_units(t: ThreatModel) -> float | None:
         return float(v.steps)
     if t.kind == "hsj":
         return float(v.max_iter)
-    if t.kind in ("square", "random_search"):
+    if t.query_budget:
         return float(v.n_queries * getattr(v, "restarts", 1) * eot)
     return None
 

@@ -413,7 +413,7 @@ def threat_models():
         steps = getattr(t, "steps", None) or getattr(t, "max_iter", None)  # iterations; queries for score-based
         restarts = getattr(t, "restarts", None)
         queries = getattr(t, "n_queries", None)
-        if queries and t.kind in ("square", "random_search"):
+        if queries and t.query_budget:
             budget = f"{queries} queries"
         else:
             budget = "" if steps is None else f"{steps} × {restarts}" if restarts is not None else str(steps)

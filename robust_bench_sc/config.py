@@ -763,8 +763,8 @@ def resolve_worst_case(suite: SuiteConfig, all_threats: list, raw: Any, source: 
         t = by_name[n]
         if t.kind == "none":
             raise WorstCaseError(f"{where}: {n!r} is the clean evaluation, not an attack; list attacks only")
-        if t.kind == "zoo":
-            raise WorstCaseError(f"{where}: {n!r} (zoo) attacks a random subset of the images; "
+        if t.random_subset:
+            raise WorstCaseError(f"{where}: {n!r} ({t.kind}) attacks a random subset of the images; "
                                  "a worst case needs every image under every threat model")
         if t.minimum_norm and t.epsilon_value is None:
             raise WorstCaseError(f"{where}: {n!r} is a minimum-norm attack ({t.kind}) without epsilon; "

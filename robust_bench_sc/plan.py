@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from robust_bench_sc.config import UNHASHED_DEFENSE_FIELDS, DefenseSpec, SuiteConfig
+from robust_bench_sc.threat_models import UNHASHED, fields_with
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def plan_jobs(suite: SuiteConfig) -> list[Job]:
 
 # Fields that label a threat model or size the run without changing any record of a job:
 # a job's images are its start/stop, so ``max_images`` and ``n_images`` do not enter.
-_LABEL_FIELDS = {"description", "max_images"}
+_LABEL_FIELDS = fields_with(UNHASHED)  # declared on the schema (threat_models.py)
 
 
 def images_covered(jobs: list[Job]) -> set[int]:

@@ -24,10 +24,12 @@ from robust_bench_sc.norms import Norm
 from robust_bench_sc.stats import mean_interval, wilson_interval
 from robust_bench_sc.storage import RunDir
 from robust_bench_sc.subsets import IMAGES, describe_subset, run_images, short_subset
+from robust_bench_sc.threat_models import BUDGET, EFFORT, THREAT_MODELS, fields_with, kinds_where, runs_square
 from robust_bench_sc.summary import (WORST_CASE, WorstCaseError, worst_case_notes, worst_case_over_for, worst_case_row,
                                      worst_case_samples)
 
-MINIMUM_NORM_KINDS = {"cw", "boundary", "hsj", "zoo"}
+#: read from the schemas (threat_models.py: each kind's ``minimum_norm``)
+MINIMUM_NORM_KINDS = frozenset(kinds_where("minimum_norm"))
 _SKIP_SETTINGS = {"name", "attack", "description", "backend", "norm", "epsilon", "bpda"}
 # Settings that change how hard a threat model tries, not what it measures: runs that differ
 # only in these share one column (with a line saying which setting differs in which run);
@@ -35,10 +37,8 @@ _SKIP_SETTINGS = {"name", "attack", "description", "backend", "norm", "epsilon",
 # gives the later run its own column, with the same kind of line.
 #: settings that choose images, not how they are attacked: where they differ, every cell says which images
 _IMAGE_SETTINGS = {"max_images"}
-MERGEABLE_SETTINGS = {"steps", "restarts", "n_queries", "max_iter", "max_images", "apgd_iterations", "apgd_restarts",
-                      "binary_search_steps", "batch_size", "eot", "recheck", "early_stop", "keep_adversarial_iterate",
-                      "rescale_schedule", "init_pool_size", "max_eval", "init_eval", "init_size", "step_size",
-                      "hsj_batch_size", "zoo_batch_size", "nb_parallel", "p_init", "random_start", "backend", "bpda"}
+# Declared on the schema: the fields marked BUDGET or EFFORT (threat_models.py).
+MERGEABLE_SETTINGS = fields_with(BUDGET) | fields_with(EFFORT)
 
 
 class ReportError(RuntimeError):
@@ -158,11 +158,6 @@ def _subset_of(row: dict[str, Any]) -> str:
 
 
 def _is_minimum_norm(config: dict[str, Any]) -> bool:
-    from robust_bench_sc.threat_models import THREAT_MODELS
-
-    cls = THREAT_MODELS.get(str(config.get("attack")))
-    if cls is not None:
-        return bool(cls.minimum_norm)
     return config.get("attack") in MINIMUM_NORM_KINDS
 
 
@@ -257,7 +252,7 @@ def normalized_config(config: dict[str, Any]) -> dict[str, Any]:
     """A stored threat-model configuration with every field spelled out (a field added to the
     code after the run counts as the behaviour the code then had: threat_models.ABSENT_MEANT),
     so that two runs compare by what they did, not by which fields their code version wrote."""
-    from robust_bench_sc.threat_models import THREAT_MODELS, stored_config
+    from robust_bench_sc.threat_models import stored_config
 
     cls = THREAT_MODELS.get(str(config.get("attack")))
     if cls is None:
@@ -560,13 +555,11 @@ def paper_cell(defense: DefenseInfo, threat: ThreatInfo) -> CellValue | None:
     return CellValue(pc.value, pc.n_images, None, pc.success_rate, col.minimum_norm, "paper")
 
 
-_BUDGET_SETTINGS = ("steps", "restarts", "n_queries", "max_iter", "max_images", "apgd_iterations", "apgd_restarts")
+_BUDGET_SETTINGS = fields_with(BUDGET)
 
 
 def threat_settings(t: ThreatInfo) -> str:
     """The non-default settings of a threat model, compactly."""
-    from robust_bench_sc.threat_models import THREAT_MODELS
-
     cls = THREAT_MODELS.get(t.kind)
     parts = []
     for k, v in t.config.items():
@@ -575,11 +568,11 @@ def threat_settings(t: ThreatInfo) -> str:
         if k in t.differs:
             parts.append(f"{k}={' or '.join(t.differs[k])}")
             continue
-        if k == "n_queries" and t.config.get("attack") == "autoattack" and not _runs_square(t.config):
+        if k == "n_queries" and t.config.get("attack") == "autoattack" and not runs_square(t.config):
             continue  # Square's budget, in an AutoAttack that does not run Square
         if k in _BUDGET_SETTINGS and v is not None:
             pass  # budgets are always shown: a reader needs them to judge a number
-        elif k == "rescale_schedule" and _runs_square(t.config):
+        elif k == "rescale_schedule" and runs_square(t.config):
             pass  # Square's schedule decides its strength at a reduced budget: always shown
         elif cls is not None and k in cls.model_fields:
             f = cls.model_fields[k]
@@ -599,15 +592,6 @@ def _setting_text(v: Any, key: str = "", norm: str = "") -> str:
         if abs(k2 - round(k2)) < 1e-6 and round(k2) > 0:
             return f"{round(k2) / 2:g}/255"
     return str(v)
-
-
-def _runs_square(c: dict[str, Any]) -> bool:
-    from robust_bench_sc.threat_models import autoattack_runs_square
-
-    if c.get("attack") == "square":
-        return True
-    return c.get("attack") == "autoattack" and autoattack_runs_square(c.get("version", "standard"),
-                                                                      c.get("attacks_to_run"))
 
 
 def column_n(report: Report, t: ThreatInfo) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo, field_serializer,
@@ -69,6 +70,38 @@ WholeNumber = Annotated[int, BeforeValidator(_not_bool)]
 RealNumber = Annotated[float, BeforeValidator(_not_bool)]
 
 
+@dataclass(frozen=True)
+class SettingRole:
+    """What a threat-model field is to the reports and the spec hash, declared beside the field
+    (``steps: Annotated[WholeNumber, BUDGET] = ...``) and read back by :func:`fields_with`: a new
+    field says its role where it is written, and no list elsewhere has to learn its name."""
+
+    role: str
+
+
+#: how much an attack runs per image (steps, restarts, queries, images): always shown beside a
+#: number, and two runs differing only in these (or EFFORT fields) share one report column
+BUDGET = SettingRole("budget")
+#: how an attack runs, not what it measures (batches, backend, BPDA, EOT, schedules): runs
+#: differing only in these share one report column (a note says which setting differs)
+EFFORT = SettingRole("effort")
+#: labels a threat model or sizes the run, never changes a job's records: not in its spec hash
+UNHASHED = SettingRole("unhashed")
+
+
+def fields_with(role: SettingRole) -> frozenset[str]:
+    """The field names that carry ``role`` in any registered threat model (a name carries the
+    same roles in every kind that has it: tests/test_threat_models.py checks)."""
+    return frozenset(name for cls in THREAT_MODELS.values() for name, f in cls.model_fields.items()
+                     if any(m is role for m in f.metadata))
+
+
+def kinds_where(trait: str) -> list[str]:
+    """The registered kinds whose class trait ``trait`` (``minimum_norm``, ``gradient_based``, ...)
+    is true, in registration order."""
+    return [k for k, cls in THREAT_MODELS.items() if getattr(cls, trait)]
+
+
 def resolve_relative(value: Any, epsilon: float) -> float:
     """``step_size`` given as a number, a fraction, or relative: ``epsilon/8``, ``eps*0.25``."""
     if isinstance(value, str):
@@ -105,18 +138,29 @@ class ThreatModel(BaseModel):
     kind: ClassVar[str] = ""
     gradient_based: ClassVar[bool] = False
     minimum_norm: ClassVar[bool] = False
+    #: why this kind has no ε-ball an adversarial example can be planted in (the binarization
+    #: test's refusal, one line); "" where it has one
+    no_epsilon_ball: ClassVar[str] = ""
+    #: its budget is ``n_queries`` model queries per image (score-based searches; ZOO counts iterations)
+    query_budget: ClassVar[bool] = False
+    #: attacks a seeded random subset of a chunk's images, not every image (no worst case over it)
+    random_subset: ClassVar[bool] = False
 
     name: str = ""
     attack: str
-    description: str = ""
-    batch_size: WholeNumber = Field(100, ge=1)
-    backend: str = "native"
-    bpda: str | None = Field(None, description="BPDA stand-in name, 'auto' for the defense's default, or null")
-    eot: WholeNumber = Field(1, ge=1, description="forward passes averaged per gradient (randomised defenses)")
-    recheck: WholeNumber = Field(1, ge=1, description="re-evaluations of each success against a randomised defense")
+    description: Annotated[str, UNHASHED] = ""
+    batch_size: Annotated[WholeNumber, EFFORT] = Field(100, ge=1)
+    backend: Annotated[str, EFFORT] = "native"
+    bpda: Annotated[str | None, EFFORT] = Field(
+        None, description="BPDA stand-in name, 'auto' for the defense's default, or null")
+    eot: Annotated[WholeNumber, EFFORT] = Field(
+        1, ge=1, description="forward passes averaged per gradient (randomised defenses)")
+    recheck: Annotated[WholeNumber, EFFORT] = Field(
+        1, ge=1, description="re-evaluations of each success against a randomised defense")
     only_correct: bool = Field(True, description="attack only images the defense classifies correctly")
-    max_images: WholeNumber | None = Field(None, ge=1, description="evaluate only the first N of the suite's images "
-                                   "(e.g. a 25000-step Boundary column on 50 of 1000); tables state the subset")
+    max_images: Annotated[WholeNumber | None, BUDGET, UNHASHED] = Field(
+        None, ge=1, description="evaluate only the first N of the suite's images "
+        "(e.g. a 25000-step Boundary column on 50 of 1000); tables state the subset")
 
     # The one declaration of a schema's backends: backend name → its implementation
     # ("module:Class", an ``attacks.base.Attack`` imported only when it runs), or None where
@@ -165,6 +209,7 @@ class CleanThreat(ThreatModel):
     """No attack: clean accuracy."""
 
     kind: ClassVar[str] = "none"
+    no_epsilon_ball: ClassVar[str] = "the threat model runs no attack"
     backends: ClassVar[dict[str, str | None]] = {"native": None}
     attack: Literal["none"] = "none"
 
@@ -190,13 +235,13 @@ class PGDThreat(ThreatModel):
     attack: Literal["pgd"] = "pgd"
     norm: Norm
     epsilon: Number = Field(gt=0)
-    steps: WholeNumber = Field(40, ge=1)
-    step_size: Number | str = "epsilon/8"
-    restarts: WholeNumber = Field(1, ge=1)
-    random_start: bool = True
+    steps: Annotated[WholeNumber, BUDGET] = Field(40, ge=1)
+    step_size: Annotated[Number | str, EFFORT] = "epsilon/8"
+    restarts: Annotated[WholeNumber, BUDGET] = Field(1, ge=1)
+    random_start: Annotated[bool, EFFORT] = True
     loss: Literal["ce", "cw"] = "ce"
-    early_stop: bool = Field(True, description="stop restarting a sample once it is fooled")
-    keep_adversarial_iterate: bool = Field(
+    early_stop: Annotated[bool, EFFORT] = Field(True, description="stop restarting a sample once it is fooled")
+    keep_adversarial_iterate: Annotated[bool, EFFORT] = Field(
         True, description="native: an image's first adversarial iterate is its answer, and it leaves the batch "
                           "there (off: the last iterate, every image to the last step, as plain Madry PGD)")
     l1_step: Literal["dense", "sparse"] = "sparse"
@@ -244,10 +289,10 @@ class CWThreat(ThreatModel):
                                                  "torchattacks": "robust_bench_sc.attacks.toolkits:TorchattacksCW"}
 
     attack: Literal["cw"] = "cw"
-    backend: str = "foolbox"
+    backend: Annotated[str, EFFORT] = "foolbox"
     norm: Literal["l2"] = "l2"
-    steps: WholeNumber = Field(1000, ge=1)
-    binary_search_steps: WholeNumber = Field(9, ge=1)
+    steps: Annotated[WholeNumber, BUDGET] = Field(1000, ge=1)
+    binary_search_steps: Annotated[WholeNumber, EFFORT] = Field(9, ge=1)
     confidence: RealNumber = 0.0
     learning_rate: RealNumber = Field(0.01, gt=0)
     initial_const: RealNumber = Field(0.001, gt=0)
@@ -269,19 +314,22 @@ class BoundaryThreat(ThreatModel):
 
     kind: ClassVar[str] = "boundary"
     minimum_norm: ClassVar[bool] = True
+    no_epsilon_ball: ClassVar[str] = ("the Boundary attack is a minimum-norm decision-based attack with no ε-ball to "
+                                      "plant an adversarial example in")
     backends: ClassVar[dict[str, str | None]] = {"foolbox": "robust_bench_sc.attacks.decision:FoolboxBoundary"}
 
     attack: Literal["boundary"] = "boundary"
-    backend: str = "foolbox"
+    backend: Annotated[str, EFFORT] = "foolbox"
     norm: Literal["l2"] = "l2"
-    steps: WholeNumber = Field(25000, ge=1)
+    steps: Annotated[WholeNumber, BUDGET] = Field(25000, ge=1)
     spherical_step: RealNumber = Field(0.01, gt=0)
     source_step: RealNumber = Field(0.01, gt=0)
     source_step_convergance: RealNumber = Field(1e-7, gt=0)
     step_adaptation: RealNumber = Field(1.5, gt=1)
     update_stats_every_k: WholeNumber = Field(10, ge=1)
     init_pool: Literal["train", "test"] = "train"
-    init_pool_size: WholeNumber | None = Field(None, ge=1, description="use only the first N pool images (None: all; 50000 for train)")
+    init_pool_size: Annotated[WholeNumber | None, EFFORT] = Field(
+        None, ge=1, description="use only the first N pool images (None: all; 50000 for train)")
     epsilon: Number | None = Field(None, description="report accuracy at this ℓ2 budget too")
 
 
@@ -291,26 +339,29 @@ class HopSkipJumpThreat(ThreatModel):
 
     kind: ClassVar[str] = "hsj"
     minimum_norm: ClassVar[bool] = True
+    no_epsilon_ball: ClassVar[str] = ("HopSkipJump is a minimum-norm decision-based attack with no ε-ball to plant an "
+                                      "adversarial example in")
     backends: ClassVar[dict[str, str | None]] = {"art": "robust_bench_sc.attacks.decision:ArtHopSkipJump",
                                                  "foolbox": "robust_bench_sc.attacks.decision:FoolboxHopSkipJump"}
 
     attack: Literal["hsj"] = "hsj"
-    backend: str = "art"
+    backend: Annotated[str, EFFORT] = "art"
     norm: Literal["l2"] = "l2"
-    max_iter: WholeNumber = Field(50, ge=1)
-    max_eval: WholeNumber = Field(10000, ge=1)
-    init_eval: WholeNumber = Field(100, ge=1)
-    init_size: WholeNumber = Field(100, ge=1)
+    max_iter: Annotated[WholeNumber, BUDGET] = Field(50, ge=1)
+    max_eval: Annotated[WholeNumber, EFFORT] = Field(10000, ge=1)
+    init_eval: Annotated[WholeNumber, EFFORT] = Field(100, ge=1)
+    init_size: Annotated[WholeNumber, EFFORT] = Field(100, ge=1)
     gamma: RealNumber = Field(1.0, gt=0, description="foolbox only: binary-search threshold factor")
     stepsize_search: Literal["geometric_progression", "grid_search"] = "geometric_progression"
-    hsj_batch_size: WholeNumber = Field(64, ge=1, description="ART only: batch of model queries")
+    hsj_batch_size: Annotated[WholeNumber, EFFORT] = Field(64, ge=1, description="ART only: batch of model queries")
     init_pool: Literal["noise", "train", "test"] = Field(
         "noise", description="starting point: noise = the toolkit's own uniform-noise search (ART: init_size "
         "draws; an image none of them misleads comes back unchanged); train/test = the ℓ2-closest image of that "
         "split the defense predicts as another label than the true one (as Boundary), passed as ART's "
         "x_adv_init / foolbox's starting_points")
-    init_pool_size: WholeNumber | None = Field(None, ge=1, description="init_pool train/test: use only the first N pool "
-                                       "images (None: all; 50000 for train)")
+    init_pool_size: Annotated[WholeNumber | None, EFFORT] = Field(
+        None, ge=1, description="init_pool train/test: use only the first N pool "
+        "images (None: all; 50000 for train)")
     epsilon: Number | None = None
 
     @model_validator(mode="after")
@@ -327,24 +378,29 @@ class ZooThreat(ThreatModel):
 
     kind: ClassVar[str] = "zoo"
     minimum_norm: ClassVar[bool] = True
+    no_epsilon_ball: ClassVar[str] = "ZOO is a minimum-norm attack with no ε-ball to plant an adversarial example in"
+    random_subset: ClassVar[bool] = True
     backends: ClassVar[dict[str, str | None]] = {"art": "robust_bench_sc.attacks.decision:ArtZoo"}
 
     attack: Literal["zoo"] = "zoo"
-    backend: str = "art"
+    backend: Annotated[str, EFFORT] = "art"
     norm: Literal["l2"] = "l2"
     n_samples: WholeNumber = Field(100, ge=1, description="random correctly classified images attacked")
     confidence: RealNumber = 0.0
     learning_rate: RealNumber = Field(0.01, gt=0)
-    max_iter: WholeNumber = Field(100, ge=1)
-    binary_search_steps: WholeNumber = Field(1, ge=1)
+    max_iter: Annotated[WholeNumber, BUDGET] = Field(100, ge=1)
+    binary_search_steps: Annotated[WholeNumber, EFFORT] = Field(1, ge=1)
     initial_const: RealNumber = Field(1e-3, gt=0)
-    nb_parallel: WholeNumber = Field(128, ge=1)
+    nb_parallel: Annotated[WholeNumber, EFFORT] = Field(128, ge=1)
     variable_h: RealNumber = Field(1e-4, gt=0)
     use_resize: bool = False
     use_importance: bool = False
     abort_early: bool = True
-    zoo_batch_size: WholeNumber = Field(1, ge=1, description="ART ZooAttack batch_size (images optimised together)")
-    batch_size: WholeNumber = Field(1000, ge=1, description="images per attack call: the n_samples are drawn from each call's correctly classified images, so keep it ≥ the suite's chunk_size")
+    zoo_batch_size: Annotated[WholeNumber, EFFORT] = Field(
+        1, ge=1, description="ART ZooAttack batch_size (images optimised together)")
+    batch_size: Annotated[WholeNumber, EFFORT] = Field(
+        1000, ge=1, description="images per attack call: the n_samples are drawn from each call's correctly "
+        "classified images, so keep it ≥ the suite's chunk_size")
     epsilon: Number | None = None
 
 
@@ -406,18 +462,19 @@ class SquareThreat(ThreatModel):
     """
 
     kind: ClassVar[str] = "square"
+    query_budget: ClassVar[bool] = True
     backends: ClassVar[dict[str, str | None]] = {
         "autoattack": "robust_bench_sc.attacks.autoattack:AutoAttackSquare",
         "torchattacks": "robust_bench_sc.attacks.toolkits:TorchattacksSquare"}
 
     attack: Literal["square"] = "square"
-    backend: str = "autoattack"
+    backend: Annotated[str, EFFORT] = "autoattack"
     norm: Literal["linf", "l2"]
     epsilon: Number = Field(gt=0)
-    n_queries: WholeNumber = Field(AUTOATTACK_SQUARE_QUERIES, ge=1)
-    p_init: RealNumber = Field(0.8, gt=0)
-    restarts: WholeNumber = Field(1, ge=1)
-    rescale_schedule: bool = Field(False, description=_RESCALE_DOC)
+    n_queries: Annotated[WholeNumber, BUDGET] = Field(AUTOATTACK_SQUARE_QUERIES, ge=1)
+    p_init: Annotated[RealNumber, EFFORT] = Field(0.8, gt=0)
+    restarts: Annotated[WholeNumber, BUDGET] = Field(1, ge=1)
+    rescale_schedule: Annotated[bool, EFFORT] = Field(False, description=_RESCALE_DOC)
 
     @model_validator(mode="before")
     @classmethod
@@ -436,6 +493,15 @@ def autoattack_runs_square(version: str, attacks_to_run: list[str] | None) -> bo
     return "square" in ((attacks_to_run or []) if version == "custom" else SQUARE_VERSIONS.get(version, ()))
 
 
+def runs_square(config: dict[str, Any]) -> bool:
+    """Whether a threat-model configuration (as a run.json stores it) runs the Square attack:
+    a square threat model, or an AutoAttack whose version runs it."""
+    if config.get("attack") == "square":
+        return True
+    return config.get("attack") == "autoattack" and autoattack_runs_square(config.get("version", "standard"),
+                                                                           config.get("attacks_to_run"))
+
+
 @register_threat_model
 class AutoAttackThreat(ThreatModel):
     """AutoAttack (pyautoattack, the reference implementation): standard or a custom list."""
@@ -445,17 +511,19 @@ class AutoAttackThreat(ThreatModel):
     backends: ClassVar[dict[str, str | None]] = {"autoattack": "robust_bench_sc.attacks.autoattack:AutoAttackRunner"}
 
     attack: Literal["autoattack"] = "autoattack"
-    backend: str = "autoattack"
+    backend: Annotated[str, EFFORT] = "autoattack"
     norm: Norm
     epsilon: Number = Field(gt=0)
     version: Literal["standard", "plus", "rand", "custom"] = "standard"
     attacks_to_run: list[str] = Field(default_factory=list)
-    n_queries: WholeNumber = Field(5000, ge=1, description="Square's query budget")
-    apgd_iterations: WholeNumber | None = Field(None, ge=1, description="APGD-CE/DLR and APGD-T iterations (None: the version's 100)")
-    apgd_restarts: WholeNumber | None = Field(
+    n_queries: Annotated[WholeNumber, BUDGET] = Field(5000, ge=1, description="Square's query budget")
+    apgd_iterations: Annotated[WholeNumber | None, BUDGET] = Field(
+        None, ge=1, description="APGD-CE/DLR and APGD-T iterations (None: the version's 100)")
+    apgd_restarts: Annotated[WholeNumber | None, BUDGET] = Field(
         None, ge=1, description="APGD-CE/DLR restarts (None: the version's own — 1 in standard, 5 in custom)")
-    rescale_schedule: bool = Field(False, description="Square's schedule: " + _RESCALE_DOC + " (only where Square "
-                                   "runs: standard, plus, or custom with square)")
+    rescale_schedule: Annotated[bool, EFFORT] = Field(
+        False, description="Square's schedule: " + _RESCALE_DOC + " (only where Square "
+        "runs: standard, plus, or custom with square)")
 
     @model_validator(mode="before")
     @classmethod
@@ -479,13 +547,15 @@ class RandomSearchThreat(ThreatModel):
     to one pixel over ``n_queries``; scores average ``eot`` forward passes."""
 
     kind: ClassVar[str] = "random_search"
+    query_budget: ClassVar[bool] = True
     backends: ClassVar[dict[str, str | None]] = {"native": "robust_bench_sc.attacks.random_search:RandomSearch"}
 
     attack: Literal["random_search"] = "random_search"
     norm: Literal["linf"] = "linf"
     epsilon: Number = Field(gt=0)
-    n_queries: WholeNumber = Field(100, ge=1)
-    p_init: RealNumber = Field(0.1, gt=0, le=1, description="the first window's share of the image area")
+    n_queries: Annotated[WholeNumber, BUDGET] = Field(100, ge=1)
+    p_init: Annotated[RealNumber, EFFORT] = Field(
+        0.1, gt=0, le=1, description="the first window's share of the image area")
 
 
 # -- threat models holding threat models ---------------------------------------------------
@@ -548,6 +618,8 @@ class TransferThreat(_Nesting):
     worse than the last, measured +10 of 60 images robust on trades)."""
 
     kind: ClassVar[str] = "transfer"
+    no_epsilon_ball: ClassVar[str] = ("a transfer attack is crafted on another model, not on the two-class network the "
+                                      "test builds")
     backends: ClassVar[dict[str, str | None]] = {"native": "robust_bench_sc.attacks.transfer:TransferAttack"}
     nested_fields: ClassVar[tuple[str, ...]] = ("craft",)
 
@@ -622,6 +694,8 @@ class WorstCaseThreat(_Nesting):
     not their defaults."""
 
     kind: ClassVar[str] = "worst_case"
+    no_epsilon_ball: ClassVar[str] = ("a worst-case threat model is a list of attacks: test each of its attacks on "
+                                      "its own")
     backends: ClassVar[dict[str, str | None]] = {"native": None}  # evaluate.py runs the members
     nested_fields: ClassVar[tuple[str, ...]] = ("attacks",)
     INHERITED: ClassVar[tuple[str, ...]] = ("bpda", "eot", "recheck", "batch_size")

@@ -480,3 +480,18 @@ def test_resume_after_interrupt_is_exact(tmp_path, tiny_data):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+
+
+def test_shipped_names_are_sparse_coding_with_params_T():
+    """``sparse_coding_T{n}`` (the names committed suites use) builds what ``{ref: sparse_coding,
+    params: {T: n}}`` builds: same name, weights and code fingerprints; one per shipped file."""
+    import defenses.sparse_coding as sc
+    from robust_bench_sc.plugins import DEFENSES, build_defense
+
+    names = sorted(n for n in DEFENSES.names() if n.startswith("sparse_coding_T"))
+    assert names == sorted(f"sparse_coding_T{T}" for T in sc.SUPPORTED_T)
+    for T in sc.SUPPORTED_T:
+        alias, direct = build_defense(f"sparse_coding_T{T}"), build_defense("sparse_coding", {"T": T})
+        assert alias.name == direct.name == f"sparse_coding_T{T}"
+        assert (alias.fingerprint(), alias.code_fingerprint()) == (direct.fingerprint(), direct.code_fingerprint())
+    assert build_defense("sparse_coding_T15").fingerprint() == "b8f05f2bfe373ca7"  # results/*: the shipped T15

@@ -275,3 +275,43 @@ def test_allowed_norms_come_from_each_schema():
     from robust_bench_sc.diagnostics.config import NORMS
 
     assert NORMS == ("linf", "l2")  # diagnose's plain evaluation: the norms its Square check attacks
+
+
+# -- traits declared once on the schema (issue 36): every list elsewhere is a query of them ------
+
+def test_a_field_name_carries_the_same_roles_in_every_kind():
+    """Reports look settings up by name across kinds (a run.json's config): a field marked BUDGET in
+    one kind and left unmarked in another would merge columns in one and split them in the other."""
+    roles: dict[str, dict[frozenset, list[str]]] = {}
+    for kind, cls in tms.THREAT_MODELS.items():
+        for name, f in cls.model_fields.items():
+            marks = frozenset(m.role for m in f.metadata if isinstance(m, tms.SettingRole))
+            roles.setdefault(name, {}).setdefault(marks, []).append(kind)
+    mixed = {name: {tuple(sorted(m)): ks for m, ks in by.items()} for name, by in roles.items() if len(by) > 1}
+    assert mixed == {}
+    # the roles are what reports and the spec hash read (values as before the declarations moved)
+    assert tms.fields_with(tms.UNHASHED) == {"description", "max_images"}
+    assert {"steps", "n_queries", "max_iter"} <= tms.fields_with(tms.BUDGET)
+    assert {"backend", "bpda", "eot", "batch_size"} <= tms.fields_with(tms.EFFORT)
+    assert not (tms.fields_with(tms.BUDGET) | tms.fields_with(tms.EFFORT)) & {"epsilon", "norm", "attack", "loss"}
+
+
+def test_readers_query_the_schema():
+    from robust_bench_sc import binarization, plan, report_model
+
+    assert report_model.MINIMUM_NORM_KINDS == {"cw", "boundary", "hsj", "zoo"}
+    assert report_model.MERGEABLE_SETTINGS == tms.fields_with(tms.BUDGET) | tms.fields_with(tms.EFFORT)
+    assert plan._LABEL_FIELDS == tms.fields_with(tms.UNHASHED)
+    assert set(binarization._BALL_KINDS) == {"pgd", "cw", "square", "autoattack", "random_search"}
+    assert set(binarization._BALL_KINDS) | set(binarization._NO_BALL) == set(tms.THREAT_MODELS)
+    assert tms.runs_square({"attack": "autoattack", "version": "custom", "attacks_to_run": ["square"]})
+    assert not tms.runs_square({"attack": "autoattack", "version": "rand"})
+    assert tms.runs_square({"attack": "square"}) and not tms.runs_square({"attack": "pgd"})
+
+
+def test_kind_traits_as_the_readers_used_to_list_them():
+    """What budget.py, cli.py (``threat-models``) and config.py's worst-case check read."""
+    assert tms.kinds_where("gradient_based") == ["pgd", "cw", "autoattack"]
+    assert tms.kinds_where("query_budget") == ["square", "random_search"]
+    assert tms.kinds_where("random_subset") == ["zoo"]
+    assert all("n_queries" in tms.THREAT_MODELS[k].model_fields for k in tms.kinds_where("query_budget"))
