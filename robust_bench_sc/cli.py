@@ -37,7 +37,7 @@ def _explain(exc: BaseException) -> str:
     libraries (a plug-in's own code), else as an internal error."""
     from robust_bench_sc.data import DataError
     from robust_bench_sc.evaluate import DefenseOutputError
-    from robust_bench_sc.registry import RegistryError
+    from robust_bench_sc.registry import RegistryError, plugin_frame
     from robust_bench_sc.regression import BaselineError
     from robust_bench_sc.reports import ReportError
     from robust_bench_sc.runner import RunError
@@ -50,20 +50,15 @@ def _explain(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, SyntaxError):  # a plug-in file that does not parse
         return f"{exc.filename}, line {exc.lineno}: {type(exc).__name__}: {exc.msg}"
-    frames = traceback.extract_tb(exc.__traceback__)
-    pkg = str(Path(__file__).resolve().parent) + os.sep
-    library = ("site-packages", "dist-packages", os.path.dirname(os.__file__))
-    plugin = [f for f in frames if not str(Path(f.filename).resolve()).startswith(pkg)
-              and not any(part in f.filename for part in library) and not f.filename.startswith("<frozen")]
     what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    if plugin:
-        f = plugin[-1]
-        return (f"plug-in code raised {what}\n  at {f.filename}:{f.lineno}, in {f.name}: {(f.line or '').strip()}"
-                "\n  (--debug for the full traceback)")
+    where = plugin_frame(exc)
+    if where:
+        return f"plug-in code raised {what}\n  at {where}\n  (--debug for the full traceback)"
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: {exc.strerror or exc}"
-    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-    return f"internal error {what}{where}; rerun with --debug for the traceback"
+    frames = traceback.extract_tb(exc.__traceback__)
+    at = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"internal error {what}{at}; rerun with --debug for the traceback"
 
 
 # typer (>= 0.2x) runs commands on its own copy of click: its exceptions are not click's

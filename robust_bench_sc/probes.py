@@ -223,9 +223,12 @@ def _eval_mode(defense: Defense) -> Iterator[None]:
 
 
 def _raised(probe: str, defense: Defense, exc: BaseException) -> str:
+    from robust_bench_sc.registry import plugin_frame
+
     msg = str(exc).splitlines()[0][:160] if str(exc).strip() else ""
+    where = plugin_frame(exc)
     return (f"probe {probe!r} on defense {defense.name!r}: the defense raised "
-            f"{type(exc).__name__}{': ' + msg if msg else ''}")
+            f"{type(exc).__name__}{': ' + msg if msg else ''}" + (f"\n  at {where}" if where else ""))
 
 
 def _call(probe: str, defense: Defense, fn: Callable[[], Any]) -> Any:

@@ -148,3 +148,21 @@ class Registry(Generic[T]):
             obj = _import_attr(obj)
             self._entries[name] = obj
         return obj
+
+
+def plugin_frame(exc: BaseException) -> str | None:
+    """``file:line, in function: source`` of the innermost frame of ``exc``'s traceback that is
+    neither this package's, nor an installed library's, nor the standard library's: where the
+    plug-in's own code raised. None when no such frame exists."""
+    import os
+    import traceback
+
+    pkg = str(Path(__file__).resolve().parent) + os.sep
+    library = ("site-packages", "dist-packages", os.path.dirname(os.__file__))
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not str(Path(f.filename).resolve()).startswith(pkg)
+              and not any(part in f.filename for part in library) and not f.filename.startswith("<frozen")]
+    if not frames:
+        return None
+    f = frames[-1]
+    return f"{f.filename}:{f.lineno}, in {f.name}: {(f.line or '').strip()}"

@@ -251,7 +251,7 @@ def probe_suite(suite: SuiteConfig, defenses: dict[str, Any], device: str = "cpu
             found = probe_defense(d, split.x, split.y, device=device, seed=suite.seed, n_classes=split.n_classes)
             adapted = adaptation(spec.label, d, found, split.x, split.y, device)
         except ProbeError as exc:
-            raise RunError(f"defense {spec.label!r}: {exc}") from None
+            raise RunError(str(exc)) from None  # it names the probe and the defense
         adaptations[spec.label] = adapted
         threats = [t for t in suite.threat_models if spec.runs(t.name)]
         record[spec.label] = adapted.to_dict(threats)

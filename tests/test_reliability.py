@@ -123,7 +123,7 @@ def _one_error(res, *needles):
 def test_broken_defense_outputs_are_refused_not_counted(tmp_path, plugin):
     # NaN logits: argmax would be class 0 and label-0 images would count as robust
     res = _cli("run", _suite(tmp_path, plugin, "{mode: nan}"), "--out", tmp_path / "nan", "--quiet")
-    _one_error(res, "defense 'toy' returned non-finite logits", "2 of 2 images")
+    _one_error(res, "probe 'randomness' on defense 'toy': non-finite logits (NaN or inf) on 4 of 4 clean images")
     assert not (tmp_path / "nan" / "summary.csv").exists()
     # wrong width (a 1000-class head) and wrong rank
     res = _cli("run", _suite(tmp_path, plugin, "{width: 9}"), "--out", tmp_path / "w", "--quiet")
@@ -431,8 +431,9 @@ def test_cli_errors_are_one_message(tmp_path, plugin):
     # a plug-in that raises: its own frame and one line
     out = _one_error(_cli("run", _suite(tmp_path, plugin, "{mode: raise}", name="r.yaml"), "--out",
                           tmp_path / "raise", "--quiet"),
-                     "plug-in code raised ValueError: my classifier broke", f"{plugin}:", 'raise ValueError("my classifier broke")')
-    assert len(out[out.index("error:"):].strip().splitlines()) == 3, out  # message, its frame, --debug hint
+                     "probe 'randomness' on defense 'toy': the defense raised ValueError: my classifier broke",
+                     f"{plugin}:", 'raise ValueError("my classifier broke")')
+    assert len(out[out.index("error:"):].strip().splitlines()) == 2, out  # message naming the probe, its frame
     res = CliRunner().invoke(app, ["--debug", "run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "raise2"), "--quiet"])
     assert res.exit_code == 2 and "Traceback" in res.output
     _one_error(_cli("run", tmp_path / "r.yaml", "--out", tmp_path / "raise3", "--quiet"), "my classifier broke")  # not sticky
