@@ -185,8 +185,9 @@ def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None,
         if tm.bpda is None and tm.gradient_based and not defense.capabilities.differentiable and warn is not None:
             stand_ins = f" (it offers {', '.join(defense.bpda_names())})" if defense.bpda_names() else ""
             warn(f"threat model {what}: a gradient attack without BPDA on {defense.name!r}, whose gradients are "
-                 f"not meaningful (Capabilities.differentiable is False): it measures gradient masking, not "
-                 f"robustness; set bpda: auto{stand_ins}")
+                 f"not meaningful (Capabilities.differentiable is False): `scbench run` probes the defense and "
+                 f"chooses BPDA where its gradients fail; with --no-probes it would measure gradient masking, not "
+                 f"robustness; set bpda: auto{stand_ins} to say so in the suite")
         if tm.bpda in (None, "auto"):
             return
         names = defense.bpda_names()
