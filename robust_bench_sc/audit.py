@@ -159,6 +159,11 @@ def plan_cascade(defense: Defense, findings: ProbeFindings, budget: AuditBudget,
     gradient_ok = status == "ok"
     if gradient_ok:
         order = ["apgd-dlr", "apgd-ce", "apgd-t"] if findings.saturated else ["apgd-ce", "apgd-dlr", "apgd-t"]
+        if randomised:  # AutoAttack's rand version: APGD-CE and APGD-DLR with EOT, no targeted attack
+            order.remove("apgd-t")
+            skipped.append({"attack": "apgd-t", "reason": f"left out on a randomised defense, as in AutoAttack's rand "
+                                                          f"version (its 9 target classes × EOT {eot} would cost "
+                                                          "9 times APGD-DLR's queries)"})
         for which in order:
             members.append({
                 "attack": "autoattack", "name": which, "norm": "linf", "epsilon": eps, "version": "custom",

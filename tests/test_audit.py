@@ -58,7 +58,9 @@ def test_plan_saturated_puts_dlr_first(madry):
 def test_plan_randomised_uses_eot_and_recheck_everywhere(madry):
     plan = plan_cascade(madry, findings(randomised=True, prediction_flip_frac=0.25), BUDGETS["standard"])
     grad = [m for m in plan.members if m["name"] in GRADIENT_MEMBERS]
-    assert grad and all(m["eot"] == 20 and m["recheck"] == 5 for m in grad)
+    assert [m["name"] for m in grad] == ["apgd-ce", "apgd-dlr"]  # AutoAttack's rand version: no APGD-T
+    assert plan.skipped[0]["attack"] == "apgd-t" and "rand version" in plan.skipped[0]["reason"]
+    assert all(m["eot"] == 20 and m["recheck"] == 5 for m in grad)
     assert all(m["recheck"] == 5 for m in plan.members)
     assert any("not declared" in r for r in plan.reasons["apgd-ce"])
 
