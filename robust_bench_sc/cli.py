@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -50,6 +51,9 @@ def _explain(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, SyntaxError):  # a plug-in file that does not parse
         return f"{exc.filename}, line {exc.lineno}: {type(exc).__name__}: {exc.msg}"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return (f"no space left on the device{' for ' + str(exc.filename) if exc.filename else ''}: every job "
+                "recorded before stays; free some space and run the same command again to resume")
     what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     where = plugin_frame(exc)
     if where:
@@ -449,10 +453,13 @@ def report(
     paper: bool = typer.Option(False, "--paper", help="show the paper's numbers (full test set) beside ours"),
     plots: Optional[Path] = typer.Option(None, "--plots", help="folder for PNG+PDF plots (default: <out>_plots/ with md)"),
     embed: bool = typer.Option(False, "--embed", help="md: headings two levels down, for a section of another document"),
+    force: bool = typer.Option(False, "--force", help="replace an existing --out file"),
 ):
     """Comparison tables of one or more runs: defenses × threat models, n and 95% Wilson CIs."""
     from robust_bench_sc.reports import ReportError, render
 
+    if out is not None and out.exists() and not force:
+        _fail(f"--out {out}: the file exists; pass --force to replace it (nothing was written)")
     try:
         dirs: list[str | Path] = list(run_dirs)
         text = render(dirs, fmt, paper=paper, out=out, plots_dir=plots, embed=embed, on_note=_warn)

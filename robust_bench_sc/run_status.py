@@ -188,6 +188,15 @@ def run_status(run_dir: str | Path) -> RunStatus:
                            if r.get("attacked") and r.get("fooled") and r.get("l2") is not None)
     writer = RunLock(run_dir).owner()
     live = bool(writer and writer.get("alive"))  # a dead writer's progress.json describes nothing
+    if not live and meta.get("status") == "running":
+        # run.json was read before the lock: a run that ended in between wrote how it ended into
+        # run.json before it released the lock, so a second read is not "killed?" by mistake
+        try:
+            again = layout.read_meta()
+        except DamagedFileError:
+            again = None
+        if isinstance(again, dict):
+            meta = again
     progress = layout.read_progress() if live else None
     in_flight: dict[tuple[str, str], list[tuple[int, float]]] = {}
     written, flying = parse_in_flight(progress)

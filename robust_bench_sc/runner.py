@@ -235,7 +235,7 @@ PROBE_IMAGES = 8  # the first images of the suite the probes run on
 
 
 def probe_suite(suite: SuiteConfig, defenses: dict[str, Any], device: str = "cpu",
-                console: Console | None = None) -> tuple[SuiteConfig, dict[str, Any]]:
+                console: Console | None = None, quiet: bool = False) -> tuple[SuiteConfig, dict[str, Any]]:
     """Probe every defense (robust_bench_sc.probes) on the suite's first ``PROBE_IMAGES``
     images, before any attack; return the suite carrying the adaptations (``auto``,
     robust_bench_sc.adapt) and what run.json keeps of them (``probes``). Prints each finding
@@ -258,13 +258,14 @@ def probe_suite(suite: SuiteConfig, defenses: dict[str, Any], device: str = "cpu
         record[spec.label] = adapted.to_dict(threats)
         if console is None:
             continue
-        console.print(f"[bold]probes[/] {escape(spec.label)} ({found.n_images} images, {found.seconds:.1f}s)",
-                      highlight=False)
-        for line in found.summary_lines():
-            console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
+        if not quiet:  # --quiet: the warnings only (every finding and choice stays in run.json)
+            console.print(f"[bold]probes[/] {escape(spec.label)} ({found.n_images} images, {found.seconds:.1f}s)",
+                          highlight=False)
+            for line in found.summary_lines():
+                console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
         for w in adapted.warnings + [w for t in threats for w in adapted.warnings_for(t)]:
             console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)
-        for t in threats:
+        for t in threats if not quiet else []:
             for c in adapted.threat(t)[1]:
                 console.print(f"  auto {escape(spec.label)} × {escape(t.name)}: {escape(c.line())}", highlight=False,
                               soft_wrap=True)
@@ -468,7 +469,7 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
     code_fps = {label: d.code_fingerprint() for label, d in built.items()}
     probe_record: dict[str, Any] | None = None
     if probes:
-        suite, probe_record = probe_suite(suite, built, device, console)
+        suite, probe_record = probe_suite(suite, built, device, console, quiet=not show_progress)
     del built
     run_dir = Path(out) if out else default_run_dir(suite, Path(results_root))
     run_dir = run_dir.resolve()
@@ -561,7 +562,7 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
         console.print(f"[bold]run[/] {suite.name} → {run_dir} ({len(jobs)} job{'s' * (len(jobs) != 1)}, {subset})")
     from robust_bench_sc.budget import start_lines  # each threat model's budget, jobs and estimated time
 
-    for line in start_lines(suite, jobs, todo, fingerprints):
+    for line in start_lines(suite, jobs, todo, fingerprints) if show_progress else []:  # --quiet: none
         console.print(escape(line), highlight=False, soft_wrap=True)
 
     # progress: one bar per (defense, threat model)
@@ -683,7 +684,10 @@ def _mark_interrupted(layout: RunDir, wall: float, known_fp: dict[str, str], com
                     wall_seconds_this_invocation=round(wall, 2), jobs_computed=computed)
         if error is not None:
             meta["error"] = error[:500]
-        layout.write_meta(meta)
+        try:
+            layout.write_meta(meta)
+        except OSError:  # a full disk cannot take run.json either: the error that stopped the run is what to say
+            pass
 
 
 def load_samples(run_dir: Path, jobs: list[Job], suite: SuiteConfig | None = None,

@@ -370,3 +370,79 @@ def test_fuzz_suite_yaml_and_set_give_a_suite_or_one_config_error(tmp_path, key,
             assert math.isfinite(t.epsilon) and t.epsilon > 0 and t.step > 0
             assert 1 <= suite.data.n_images <= 1000
             assert label_clashes([d.label for d in suite.defenses]) == []
+
+
+def test_report_does_not_overwrite_a_file_it_was_not_told_to_replace(tmp_path):
+    """Issue 34, smaller: `report --out` onto an existing file overwrote it silently; now it is
+    refused in one line (exit 2) and the file is untouched, unless --force."""
+    from typer.testing import CliRunner
+
+    from robust_bench_sc.cli import app
+    from robust_bench_sc.paths import REPO_ROOT
+
+    run = REPO_ROOT / "results" / "table1_quick"
+    if not (run / "run.json").exists():
+        run = next(p.parent for p in sorted((REPO_ROOT / "results").glob("*/run.json")))
+    target = tmp_path / "mine.md"
+    target.write_text("my notes\n")
+    res = CliRunner().invoke(app, ["report", str(run), "--out", str(target)])
+    assert res.exit_code == 2 and "the file exists; pass --force" in res.output
+    assert target.read_text() == "my notes\n"
+    res = CliRunner().invoke(app, ["report", str(run), "--out", str(target), "--force"])
+    assert res.exit_code == 0, res.output
+    assert target.read_text() != "my notes\n" and "|" in target.read_text()
+
+
+def test_a_full_disk_is_one_line_and_the_same_command_resumes(tmp_path, toy, monkeypatch):
+    """Issue 34: a full disk gave an internal error. Now: one line saying so (exit 2), every job
+    recorded before it stays, and the same command resumes once there is space."""
+    import errno
+
+    from robust_bench_sc.storage import RunDir
+
+    suite = _suite(tmp_path, f"[{{ref: {toy}}}]", f"[clean, {pgd()}]")
+    out = tmp_path / "run"
+    real = RunDir.write_chunk
+    written: list[str] = []
+
+    def fills_up(self, defense, threat, chunk, blob):
+        if written:  # the first job's records fit, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(threat)
+        return real(self, defense, threat, chunk, blob)
+
+    monkeypatch.setattr(RunDir, "write_chunk", fills_up)
+    _one_error(_cli("run", suite, "--out", out, "--quiet", "--threads", 1), "no space left on the device",
+               "run the same command again to resume")
+    monkeypatch.setattr(RunDir, "write_chunk", real)
+    assert len(list((out / "records").rglob("chunk_*.json"))) == 1
+    res = _cli("run", suite, "--out", out, "--quiet", "--threads", 1)
+    assert res.exit_code == 0, res.output
+    assert len(list((out / "records").rglob("chunk_*.json"))) == 2
+
+
+def test_status_at_the_moment_a_run_ends_is_not_killed(tmp_path, toy, monkeypatch):
+    """Issue 34, smaller: `status` read run.json ("running"), then found the lock released by a
+    run that had just ended, and said "killed?". The run writes how it ended before it releases
+    the lock, so status reads run.json again when it finds no live writer."""
+    from robust_bench_sc.run_status import run_status
+    from robust_bench_sc.storage import RunDir, RunLock
+
+    suite = _suite(tmp_path, f"[{{ref: {toy}}}]", "[clean]")
+    out = tmp_path / "run"
+    assert _cli("run", suite, "--out", out, "--quiet", "--threads", 1).exit_code == 0
+    layout = RunDir(out)
+    meta = layout.read_meta()
+    assert meta["status"] == "complete"
+    layout.write_meta({**meta, "status": "running"})  # as a status call sees it while the run is live
+
+    def run_ends_now(self):  # between status's read of run.json and of the lock, the run ends
+        layout.write_meta(meta)
+        return None
+
+    monkeypatch.setattr(RunLock, "owner", run_ends_now)
+    st = run_status(out)
+    assert st.state == "complete" and "killed" not in st.state
+    monkeypatch.setattr(RunLock, "owner", lambda self: None)  # a run that really died: still said
+    layout.write_meta({**meta, "status": "running"})
+    assert "killed?" in run_status(out).state
