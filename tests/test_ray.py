@@ -219,7 +219,8 @@ def test_failing_job_is_not_retried_and_stops_the_run(cluster, tmp_path):
     (tmp_path / "boom.py").write_text(BOOM)
     suite = _suite(tmp_path, f"  - madry_pgd_at\n  - {{ref: '{tmp_path / 'boom.py'}:build', name: boom}}\n")
     with pytest.raises(RayJobError, match=r"boom/.*boom: a bug in the defense"):
-        run_suite(suite, out=tmp_path / "run", executor=RayExecutor(device="cpu"), show_progress=False)
+        # without the probes: they would find the broken defense in the driver before any job
+        run_suite(suite, out=tmp_path / "run", executor=RayExecutor(device="cpu"), show_progress=False, probes=False)
     recorded = [p.parent.parent.name for p in (tmp_path / "run" / "records").rglob("chunk_*.json")]
     assert "boom" not in recorded
 

@@ -521,7 +521,7 @@ def test_gradient_attack_without_bpda_on_a_non_differentiable_defense_is_warned(
     assert "smooth_top_u" in said[0]                     # names the stand-ins it offers
     preflight(suite)                                     # no listener: nothing to say, nothing raised
     res = _cli("validate", tmp_path / "w.yaml")
-    assert res.exit_code == 0 and " ".join(res.output.split()).count("measures gradient masking") == 1, res.output
+    assert res.exit_code == 0 and " ".join(res.output.split()).count("would measure gradient masking") == 1, res.output
 
 
 # -- an interrupted run says so, and `scbench status` shows what a folder holds ---------------

@@ -303,7 +303,8 @@ def test_meta_logits_malformed_set_and_wrong_run_json_fields_are_one_line(tmp_pa
 def test_a_run_stopped_on_an_error_says_so_and_a_failed_start_leaves_nothing(tmp_path, toy):
     # was: status 'running' left in run.json, later archived as 'killed' (and shown as killed?)
     bad = _suite(tmp_path, f"[{{ref: {toy}, name: d, params: {{fail: true}}}}]", "[clean]", name="s")
-    res = _cli("run", bad, "--out", tmp_path / "r", "--quiet")  # a plug-in's error: message, its frame, --debug
+    # --no-probes: the probes would find the broken defense before any job (tested in test_probes)
+    res = _cli("run", bad, "--out", tmp_path / "r", "--quiet", "--no-probes")  # message, its frame, --debug
     assert res.exit_code == 2 and "plug-in code raised ValueError: my classifier broke" in res.output, res.output
     meta = json.loads((tmp_path / "r" / "run.json").read_text())
     assert meta["status"] == "failed" and "my classifier broke" in meta["error"]
