@@ -308,7 +308,7 @@ def run(
     ex = make_executor(executor, device, address=ray_address) if executor != "local" else None
     _interrupt_on_sigterm()  # `kill` or a job scheduler: the run records it was interrupted, then exits
     outcome = run_suite(cfg, out=out, device=device, executor=ex, command=sys.argv, show_progress=not quiet,
-                        probes=not no_probes, accept_code_change=accept_code_change)
+                        probes=not no_probes, accept_code_change=accept_code_change, quiet=quiet)
     from robust_bench_sc.storage import RunDir
 
     if not quiet:  # --quiet: warnings, errors and where the results are; the table is in summary.md

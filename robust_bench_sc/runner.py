@@ -456,7 +456,8 @@ def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
 def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "cpu",
               executor: Executor | None = None, console: Console | None = None,
               results_root: str | Path = "results", command: list[str] | None = None,
-              show_progress: bool = True, probes: bool = True, accept_code_change: bool = False) -> RunOutcome:
+              show_progress: bool = True, probes: bool = True, accept_code_change: bool = False,
+              quiet: bool = False) -> RunOutcome:
     """Run ``suite`` (resumably). ``probes``: probe each defense first and adapt the attacks
     to it (robust_bench_sc.adapt); off, every threat model runs exactly as written.
     ``accept_code_change``: reuse records whose defense code fingerprint differs from the
@@ -469,7 +470,7 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
     code_fps = {label: d.code_fingerprint() for label, d in built.items()}
     probe_record: dict[str, Any] | None = None
     if probes:
-        suite, probe_record = probe_suite(suite, built, device, console, quiet=not show_progress)
+        suite, probe_record = probe_suite(suite, built, device, console, quiet=quiet)
     del built
     run_dir = Path(out) if out else default_run_dir(suite, Path(results_root))
     run_dir = run_dir.resolve()
@@ -484,7 +485,7 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
             console.print(f"note: took over {lock.path} left by pid {lock.stale_owner.get('pid')} (no longer running)")
         try:
             return _run_locked(suite, run_dir, device, executor, console, command, show_progress, fingerprints,
-                               probe_record, code_fps, accept_code_change)
+                               probe_record, code_fps, accept_code_change, quiet)
         finally:
             lock.release()
     except BaseException:
@@ -499,7 +500,7 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
 def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Executor | None, console: Console,
                 command: list[str] | None, show_progress: bool, fingerprints: dict[str, str],
                 probe_record: dict[str, Any] | None = None, code_fps: dict[str, str] | None = None,
-                accept_code_change: bool = False) -> RunOutcome:
+                accept_code_change: bool = False, quiet: bool = False) -> RunOutcome:
     layout = RunDir(run_dir)
     meta_path = layout.meta_path
     suite_hash = suite.content_hash()
@@ -562,7 +563,7 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
         console.print(f"[bold]run[/] {suite.name} → {run_dir} ({len(jobs)} job{'s' * (len(jobs) != 1)}, {subset})")
     from robust_bench_sc.budget import start_lines  # each threat model's budget, jobs and estimated time
 
-    for line in start_lines(suite, jobs, todo, fingerprints) if show_progress else []:  # --quiet: none
+    for line in start_lines(suite, jobs, todo, fingerprints) if not quiet else []:  # --quiet: none
         console.print(escape(line), highlight=False, soft_wrap=True)
 
     # progress: one bar per (defense, threat model)
