@@ -103,7 +103,8 @@ def _what(obj: Any) -> str:
     """``obj`` in a few words, for "is X, expected Y" messages."""
     if isinstance(obj, type):
         return f"the class {obj.__module__}.{obj.__qualname__}"
-    return f"a {type(obj).__name__}"
+    name = type(obj).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def subclass_of(base: type) -> Callable[[Any], bool]:

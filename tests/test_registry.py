@@ -24,7 +24,7 @@ def test_an_instance_of_the_wrong_class_is_refused_in_one_line():
     r.register("good", Good())
     with pytest.raises(RegistryError) as exc:
         r.register("bad", 42)
-    assert str(exc.value) == f"widget 'bad' is a int, expected a {__name__}.Base"
+    assert str(exc.value) == f"widget 'bad' is an int, expected a {__name__}.Base"
     assert "bad" not in r.names()
 
 
@@ -78,7 +78,7 @@ def test_every_plugin_kind_checks_its_entries():
                           (INDICATORS, "robust_bench_sc.diagnostics.base.Indicator"),
                           (FORMATS, "robust_bench_sc.renderers.ReportFormat"),
                           (TRAINABLES, "robust_bench_sc.training.Trainable")):
-        with pytest.raises(RegistryError, match=rf"^{reg.kind} 'x_wrong' is a int, expected .*{expected}"):
+        with pytest.raises(RegistryError, match=rf"^{reg.kind} 'x_wrong' is an int, expected .*{expected}"):
             reg.register("x_wrong", 3)
         assert "x_wrong" not in reg
 
