@@ -55,6 +55,9 @@ class TrainableOptions:
         """Raise ValueError (one line, e.g. ``T=0: must be ...``) for a bad value."""
 
 
+RESUME_RULES = ("same", "any", "start")
+
+
 def option(default: Any, help: str, resume: str = "same") -> Any:
     """A field of a :class:`TrainableOptions` dataclass. ``resume``: ``same`` (part of the
     schedule or the model: a resumed run must ask for the same value), ``any`` (does not
@@ -65,9 +68,6 @@ def option(default: Any, help: str, resume: str = "same") -> Any:
     if isinstance(default, (list, dict, set)):
         raise TypeError("an option's default must be immutable (a tuple, not a list)")
     return field(default=default, metadata={"help": help, "resume": resume})
-
-
-RESUME_RULES = ("same", "any", "start")
 
 
 @dataclass
