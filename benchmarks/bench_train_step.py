@@ -26,9 +26,9 @@ VARIANTS = ("fp32", "fp32_channels_last", "bf16", "bf16_channels_last")
 
 def build(weights: str):
     from defenses.sparse_coding.train import TRAINABLE
-    from robust_bench_sc.training import TrainConfig
+    from robust_bench_sc.training import TrainConfig, resolve_options
 
-    cfg = TrainConfig(T=15, init_from=weights)
+    cfg = resolve_options(TrainConfig(model="sparse_coding", options={"T": 15}, init_from=weights))
     return TRAINABLE, cfg, TRAINABLE.build(cfg)
 
 

@@ -679,19 +679,26 @@ def audit(
     console.print(f"wrote {card['run_dir']}/audit.json, audit.md, audit.html", highlight=False)
 
 
+# Aliases of model options (flag, the option it sets), kept because committed COMMAND.md files use
+# them: --T 15 is -o T=15, --dense is -o fast=false, --freeze-classifier is -o freeze_classifier=true.
+TRAIN_OPTION_ALIASES = (("--T", "T"), ("--classifier-lr-scale", "classifier_lr_scale"), ("--warm-start", "warm_start"),
+                        ("--freeze-classifier", "freeze_classifier"), ("--dense", "fast"))
+
+
 @app.command()
 def train(
     out: Path = typer.Option(..., "--out", help="run folder: last.pt (resumable), best.pt, latest_weights.pt, log.csv/json"),
-    model: str = typer.Option("sparse_coding", "--model", help="what to train: sparse_coding (frontend + ResNet-32) or resnet32 (natural ResNet-32); plug-ins may add more"),
-    T: int = typer.Option(15, "--T", help="sparse_coding: top-T coefficients kept per patch (paper: 1, 2, 5, 10, 15, 20)"),
+    model: str = typer.Option("sparse_coding", "--model", help="what to train: sparse_coding (frontend + ResNet-32; the default) or resnet32 (natural ResNet-32); plug-ins may add more"),
+    options: Optional[list[str]] = typer.Option(None, "--option", "-o", help="an option of the model, NAME=VALUE (repeatable), e.g. -o T=15; a wrong name lists the model's options (docs/training.md)"),
+    T: Optional[int] = typer.Option(None, "--T", help="alias of -o T=...: sparse_coding's top-T coefficients kept per patch (default 15; paper: 1, 2, 5, 10, 15, 20)"),
     epochs: float = typer.Option(70.0, "--epochs", help="length of the one-cycle schedule (fractions allowed)"),
     peak_lr: float = typer.Option(0.02, "--lr", help="peak LR (paper: 0.02; 0.05 for T=1,2 and for the natural ResNet-32)"),
-    classifier_lr_scale: float = typer.Option(1.0, "--classifier-lr-scale", help="sparse_coding: classifier peak LR = lr x this (e.g. 0.25 with --warm-start)"),
+    classifier_lr_scale: Optional[float] = typer.Option(None, "--classifier-lr-scale", help="alias of -o classifier_lr_scale=...: sparse_coding's classifier peak LR = lr x this (default 1; e.g. 0.25 with --warm-start)"),
     warmup_frac: float = typer.Option(0.5, "--warmup-frac", help="fraction of the schedule spent rising to the peak"),
     batch_size: int = typer.Option(64, "--batch-size"),
-    warm_start: Optional[Path] = typer.Option(None, "--warm-start", help="sparse_coding: classifier state dict to start from (e.g. shared/reference/resnet32_behind_frontend_T15.pt)"),
+    warm_start: Optional[Path] = typer.Option(None, "--warm-start", help="alias of -o warm_start=...: sparse_coding's classifier state dict to start from (e.g. shared/reference/resnet32_behind_frontend_T15.pt)"),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="full weights to start a new run from (sparse_coding: a T{T}.pt of any T; resnet32: a ResNet-32 state dict)"),
-    freeze_classifier: bool = typer.Option(False, "--freeze-classifier"),
+    freeze_classifier: bool = typer.Option(False, "--freeze-classifier", help="alias of -o freeze_classifier=true (sparse_coding: train the decoder only)"),
     ckpt_every: int = typer.Option(100, "--ckpt-every", help="checkpoint every K steps (and at each epoch end)"),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="evaluate every K steps (default: --ckpt-every)"),
     n_val: int = typer.Option(1000, "--n-val", help="validation images held out from the end of the training set (pick best.pt)"),
@@ -701,12 +708,13 @@ def train(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads"),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="continue from OUT/last.pt if present"),
-    dense: bool = typer.Option(False, "--dense", help="sparse_coding: dense first transposed convolution (default: the exact sparse gather)"),
+    dense: bool = typer.Option(False, "--dense", help="alias of -o fast=false: sparse_coding's dense first transposed convolution (default: the exact sparse gather)"),
 ):
     """Train a model (resumable: the same command continues OUT/last.pt; Ctrl-C safe at checkpoints)."""
     from robust_bench_sc.data import DataError
     from robust_bench_sc.registry import RegistryError
-    from robust_bench_sc.training import TRAINABLES, DeadModelError, TrainConfig, TrainingError
+    from robust_bench_sc.training import (TRAINABLES, DeadModelError, TrainConfig, TrainingError, option_fields,
+                                          option_names, parse_option, resolve_options)
     from robust_bench_sc.training import train as run_training
 
     if device not in ("cpu", "cuda"):
@@ -720,24 +728,42 @@ def train(
             _fail(f"{name} {value}: must be > 0")
     if not 0 <= warmup_frac <= 1:
         _fail(f"--warmup-frac {warmup_frac}: must be in [0, 1]")
-    # sparse_coding keeps the top T of the shared dictionary's 500 atoms per patch (shared/reference)
-    if model == "sparse_coding" and not 1 <= T <= 500:
-        _fail(f"--T {T}: must be a whole number in 1..500 (the dictionary's 500 atoms; paper: 1, 2, 5, 10, 15, 20)")
     for name, count, low in (("--ckpt-every", ckpt_every, 1), ("--eval-every", eval_every, 1), ("--n-val", n_val, 1),
                              ("--n-test", n_test, 1), ("--max-steps", max_steps, 0)):
         if count is not None and count < low:  # --ckpt-every 0 divided by zero at the first step
             _fail(f"{name} {count}: must be a whole number >= {low}")
+    trainable = TRAINABLES.get(model)
+    opts: dict[str, Any] = {}
+    try:
+        for text in options or []:
+            key, value = parse_option(trainable, model, text)
+            opts[key] = value
+    except ValueError as exc:
+        _fail(str(exc))
+    aliased = {"--T": T, "--classifier-lr-scale": classifier_lr_scale,
+               "--warm-start": str(warm_start) if warm_start else None,
+               "--freeze-classifier": True if freeze_classifier else None, "--dense": False if dense else None}
+    for flag, key in TRAIN_OPTION_ALIASES:
+        if aliased[flag] is None:
+            continue
+        if key not in option_fields(trainable):
+            _fail(f"{flag}: not an option of model {model}; its options: {option_names(trainable)}")
+        if key in opts and opts[key] != aliased[flag]:
+            _fail(f"{flag} and -o {key}=... disagree; give one of them")
+        opts[key] = aliased[flag]
+    try:
+        cfg = resolve_options(TrainConfig(
+            model=model, options=opts, epochs=epochs, batch_size=batch_size, peak_lr=peak_lr, warmup_frac=warmup_frac,
+            init_from=str(init_from) if init_from else None, seed=seed, ckpt_every=ckpt_every, eval_every=eval_every,
+            n_val=n_val, n_test=n_test, device=device, threads=threads, max_steps=max_steps))
+    except ValueError as exc:
+        alias = next((f for f, k in TRAIN_OPTION_ALIASES if str(exc).startswith(f"{k}=") and aliased[f] is not None), None)
+        _fail(f"{alias} {str(exc).partition('=')[2]}" if alias else f"-o {exc}")
     if device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             _fail("--device cuda: no CUDA device available")
-    cfg = TrainConfig(model=model, T=T, epochs=epochs, batch_size=batch_size, peak_lr=peak_lr,
-                      classifier_lr_scale=classifier_lr_scale, warmup_frac=warmup_frac,
-                      warm_start=str(warm_start) if warm_start else None,
-                      init_from=str(init_from) if init_from else None, freeze_classifier=freeze_classifier, seed=seed,
-                      ckpt_every=ckpt_every, eval_every=eval_every, n_val=n_val, n_test=n_test, device=device,
-                      threads=threads, fast=not dense, max_steps=max_steps)
     try:
         row = run_training(cfg, out, resume=resume, log=lambda s: console.print(s, highlight=False))
     except DeadModelError as exc:

@@ -85,7 +85,13 @@ class Dataset:
                          "--data-dir or $SCBENCH_DATA; nothing is downloaded)")
 
 
-DATASETS: Registry[Any] = Registry("dataset", entry_point_group="robust_bench_sc.datasets")
+def _dataset_or_factory(obj: Any) -> bool:
+    return isinstance(obj, Dataset) or callable(obj)
+
+
+# entries: a Dataset, or a class / factory taking no arguments that returns one (built once, on first use)
+DATASETS: Registry[Any] = Registry("dataset", entry_point_group="robust_bench_sc.datasets", accepts=_dataset_or_factory,
+                                   expected="a robust_bench_sc.datasets.Dataset, or a class or factory returning one")
 
 
 _REFERENCED: dict[str, Any] = {}
@@ -99,7 +105,7 @@ def get_dataset(name: str) -> Dataset:
             _REFERENCED[name] = _as_dataset(name, load_reference(name))
         return _REFERENCED[name]
     ds = _as_dataset(name, DATASETS.get(name))
-    DATASETS._entries[name] = ds
+    DATASETS.replace(name, ds)
     return ds
 
 

@@ -8,7 +8,13 @@ from typing import Any
 from robust_bench_sc.defense import Defense
 from robust_bench_sc.registry import Registry, RegistryError, is_reference, load_reference
 
-DEFENSES: Registry = Registry("defense", entry_point_group="robust_bench_sc.defenses")
+def _defense_or_factory(obj: Any) -> bool:
+    return isinstance(obj, Defense) or callable(obj)
+
+
+# entries: a Defense, or a factory (params as keyword arguments) that returns one
+DEFENSES: Registry[Any] = Registry("defense", entry_point_group="robust_bench_sc.defenses", accepts=_defense_or_factory,
+                                   expected="a robust_bench_sc.Defense or a factory returning one")
 
 
 def _materialise(obj: Any, ref: str, params: dict[str, Any]) -> Defense:
@@ -54,9 +60,4 @@ def build_defense(ref: str, params: dict[str, Any] | None = None, name: str | No
 
 def describe_defenses() -> list[tuple[str, str]]:
     """(name, entry point target) for ``scbench defenses``."""
-    DEFENSES.names()
-    out = []
-    for n in DEFENSES.names():
-        target = DEFENSES._entries[n]
-        out.append((n, target if isinstance(target, str) else f"{target.__module__}:{getattr(target, '__qualname__', target)}"))
-    return out
+    return [(n, DEFENSES.target(n)) for n in DEFENSES.names()]

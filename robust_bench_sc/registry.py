@@ -15,7 +15,7 @@ import importlib.util
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -99,14 +99,51 @@ def load_reference(ref: str) -> Any:
         raise RegistryError(f"cannot load {ref!r}: {exc}") from exc
 
 
-class Registry(Generic[T]):
-    """Name → plug-in, filled by decorators, direct registration and entry points."""
+def _what(obj: Any) -> str:
+    """``obj`` in a few words, for "is X, expected Y" messages."""
+    if isinstance(obj, type):
+        return f"the class {obj.__module__}.{obj.__qualname__}"
+    name = type(obj).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
-    def __init__(self, kind: str, entry_point_group: str | None = None):
+
+def subclass_of(base: type) -> Callable[[Any], bool]:
+    """An ``accepts`` test for registries of classes: a subclass of ``base``."""
+    return lambda obj: isinstance(obj, type) and issubclass(obj, base)
+
+
+class Registry(Generic[T]):
+    """Name → plug-in of one kind, filled by decorators, direct registration and entry points.
+
+    ``accepts`` says what an entry must be: a class or protocol (``isinstance``), or a test
+    (then ``expected`` says in words what it accepts). An entry is checked when registered, or,
+    for a lazy ``"module:attr"`` placeholder or an entry point, when first used; a wrong one is
+    one line naming the kind, the name and what was expected.
+    """
+
+    def __init__(self, kind: str, entry_point_group: str | None = None, *,
+                 accepts: type | Callable[[Any], bool] | None = None, expected: str | None = None):
         self.kind = kind
         self.group = entry_point_group
         self._entries: dict[str, Any] = {}
         self._eps_loaded = False
+        if accepts is None:
+            self._accepts: Callable[[Any], bool] = lambda obj: True
+            self.expected = expected or "anything"
+        elif isinstance(accepts, type):
+            base = accepts
+            self._accepts = lambda obj: isinstance(obj, base)
+            self.expected = expected or f"a {base.__module__}.{base.__qualname__}"
+        else:
+            if expected is None:
+                raise TypeError(f"Registry({kind!r}): a test as accepts= needs expected= (what it accepts, in words)")
+            self._accepts, self.expected = accepts, expected
+
+    def check(self, name: str, obj: Any) -> T:
+        """``obj`` if this registry accepts it, else a :class:`RegistryError` saying what was expected."""
+        if not self._accepts(obj):
+            raise RegistryError(f"{self.kind} {name!r} is {_what(obj)}, expected {self.expected}")
+        return obj
 
     def register(self, name: str, obj: Any = None):
         """``register(name, obj)``, ``register(name, "module:attr")`` or ``@register(name)``."""
@@ -117,6 +154,8 @@ class Registry(Generic[T]):
             return deco
         if name in self._entries and self._entries[name] is not obj:
             raise RegistryError(f"{self.kind} {name!r} is already registered")
+        if not isinstance(obj, str):  # a "module:attr" placeholder is checked when it is imported
+            self.check(name, obj)
         self._entries[name] = obj
         return obj
 
@@ -132,22 +171,41 @@ class Registry(Generic[T]):
         self._load_entry_points()
         return sorted(self._entries)
 
-    def __contains__(self, name: str) -> bool:
+    def __contains__(self, name: object) -> bool:
         self._load_entry_points()
         return name in self._entries
+
+    def unknown(self, name: str) -> RegistryError:
+        """The error for a name that is not registered: a did-you-mean hint and the names there are."""
+        self._load_entry_points()
+        return RegistryError(f"unknown {self.kind} {name!r}{did_you_mean(name, self._entries)}; "
+                             f"registered: {', '.join(sorted(self._entries)) or 'none'}")
+
+    def target(self, name: str) -> str:
+        """Where the entry ``name`` lives, as ``module:attr`` (without importing it)."""
+        self._load_entry_points()
+        if name not in self._entries:
+            raise self.unknown(name)
+        obj = self._entries[name]
+        if isinstance(obj, str):
+            return obj
+        return f"{getattr(obj, '__module__', type(obj).__module__)}:{getattr(obj, '__qualname__', type(obj).__qualname__)}"
 
     def get(self, name: str) -> T:
         self._load_entry_points()
         if name not in self._entries:
-            raise RegistryError(
-                f"unknown {self.kind} {name!r}{did_you_mean(name, self._entries)}; "
-                f"registered: {', '.join(sorted(self._entries)) or 'none'}"
-            )
+            raise self.unknown(name)
         obj = self._entries[name]
         if isinstance(obj, str):
-            obj = _import_attr(obj)
+            obj = self.check(name, _import_attr(obj))
             self._entries[name] = obj
         return obj
+
+    def replace(self, name: str, obj: T) -> None:
+        """Put ``obj`` (checked) in the place of the registered ``name``: a plug-in built once, cached."""
+        if name not in self._entries:
+            raise self.unknown(name)
+        self._entries[name] = self.check(name, obj)
 
 
 def plugin_frame(exc: BaseException) -> str | None:

@@ -9,8 +9,9 @@ numbers (full test set, :mod:`robust_bench_sc.paper_numbers`) are shown beside o
 The runner's ``summary.md`` is rendered by :func:`to_markdown` too (see
 :func:`robust_bench_sc.runner.finalize`).
 
-Formats: :func:`to_markdown`, :func:`to_csv`, :func:`to_latex`, :func:`to_html`
-(:mod:`robust_bench_sc.renderers`, one module each); the data they render is
+Formats: the registry :data:`~robust_bench_sc.renderers.FORMATS` (md, csv, latex, html:
+:func:`to_markdown`, :func:`to_csv`, :func:`to_latex`, :func:`to_html`, one module each in
+:mod:`robust_bench_sc.renderers`; plug-ins add theirs by entry point); the data they render is
 :mod:`robust_bench_sc.report_model`'s. This module ties the two together (:func:`render`) and
 keeps every name importable from here.
 """
@@ -20,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from robust_bench_sc.renderers import FORMATS, latex_escape, to_csv, to_frame, to_html, to_latex, to_markdown
+from robust_bench_sc.registry import did_you_mean
+from robust_bench_sc.renderers import FORMATS, ReportFormat, latex_escape, to_csv, to_frame, to_html, to_latex, to_markdown
 from robust_bench_sc.report_model import (CellValue, DefenseInfo, Report, ReportError, RunInfo, ThreatInfo, cell_value,
                                           load_report, load_run, paper_cell, report_from_suite)
 
@@ -43,12 +45,14 @@ def render(run_dirs: list[str | Path], fmt: str = "md", paper: bool = False, out
     (in a temporary folder).
     """
     if fmt not in FORMATS:
-        raise ReportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise ReportError(f"unknown format {fmt!r}{did_you_mean(fmt, FORMATS.names())}; "
+                          f"choose one of {', '.join(FORMATS.names())}")
+    form = FORMATS.get(fmt)
     report = load_report(run_dirs)
     out_path = Path(out) if out else None
     asked = plots_dir is not None or with_plots is True  # plots asked for, not only on by default
     if with_plots is None:
-        with_plots = fmt in ("md", "html") and (plots_dir is not None or out_path is not None or fmt == "html")
+        with_plots = form.plots and (plots_dir is not None or out_path is not None or form.always_plots)
     plots = []
     if with_plots:
         from robust_bench_sc.plots import make_plots
@@ -62,16 +66,9 @@ def render(run_dirs: list[str | Path], fmt: str = "md", paper: bool = False, out
         plots = make_plots(report, Path(plots_dir))
         if not plots and asked and on_note is not None:
             on_note(NOTHING_TO_PLOT)
-    if fmt == "md":
-        text = to_markdown(report, paper, plots, plots_relative_to=out_path.parent if out_path else None)
-        if embed:
-            text = "\n".join("##" + ln if ln.startswith("#") else ln for ln in text.split("\n"))
-    elif fmt == "csv":
-        text = to_csv(report, paper)
-    elif fmt == "latex":
-        text = to_latex(report, paper)
-    else:
-        text = to_html(report, paper, plots)
+    text = form.render(report, paper, plots, out_path.parent if out_path else None)
+    if embed and fmt == "md":
+        text = "\n".join("##" + ln if ln.startswith("#") else ln for ln in text.split("\n"))
     if out_path is not None:
         from robust_bench_sc.storage import atomic_write_text
 
@@ -82,4 +79,4 @@ def render(run_dirs: list[str | Path], fmt: str = "md", paper: bool = False, out
 
 __all__ = ["Report", "ReportError", "ThreatInfo", "DefenseInfo", "RunInfo", "CellValue", "load_report", "load_run",
            "report_from_suite", "to_markdown", "to_csv", "to_latex", "to_html", "to_frame", "render", "latex_escape",
-           "cell_value", "paper_cell", "FORMATS"]
+           "cell_value", "paper_cell", "FORMATS", "ReportFormat"]

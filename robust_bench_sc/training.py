@@ -24,16 +24,16 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_bench_sc.registry import Registry
+from robust_bench_sc.registry import Registry, did_you_mean
 
 
 class TrainingError(RuntimeError):
@@ -44,20 +44,46 @@ class DeadModelError(TrainingError):
     """The model's output stopped depending on the input (e.g. every ReLU is off)."""
 
 
+class TrainableOptions:
+    """Base of a trainable's own options: subclass it as a dataclass whose fields (declared
+    with :func:`option`) are the model's settings, with defaults and help. ``scbench train``
+    sets them with ``-o NAME=VALUE``; they are saved flat beside the trainer's fields in
+    ``last.pt`` and ``log.json``, so an option may not share a name with a field of
+    :class:`TrainConfig`. Override :meth:`check` to refuse bad values (one line)."""
+
+    def check(self) -> None:
+        """Raise ValueError (one line, e.g. ``T=0: must be ...``) for a bad value."""
+
+
+RESUME_RULES = ("same", "any", "start")
+
+
+def option(default: Any, help: str, resume: str = "same") -> Any:
+    """A field of a :class:`TrainableOptions` dataclass. ``resume``: ``same`` (part of the
+    schedule or the model: a resumed run must ask for the same value), ``any`` (does not
+    change the numbers: a resumed run may change it) or ``start`` (only read when a run
+    starts: a resumed run keeps the saved value)."""
+    if resume not in RESUME_RULES:
+        raise ValueError(f"option resume={resume!r}; allowed: {', '.join(RESUME_RULES)}")
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("an option's default must be immutable (a tuple, not a list)")
+    return field(default=default, metadata={"help": help, "resume": resume})
+
+
 @dataclass
 class TrainConfig:
-    model: str = "sparse_coding"  # a name in TRAINABLES: sparse_coding, resnet32
-    T: int = 15  # sparse_coding only: top-T coefficients kept per patch
+    """The trainer's settings; ``options`` are the model's own (its :class:`TrainableOptions`
+    instance; a dict or None is turned into one by :func:`resolve_options`)."""
+
+    model: str  # a name in TRAINABLES: resnet32 (core), sparse_coding (plug-in), ...
+    options: Any = None  # the trainable's TrainableOptions (dict / None: filled in by resolve_options)
     epochs: float = 70.0  # may be fractional (a reduced CPU schedule)
     batch_size: int = 64
     peak_lr: float = 0.02  # paper: 0.02 for T >= 5, 0.05 for T = 1, 2 and for the natural ResNet-32
-    classifier_lr_scale: float = 1.0  # sparse_coding: classifier peak = peak_lr * scale
     warmup_frac: float = 0.5  # one-cycle triangle: linear up over this fraction, then linear down to 0
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    warm_start: str | None = None  # sparse_coding: classifier state dict to start from
     init_from: str | None = None  # full weights (a T{T}.pt / best.pt) to start a new run from
-    freeze_classifier: bool = False
     seed: int = 0
     ckpt_every: int = 100  # steps (plus one at every epoch end)
     eval_every: int | None = None  # steps; default = ckpt_every
@@ -66,27 +92,35 @@ class TrainConfig:
     n_test: int = 1000  # first N test images, reported only
     device: str = "cpu"
     threads: int | None = None
-    fast: bool = True  # sparse_coding: the exact sparse gather for the first transposed conv
     max_steps: int | None = None  # stop (checkpointed) after this global step; schedule unchanged
     progress: bool = True
-    decoder_widths: tuple[int, int] = (300, 100)  # sparse_coding: the paper's; smaller only for tests
-    units_per_block: int = 5  # ResNet-32; smaller only for tests
 
     @property
     def label(self) -> str:
-        return f"T={self.T}" if self.model == "sparse_coding" else self.model
+        """How progress lines name the run (the trainable's ``label``, else the model name)."""
+        trainable = TRAINABLES.get(self.model)
+        labeller = getattr(trainable, "label", None)
+        return labeller(self.options) if callable(labeller) and isinstance(self.options, TrainableOptions) else self.model
 
 
-# Fields that define the schedule and the model: a resumed run must have the same ones.
-SCHEDULE_FIELDS = ("model", "T", "epochs", "batch_size", "peak_lr", "classifier_lr_scale", "warmup_frac",
-                   "seed", "n_train", "n_val", "freeze_classifier", "momentum", "weight_decay",
-                   "decoder_widths", "units_per_block")
-# Fields a resumed run may change (they do not change the numbers).
-RUNTIME_FIELDS = ("device", "threads", "max_steps", "progress", "ckpt_every", "eval_every", "n_test", "fast")
+# Trainer fields that define the schedule: a resumed run must have the same ones (with the
+# options declared resume="same").
+SCHEDULE_FIELDS = ("model", "epochs", "batch_size", "peak_lr", "warmup_frac", "seed", "n_train", "n_val", "momentum",
+                   "weight_decay")
+# Trainer fields a resumed run may change (they do not change the numbers); with the options declared resume="any".
+RUNTIME_FIELDS = ("device", "threads", "max_steps", "progress", "ckpt_every", "eval_every", "n_test")
+# init_from (like options declared resume="start") is read when a run starts; a resumed run keeps the saved one.
+CORE_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name != "options")
+# The model of checkpoints and log.json files written before --model existed (all sparse-coding runs).
+LEGACY_MODEL = "sparse_coding"
 
 
+@runtime_checkable
 class Trainable(Protocol):
-    """What the trainer needs from a model kind."""
+    """What the trainer needs from a model kind. ``options`` is its :class:`TrainableOptions`
+    dataclass; the methods read ``cfg.options`` (an instance of it)."""
+
+    options: type
 
     def build(self, cfg: TrainConfig) -> nn.Module:
         """The model to train, initialised (warm start / init_from applied)."""
@@ -101,12 +135,105 @@ class Trainable(Protocol):
         """The weights-only file written as best.pt / latest_weights.pt."""
 
 
-TRAINABLES: Registry = Registry("trainable model", "robust_bench_sc.trainables")
+def _options_class_ok(trainable: Any) -> bool:
+    opts = getattr(trainable, "options", None)
+    return (isinstance(trainable, Trainable) and isinstance(opts, type) and issubclass(opts, TrainableOptions)
+            and is_dataclass(opts) and not {f.name for f in fields(opts)} & {f.name for f in fields(TrainConfig)})
+
+
+TRAINABLES: Registry[Trainable] = Registry(
+    "trainable model", "robust_bench_sc.trainables", accepts=_options_class_ok,
+    expected="a robust_bench_sc.training.Trainable (build, param_groups, logits, weights_state, and options: a "
+             "TrainableOptions dataclass whose names are not the trainer's own)")
+
+
+def option_fields(trainable: Trainable) -> dict[str, Any]:
+    """name → dataclass field of the trainable's options."""
+    return {f.name: f for f in fields(trainable.options)}
+
+
+def option_names(trainable: Trainable) -> str:
+    return ", ".join(option_fields(trainable)) or "none"
+
+
+def _from_json(value: Any) -> Any:
+    """A value as read back from JSON / a checkpoint, as it was saved (lists → tuples)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def resolve_options(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``options`` an instance of its trainable's options class (a dict is checked
+    against the declared names: one line listing them), checked by the options' ``check``."""
+    trainable = TRAINABLES.get(cfg.model)
+    opts = cfg.options
+    if opts is None or isinstance(opts, dict):
+        given = dict(opts or {})
+        unknown = sorted(set(given) - set(option_fields(trainable)))
+        if unknown:
+            raise ValueError(f"model {cfg.model}: unknown option(s) {', '.join(unknown)}"
+                             f"{did_you_mean(unknown[0], option_fields(trainable))}; "
+                             f"its options: {option_names(trainable)}")
+        opts = trainable.options(**{k: _from_json(v) for k, v in given.items()})
+    elif not isinstance(opts, trainable.options):
+        raise ValueError(f"model {cfg.model}: options are a {type(opts).__name__}, expected "
+                         f"{trainable.options.__name__} (or a dict of its fields)")
+    opts.check()
+    return replace(cfg, options=opts)
+
+
+def parse_option(trainable: Trainable, model: str, text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` (``-o T=15``) → (name, value in the option's type); one-line errors."""
+    name, sep, raw = text.partition("=")
+    name = name.strip()
+    known = option_fields(trainable)
+    if not sep or not name:
+        raise ValueError(f"-o {text!r}: expected NAME=VALUE; options of model {model}: {option_names(trainable)}")
+    if name not in known:
+        raise ValueError(f"-o {name}: not an option of model {model}{did_you_mean(name, known)}; "
+                         f"its options: {option_names(trainable)}")
+    default = known[name].default
+    raw = raw.strip()
+    try:
+        if raw.lower() in ("none", "null") and (default is None or "None" in str(known[name].type)):
+            return name, None
+        if isinstance(default, bool):
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError("expected true or false")
+            return name, raw.lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return name, int(raw)
+        if isinstance(default, float):
+            return name, float(raw)
+        if isinstance(default, tuple):
+            return name, tuple(type(default[0])(v) for v in raw.split(",")) if default else tuple(raw.split(","))
+        return name, raw
+    except ValueError as exc:
+        raise ValueError(f"-o {name}={raw}: {exc} (default {default!r})") from None
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as saved in last.pt and log.json: the trainer's fields and the model's options,
+    flat (the layout every run folder has had, so old files read as new ones)."""
+    out = {k: getattr(cfg, k) for k in CORE_FIELDS}
+    if isinstance(cfg.options, TrainableOptions):
+        out.update(asdict(cfg.options))  # type: ignore[call-overload]  # a dataclass (checked at registration)
+    elif cfg.options is not None:
+        out.update(dict(cfg.options))
+    return out
 
 
 def output_is_dead(out: torch.Tensor) -> bool:
     """Constant output over the batch (e.g. all ReLUs off): per-element std ~ 0 everywhere."""
     return bool(out.detach().float().std(dim=0).max() < 1e-6)
+
+
+@dataclass
+class ResNet32Options(TrainableOptions):
+    units_per_block: int = option(5, "residual units per block (5: ResNet-32; smaller only for tests)")
+
+    def check(self) -> None:
+        if self.units_per_block < 1:
+            raise ValueError(f"units_per_block={self.units_per_block}: must be a whole number >= 1")
 
 
 class ResNet32Trainable:
@@ -117,13 +244,13 @@ class ResNet32Trainable:
     saved weights are contiguous, so the files are the ordinary ResNet-32 state dict.
     """
 
+    options = ResNet32Options
+
     def build(self, cfg: TrainConfig) -> nn.Module:
         from robust_bench_sc.models.resnet import ResNet32, load_state_dict_file
 
         torch.manual_seed(cfg.seed)
-        net = ResNet32(units_per_block=cfg.units_per_block)
-        if cfg.warm_start:
-            raise ValueError("--warm-start is for the sparse-coding classifier; use --init-from for resnet32")
+        net = ResNet32(units_per_block=cfg.options.units_per_block)
         if cfg.init_from:
             state = {k.removeprefix("module."): v for k, v in load_state_dict_file(cfg.init_from).items()}
             for key in ("mean", "std"):
@@ -218,19 +345,44 @@ def load_checkpoint(path: Path) -> dict:
     return ck
 
 
+def _resume_rule(f: Any) -> str:
+    return f.metadata.get("resume", "same")
+
+
+def config_from_saved(flat: dict[str, Any]) -> TrainConfig:
+    """A config as saved in ``last.pt`` or ``log.json`` (flat: the trainer's fields and the model's
+    options, as every version wrote it) → a :class:`TrainConfig`. Files from before ``--model``
+    are sparse-coding runs; keys the model does not declare (old files hold every model's
+    fields, e.g. ``T`` of a resnet32 run) are ignored."""
+    raw = {k: _from_json(v) for k, v in flat.items() if k in CORE_FIELDS}
+    raw.setdefault("model", LEGACY_MODEL)
+    trainable = TRAINABLES.get(raw["model"])
+    opts = {k: _from_json(v) for k, v in flat.items() if k in option_fields(trainable)}
+    return TrainConfig(**raw, options=trainable.options(**opts))
+
+
 def saved_config(ck: dict, path: Path, asked: TrainConfig) -> TrainConfig:
-    """The config stored in a checkpoint; refuses a resume folder of other settings (names the file)."""
-    known = {f.name for f in fields(TrainConfig)}
-    raw: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in ck["config"].items() if k in known}
-    raw.setdefault("model", "sparse_coding")  # checkpoints from before --model were all sparse-coding runs
-    saved = TrainConfig(**raw)
-    diff = [f"{k}={getattr(saved, k)!r} (asked {getattr(asked, k)!r})"
-            for k in SCHEDULE_FIELDS if getattr(saved, k) != getattr(asked, k)]
+    """The config stored in a checkpoint; refuses a resume folder of other settings (names the
+    file): the trainer's schedule fields and the options declared ``resume="same"`` must match."""
+    asked = resolve_options(asked)
+    flat = dict(ck["config"])
+    flat.setdefault("model", LEGACY_MODEL)
+    diff = [f"{k}={_from_json(flat[k])!r} (asked {getattr(asked, k)!r})"
+            for k in SCHEDULE_FIELDS if k in flat and _from_json(flat[k]) != getattr(asked, k)]
+    if flat["model"] == asked.model:
+        saved = config_from_saved(flat)
+        opt_fields = option_fields(TRAINABLES.get(asked.model))
+        diff += [f"{k}={getattr(saved.options, k)!r} (asked {getattr(asked.options, k)!r})"
+                 for k, f in opt_fields.items()
+                 if _resume_rule(f) == "same" and getattr(saved.options, k) != getattr(asked.options, k)]
     if diff:
         raise ValueError(f"{path} belongs to a run with other settings: {', '.join(diff)}; "
                          f"resume with the same settings, or choose another --out")
     for k in RUNTIME_FIELDS:
         setattr(saved, k, getattr(asked, k))
+    for k, f in opt_fields.items():
+        if _resume_rule(f) == "any":
+            setattr(saved.options, k, getattr(asked.options, k))
     return saved
 
 
@@ -293,6 +445,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
     ``train_data``/``val_data``/``test_data`` default to the CIFAR-10 shards (tests pass tiny tensors).
     """
     trainable: Trainable = TRAINABLES.get(cfg.model)
+    cfg = resolve_options(cfg)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
@@ -346,7 +499,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
         _atomic_save(w, out / "latest_weights.pt")
         _atomic_save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                       "step": step, "history": history, "best_val": best, "rng": _rng_state(),
-                      "config": asdict(cfg), "steps_per_epoch": steps_per_epoch, "total_steps": total}, last)
+                      "config": config_dict(cfg), "steps_per_epoch": steps_per_epoch, "total_steps": total}, last)
 
     def eval_row(run_loss, run_acc, n_seen, t0):
         row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "lr": opt.param_groups[0]["lr"],
@@ -362,7 +515,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
             wri.writerows(history)
         os.replace(tmp, out / "log.csv")
         tmp = out / "log.json.tmp"
-        tmp.write_text(json.dumps({"config": asdict(cfg), "rows": history}, indent=1))
+        tmp.write_text(json.dumps({"config": config_dict(cfg), "rows": history}, indent=1))
         os.replace(tmp, out / "log.json")
         log(f"step {step}/{total} ep {row['epoch']:.3f} lr {row['lr']:.5f} loss {row['train_loss']:.4f} "
             f"train {row['train_acc']:.3f} val {row['val_acc']} test {row['test_acc']}")

@@ -448,8 +448,9 @@ def test_dead_decoder_detection():
 
 
 def _tiny(tmp, **kw):
-    base = dict(T=5, epochs=2, batch_size=8, peak_lr=0.05, warmup_frac=0.3, ckpt_every=3, eval_every=100,
-                n_test=0, decoder_widths=(16, 8), units_per_block=1, progress=False, threads=1)
+    base = dict(model="sparse_coding", epochs=2, batch_size=8, peak_lr=0.05, warmup_frac=0.3, ckpt_every=3,
+                eval_every=100, n_test=0, progress=False, threads=1,
+                options={"T": 5, "decoder_widths": (16, 8), "units_per_block": 1})
     base.update(kw)
     return TrainConfig(**base)
 

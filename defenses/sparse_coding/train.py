@@ -1,19 +1,49 @@
 """The sparse-coding model kind of the project's one trainer (:mod:`robust_bench_sc.training`).
 
 Joint training of the decoder and the ResNet-32 classifier behind the frozen dictionary:
-``scbench train --model sparse_coding --T 15 ...`` (the default model). The loop, resume and
-the run-folder files are the core trainer's; this module says how to build, optimise and save a
-:class:`SparseCodingNet` (weights-only files: its flat state dict plus ``T``).
+``scbench train --model sparse_coding -o T=15 ...`` (the default model of ``scbench train``;
+``--T 15`` is an alias). The loop, resume and the run-folder files are the core trainer's; this
+module declares the model's options (:class:`SparseCodingOptions`) and says how to build,
+optimise and save a :class:`SparseCodingNet` (weights-only files: its flat state dict plus ``T``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from defenses.sparse_coding.frontend import SparseCodingFrontend
 from robust_bench_sc.models.resnet import ResNet32, load_state_dict_file
-from robust_bench_sc.training import DeadModelError, TrainConfig, output_is_dead
+from robust_bench_sc.training import DeadModelError, TrainableOptions, TrainConfig, option, output_is_dead
+
+N_ATOMS = 500  # atoms of the shared dictionary (shared/reference): T keeps the top T of them per patch
+
+
+@dataclass
+class SparseCodingOptions(TrainableOptions):
+    """``scbench train --model sparse_coding -o NAME=VALUE`` (the aliases ``--T``, ``--dense``,
+    ``--warm-start``, ``--classifier-lr-scale``, ``--freeze-classifier`` set the same)."""
+
+    T: int = option(15, "top-T coefficients kept per patch (paper: 1, 2, 5, 10, 15, 20)")
+    classifier_lr_scale: float = option(1.0, "classifier peak LR = lr x this (e.g. 0.25 with warm_start)")
+    freeze_classifier: bool = option(False, "train the decoder only")
+    warm_start: str | None = option(None, "classifier state dict to start from (e.g. "
+                                          "shared/reference/resnet32_behind_frontend_T15.pt)", resume="start")
+    fast: bool = option(True, "the exact sparse gather for the first transposed convolution (false: dense; "
+                              "same numbers, a resumed run may change it)", resume="any")
+    decoder_widths: tuple[int, int] = option((300, 100), "decoder channel widths (the paper's; smaller only for tests)")
+    units_per_block: int = option(5, "classifier residual units per block (5: ResNet-32; smaller only for tests)")
+
+    def check(self) -> None:
+        if not 1 <= self.T <= N_ATOMS:
+            raise ValueError(f"T={self.T}: must be a whole number in 1..{N_ATOMS} (the dictionary's {N_ATOMS} atoms; "
+                             "paper: 1, 2, 5, 10, 15, 20)")
+        if len(self.decoder_widths) != 2 or min(self.decoder_widths) < 1:
+            raise ValueError(f"decoder_widths={self.decoder_widths}: two whole numbers >= 1, e.g. 300,100")
+        if self.units_per_block < 1:
+            raise ValueError(f"units_per_block={self.units_per_block}: must be a whole number >= 1")
 
 
 class DeadDecoderError(DeadModelError):
@@ -52,12 +82,18 @@ class SparseCodingTrainable:
     ``robust_bench_sc.trainables``): frontend + ResNet-32, dictionary frozen, decoder and
     classifier in separate parameter groups."""
 
+    options = SparseCodingOptions
+
+    def label(self, opts: SparseCodingOptions) -> str:
+        return f"T={opts.T}"
+
     def build(self, cfg: TrainConfig) -> SparseCodingNet:
+        o: SparseCodingOptions = cfg.options
         torch.manual_seed(cfg.seed)
-        frontend = SparseCodingFrontend(T=cfg.T, fast=cfg.fast, widths=tuple(cfg.decoder_widths))
-        classifier = ResNet32(units_per_block=cfg.units_per_block)
-        if cfg.warm_start:
-            state = load_state_dict_file(cfg.warm_start)
+        frontend = SparseCodingFrontend(T=o.T, fast=o.fast, widths=tuple(o.decoder_widths))
+        classifier = ResNet32(units_per_block=o.units_per_block)
+        if o.warm_start:
+            state = load_state_dict_file(o.warm_start)
             state = {k.removeprefix("module."): v for k, v in state.items()}
             for key in ("mean", "std"):
                 state.setdefault(key, classifier.state_dict()[key])
@@ -76,15 +112,16 @@ class SparseCodingTrainable:
             except RuntimeError as exc:
                 first = str(exc).strip().splitlines()[0]
                 raise ValueError(f"--init-from {cfg.init_from}: does not fit this model ({first})") from None
-        if cfg.freeze_classifier:
+        if o.freeze_classifier:
             for p in classifier.parameters():
                 p.requires_grad_(False)
         return net
 
     def param_groups(self, net: SparseCodingNet, cfg: TrainConfig) -> list[dict]:
+        o: SparseCodingOptions = cfg.options
         groups = [{"params": list(net.frontend.decoder.parameters()), "lr": cfg.peak_lr}]
-        if not cfg.freeze_classifier:
-            groups.append({"params": list(net.classifier.parameters()), "lr": cfg.peak_lr * cfg.classifier_lr_scale})
+        if not o.freeze_classifier:
+            groups.append({"params": list(net.classifier.parameters()), "lr": cfg.peak_lr * o.classifier_lr_scale})
         return groups
 
     def logits(self, net: SparseCodingNet, x: torch.Tensor, step: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ from torch import nn
 
 from robust_bench_sc.defense import Defense, resolve_bpda
 from robust_bench_sc.progress import ProgressFn
-from robust_bench_sc.registry import Registry, RegistryError
+from robust_bench_sc.registry import Registry, RegistryError, subclass_of
 from robust_bench_sc.threat_models import THREAT_MODELS, ThreatModel
 
 
@@ -108,7 +108,8 @@ class Attack(ABC):
 
 # "<kind>:<backend>" → implementation, read from each schema's ``backends`` (the one place
 # they are declared, robust_bench_sc/threat_models.py); entries are imported when first run.
-ATTACKS: Registry = Registry("attack backend")
+ATTACKS: Registry[type[Attack]] = Registry("attack backend", accepts=subclass_of(Attack),
+                                           expected="a subclass of robust_bench_sc.attacks.Attack")
 for _kind, _schema in THREAT_MODELS.items():
     for _backend, _target in _schema.backends.items():
         if _target is not None:

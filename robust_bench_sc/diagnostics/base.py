@@ -85,7 +85,7 @@ class Indicator:
                                outcome.flagged, dict(outcome.metrics), seconds)
 
 
-INDICATORS: Registry[Indicator] = Registry("diagnostic indicator")
+INDICATORS: Registry[Indicator] = Registry("diagnostic indicator", accepts=Indicator)
 
 
 def indicator(name: str, title: str, source: str, category: Category, needs: tuple[InputName, ...] = ()):
