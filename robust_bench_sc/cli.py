@@ -312,7 +312,10 @@ def run(
     from robust_bench_sc.storage import RunDir
 
     if not quiet:  # --quiet: warnings, errors and where the results are; the table is in summary.md
-        console.print(RunDir(outcome.run_dir).read_summary_md(), highlight=False)
+        from robust_bench_sc.renderers.terminal import fit_markdown
+
+        console.print(fit_markdown(RunDir(outcome.run_dir).read_summary_md(), console.width), highlight=False,
+                      markup=False)
     if cfg.profile:
         from robust_bench_sc.config import PROFILE_SELECTION, setting_changes
 

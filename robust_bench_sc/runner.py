@@ -17,7 +17,6 @@ from typing import Any, Callable
 import pandas as pd
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from robust_bench_sc.config import SuiteConfig
 from robust_bench_sc.data import content_hash, load_data
@@ -25,7 +24,7 @@ from robust_bench_sc.executor import EXECUTORS, Executor, LocalExecutor
 from robust_bench_sc.paths import REPO_ROOT, data_dir
 from robust_bench_sc.plan import SEED_RULE, Job, images_covered, job_spec_hash, plan_jobs, recorded_spec_hash
 from robust_bench_sc.plugins import build_defense
-from robust_bench_sc.progress import STARTED, InFlight
+from robust_bench_sc.progress import STARTED, InFlight, RunProgress
 from robust_bench_sc.registry import load_reference
 from robust_bench_sc.storage import DamagedFileError, LockError, RunDir, safe_name
 from robust_bench_sc.subsets import describe_subset
@@ -572,10 +571,7 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
         for r in layout.read_chunk(j.defense, j.threat, j.chunk)["records"]:
             tally[(j.defense, j.threat)][0] += int(r["robust"])
             tally[(j.defense, j.threat)][1] += 1
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("robust {task.fields[acc]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        TextColumn("{task.fields[stage]}"), console=console, disable=not show_progress,
-                        transient=False)
+    progress = RunProgress(console, disable=not show_progress)  # one line per pair, or stacked in 80 columns
     # jobs in flight: their latest stage in progress.json (scbench status), and in a log (not a
     # terminal) one line per job at most every LOG_STAGE_EVERY seconds
     in_flight = InFlight(layout.write_progress)
