@@ -345,9 +345,12 @@ def validate(suite: Path = typer.Argument(..., help="suite YAML file"),
         for name in cfg.profiles:
             _load(suite, set_, name, n_images, None, dataset)
     from robust_bench_sc.plan import plan_jobs
+    from robust_bench_sc.plugins import name_defenses
     from robust_bench_sc.runner import preflight
 
-    fingerprints = preflight(cfg, warn=_warn)
+    built: dict[str, Any] = {}
+    cfg = name_defenses(cfg, built)  # a plug-in without name: labelled by its Defense(name=...), as run does
+    fingerprints = preflight(cfg, warn=_warn, built=built)
 
     from robust_bench_sc.datasets import images_of
     from robust_bench_sc.subsets import describe_subset

@@ -23,9 +23,9 @@ from robust_bench_sc.data import content_hash, load_data
 from robust_bench_sc.executor import EXECUTORS, Executor, LocalExecutor
 from robust_bench_sc.paths import REPO_ROOT, data_dir
 from robust_bench_sc.plan import SEED_RULE, Job, images_covered, job_spec_hash, plan_jobs, recorded_spec_hash
-from robust_bench_sc.plugins import build_defense
+from robust_bench_sc.plugins import build_defense, name_defenses
 from robust_bench_sc.progress import STARTED, InFlight, RunProgress
-from robust_bench_sc.registry import load_reference
+from robust_bench_sc.registry import RegistryError, load_reference
 from robust_bench_sc.storage import DamagedFileError, LockError, RunDir, safe_name
 from robust_bench_sc.subsets import describe_subset
 from robust_bench_sc.reports import report_from_suite, to_markdown
@@ -162,7 +162,8 @@ def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None,
     ``warn`` hears of suites that run but measure the wrong thing: a gradient attack without
     BPDA on a defense that declares its gradients meaningless (``Capabilities.differentiable``
     False) measures gradient masking, not robustness. ``built``, when given, receives the
-    defenses built (label → Defense), for the probes."""
+    defenses built (label → Defense), for the probes; those already in it are reused (as
+    ``plugins.name_defenses`` leaves them)."""
     from robust_bench_sc.attacks.base import ATTACKS, attack_class, attack_key
     from robust_bench_sc.registry import RegistryError
     from robust_bench_sc.threat_models import TransferThreat, WorstCaseThreat
@@ -173,7 +174,8 @@ def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None,
         except RegistryError as exc:
             raise RunError(f"{what}: {exc}") from None
 
-    defenses = {d.label: build(d.load_ref, d.params, d.label, f"defense {d.label!r}") for d in suite.defenses}
+    defenses = {d.label: (built or {}).get(d.label) or build(d.load_ref, d.params, d.label, f"defense {d.label!r}")
+                for d in suite.defenses}
     probe = load_data(suite.data, n_images=min(2, suite.data.n_images))  # the data folder, read as run reads it
     for d in defenses.values():
         check_defense_fits(d, probe)
@@ -464,6 +466,10 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
     console = console or Console(stderr=True)
     # every check of the suite and its plug-ins, before anything is written
     built: dict[str, Any] = {}
+    try:  # a plug-in given without name: is labelled by its Defense(name=...) (config.with_own_names)
+        suite = name_defenses(suite, built)
+    except RegistryError as exc:
+        raise RunError(str(exc)) from None
     fingerprints = preflight(suite, warn=lambda msg: console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False,
                                                                    soft_wrap=True), built=built)
     code_fps = {label: d.code_fingerprint() for label, d in built.items()}
