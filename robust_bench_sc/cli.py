@@ -367,19 +367,26 @@ def validate(suite: Path = typer.Argument(..., help="suite YAML file"),
     console.print(f"[green]ok[/] suite hash {cfg.content_hash()}")
 
 
+def _print_registered(what: str, group: str, second: str, rows: list[tuple[str, str]], note: str) -> None:
+    """``scbench datasets`` / ``scbench defenses``: the registered plug-ins of entry-point
+    ``group`` as a table (name and ``second``), then ``note``."""
+    table = Table(title=f"registered {what} (entry-point group {group})")
+    table.add_column("name")
+    table.add_column(second)
+    for name, text in rows:
+        table.add_row(name, text)
+    console.print(table)
+    console.print(note)
+
+
 @app.command()
 def datasets():
     """List the registered dataset plug-ins and the file layout each reads."""
     from robust_bench_sc.datasets import describe_datasets
 
-    table = Table(title="registered datasets (entry-point group robust_bench_sc.datasets)")
-    table.add_column("name")
-    table.add_column("what it reads")
-    for name, text in describe_datasets():
-        table.add_row(name, text)
-    console.print(table)
-    console.print("A suite names one as data: {dataset: NAME, root: DIR, split: test, n_images: N}; "
-                  "see docs/datasets.md.")
+    _print_registered("datasets", "robust_bench_sc.datasets", "what it reads", describe_datasets(),
+                      "A suite names one as data: {dataset: NAME, root: DIR, split: test, n_images: N}; "
+                      "see docs/datasets.md.")
 
 
 @app.command()
@@ -387,13 +394,8 @@ def defenses():
     """List the registered defense plug-ins."""
     from robust_bench_sc.plugins import describe_defenses
 
-    table = Table(title="registered defenses (entry-point group robust_bench_sc.defenses)")
-    table.add_column("name")
-    table.add_column("factory")
-    for name, target in describe_defenses():
-        table.add_row(name, target)
-    console.print(table)
-    console.print("Out-of-tree defenses: name them in a suite as 'module:attr' or 'path/to/file.py:attr'.")
+    _print_registered("defenses", "robust_bench_sc.defenses", "factory", describe_defenses(),
+                      "Out-of-tree defenses: name them in a suite as 'module:attr' or 'path/to/file.py:attr'.")
 
 
 @app.command("threat-models")
