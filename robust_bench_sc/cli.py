@@ -312,7 +312,10 @@ def run(
     from robust_bench_sc.storage import RunDir
 
     if not quiet:  # --quiet: warnings, errors and where the results are; the table is in summary.md
-        console.print(RunDir(outcome.run_dir).read_summary_md(), highlight=False)
+        from robust_bench_sc.renderers.terminal import fit_markdown
+
+        console.print(fit_markdown(RunDir(outcome.run_dir).read_summary_md(), console.width), highlight=False,
+                      markup=False)
     if cfg.profile:
         from robust_bench_sc.config import PROFILE_SELECTION, setting_changes
 
@@ -342,9 +345,12 @@ def validate(suite: Path = typer.Argument(..., help="suite YAML file"),
         for name in cfg.profiles:
             _load(suite, set_, name, n_images, None, dataset)
     from robust_bench_sc.plan import plan_jobs
+    from robust_bench_sc.plugins import name_defenses
     from robust_bench_sc.runner import preflight
 
-    fingerprints = preflight(cfg, warn=_warn)
+    built: dict[str, Any] = {}
+    cfg = name_defenses(cfg, built)  # a plug-in without name: labelled by its Defense(name=...), as run does
+    fingerprints = preflight(cfg, warn=_warn, built=built)
 
     from robust_bench_sc.datasets import images_of
     from robust_bench_sc.subsets import describe_subset
@@ -361,19 +367,26 @@ def validate(suite: Path = typer.Argument(..., help="suite YAML file"),
     console.print(f"[green]ok[/] suite hash {cfg.content_hash()}")
 
 
+def _print_registered(what: str, group: str, second: str, rows: list[tuple[str, str]], note: str) -> None:
+    """``scbench datasets`` / ``scbench defenses``: the registered plug-ins of entry-point
+    ``group`` as a table (name and ``second``), then ``note``."""
+    table = Table(title=f"registered {what} (entry-point group {group})")
+    table.add_column("name")
+    table.add_column(second)
+    for name, text in rows:
+        table.add_row(name, text)
+    console.print(table)
+    console.print(note)
+
+
 @app.command()
 def datasets():
     """List the registered dataset plug-ins and the file layout each reads."""
     from robust_bench_sc.datasets import describe_datasets
 
-    table = Table(title="registered datasets (entry-point group robust_bench_sc.datasets)")
-    table.add_column("name")
-    table.add_column("what it reads")
-    for name, text in describe_datasets():
-        table.add_row(name, text)
-    console.print(table)
-    console.print("A suite names one as data: {dataset: NAME, root: DIR, split: test, n_images: N}; "
-                  "see docs/datasets.md.")
+    _print_registered("datasets", "robust_bench_sc.datasets", "what it reads", describe_datasets(),
+                      "A suite names one as data: {dataset: NAME, root: DIR, split: test, n_images: N}; "
+                      "see docs/datasets.md.")
 
 
 @app.command()
@@ -381,13 +394,8 @@ def defenses():
     """List the registered defense plug-ins."""
     from robust_bench_sc.plugins import describe_defenses
 
-    table = Table(title="registered defenses (entry-point group robust_bench_sc.defenses)")
-    table.add_column("name")
-    table.add_column("factory")
-    for name, target in describe_defenses():
-        table.add_row(name, target)
-    console.print(table)
-    console.print("Out-of-tree defenses: name them in a suite as 'module:attr' or 'path/to/file.py:attr'.")
+    _print_registered("defenses", "robust_bench_sc.defenses", "factory", describe_defenses(),
+                      "Out-of-tree defenses: name them in a suite as 'module:attr' or 'path/to/file.py:attr'.")
 
 
 @app.command("threat-models")

@@ -18,7 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from robust_bench_sc.datasets import DEFAULT_DATASET, DEFAULT_SPLIT
 from robust_bench_sc.paths import N_TEST_AVAILABLE, REPO_ROOT
-from robust_bench_sc.registry import did_you_mean, plugin_file, resolve_plugin_ref
+from robust_bench_sc.registry import did_you_mean, is_reference, plugin_file, resolve_plugin_ref
 from robust_bench_sc.threat_models import THREAT_MODELS, RealNumber, ThreatModel, WholeNumber
 from robust_bench_sc.yamlio import ConfigError, LinedDict, line_of, load_yaml, plain
 
@@ -105,7 +105,16 @@ class DefenseSpec(BaseModel):
 
     @property
     def label(self) -> str:
+        """The defense's row in every table and its records folder: ``name``, else ``ref``.
+        A reference without a ``name`` (:attr:`takes_own_name`) gets its ``Defense(name=...)``
+        as ``name`` once it is built (:func:`with_own_names`), as if the suite had said so."""
         return self.name or self.ref
+
+    @property
+    def takes_own_name(self) -> bool:
+        """A ``module:attr`` / ``file.py:attr`` reference with no ``name``: its label is the
+        name its Defense gives itself. A registry name keeps its label (the name given)."""
+        return not self.name and is_reference(self.ref)
 
     @property
     def load_ref(self) -> str:
@@ -241,6 +250,32 @@ def check_labels(suite: SuiteConfig, source: str) -> SuiteConfig:
             raise ConfigError(f"{source}: {what} names {first!r} and {second!r} would share the records folder "
                               f"{folder!r} (a name keeps letters, digits and _ . - only); rename one")
     return suite
+
+
+def with_own_names(suite: SuiteConfig, own: dict[int, str]) -> SuiteConfig:
+    """``suite`` with each defense ``own`` names (index → its ``Defense(name=...)``; only
+    those that :attr:`DefenseSpec.takes_own_name`) given that name, as if the suite had said
+    ``name:``. Two defenses that would then share a label, or a records folder, are refused
+    in one line naming both (records of one folder would be shared)."""
+    from robust_bench_sc.storage import safe_name
+
+    defenses = [d.model_copy(update={"name": own[i]}) if own.get(i) and d.takes_own_name else d
+                for i, d in enumerate(suite.defenses)]
+
+    def what(k: int) -> str:
+        how = "its Defense(name=...)" if k in own and suite.defenses[k].takes_own_name else "as the suite names it"
+        return f"defenses[{k}] ({suite.defenses[k].ref}, {how})"
+
+    seen: dict[str, int] = {}
+    for i, d in enumerate(defenses):
+        j = seen.setdefault(safe_name(d.label), i)
+        if j != i:
+            other = defenses[j].label
+            shared = (f"the label {other!r}" if other == d.label else
+                      f"the records folder {safe_name(d.label)!r} ({other!r}, {d.label!r})")
+            raise ConfigError(f"suite {suite.name!r}: {what(j)} and {what(i)} would share {shared}; "
+                              "give one a name: in the suite")
+    return suite.model_copy(update={"defenses": defenses})
 
 
 # -- errors -----------------------------------------------------------------------------

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from robust_bench_sc.defense import Defense
 from robust_bench_sc.registry import Registry, RegistryError, is_reference, load_reference
+
+if TYPE_CHECKING:
+    from robust_bench_sc.config import SuiteConfig
+
 
 def _defense_or_factory(obj: Any) -> bool:
     return isinstance(obj, Defense) or callable(obj)
@@ -56,6 +60,28 @@ def build_defense(ref: str, params: dict[str, Any] | None = None, name: str | No
     if name:
         defense.name = name
     return defense.eval()
+
+
+def name_defenses(suite: SuiteConfig, built: dict[str, Defense] | None = None) -> SuiteConfig:
+    """``suite`` with each defense given by reference without a ``name`` named as its
+    ``Defense(name=...)`` names itself (config.with_own_names: the label rule and its clash
+    check). Builds those defenses only, and puts them in ``built`` under their labels, for
+    the caller to reuse; a registry name keeps its label and is not built here."""
+    from robust_bench_sc.config import with_own_names
+
+    made: dict[int, Defense] = {}
+    for i, spec in enumerate(suite.defenses):
+        if spec.takes_own_name:
+            try:
+                made[i] = build_defense(spec.load_ref, spec.params)
+            except RegistryError as exc:
+                raise RegistryError(f"defense {spec.label!r}: {exc}") from None
+    named = with_own_names(suite, {i: d.name for i, d in made.items()})
+    if built is not None:
+        for i, d in made.items():
+            d.name = named.defenses[i].label
+            built[d.name] = d
+    return named
 
 
 def describe_defenses() -> list[tuple[str, str]]:

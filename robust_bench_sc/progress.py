@@ -11,6 +11,10 @@ the runner removes it when the invocation ends, so a finished folder never carri
 
 The file is advisory: the records alone say what a run computed, and a damaged or stale
 ``progress.json`` is ignored, never an error.
+
+On the terminal, :class:`RunProgress` draws one bar per (defense, threat model) with its
+latest stage: one line each where the terminal is wide enough, three short lines each
+where it is not (80 columns), wrapped between words, never cut.
 """
 
 from __future__ import annotations
@@ -19,6 +23,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
+
+from rich.cells import cell_len
+from rich.console import Console, Group, RenderableType
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Column, Table
+from rich.text import Text
 
 from robust_bench_sc.plan import Job
 
@@ -146,3 +157,73 @@ def in_flight_lines(blob: Any, now: float | None = None) -> list[str]:
         return [f"in flight: no job (progress.json written {duration(now - written)} ago)"]
     head = f"in flight ({len(jobs)} job{'s' * (len(jobs) != 1)}; progress.json written {duration(now - written)} ago):"
     return [head, *(f"  {p.line(now)}" for p in sorted(jobs, key=lambda p: p.started_at))]
+
+
+# -- on the terminal ----------------------------------------------------------------------
+
+STAGE_MIN = 30   # the fewest cells the stage column gets on a one-line row; narrower, rows stack
+BAR = 40         # the bar's width on a one-line row (rich's default)
+INDENT = "  "    # a stacked row's second and third lines
+
+
+class RunProgress(Progress):
+    """The runner's bars. Each task's ``description`` is ``defense × threat model``, its
+    fields ``acc`` (robust so far) and ``stage`` (the attack's latest word).
+
+    Where ``defense × threat model``, the bar, the counts, the times and :data:`STAGE_MIN`
+    cells of stage fit on one line, one line per task (the stage wraps between words in its
+    column); else each task stacks: its name (broken between words, or after ``_``), then
+    the bar with the counts and times, then the stage, each within the terminal's width."""
+
+    def __init__(self, console: Console, disable: bool = False):
+        self._counts: list[ProgressColumn] = [MofNCompleteColumn(), TextColumn("robust {task.fields[acc]}")]
+        self._times: list[ProgressColumn] = [TimeElapsedColumn(), TimeRemainingColumn()]
+        super().__init__(TextColumn("{task.description}"), BarColumn(bar_width=BAR), MofNCompleteColumn(),
+                         TextColumn("robust {task.fields[acc]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                         TextColumn("{task.fields[stage]}", table_column=Column(no_wrap=False)),
+                         console=console, disable=disable, transient=False)
+
+    def _counts_width(self, task: Task) -> int:
+        """The cells of ``M/N`` (M padded to N's digits) and ``robust …``."""
+        return 2 * len(f"{task.total:.0f}") + 1 + cell_len(f"robust {task.fields.get('acc', '')}")
+
+    def one_line(self, width: int) -> bool:
+        """Whether every task fits one line of ``width`` cells (times: 7 cells each)."""
+        need = max((cell_len(t.description) + BAR + self._counts_width(t) for t in self.tasks), default=0)
+        return need + 2 * 7 + STAGE_MIN + 6 <= width  # six gaps of one cell between seven columns
+
+    def get_renderables(self):
+        if not self.tasks or self.one_line(width := self.console.width):
+            yield self.make_tasks_table(self.tasks)
+            return
+        tasks = [t for t in self.tasks if t.visible]
+        counts = max((self._counts_width(t) for t in tasks), default=0)
+        bar = width - cell_len(INDENT) - counts - 2  # a gap of one cell after the bar and each count column
+        times = bar - 2 * 8 >= 10  # room for the times too
+        bar -= 2 * 8 if times else 0
+        yield Group(*(part for t in tasks for part in self.stacked(t, width, max(bar, 1), times)))
+
+    def stacked(self, task: Task, width: int, bar: int, times: bool) -> list[RenderableType]:
+        """One task on up to three lines of at most ``width`` cells: its name, the bar (``bar``
+        cells) with the counts (and the times, with ``times``), its stage."""
+        from robust_bench_sc.renderers.terminal import wrap_cell
+
+        columns = [BarColumn(bar_width=bar), *self._counts, *(self._times if times else [])]
+        grid = Table.grid(padding=(0, 1, 0, 0))
+        for _ in columns:
+            grid.add_column(no_wrap=True)
+        grid.add_row(*(c(task) for c in columns))
+        parts: list[RenderableType] = [Text("\n".join(wrap_cell(task.description, width, label=True))),
+                                       _indented(grid)]
+        stage = task.fields.get("stage") or ""
+        if stage:
+            parts.append(Text("\n".join(INDENT + ln for ln in wrap_cell(stage, width - cell_len(INDENT)))))
+        return parts
+
+
+def _indented(renderable: RenderableType) -> RenderableType:
+    grid = Table.grid()
+    grid.add_column(width=cell_len(INDENT), no_wrap=True)
+    grid.add_column()
+    grid.add_row("", renderable)
+    return grid

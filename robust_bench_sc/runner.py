@@ -17,16 +17,15 @@ from typing import Any, Callable
 import pandas as pd
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from robust_bench_sc.config import SuiteConfig
 from robust_bench_sc.data import content_hash, load_data
 from robust_bench_sc.executor import EXECUTORS, Executor, LocalExecutor
 from robust_bench_sc.paths import REPO_ROOT, data_dir
 from robust_bench_sc.plan import SEED_RULE, Job, images_covered, job_spec_hash, plan_jobs, recorded_spec_hash
-from robust_bench_sc.plugins import build_defense
-from robust_bench_sc.progress import STARTED, InFlight
-from robust_bench_sc.registry import load_reference
+from robust_bench_sc.plugins import build_defense, name_defenses
+from robust_bench_sc.progress import STARTED, InFlight, RunProgress
+from robust_bench_sc.registry import RegistryError, load_reference
 from robust_bench_sc.storage import DamagedFileError, LockError, RunDir, safe_name
 from robust_bench_sc.subsets import describe_subset
 from robust_bench_sc.reports import report_from_suite, to_markdown
@@ -163,7 +162,8 @@ def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None,
     ``warn`` hears of suites that run but measure the wrong thing: a gradient attack without
     BPDA on a defense that declares its gradients meaningless (``Capabilities.differentiable``
     False) measures gradient masking, not robustness. ``built``, when given, receives the
-    defenses built (label → Defense), for the probes."""
+    defenses built (label → Defense), for the probes; those already in it are reused (as
+    ``plugins.name_defenses`` leaves them)."""
     from robust_bench_sc.attacks.base import ATTACKS, attack_class, attack_key
     from robust_bench_sc.registry import RegistryError
     from robust_bench_sc.threat_models import TransferThreat, WorstCaseThreat
@@ -174,7 +174,8 @@ def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None,
         except RegistryError as exc:
             raise RunError(f"{what}: {exc}") from None
 
-    defenses = {d.label: build(d.load_ref, d.params, d.label, f"defense {d.label!r}") for d in suite.defenses}
+    defenses = {d.label: (built or {}).get(d.label) or build(d.load_ref, d.params, d.label, f"defense {d.label!r}")
+                for d in suite.defenses}
     probe = load_data(suite.data, n_images=min(2, suite.data.n_images))  # the data folder, read as run reads it
     for d in defenses.values():
         check_defense_fits(d, probe)
@@ -465,6 +466,10 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
     console = console or Console(stderr=True)
     # every check of the suite and its plug-ins, before anything is written
     built: dict[str, Any] = {}
+    try:  # a plug-in given without name: is labelled by its Defense(name=...) (config.with_own_names)
+        suite = name_defenses(suite, built)
+    except RegistryError as exc:
+        raise RunError(str(exc)) from None
     fingerprints = preflight(suite, warn=lambda msg: console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False,
                                                                    soft_wrap=True), built=built)
     code_fps = {label: d.code_fingerprint() for label, d in built.items()}
@@ -572,10 +577,7 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
         for r in layout.read_chunk(j.defense, j.threat, j.chunk)["records"]:
             tally[(j.defense, j.threat)][0] += int(r["robust"])
             tally[(j.defense, j.threat)][1] += 1
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("robust {task.fields[acc]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        TextColumn("{task.fields[stage]}"), console=console, disable=not show_progress,
-                        transient=False)
+    progress = RunProgress(console, disable=not show_progress)  # one line per pair, or stacked in 80 columns
     # jobs in flight: their latest stage in progress.json (scbench status), and in a log (not a
     # terminal) one line per job at most every LOG_STAGE_EVERY seconds
     in_flight = InFlight(layout.write_progress)

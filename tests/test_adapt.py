@@ -142,7 +142,7 @@ seed: 0
 data: {{n_images: 4, chunk_size: 4}}
 defenses:
   - ref: madry_pgd_at
-  - ref: "{plugin}:detached"
+  - ref: defenses.archetypes:detached_logits   # logits detached: no input gradient
     name: detached
 threat_models:
   - clean
@@ -153,33 +153,13 @@ threat_models:
     steps: 1
 """
 
-PLUGIN = '''
-from torch import nn
-from robust_bench_sc import Defense
-from robust_bench_sc.plugins import build_defense
-
-
-class Detached(nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(x).detach()
-
-
-def detached():
-    return Defense(name="detached", classifier=Detached(build_defense("madry_pgd_at").classifier))
-'''
-
 
 def test_run_probes_records_findings_and_says_no_gradient_in_one_line(tmp_path, capsys):
     """Issue 34 item 7: detached logits no longer give PGD robust = clean silently; the honest
     model's records keep the spec hashes they had before probes."""
     from rich.console import Console
 
-    (tmp_path / "toy_auto.py").write_text(PLUGIN)
-    (tmp_path / "s.yaml").write_text(SUITE.format(plugin=tmp_path / "toy_auto.py"))
+    (tmp_path / "s.yaml").write_text(SUITE.format())
     suite = load_suite(tmp_path / "s.yaml")
     console = Console(stderr=True, width=300)
     out = run_suite(suite, out=tmp_path / "run", show_progress=False, console=console)

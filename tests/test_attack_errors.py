@@ -12,32 +12,11 @@ from robust_bench_sc.reports import render
 from robust_bench_sc.runner import run_suite
 from robust_bench_sc.storage import RunDir
 
-TOY = '''
-import torch
-from torch import nn
-from robust_bench_sc import Defense
-
-
-class Detached(nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(x).detach()
-
-
-def make():
-    from robust_bench_sc.plugins import build_defense
-
-    return Defense(name="detached", classifier=Detached(build_defense("madry_pgd_at").classifier))
-'''
-
 SUITE = """name: errors
 seed: 0
 data: {{n_images: 4, chunk_size: 4}}
 defenses:
-  - ref: "{plugin}:make"
+  - ref: defenses.archetypes:detached_logits   # logits detached: no input gradient
     name: detached
 threat_models:
   - clean
@@ -69,9 +48,7 @@ worst_case_over: [pgd, apgd, rs]
 
 
 def test_a_raising_backend_is_recorded_and_the_run_goes_on(tmp_path):
-    plugin = tmp_path / "toy_detached.py"
-    plugin.write_text(TOY)
-    (tmp_path / "s.yaml").write_text(SUITE.format(plugin=plugin))
+    (tmp_path / "s.yaml").write_text(SUITE.format())
     # probes off: the backend itself is called and raises
     out = run_suite(load_suite(tmp_path / "s.yaml"), out=tmp_path / "run", show_progress=False, probes=False)
     rd = RunDir(out.run_dir)

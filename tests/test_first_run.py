@@ -42,11 +42,11 @@ def test_relative_plugin_file_is_found_beside_the_suite_from_another_folder(tmp_
     monkeypatch.chdir(elsewhere)
     suite = load_suite(f)
     d = suite.defenses[0]
-    assert d.label == "my_defense.py:make"                        # the label (and seed) as written
+    assert d.label == "my_defense.py:make"                        # no name: until it is built
     assert d.load_ref == f"{exp.resolve() / 'my_defense.py'}:make"
     out = run_suite(suite, out=tmp_path / "run", show_progress=False)
     summary = (out.run_dir / "summary.csv").read_text()
-    assert "my_defense.py:make" in summary
+    assert summary.splitlines()[1].startswith("natural,clean,")   # built: its Defense(name="natural") labels it
     import pandas as pd
 
     row = pd.read_csv(out.run_dir / "summary.csv").iloc[0]

@@ -141,6 +141,45 @@ def test_tables_never_show_a_record_under_another_jobs_row(tmp_path, toy):
         load_samples(out.run_dir, jobs, suite)
 
 
+def test_a_plugin_without_name_is_labelled_by_its_defense_name(tmp_path, toy):
+    """Issue 36: ``{ref: file.py:make}`` with no ``name:`` is the row ``toy`` (its
+    ``Defense(name="toy")``) in the tables, its records folder and run.json, as if the suite
+    said ``name: toy``; a registry name keeps the name given."""
+    suite = _suite(tmp_path, f"[{{ref: {toy}}}, madry_pgd_at]", "[clean]", name="own")
+    out = run_suite(load_suite(suite), out=tmp_path / "run", show_progress=False, probes=False)
+    assert list(out.summary["defense"]) == ["toy", "madry_pgd_at"]
+    assert sorted(p.name for p in (out.run_dir / "records").iterdir()) == ["madry_pgd_at", "toy"]
+    meta = RunDir(out.run_dir).read_meta()
+    assert [d["name"] for d in meta["config"]["defenses"]] == ["toy", ""]
+    assert "| toy | " in RunDir(out.run_dir).read_summary_md()
+    # the same command resumes: the label is the same, every job is recorded
+    again = run_suite(load_suite(suite), out=tmp_path / "run", show_progress=False, probes=False)
+    assert (again.computed_chunks, again.resumed_chunks) == (0, 2)
+    res = _cli("validate", suite)
+    assert res.exit_code == 0 and "toy (" in res.output and ":make (" not in res.output, res.output
+    # an explicit name wins; a registry name is never built to be named (sparse_coding builds as sparse_coding_T15)
+    from robust_bench_sc.plugins import name_defenses
+
+    s = name_defenses(load_suite(_suite(tmp_path, f"[{{ref: {toy}, name: mine}}, {{ref: sparse_coding, params: {{T: 15}}}}]",
+                                        "[clean]", name="kept")))
+    assert [d.label for d in s.defenses] == ["mine", "sparse_coding"]
+
+
+def test_two_defenses_ending_on_one_label_are_one_line(tmp_path, toy):
+    """Two defenses whose labels only meet once the plug-ins name themselves would share
+    records: refused in one line naming both entries, before anything is written."""
+    cases = [(f"[{{ref: {toy}}}, {{ref: {toy}, name: toy, params: {{bias: 8}}}}]", "the label 'toy'"),
+             (f"[{{ref: {toy}}}, {{ref: madry_pgd_at, name: toy}}]", "the label 'toy'"),
+             (f"[{{ref: {toy}}}, {{ref: madry_pgd_at, name: ' toy'}}]", "the records folder")]
+    for i, (defenses, needle) in enumerate(cases):
+        suite = _suite(tmp_path, defenses, "[clean]", name=f"clash{i}")
+        load_suite(suite)  # the labels differ until the plug-in is built
+        out = _one_error(_cli("run", suite, "--out", tmp_path / f"o{i}", "--quiet"), needle, "defenses[0]",
+                         "its Defense(name=...)", "defenses[1]", "give one a name: in the suite")
+        assert not (tmp_path / f"o{i}").exists(), out
+        _one_error(_cli("validate", suite), needle)
+
+
 # -- 2. nothing is written outside --out -------------------------------------------------
 
 def test_a_dotdot_label_never_writes_outside_out(tmp_path, toy):

@@ -16,6 +16,7 @@ registered under ``archetype_*`` names (``pyproject.toml``) and are usable as
 | :func:`quantised_classifier` | coarse quantisation (16 levels) by a NumPy round trip *inside the classifier* (no separate preprocess, nothing declared): the autograd graph is broken | thermometer / JPEG-style input transforms (Buckman et al. 2018, Guo et al. 2018), broken by BPDA in Athalye et al. 2018 | no input gradient at all |
 | :func:`saturated_logits` | the logits ×10⁴ (folded into the last linear layer): softmax is one-hot, the cross-entropy gradient underflows | Carlini & Wagner 2017 (defensive distillation's temperature); Tramèr et al. 2020 | zero CE gradients |
 | :func:`median_filter` | a 3 × 3 median filter as a *differentiable* preprocess (torch.median selects one input per output, so exact gradients exist) | median smoothing, Xu et al. 2018 (feature squeezing) | exact gradients; an identity BPDA stand-in is weaker |
+| :func:`detached_logits` | the logits ``.detach()``-ed at the classifier's output (predictions unchanged) | a broken-graph bug rather than a defense; the plain cause of "element 0 of tensors does not require grad" | no input gradient at all; a backend that asks for one raises |
 | :func:`madry` | the honest control: the Madry ResNet-32 alone | Madry et al. 2018 | honest gradients |
 """
 
@@ -179,6 +180,27 @@ def median_filter(checkpoint: str | None = None, window: int = MEDIAN_WINDOW) ->
                                "ResNet-32")
 
 
+def detached_logits(checkpoint: str | None = None) -> "Defense":
+    """Madry's ResNet-32 with its logits detached from the autograd graph: the same
+    predictions, no input gradient (a gradient attack's loss has none to follow; a backend
+    that calls ``backward`` raises). tests/test_adapt.py and tests/test_attack_errors.py run it."""
+    import torch
+    from torch import nn
+
+    from robust_bench_sc.defense import Defense
+
+    class Detached(nn.Module):
+        def __init__(self, inner: nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x).detach()
+
+    return Defense(name="archetype_detached_logits", classifier=Detached(_madry_net(checkpoint)),
+                   description="archetype: Madry's ResNet-32 with its logits detached (no input gradient)")
+
+
 def madry(checkpoint: str | None = None) -> "Defense":
     """The honest control: Madry's PGD-AT ResNet-32 alone."""
     from robust_bench_sc.defense import Defense
@@ -188,4 +210,4 @@ def madry(checkpoint: str | None = None) -> "Defense":
 
 
 ARCHETYPES = ("random_resize_pad", "random_resize_pad_undeclared", "gaussian_noise", "quantised_classifier",
-              "saturated_logits", "median_filter", "madry")
+              "saturated_logits", "median_filter", "detached_logits", "madry")
