@@ -7,7 +7,7 @@ images it is on ("first N CIFAR-10 test images"); with ``paper=True`` the paper'
 numbers (full test set, :mod:`robust_bench_sc.paper_numbers`) are shown beside ours.
 
 The runner's ``summary.md`` is rendered by :func:`to_markdown` too (see
-:func:`robust_bench_sc.runner.finalize`).
+:func:`robust_bench_sc.tables.write_tables`).
 
 Formats: :func:`to_markdown`, :func:`to_csv`, :func:`to_latex`, :func:`to_html`
 (:mod:`robust_bench_sc.renderers`, one module each); the data they render is

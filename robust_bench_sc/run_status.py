@@ -4,7 +4,7 @@ live process is writing it (``scbench status``).
 
 Read-only: it never takes or clears a lock, and it counts a record only where the runner
 would reuse it: its spec hash is the planned job's and it holds that job's images, in order,
-with their labels (``runner.record_problem``). Without the CIFAR-10 files it checks the
+with their labels (``records.record_problem``). Without the CIFAR-10 files it checks the
 count of samples only, and says so.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 from robust_bench_sc.config import suite_from_resolved
 from robust_bench_sc.plan import images_covered, job_spec_hash, plan_jobs, recorded_spec_hash
 from robust_bench_sc.progress import duration, in_flight_lines, parse_in_flight
+from robust_bench_sc.records import data_labels, record_problem
 from robust_bench_sc.stats import wilson_interval
 from robust_bench_sc.storage import DamagedFileError, RunDir, RunLock
 from robust_bench_sc.subsets import describe_subset, run_images
@@ -141,7 +142,6 @@ def run_status(run_dir: str | Path) -> RunStatus:
     if not isinstance(meta, dict):
         raise StatusError(f"{layout.meta_path}: not a run description (a JSON {type(meta).__name__})")
     from robust_bench_sc.data import DataError
-    from robust_bench_sc.runner import data_labels, record_problem
 
     suite = suite_from_resolved(meta.get("config"), str(layout.meta_path))
     per: dict[tuple[str, str], _Tally] = {}

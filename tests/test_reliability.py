@@ -23,11 +23,12 @@ from typer.testing import CliRunner
 
 from robust_bench_sc.cli import app
 from robust_bench_sc.config import load_suite
+from robust_bench_sc.errors import RunError
 from robust_bench_sc.executor import LocalExecutor
 from robust_bench_sc.paths import REPO_ROOT
 from robust_bench_sc.plan import job_spec_hash, plan_jobs
 from robust_bench_sc.run_status import run_status
-from robust_bench_sc.runner import RunError, run_suite
+from robust_bench_sc.runner import run_suite
 from robust_bench_sc.storage import LOCK_NAME, RunLock, atomic_write_json, read_json
 from robust_bench_sc.yamlio import ConfigError
 
@@ -505,7 +506,7 @@ def test_gradient_attack_without_bpda_on_a_non_differentiable_defense_is_warned(
     """`Capabilities.differentiable = False` (the sparse-coding frontend) with a gradient threat
     model and no `bpda`: validate and run say, once per pair, that the number would measure
     gradient masking; `bpda: auto`, a gradient-free attack or a differentiable defense do not."""
-    from robust_bench_sc.runner import preflight
+    from robust_bench_sc.preflight import preflight
 
     (tmp_path / "w.yaml").write_text(
         "name: w\ndata: {n_images: 2, chunk_size: 2}\ndefenses: [sparse_coding_T15, madry_pgd_at]\n"

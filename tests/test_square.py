@@ -129,7 +129,8 @@ def test_runner_refuses_unrescaled_records(tmp_path):
     """The committed adaptive_first50 records of Square at 1000 queries (run unrescaled) are
     refused by a suite that asks for the same budget under today's rule, and reused by one
     that asks for the old schedule explicitly."""
-    from robust_bench_sc.runner import RunError, reconcile_records
+    from robust_bench_sc.errors import RunError
+    from robust_bench_sc.records import reconcile_records
 
     src = Path(__file__).parent / "data" / "adaptive_first50_unrescaled"  # as committed before the re-run
     run = tmp_path / "run"

@@ -206,7 +206,8 @@ def _string_constants(path: Path) -> list[tuple[int, str]]:
             if isinstance(n, ast.Constant) and isinstance(n.value, str)]
 
 
-@pytest.mark.parametrize("module", ["runner.py", "regression.py", "cli.py", "reports.py", "binarization.py",
+@pytest.mark.parametrize("module", ["runner.py", "records.py", "tables.py", "preflight.py", "run_status.py",
+                                    "regression.py", "cli.py", "reports.py", "binarization.py",
                                     "diagnostics/suite.py"])
 def test_run_folder_file_names_are_not_retyped(module):
     """Only storage.RunDir spells the run folder's file names (messages may mention them)."""
@@ -338,6 +339,17 @@ def test_no_import_circle_among_our_modules():
         assert b in full[a], f"{a} no longer imports {b}: drop it from KNOWN_BACK_EDGES ({why})"
         del full[a][b]
     assert circles(full) == [], "an import circle (imports inside functions count too)"
+
+
+def test_the_runner_is_imported_only_from_above_and_its_error_from_a_leaf():
+    """Issue 36: runner.py orchestrates; no module it uses reaches back up into it (the Ray
+    executor and ``scbench status`` once imported RunError and the record checks from it)."""
+    full = import_graph(import_time_only=False)
+    assert full["robust_bench_sc.errors"] == {}
+    users = sorted(m for m, edges in full.items() if "robust_bench_sc.runner" in edges)
+    assert users == ["robust_bench_sc", "robust_bench_sc.api", "robust_bench_sc.audit", "robust_bench_sc.cli"]
+    assert "robust_bench_sc.errors" in full["robust_bench_sc.ray_executor"]
+    assert "robust_bench_sc.records" in full["robust_bench_sc.run_status"]
 
 
 def test_stats_imports_nothing_of_ours():

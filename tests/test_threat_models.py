@@ -63,7 +63,7 @@ def test_committed_transfer_spec_hashes_unchanged(first50):
 
 
 def test_growing_the_committed_run_reuses_every_job(first50, tmp_path):
-    from robust_bench_sc.runner import reconcile_records
+    from robust_bench_sc.records import reconcile_records
 
     run = tmp_path / "adaptive_first50"
     shutil.copytree(ADAPTIVE, run, ignore=shutil.ignore_patterns("diagnostics", "samples.csv"))
