@@ -19,30 +19,24 @@ from robust_bench_sc.config import SuiteConfig
 from robust_bench_sc.errors import RunError
 from robust_bench_sc.plan import Job, job_spec_hash, recorded_spec_hash
 from robust_bench_sc.provenance import data_hash
-from robust_bench_sc.storage import DamagedFileError, RunDir
+from robust_bench_sc.storage import REQUIRED_SAMPLE_FIELDS, SAMPLE_FIELDS, ChunkRecord, DamagedFileError, RunDir, RunMeta
 
-RECORD_KEYS = ("index", "label", "clean_pred", "clean_correct", "robust")
-
-
-def record_problem(blob, job: Job, idx, labels) -> str | None:
-    """Why a parsed record file cannot stand for ``job`` (None when it can): every sample of
-    the job's images, in order, with the documented fields."""
-    if not isinstance(blob, dict) or not isinstance(blob.get("records"), list):
-        return "not a record file (no 'records' list)"
-    recs = blob["records"]
+def record_problem(record: ChunkRecord, job: Job, idx, labels) -> str | None:
+    """Why a record file cannot stand for ``job`` (None when it can): every sample of the
+    job's images, in order, with their labels and the fields no record lacks
+    (``storage.REQUIRED_SAMPLE_FIELDS``)."""
+    recs = record.records
     want = list(idx[job.start:job.stop])
     if len(recs) != len(want):
         return f"holds {len(recs)} samples, the job has {len(want)} (images {job.start}-{job.stop - 1})"
     for pos, (r, i, lab) in enumerate(zip(recs, want, labels[job.start:job.stop])):
-        if not isinstance(r, dict) or any(k not in r for k in RECORD_KEYS):
-            missing = [k for k in RECORD_KEYS if not isinstance(r, dict) or k not in r]
+        if not isinstance(r, dict) or any(k not in r for k in REQUIRED_SAMPLE_FIELDS):
+            missing = [k for k in REQUIRED_SAMPLE_FIELDS if not isinstance(r, dict) or k not in r]
             return f"sample {pos} lacks {', '.join(missing)}"
         if r["index"] != i or r["label"] != lab:
             return f"sample {pos} is image {r['index']} (label {r['label']}), the job's is {i} (label {lab})"
         if not isinstance(r["robust"], bool) or not isinstance(r["clean_correct"], bool):
             return f"sample {pos}: robust / clean_correct are not booleans"
-    if not isinstance(blob.get("seconds", 0.0), (int, float)):
-        return "'seconds' is not a number"
     return None
 
 
@@ -55,7 +49,7 @@ def data_labels(suite: SuiteConfig) -> tuple[list[int], list[int]]:
 
 
 def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
-                      old: dict | None, console: Console | None = None,
+                      old: RunMeta | None, console: Console | None = None,
                       fingerprints: dict[str, str] | None = None, code_fingerprints: dict[str, str] | None = None,
                       accept_code_change: bool = False) -> tuple[list[Job], dict[str, str]]:
     """Which planned jobs a run directory already holds records of, checked job by job.
@@ -71,14 +65,14 @@ def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
     one) match ``code_fingerprints`` (``Defense.code_fingerprint``), unless ``accept_code_change``
     (said in one line). Returns the jobs done and the fingerprints per defense.
     """
-    if old is not None and old.get("suite") not in (None, suite.name):
-        raise RunError(f"{run_dir} holds a run of suite {old.get('suite')!r}, not {suite.name!r}; "
+    if old is not None and old.suite not in (None, suite.name):
+        raise RunError(f"{run_dir} holds a run of suite {old.suite!r}, not {suite.name!r}; "
                        "choose another --out")
-    if old is not None and old.get("data_hash"):
-        n_old = (old.get("config") or {}).get("data", {}).get("n_images", suite.data.n_images)
+    if old is not None and old.data_hash:
+        n_old = old.config.get("data", {}).get("n_images", suite.data.n_images)
         here = data_hash(suite, n_old)
-        if old["data_hash"] != here:
-            raise RunError(f"{run_dir} was computed on different images (data hash {old['data_hash']} of the first "
+        if old.data_hash != here:
+            raise RunError(f"{run_dir} was computed on different images (data hash {old.data_hash} of the first "
                            f"{n_old} ≠ {here} here); choose another --out")
     done, superseded, conflicts, damaged = [], [], [], []
     recorded_fp: dict[str, set[str]] = defaultdict(set)
@@ -91,31 +85,27 @@ def reconcile_records(suite: SuiteConfig, run_dir: Path, jobs: list[Job],
         if not path.is_file():
             continue
         try:
-            blob = layout.read_chunk(j.defense, j.threat, j.chunk)
+            record = layout.read_record(j.defense, j.threat, j.chunk)
         except DamagedFileError as exc:
             damaged.append((path, str(exc).split(": ", 1)[-1]))
             continue
-        if not isinstance(blob, dict) or not isinstance(blob.get("job", {}), dict):
-            damaged.append((path, "not a record file"))
-            continue
-        rec_job = blob.get("job", {})
-        rec = recorded_spec_hash(blob, (old or {}).get("config"))
-        rec_range = (rec_job.get("start"), rec_job.get("stop"))
+        rec = recorded_spec_hash(record, old.config if old is not None else None)
+        start, stop = record.job.get("start"), record.job.get("stop")
         if rec == job_spec_hash(suite, j):
             expected = expected or data_labels(suite)
-            problem = record_problem(blob, j, *expected)
+            problem = record_problem(record, j, *expected)
             if problem:
                 damaged.append((path, problem))
                 continue
             done.append(j)
-            if blob.get("code_fingerprint"):
-                recorded_code[j.defense].add(str(blob["code_fingerprint"]))
-            if blob.get("defense_fingerprint"):
-                recorded_fp[j.defense].add(blob["defense_fingerprint"])
+            if record.code_fingerprint:
+                recorded_code[j.defense].add(str(record.code_fingerprint))
+            if record.defense_fingerprint:
+                recorded_fp[j.defense].add(record.defense_fingerprint)
             else:
                 unverified.add(j.defense)
-        elif None not in rec_range and rec_range != (j.start, j.stop) and \
-                rec == job_spec_hash(suite, replace(j, start=rec_range[0], stop=rec_range[1])):
+        elif isinstance(start, int) and isinstance(stop, int) and (start, stop) != (j.start, j.stop) and \
+                rec == job_spec_hash(suite, replace(j, start=start, stop=stop)):
             superseded.append(path)
         else:
             conflicts.append(j.key)
@@ -171,26 +161,25 @@ def load_samples(run_dir: Path, jobs: list[Job], suite: SuiteConfig | None = Non
         if not path.is_file():
             raise RunError(f"missing records for job {j.key}: {path}")
         try:
-            blob = layout.read_chunk(j.defense, j.threat, j.chunk)
+            record = layout.read_record(j.defense, j.threat, j.chunk)
         except DamagedFileError as exc:
             raise RunError(f"{exc}; rerun the same command to recompute it") from None
         if expected is None and suite is not None:
             expected = data_labels(suite)
-        problem = record_problem(blob, j, *expected) if expected else None
-        recorded = blob.get("spec_hash") if isinstance(blob, dict) else None
+        problem = record_problem(record, j, *expected) if expected else None
+        recorded = record.spec_hash
         if not problem and suite is not None and recorded is not None and recorded != job_spec_hash(suite, j):
             problem = (f"a record of another job (spec hash {recorded}, job {j.key} has {job_spec_hash(suite, j)}): "
                        "never shown under this job's row")
         if problem:
             raise RunError(f"{path}: {problem}; rerun the same command to recompute it")
-        seconds[(j.defense, j.threat)] += blob["seconds"]
-        for r in blob["records"]:
+        seconds[(j.defense, j.threat)] += record.seconds
+        for r in record.records:
             rows.append({"defense": j.defense, "threat_model": j.threat, "chunk": j.chunk, **r})
     return pd.DataFrame(rows), seconds
 
 
-SAMPLE_COLUMNS = ("defense", "threat_model", "chunk", "index", "label", "clean_pred", "clean_correct", "attacked",
-                  "adv_pred", "fooled", "fooled_frac", "robust", "linf", "l2", "l1", "claimed", "flags")
+SAMPLE_COLUMNS = ("defense", "threat_model", "chunk", *SAMPLE_FIELDS)  # samples.csv: the job, then the record
 
 
 def column_order(columns) -> list[str]:

@@ -21,14 +21,13 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from robust_bench_sc.config import SuiteConfig
-from robust_bench_sc.data import content_hash, load_data
+from robust_bench_sc.data import load_data
 from robust_bench_sc.errors import RunError
 from robust_bench_sc.executor import Executor, LocalExecutor
-from robust_bench_sc.paths import data_dir
-from robust_bench_sc.plan import SEED_RULE, Job, images_covered, plan_jobs
+from robust_bench_sc.plan import Job, images_covered, plan_jobs
 from robust_bench_sc.preflight import preflight, probe_suite
 from robust_bench_sc.progress import STARTED, InFlight
-from robust_bench_sc.provenance import git_commit, host, versions
+from robust_bench_sc.provenance import invocation_meta
 from robust_bench_sc.records import reconcile_records
 from robust_bench_sc.storage import DamagedFileError, LockError, RunDir, safe_name
 from robust_bench_sc.subsets import describe_subset
@@ -46,12 +45,12 @@ def default_run_dir(suite: SuiteConfig, results_root: Path) -> Path:
             rd = RunDir(cand)
             if rd.is_run():
                 try:
-                    m = rd.read_meta()
+                    m = rd.read_run_meta()
                 except ValueError:
                     continue
-                if rd.locked_by_live_process():  # another run is writing it: start a new folder
+                if m is None or rd.locked_by_live_process():  # another run is writing it: start a new folder
                     continue
-                if m.get("suite_hash") == suite.content_hash() and m.get("status") != "complete":
+                if m.suite_hash == suite.content_hash() and m.status != "complete":
                     return cand
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return base / stamp
@@ -96,25 +95,6 @@ class RunOutcome:
     summary: pd.DataFrame
     resumed_chunks: int
     computed_chunks: int
-
-
-# what run.json keeps of each earlier invocation; its resolved ``config`` too, so that the records a
-# folder grown under several profiles holds can each be traced to the configuration that planned them
-_HISTORY_KEYS = ("suite_hash", "profile", "profile_set", "overrides", "started_at", "finished_at", "interrupted_at", "status", "error", "n_jobs",
-                 "git", "versions", "command", "config", "wall_seconds_this_invocation", "jobs_computed",
-                 "executor")
-
-
-def _archived_invocation(old: dict, now: str) -> dict:
-    """The earlier invocation's entry for ``history``. We hold the folder's lock, so one that
-    run.json still calls running was killed with no chance to say so (SIGKILL, a machine or
-    session that stopped): it is recorded as ``killed``, with the time this invocation found
-    it (``killed_noticed_at``), its end being unknown."""
-    entry = {k: old.get(k) for k in _HISTORY_KEYS}
-    if entry.get("status") == "running":
-        entry["status"] = "killed"
-        entry["killed_noticed_at"] = now
-    return entry
 
 
 def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "cpu",
@@ -166,60 +146,23 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
                 probe_record: dict[str, Any] | None = None, code_fps: dict[str, str] | None = None,
                 accept_code_change: bool = False, quiet: bool = False) -> RunOutcome:
     layout = RunDir(run_dir)
-    meta_path = layout.meta_path
     suite_hash = suite.content_hash()
     try:
-        old = layout.read_meta()
+        old = layout.read_run_meta()
     except DamagedFileError as exc:
         raise RunError(f"{exc}: it describes the records in {run_dir}, which cannot be checked without it; "
                        "restore it, or choose another --out") from None
-    if old is not None and not isinstance(old, dict):
-        raise RunError(f"{meta_path}: not a run description (a JSON {type(old).__name__}); restore it, or choose "
-                       "another --out")
     jobs = plan_jobs(suite)
     done, known_fp = reconcile_records(suite, run_dir, jobs, old, console, fingerprints, code_fps, accept_code_change)
     done_set = set(done)
     todo = [j for j in jobs if j not in done_set]
     split = load_data(suite.data)
     subset = describe_subset(images_covered(jobs) or suite.data.n_images, images=split.images)
-    meta: dict[str, Any] = {
-        "suite": suite.name,
-        "suite_hash": suite_hash,
-        "status": "running",
-        "subset": subset,
-        "data_dir": str(data_dir(suite.data.folder)),
-        "data_hash": content_hash(split),
-        # what the images are (the dataset plug-in's words); reports and plots name them so
-        "dataset": {"name": split.dataset, "split": split.split, "n_classes": split.n_classes,
-                    "image_shape": list(split.image_shape), "n_available": split.n_available},
-        "images": split.images,
-        "seed": suite.seed,
-        "seed_rule": SEED_RULE,
-        "profile": suite.profile,
-        # what the profile sets (reports tell a selection of images from reduced settings)
-        **({"profile_set": dict(suite.profiles[suite.profile].set)} if suite.profile in suite.profiles else {}),
-        "overrides": suite.overrides,
-        "device": device,
-        "command": command or sys.argv,
-        "versions": versions(),
-        "git": git_commit(),
-        "host": host(),
-        "started_at": _dt.datetime.now().isoformat(timespec="seconds"),
-        "n_jobs": len(jobs),
-        "config": suite.resolved(),
-        # what the probes found per defense and what auto chose from it, with reasons (robust_bench_sc.adapt)
-        **({"probes": probe_record} if probe_record is not None else {}),
-    }
-    if old is not None:
-        meta["first_started_at"] = old.get("first_started_at") or old.get("started_at")
-        meta["history"] = [*old.get("history", []), _archived_invocation(old, meta["started_at"])]
-    meta["defense_fingerprints"] = dict(known_fp)
-    if code_fps:
-        meta["code_fingerprints"] = dict(code_fps)
-    layout.write_meta(meta)
-    if old is not None and old.get("suite_hash") != suite_hash:  # grown: same folder, other settings
-        earlier = f"profile {old['profile']}" if old.get("profile") else "no profile"
-        console.print(f"[bold]growing[/] {run_dir} (earlier configuration {old.get('suite_hash')}, {earlier}): "
+    layout.write_meta(invocation_meta(suite, split, subset, len(jobs), device, command or sys.argv, probe_record,
+                                      old, known_fp, code_fps))
+    if old is not None and old.suite_hash != suite_hash:  # grown: same folder, other settings
+        earlier = f"profile {old.profile}" if old.profile else "no profile"
+        console.print(f"[bold]growing[/] {run_dir} (earlier configuration {old.suite_hash}, {earlier}): "
                       f"{len(done)}/{len(jobs)} jobs already recorded with identical settings")
     elif done:
         console.print(f"[bold]resuming[/] {run_dir}: {len(done)}/{len(jobs)} jobs already recorded")
@@ -233,7 +176,7 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
     # progress: one bar per (defense, threat model)
     tally: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])  # robust, total
     for j in done:
-        for r in layout.read_chunk(j.defense, j.threat, j.chunk)["records"]:
+        for r in layout.read_record(j.defense, j.threat, j.chunk).records:
             tally[(j.defense, j.threat)][0] += int(r["robust"])
             tally[(j.defense, j.threat)][1] += 1
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -278,10 +221,11 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
             if fp and known_fp.setdefault(j.defense, fp) != fp:
                 raise RunError(f"defense {j.defense!r}: its weights changed during the run (fingerprint "
                                f"{known_fp[j.defense]} before, {fp} now); nothing more was recorded")
-            layout.write_chunk(j.defense, j.threat, j.chunk, res.to_dict())
+            layout.write_record(res.to_record())
             in_flight.finished(j)
             if not computed[0]:  # with the first result: how many jobs run at once (scbench status's wall time)
-                _record_executor(layout, ex)
+                # run.json's executor: run_status.RunStatus.concurrent_jobs checks the value when it reads it
+                layout.update_meta(executor={"name": ex.name, "concurrent_jobs": ex.concurrent_jobs})
             computed[0] += 1
             key = (j.defense, j.threat)
             tally[key][0] += sum(int(r["robust"]) for r in res.records)
@@ -310,14 +254,11 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
             raise
         finally:  # nothing is in flight once this invocation ends, however it ends
             layout.remove_progress()
-    meta = layout.read_meta()
-    prior: dict[str, Any] = old or {}
-    before = float(prior.get("wall_seconds_total", prior.get("wall_seconds_this_invocation", 0.0)))
-    meta["defense_fingerprints"] = dict(known_fp)
-    meta.update(status="complete", finished_at=_dt.datetime.now().isoformat(timespec="seconds"),
-                wall_seconds_this_invocation=round(wall, 2), jobs_computed=computed[0],
-                wall_seconds_total=round(before + wall, 2))  # over the invocations that finished
-    layout.write_meta(meta)
+    walls = (old.wall_seconds_total, old.wall_seconds_this_invocation) if old is not None else ()
+    before = next((float(w) for w in walls if w is not None), 0.0)
+    layout.update_meta(defense_fingerprints=dict(known_fp), status="complete", finished_at=_now(),
+                       wall_seconds_this_invocation=round(wall, 2), jobs_computed=computed[0],
+                       wall_seconds_total=round(before + wall, 2))  # over the invocations that finished
     if suite.diagnostics:  # gradient-masking / attack-failure indicators per defense
         from robust_bench_sc.diagnostics import run_suite_diagnostics
 
@@ -325,12 +266,8 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
     return RunOutcome(run_dir, summary, len(done), len(todo))
 
 
-def _record_executor(layout: RunDir, ex: Executor) -> None:
-    """run.json's ``executor``: its name and the jobs it runs at the same time (None: not known)."""
-    meta = layout.read_meta()
-    if isinstance(meta, dict):  # run_status.RunStatus.concurrent_jobs checks the value when it reads it
-        meta["executor"] = {"name": ex.name, "concurrent_jobs": ex.concurrent_jobs}
-        layout.write_meta(meta)
+def _now() -> str:
+    return _dt.datetime.now().isoformat(timespec="seconds")
 
 
 def _mark_interrupted(layout: RunDir, wall: float, known_fp: dict[str, str], computed: int,
@@ -339,17 +276,8 @@ def _mark_interrupted(layout: RunDir, wall: float, known_fp: dict[str, str], com
     ``failed``, with the ``error`` that stopped it), when, and how long it ran; the recorded
     chunks stay and the same command resumes."""
     try:
-        meta = layout.read_meta()
-    except DamagedFileError:
-        return
-    if isinstance(meta, dict):
-        meta["defense_fingerprints"] = dict(known_fp)
-        meta.update(status="interrupted" if error is None else "failed",
-                    interrupted_at=_dt.datetime.now().isoformat(timespec="seconds"),
-                    wall_seconds_this_invocation=round(wall, 2), jobs_computed=computed)
-        if error is not None:
-            meta["error"] = error[:500]
-        try:
-            layout.write_meta(meta)
-        except OSError:  # a full disk cannot take run.json either: the error that stopped the run is what to say
-            pass
+        layout.update_meta(defense_fingerprints=dict(known_fp), status="interrupted" if error is None else "failed",
+                           interrupted_at=_now(), wall_seconds_this_invocation=round(wall, 2), jobs_computed=computed,
+                           **({"error": error[:500]} if error is not None else {}))
+    except (DamagedFileError, OSError):  # a full disk cannot take run.json either: the error that stopped the run
+        pass                             # is what to say

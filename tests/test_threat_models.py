@@ -67,11 +67,11 @@ def test_growing_the_committed_run_reuses_every_job(first50, tmp_path):
 
     run = tmp_path / "adaptive_first50"
     shutil.copytree(ADAPTIVE, run, ignore=shutil.ignore_patterns("diagnostics", "samples.csv"))
-    old = json.loads((run / "run.json").read_text())
+    old = RunDir(run).read_run_meta()
     jobs = plan_jobs(first50)
-    done, fps = reconcile_records(first50, run, jobs, old, fingerprints=old["defense_fingerprints"])
+    done, fps = reconcile_records(first50, run, jobs, old, fingerprints=old.defense_fingerprints)
     assert done == jobs and len(jobs) == 18
-    assert fps == old["defense_fingerprints"]
+    assert fps == old.defense_fingerprints
 
 
 WC_SUITE = """\
