@@ -425,7 +425,8 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
     from robust_bench_sc.plan import plan_jobs
     from robust_bench_sc.plugins import build_defense
     from robust_bench_sc.probes import ProbeError, probe_defense
-    from robust_bench_sc.runner import RunError, prepare_run_dir, run_suite
+    from robust_bench_sc.errors import RunError
+    from robust_bench_sc.runner import prepare_run_dir, run_suite
     from robust_bench_sc.storage import RunDir, safe_name
     from robust_bench_sc.subsets import describe_subset
 

@@ -160,9 +160,11 @@ def committed_rates(results_root: Path) -> dict[tuple[str, str], list[tuple[Thre
     for meta_path in sorted(results_root.glob(f"*/{RunDir.META}")):
         layout = RunDir(meta_path.parent)
         try:
-            meta = layout.read_meta()
+            meta = layout.read_run_meta()
+            if meta is None:
+                continue
             threats = {}
-            for c in meta["config"]["threat_models"]:
+            for c in meta.config["threat_models"]:
                 threats[c["name"]] = THREAT_MODELS[c["attack"]].model_validate(stored_config(c))
         except Exception:  # an old or damaged folder gives no rates, never an error  # noqa: BLE001
             continue
@@ -171,7 +173,7 @@ def committed_rates(results_root: Path) -> dict[tuple[str, str], list[tuple[Thre
             if head is None:
                 continue
             job, fp, seconds = head
-            fp = fp or (meta.get("defense_fingerprints") or {}).get(job.get("defense"))
+            fp = fp or meta.defense_fingerprints.get(str(job.get("defense")))
             t = threats.get(job.get("threat"))
             n = int(job.get("stop", 0)) - int(job.get("start", 0))
             if t is None or fp is None or n <= 0 or seconds <= 0:

@@ -41,7 +41,7 @@ def _explain(exc: BaseException) -> str:
     from robust_bench_sc.registry import RegistryError, plugin_frame
     from robust_bench_sc.regression import BaselineError
     from robust_bench_sc.reports import ReportError
-    from robust_bench_sc.runner import RunError
+    from robust_bench_sc.errors import RunError
     from robust_bench_sc.storage import DamagedFileError, EscapeError, LockError
     from robust_bench_sc.yamlio import ConfigError
 
@@ -303,7 +303,8 @@ def run(
         import torch
 
         torch.set_num_threads(threads)
-    from robust_bench_sc.runner import make_executor, run_suite
+    from robust_bench_sc.executor import make_executor
+    from robust_bench_sc.runner import run_suite
 
     ex = make_executor(executor, device, address=ray_address) if executor != "local" else None
     _interrupt_on_sigterm()  # `kill` or a job scheduler: the run records it was interrupted, then exits
@@ -346,7 +347,7 @@ def validate(suite: Path = typer.Argument(..., help="suite YAML file"),
             _load(suite, set_, name, n_images, None, dataset)
     from robust_bench_sc.plan import plan_jobs
     from robust_bench_sc.plugins import name_defenses
-    from robust_bench_sc.runner import preflight
+    from robust_bench_sc.preflight import preflight
 
     built: dict[str, Any] = {}
     cfg = name_defenses(cfg, built)  # a plug-in without name: labelled by its Defense(name=...), as run does

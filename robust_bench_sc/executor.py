@@ -10,7 +10,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 from robust_bench_sc.config import SuiteConfig
+from robust_bench_sc.errors import RunError
 from robust_bench_sc.plan import Job
+from robust_bench_sc.registry import load_reference
 from robust_bench_sc.worker import ChunkResult, Worker
 
 ResultCallback = Callable[[ChunkResult], None]
@@ -54,3 +56,16 @@ EXECUTORS: dict[str, str] = {
     "local": "robust_bench_sc.executor:LocalExecutor",
     "ray": "robust_bench_sc.ray_executor:RayExecutor",
 }
+
+
+def make_executor(name: str, device: str, **kwargs) -> Executor:
+    """The executor ``--executor name`` asks for; an unknown name or a missing extra is one RunError line."""
+    if name not in EXECUTORS:
+        raise RunError(f"unknown executor {name!r}; available: {', '.join(EXECUTORS)}")
+    if name == "local":
+        return LocalExecutor(device=device, data_root=kwargs.get("data_root"))
+    try:
+        cls = load_reference(EXECUTORS[name])
+    except ImportError as exc:
+        raise RunError(f"executor {name!r} needs an optional extra: pip install 'robust_bench_sc[{name}]' ({exc})") from None
+    return cls(device=device, **kwargs)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from robust_bench_sc.config import UNHASHED_DEFENSE_FIELDS, DefenseSpec, SuiteConfig
 from robust_bench_sc.threat_models import UNHASHED, fields_with
+
+if TYPE_CHECKING:
+    from robust_bench_sc.storage import ChunkRecord
 
 
 @dataclass(frozen=True)
@@ -105,12 +108,11 @@ def job_spec_hash(suite: SuiteConfig, job: Job, auto: dict[str, Any] | None = No
     return spec_hash(suite.seed, d, t, job, auto)
 
 
-def recorded_spec_hash(blob: dict[str, Any], config: dict[str, Any] | None) -> str | None:
+def recorded_spec_hash(record: ChunkRecord, config: dict[str, Any] | None) -> str | None:
     """The spec hash a record file stands for: its own, or for a record written before records
     carried one, the hash rebuilt from ``config`` (the resolved configuration of the run.json
     beside it)."""
-    job = blob.get("job")
-    return blob.get("spec_hash") or (legacy_spec_hash(config or {}, job) if isinstance(job, dict) else None)
+    return record.spec_hash or (legacy_spec_hash(config or {}, record.job) if record.job else None)
 
 
 def legacy_spec_hash(config: dict[str, Any], job: dict[str, Any]) -> str | None:

@@ -20,7 +20,6 @@ and stops the run after the jobs already finished are recorded, so a re-run resu
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import socket
@@ -33,9 +32,10 @@ from typing import Any
 import ray
 
 from robust_bench_sc.config import SuiteConfig
+from robust_bench_sc.data import content_hash
+from robust_bench_sc.errors import RunError
 from robust_bench_sc.executor import Executor, ProgressCallback, ResultCallback
 from robust_bench_sc.plan import Job
-from robust_bench_sc.runner import RunError
 from robust_bench_sc.worker import ChunkResult, Worker
 
 __all__ = ["RayExecutor", "RayJobError", "DataMismatchError"]
@@ -47,13 +47,6 @@ class RayJobError(RunError):
 
 class DataMismatchError(RunError):
     """A node evaluated different images than the driver holds."""
-
-
-def split_hash(x, y) -> str:
-    """Same digest as ``runner.data_hash``: images as bytes 0-255 plus labels."""
-    h = hashlib.sha256(x.mul(255).round().byte().numpy().tobytes())
-    h.update(y.numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 # -- inside a worker process ------------------------------------------------------------
@@ -76,8 +69,7 @@ def _cached_worker(suite: SuiteConfig, device: str, data_root: str | None) -> tu
     hit = _WORKERS.get(key)
     if hit is None:
         worker = Worker(suite, device=device, data_root=data_root)
-        data = worker.data
-        hit = (worker, split_hash(data.x, data.y))
+        hit = (worker, content_hash(worker.data))
         _WORKERS[key] = hit
         while len(_WORKERS) > _MAX_CACHED:
             _WORKERS.popitem(last=False)
@@ -225,7 +217,7 @@ class RayExecutor(Executor):
         from robust_bench_sc.data import load_data
 
         split = load_data(suite.data, root=self.data_root)
-        return split_hash(split.x, split.y)
+        return content_hash(split)
 
     def _execute(self, suite, jobs, on_result, on_progress) -> None:
         t0 = time.perf_counter()

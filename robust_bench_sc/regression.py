@@ -95,7 +95,7 @@ def baseline_from_run(run_dir: str | Path) -> dict[str, Any]:
     mn = {t.name: t.minimum_norm for t in threats}
     m = info.meta
     planned = {t.name for t in threats}
-    fingerprints = m.get("defense_fingerprints") or {}
+    fingerprints = m.defense_fingerprints
     entries: dict[str, dict[str, Any]] = {}
     for _, r in table.iterrows():
         d, t = r["defense"], r["threat_model"]
@@ -119,21 +119,21 @@ def baseline_from_run(run_dir: str | Path) -> dict[str, Any]:
             l2 = fooled["l2"].astype(float).dropna()
             e["mean_l2"] = round(float(l2.mean()), 6) if len(l2) else None
             e["l2"] = {str(int(i)): round(float(v), 6) for i, v in zip(fooled["index"], fooled["l2"]) if not pd.isna(v)}
-        if t in planned and "chunk" in part and isinstance(m.get("seed"), int) and len(part):  # not a derived column
-            e["seeds"] = sorted({job_seed(m["seed"], d, t, int(c)) for c in part["chunk"].dropna()})
+        if t in planned and "chunk" in part and m.seed is not None and len(part):  # not a derived column
+            e["seeds"] = sorted({job_seed(m.seed, d, t, int(c)) for c in part["chunk"].dropna()})
         if fingerprints.get(d):
             e["fingerprint"] = fingerprints[d]
         entries.setdefault(d, {})[t] = e
     return {
         "format": FORMAT,
-        "suite": m.get("suite"),
-        "suite_hash": m.get("suite_hash"),
-        "data_hash": m.get("data_hash"),
-        "subset": m.get("subset"),
-        "seed": m.get("seed"),
-        "profile": m.get("profile"),
-        "git": m.get("git"),
-        "versions": {k: v for k, v in (m.get("versions") or {}).items() if v},
+        "suite": m.suite,
+        "suite_hash": m.suite_hash,
+        "data_hash": m.data_hash,
+        "subset": m.subset,
+        "seed": m.seed,
+        "profile": m.profile,
+        "git": m.git or None,  # None: a run.json without it
+        "versions": {k: v for k, v in m.versions.items() if v},
         "created_at": _dt.datetime.now().isoformat(timespec="seconds"),
         "entries": entries,
     }

@@ -22,8 +22,8 @@ from robust_bench_sc import paper_numbers as pn
 from robust_bench_sc.config import PROFILE_SELECTION, DefenseSpec, setting_changes
 from robust_bench_sc.norms import Norm
 from robust_bench_sc.stats import mean_interval, wilson_interval
-from robust_bench_sc.storage import RunDir
-from robust_bench_sc.subsets import IMAGES, describe_subset, run_images, short_subset
+from robust_bench_sc.storage import RunDir, RunMeta
+from robust_bench_sc.subsets import IMAGES, describe_subset, short_subset
 from robust_bench_sc.threat_models import BUDGET, EFFORT, THREAT_MODELS, fields_with, kinds_where, runs_square
 from robust_bench_sc.summary import (WORST_CASE, WorstCaseError, worst_case_notes, worst_case_over_for, worst_case_row,
                                      worst_case_samples)
@@ -96,7 +96,7 @@ class DefenseInfo:
 @dataclass
 class RunInfo:
     path: str                       # as given (relative paths stay relative: reports are reproducible text)
-    meta: dict[str, Any]
+    meta: RunMeta
     notes: list[str] = field(default_factory=list)
     subset: str = ""                # the images of its summary rows (run.json's "subset" predates max_images in old runs)
 
@@ -332,30 +332,27 @@ def load_run(run_dir: str | Path) -> tuple[RunInfo, list[DefenseInfo], list[Thre
     meta_path = RunDir(run_dir).meta_path
     if not meta_path.is_file():
         raise ReportError(f"{run_dir}: not a run directory (no run.json)")
-    from robust_bench_sc.storage import check_meta, read_json
-
     try:
-        meta = check_meta(read_json(meta_path), meta_path)  # a damaged one is named, not a bare JSON error
+        meta = RunDir(run_dir).read_run_meta()  # a damaged one is named, not a bare JSON error
     except ValueError as exc:
         raise ReportError(str(exc)) from None
-    if not isinstance(meta, dict):
-        raise ReportError(f"{meta_path}: not a run description (a JSON {type(meta).__name__})")
+    assert meta is not None  # run.json is there
     summary_path = RunDir(run_dir).summary_csv_path
     if not summary_path.is_file():
-        raise ReportError(f"{run_dir}: no summary.csv (status {meta.get('status')!r}); finish it with `scbench run` "
+        raise ReportError(f"{run_dir}: no summary.csv (status {meta.status!r}); finish it with `scbench run` "
                           f"first (`scbench status {run_dir}` shows what it holds so far)")
     table = _read_csv(summary_path, keep_default_na=True)
     missing = {"defense", "threat_model"} - set(table.columns)
     if missing:
         raise ReportError(f"{summary_path}: damaged (no column {', '.join(sorted(missing))}); rerun `scbench run` on {run_dir}")
     table["bpda"] = table["bpda"].astype(object).fillna("") if "bpda" in table else ""
-    config = meta.get("config") or {}
+    config = meta.config
     defenses = [DefenseInfo(d.get("name") or d["ref"], d["ref"], d.get("params") or {}) for d in config.get("defenses", [])]
     threats = [ThreatInfo(t["name"], t["name"], normalized_config(t), _is_minimum_norm(t))
                for t in config.get("threat_models", [])]
     samples = _read_samples(run_dir)
-    notes: list[str] = error_notes(table, f"{run_dir.name}: ") + auto_notes(meta.get("probes"), f"{run_dir.name}: ")
-    table, samples = _add_worst_case(run_dir, config, table, samples, threats, notes, run_images(meta))
+    notes: list[str] = error_notes(table, f"{run_dir.name}: ") + auto_notes(meta.probes, f"{run_dir.name}: ")
+    table, samples = _add_worst_case(run_dir, config, table, samples, threats, notes, meta.image_words)
     table = _norm_intervals(table, samples, threats)
     # threat models/defenses found only in the table (old run.json): still shown
     for name in table["threat_model"].unique():
@@ -394,7 +391,7 @@ def load_report(run_dirs: Iterable[str | Path], title: str | None = None) -> Rep
         info, ds, ts, table, samples = load_run(rd)
         runs.append(info)
         notes.extend(info.notes)
-        suite = info.meta.get("suite") or info.label
+        suite = info.meta.suite or info.label
         tlabel: dict[str, str] = {}
         for t in ts:
             label = t.name
@@ -437,12 +434,12 @@ def load_report(run_dirs: Iterable[str | Path], title: str | None = None) -> Rep
             s["threat_model"] = s["threat_model"].map(lambda x: tlabel.get(x, x))
             s["run"] = info.path
             sample_parts.append(s)
-        if info.meta.get("profile"):
+        if info.meta.profile:
             notes.append(_profile_note(info.label, info.meta))
-        if info.meta.get("overrides"):
-            notes.append(f"{info.label}: overrides `{' '.join(info.meta['overrides'])}`.")
-        if info.meta.get("status") != "complete":
-            notes.append(f"{info.label}: run status {info.meta.get('status')!r}.")
+        if info.meta.overrides:
+            notes.append(f"{info.label}: overrides `{' '.join(info.meta.overrides)}`.")
+        if info.meta.status != "complete":
+            notes.append(f"{info.label}: run status {info.meta.status!r}.")
     if sample_parts:
         samples_all = pd.concat(sample_parts, ignore_index=True)
         # keep only the samples behind the cells shown
@@ -471,8 +468,8 @@ def load_report(run_dirs: Iterable[str | Path], title: str | None = None) -> Rep
         if label in used_t:
             notes.append(f"`{name}` is two columns (`{name}`, `{label}`): {first} and {later} differ in "
                          f"{', '.join(keys)}, which change what it measures.")
-    title = title or " + ".join(dict.fromkeys(r.meta.get("suite") or r.label for r in runs))
-    kinds = list(dict.fromkeys(run_images(r.meta) for r in runs))
+    title = title or " + ".join(dict.fromkeys(r.meta.suite or r.label for r in runs))
+    kinds = list(dict.fromkeys(r.meta.image_words for r in runs))
     return Report(title, [d for d in defenses.values() if d.label in used_d],
                   [t for t in threats.values() if t.label in used_t], cells, runs, notes, samples_all,
                   kinds[0] if len(kinds) == 1 else " / ".join(kinds))
@@ -599,13 +596,13 @@ def column_n(report: Report, t: ThreatInfo) -> str:
     return "/".join(str(n) for n in ns) or "—"
 
 
-def _profile_note(label: str, meta: dict[str, Any]) -> str:
+def _profile_note(label: str, meta: RunMeta) -> str:
     """What a run's profile did: a selection of the suite at its declared settings, or reduced
     settings (named). Runs recorded before run.json kept the profile's ``set`` are called reduced."""
-    profile = meta["profile"]
-    if not isinstance(meta.get("profile_set"), dict):
+    profile = meta.profile
+    if meta.profile_set is None:
         return f"{label}: reduced profile `{profile}` (not the faithful setting)."
-    changes = setting_changes(meta["profile_set"])
+    changes = setting_changes(meta.profile_set)
     if changes:
         return f"{label}: reduced profile `{profile}`: {', '.join(changes)} (not the suite's declared setting)."
     return f"{label}: profile `{profile}`: {PROFILE_SELECTION}."

@@ -7,7 +7,7 @@ images it is on ("first N CIFAR-10 test images"); with ``paper=True`` the paper'
 numbers (full test set, :mod:`robust_bench_sc.paper_numbers`) are shown beside ours.
 
 The runner's ``summary.md`` is rendered by :func:`to_markdown` too (see
-:func:`robust_bench_sc.runner.finalize`).
+:func:`robust_bench_sc.tables.write_tables`).
 
 Formats: the registry :data:`~robust_bench_sc.renderers.FORMATS` (md, csv, latex, html:
 :func:`to_markdown`, :func:`to_csv`, :func:`to_latex`, :func:`to_html`, one module each in

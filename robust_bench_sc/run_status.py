@@ -4,7 +4,7 @@ live process is writing it (``scbench status``).
 
 Read-only: it never takes or clears a lock, and it counts a record only where the runner
 would reuse it: its spec hash is the planned job's and it holds that job's images, in order,
-with their labels (``runner.record_problem``). Without the CIFAR-10 files it checks the
+with their labels (``records.record_problem``). Without the CIFAR-10 files it checks the
 count of samples only, and says so.
 """
 
@@ -17,9 +17,10 @@ from typing import Any
 from robust_bench_sc.config import suite_from_resolved
 from robust_bench_sc.plan import images_covered, job_spec_hash, plan_jobs, recorded_spec_hash
 from robust_bench_sc.progress import duration, in_flight_lines, parse_in_flight
+from robust_bench_sc.records import data_labels, record_problem
 from robust_bench_sc.stats import wilson_interval
-from robust_bench_sc.storage import DamagedFileError, RunDir, RunLock
-from robust_bench_sc.subsets import describe_subset, run_images
+from robust_bench_sc.storage import DamagedFileError, RunDir, RunLock, RunMeta
+from robust_bench_sc.subsets import describe_subset
 
 
 class StatusError(ValueError):
@@ -59,7 +60,7 @@ class RunStatus:
     run_dir: Path
     status: str                       # run.json's: running, interrupted or complete
     writer: dict[str, Any] | None     # the lock's owner (with "alive"), None without a lock
-    meta: dict[str, Any]
+    meta: RunMeta
     pairs: list[PairStatus] = field(default_factory=list)
     unusable: list[str] = field(default_factory=list)  # record files the next run recomputes or refuses
     unchecked: str | None = None  # why images and labels were not checked (the data could not be read)
@@ -83,18 +84,16 @@ class RunStatus:
             return (f"{self.status}; locked by pid {w.get('pid')} on {w.get('host')} (another host: liveness "
                     "cannot be checked)" if not w.get("unreadable") else f"{self.status}; unreadable lock file")
         if self.status == "interrupted":
-            return f"interrupted at {self.meta.get('interrupted_at')}; the same command resumes it"
+            return f"interrupted at {self.meta.interrupted_at}; the same command resumes it"
         if self.status == "failed":
-            return (f"stopped on an error at {self.meta.get('interrupted_at')} ({str(self.meta.get('error'))[:120]}); "
+            return (f"stopped on an error at {self.meta.interrupted_at} ({str(self.meta.error)[:120]}); "
                     "fix it, and the same command resumes it")
         return f"not running (run.json says {self.status!r}, no live writer: killed?); the same command resumes it"
 
     @property
     def concurrent_jobs(self) -> int | None:
         """Jobs the last invocation ran at once (run.json's ``executor``; None: not recorded)."""
-        ex = self.meta.get("executor")
-        n = ex.get("concurrent_jobs") if isinstance(ex, dict) else None
-        return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
+        return self.meta.concurrent_jobs
 
     @property
     def jobs(self) -> tuple[int, int]:
@@ -120,30 +119,19 @@ class _Tally:
     fooled_l2: list[float] = field(default_factory=list)
 
 
-def _auto(meta: dict, job: Any) -> dict[str, Any] | None:
-    """What the probes' adaptation put into ``job``'s spec hash, as run.json recorded it (None: nothing)."""
-    probes = meta.get("probes")
-    entry = probes.get(job.defense) if isinstance(probes, dict) else None
-    keys = entry.get("spec_hash_auto") if isinstance(entry, dict) else None
-    auto = keys.get(job.threat) if isinstance(keys, dict) else None
-    return auto if isinstance(auto, dict) else None
-
-
 def run_status(run_dir: str | Path) -> RunStatus:
     """What ``run_dir`` holds (read-only); :class:`StatusError` or ConfigError when it cannot be read."""
     layout = RunDir(run_dir)
     if not layout.is_run():
         raise StatusError(f"{run_dir}: not a run folder (no run.json)")
     try:
-        meta = layout.read_meta()
+        meta = layout.read_run_meta()
     except DamagedFileError as exc:
         raise StatusError(str(exc)) from None
-    if not isinstance(meta, dict):
-        raise StatusError(f"{layout.meta_path}: not a run description (a JSON {type(meta).__name__})")
+    assert meta is not None  # is_run
     from robust_bench_sc.data import DataError
-    from robust_bench_sc.runner import data_labels, record_problem
 
-    suite = suite_from_resolved(meta.get("config"), str(layout.meta_path))
+    suite = suite_from_resolved(meta.raw.get("config"), str(layout.meta_path))
     per: dict[tuple[str, str], _Tally] = {}
     unusable: list[str] = []
     expected: tuple[list[int], list[int]] | None = None
@@ -157,13 +145,13 @@ def run_status(run_dir: str | Path) -> RunStatus:
         if not path.is_file():
             continue
         try:
-            blob = layout.read_chunk(j.defense, j.threat, j.chunk)
+            record = layout.read_record(j.defense, j.threat, j.chunk)
         except DamagedFileError:
             unusable.append(f"{path} (damaged)")
             continue
-        recs = blob.get("records") if isinstance(blob, dict) else None
-        if not isinstance(recs, list) or len(recs) != j.stop - j.start \
-                or recorded_spec_hash(blob, meta.get("config")) != job_spec_hash(suite, j, _auto(meta, j)):
+        recs = record.records
+        if len(recs) != j.stop - j.start or recorded_spec_hash(record, meta.config) != \
+                job_spec_hash(suite, j, meta.spec_hash_auto(j.defense, j.threat)):
             unusable.append(f"{path} (other settings or images)")
             continue
         if expected is None and unchecked is None:
@@ -171,7 +159,7 @@ def run_status(run_dir: str | Path) -> RunStatus:
                 expected = data_labels(suite)
             except (DataError, OSError) as exc:
                 unchecked = str(exc)
-        problem = record_problem(blob, j, *expected) if expected is not None else None
+        problem = record_problem(record, j, *expected) if expected is not None else None
         if problem:
             unusable.append(f"{path} (damaged: {problem})")
             continue
@@ -181,21 +169,21 @@ def run_status(run_dir: str | Path) -> RunStatus:
         scored = [r for r in recs if r.get("selected") == 1] if drawn else recs
         t.recorded += len(recs)
         t.chunks_recorded += 1
-        t.seconds += float(blob.get("seconds") or 0.0)
+        t.seconds += record.seconds
         t.scored += len(scored)
         t.robust += sum(int(bool(r.get("robust"))) for r in scored)
         t.fooled_l2.extend(float(r["l2"]) for r in scored  # as summary.csv's mean_l2: attacked and fooled
                            if r.get("attacked") and r.get("fooled") and r.get("l2") is not None)
     writer = RunLock(run_dir).owner()
     live = bool(writer and writer.get("alive"))  # a dead writer's progress.json describes nothing
-    if not live and meta.get("status") == "running":
+    if not live and meta.status == "running":
         # run.json was read before the lock: a run that ended in between wrote how it ended into
         # run.json before it released the lock, so a second read is not "killed?" by mistake
         try:
-            again = layout.read_meta()
+            again = layout.read_run_meta()
         except DamagedFileError:
             again = None
-        if isinstance(again, dict):
+        if again is not None:
             meta = again
     progress = layout.read_progress() if live else None
     in_flight: dict[tuple[str, str], list[tuple[int, float]]] = {}
@@ -207,8 +195,8 @@ def run_status(run_dir: str | Path) -> RunStatus:
                         t.chunks_recorded, suite.threat(th).minimum_norm, tuple(t.fooled_l2),
                         tuple(in_flight.get((d, th), ())))
              for (d, th), t in per.items()]
-    subset = describe_subset(images_covered(jobs), images=run_images(meta)) if jobs else str(meta.get("subset"))
-    return RunStatus(Path(run_dir), str(meta.get("status")), writer, meta, pairs, unusable, unchecked,
+    subset = describe_subset(images_covered(jobs), images=meta.image_words) if jobs else str(meta.subset)
+    return RunStatus(Path(run_dir), str(meta.status), writer, meta, pairs, unusable, unchecked,
                      subset, progress)
 
 
@@ -240,8 +228,8 @@ def status_lines(st: RunStatus) -> list[str]:
     done, total = st.jobs
     meta = st.meta
     head = [f"{st.run_dir}: {st.state}",
-            f"suite {meta.get('suite')} (hash {meta.get('suite_hash')}), "
-            + (f"profile {meta['profile']}, " if meta.get("profile") else "no profile (the suite as declared), ") +
+            f"suite {meta.suite} (hash {meta.suite_hash}), "
+            + (f"profile {meta.profile}, " if meta.profile else "no profile (the suite as declared), ") +
             f"{st.subset}; {done}/{total} jobs recorded"]
     rem, lower = st.remaining_seconds
     if done < total and not any(p.chunks_recorded for p in st.pairs if p.recorded < p.planned):

@@ -20,8 +20,11 @@ import stat
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
+
+from robust_bench_sc.subsets import IMAGES
 
 
 class DamagedFileError(ValueError):
@@ -156,6 +159,7 @@ RUN_META_SCHEMA: dict[str, tuple[type, ...]] = {
     "interrupted_at": (str, type(None)), "error": (str, type(None)), "n_jobs": (int,), "config": (dict,), "history": (list,),
     "defense_fingerprints": (dict,), "executor": (dict, type(None)), "jobs_computed": (int, type(None)),
     "wall_seconds_this_invocation": (*_NUM, type(None)), "wall_seconds_total": (*_NUM, type(None)),
+    "images": (str, type(None)), "probes": (dict, type(None)), "code_fingerprints": (dict, type(None)),
 }
 _JSON_NAME = {str: "a string", int: "a whole number", float: "a number", dict: "an object", list: "a list",
               type(None): "null"}
@@ -193,6 +197,142 @@ def check_meta(meta: Any, path: str | Path) -> dict[str, Any]:
         if not isinstance(entry, dict):
             raise bad(f"history[{i}]", "an object", entry)
     return meta
+
+
+@dataclass(frozen=True)
+class RunMeta:
+    """``run.json``, read: the fields commands read, typed (:data:`RUN_META_SCHEMA` checked their
+    JSON types; a missing one is None or empty), and ``raw``, the object as written (its key
+    order, and fields this version does not know, kept). Written as a plain dict by the runner
+    (:meth:`RunDir.write_meta`), so the file's bytes do not depend on this class."""
+
+    raw: dict[str, Any]
+    suite: str | None = None
+    suite_hash: str | None = None
+    status: str | None = None          # running, interrupted, failed or complete
+    subset: str | None = None          # the images, in words, when the run started
+    images: str | None = None          # what the images are ("CIFAR-10 test images"); older runs lack it
+    data_dir: str | None = None
+    data_hash: str | None = None
+    seed: int | None = None
+    profile: str | None = None
+    profile_set: dict[str, Any] | None = None  # what the profile sets (older runs lack it: reduced)
+    overrides: list[str] = field(default_factory=list)
+    device: str | None = None
+    command: list[str] = field(default_factory=list)
+    versions: dict[str, str | None] = field(default_factory=dict)
+    git: dict[str, Any] = field(default_factory=dict)
+    host: dict[str, Any] = field(default_factory=dict)
+    started_at: str | None = None
+    first_started_at: str | None = None  # the folder's first invocation (older runs: started_at)
+    finished_at: str | None = None
+    interrupted_at: str | None = None
+    error: str | None = None
+    n_jobs: int | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # the resolved suite (config.suite_from_resolved)
+    probes: dict[str, Any] | None = None                   # per defense: what the probes found, what auto chose
+    history: list[dict[str, Any]] = field(default_factory=list)  # earlier invocations (HISTORY_KEYS)
+    defense_fingerprints: dict[str, str] = field(default_factory=dict)
+    code_fingerprints: dict[str, str] = field(default_factory=dict)
+    executor: dict[str, Any] | None = None
+    jobs_computed: int | None = None
+    wall_seconds_this_invocation: float | None = None
+    wall_seconds_total: float | None = None  # over the invocations that finished
+
+    @classmethod
+    def from_json(cls, meta: Any, path: str | Path) -> "RunMeta":
+        """``meta`` (parsed run.json) checked (:func:`check_meta`) and typed."""
+        raw = check_meta(meta, path)
+        known = {f.name for f in fields(cls)} - {"raw"}
+        return cls(raw=raw, **{k: v for k, v in raw.items() if k in known and v is not None})
+
+    @property
+    def image_words(self) -> str:
+        """What the images are; runs written before datasets were plug-ins are on CIFAR-10 test images."""
+        return self.images or IMAGES
+
+    @property
+    def concurrent_jobs(self) -> int | None:
+        """Jobs the last invocation ran at once (``executor``; None: not recorded)."""
+        n = self.executor.get("concurrent_jobs") if isinstance(self.executor, dict) else None
+        return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
+
+    def spec_hash_auto(self, defense: str, threat: str) -> dict[str, Any] | None:
+        """What the probes' adaptation put into the job's spec hash, as recorded (None: nothing)."""
+        entry = self.probes.get(defense) if isinstance(self.probes, dict) else None
+        keys = entry.get("spec_hash_auto") if isinstance(entry, dict) else None
+        auto = keys.get(threat) if isinstance(keys, dict) else None
+        return auto if isinstance(auto, dict) else None
+
+    @property
+    def invocations(self) -> list[dict[str, Any]]:
+        """Every invocation's entry, oldest first: ``history``, then this one (``raw``)."""
+        return [*(h for h in self.history if isinstance(h, dict)), self.raw]
+
+
+#: what ``history`` keeps of each earlier invocation; its resolved ``config`` too, so that the records a
+#: folder grown under several profiles holds can each be traced to the configuration that planned them
+HISTORY_KEYS = ("suite_hash", "profile", "profile_set", "overrides", "started_at", "finished_at", "interrupted_at",
+                "status", "error", "n_jobs", "git", "versions", "command", "config", "wall_seconds_this_invocation",
+                "jobs_computed", "executor")
+
+
+def archived_invocation(old: dict[str, Any], now: str) -> dict[str, Any]:
+    """The earlier invocation's entry for ``history``. The caller holds the folder's lock, so one
+    that run.json still calls running was killed with no chance to say so (SIGKILL, a machine or
+    session that stopped): it is recorded as ``killed``, with the time this invocation found
+    it (``killed_noticed_at``), its end being unknown."""
+    entry = {k: old.get(k) for k in HISTORY_KEYS}
+    if entry.get("status") == "running":
+        entry["status"] = "killed"
+        entry["killed_noticed_at"] = now
+    return entry
+
+
+# -- record files ------------------------------------------------------------------------
+
+#: the fields of every per-sample record, in samples.csv's order (docs/ARCHITECTURE.md says what
+#: each is); backend info (``restarts_used``, ``fooled_by``, ``attack_error`` ...) follows them
+SAMPLE_FIELDS = ("index", "label", "clean_pred", "clean_correct", "attacked", "adv_pred", "fooled", "fooled_frac",
+                 "robust", "linf", "l2", "l1", "claimed", "flags")
+#: those a record cannot stand without (records.record_problem)
+REQUIRED_SAMPLE_FIELDS = ("index", "label", "clean_pred", "clean_correct", "robust")
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """One record file (``records/<defense>/<threat>/chunk_NNNNN.json``): the job it is of,
+    its spec hash, the weights' and code's fingerprints, its job seconds, the images' identity
+    and one record per sample. :meth:`to_json` spells the file's keys and their order."""
+
+    job: dict[str, Any]
+    records: list[dict[str, Any]]
+    seconds: float = 0.0
+    spec_hash: str | None = None            # plan.job_spec_hash; older records lack it (plan.recorded_spec_hash)
+    defense_fingerprint: str | None = None  # Defense.fingerprint(): which weights
+    code_fingerprint: str | None = None     # Defense.code_fingerprint(): which code and configuration
+    data: dict[str, str] | None = None      # the images: dataset, split, data hash
+
+    def to_json(self) -> dict[str, Any]:
+        return {"job": self.job, "spec_hash": self.spec_hash, "defense_fingerprint": self.defense_fingerprint,
+                "seconds": self.seconds, **({"code_fingerprint": self.code_fingerprint} if self.code_fingerprint else {}),
+                **({"data": self.data} if self.data else {}), "records": self.records}
+
+    @classmethod
+    def from_json(cls, blob: Any, path: str | Path) -> "ChunkRecord":
+        """A parsed record file, checked for its shape (an object with a ``records`` list, a
+        ``job`` object, numeric ``seconds``); :class:`DamagedFileError` naming ``path`` otherwise.
+        Its samples are checked against their job by ``records.record_problem``."""
+        if not isinstance(blob, dict) or not isinstance(blob.get("records"), list):
+            raise DamagedFileError(f"{path}: not a record file (no 'records' list)")
+        if not isinstance(blob.get("job", {}), dict):
+            raise DamagedFileError(f"{path}: not a record file ('job' is not an object)")
+        seconds = blob.get("seconds", 0.0)
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise DamagedFileError(f"{path}: 'seconds' is not a number")
+        return cls(job=blob.get("job", {}), records=blob["records"], seconds=float(seconds),
+                   spec_hash=blob.get("spec_hash"), defense_fingerprint=blob.get("defense_fingerprint"),
+                   code_fingerprint=blob.get("code_fingerprint"), data=blob.get("data"))
 
 
 # -- ownership of a run directory ----------------------------------------------------------
@@ -436,16 +576,39 @@ class RunDir:
         :class:`DamagedFileError` when damaged or of the wrong shape."""
         return check_meta(read_json(self.meta_path), self.meta_path) if self.meta_path.exists() else None
 
+    def read_run_meta(self) -> RunMeta | None:
+        """``run.json`` typed (:class:`RunMeta`); None when there is none."""
+        return RunMeta.from_json(read_json(self.meta_path), self.meta_path) if self.meta_path.exists() else None
+
     def write_meta(self, meta: dict[str, Any]) -> None:
         atomic_write_json(inside(self.path, self.meta_path), meta)
 
+    def update_meta(self, **changes: Any) -> None:
+        """Set fields of ``run.json`` (a field already there keeps its place); nothing when there
+        is none. :class:`DamagedFileError` when it cannot be read."""
+        meta = self.read_meta()
+        if isinstance(meta, dict):
+            meta.update(changes)
+            self.write_meta(meta)
+
     def read_chunk(self, defense: str, threat: str, chunk: int) -> Any:
+        """The parsed record file, as it is (:meth:`read_record`: checked and typed)."""
         return read_json(self.chunk(defense, threat, chunk))
+
+    def read_record(self, defense: str, threat: str, chunk: int) -> ChunkRecord:
+        """The record file typed (:class:`ChunkRecord`); :class:`DamagedFileError` when it is
+        damaged or not of a record file's shape."""
+        path = self.chunk(defense, threat, chunk)
+        return ChunkRecord.from_json(read_json(path), path)
 
     def write_chunk(self, defense: str, threat: str, chunk: int, blob: dict[str, Any]) -> None:
         path = self.chunk(defense, threat, chunk)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(inside(self.path, path), blob)
+
+    def write_record(self, record: ChunkRecord) -> None:
+        """A job's record file, where its ``job`` (defense, threat, chunk) says."""
+        self.write_chunk(record.job["defense"], record.job["threat"], record.job["chunk"], record.to_json())
 
     def write_samples(self, samples_csv: str) -> None:
         """``samples.csv`` (as text)."""

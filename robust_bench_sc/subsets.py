@@ -54,11 +54,4 @@ def short_subset(text: str) -> str:
     return m.group(0) if m else text
 
 
-def run_images(meta: dict) -> str:
-    """What a run's images are, as its run.json says (``images``); runs written before datasets
-    were plug-ins are on CIFAR-10 test images."""
-    s = meta.get("images")
-    return s if isinstance(s, str) and s else IMAGES
-
-
-__all__ = ["IMAGES", "describe_subset", "run_images", "short_subset"]
+__all__ = ["IMAGES", "describe_subset", "short_subset"]

@@ -20,6 +20,7 @@ from robust_bench_sc.evaluate import evaluate_threat
 from robust_bench_sc.plan import Job, job_spec_hash
 from robust_bench_sc.plugins import build_defense
 from robust_bench_sc.progress import STARTED, ProgressFn
+from robust_bench_sc.storage import ChunkRecord
 
 
 @dataclass
@@ -32,11 +33,10 @@ class ChunkResult:
     code_fingerprint: str | None = None     # Defense.code_fingerprint(): which code and configuration
     data: dict[str, str] | None = None      # the images: dataset, split, data hash (as run.json's)
 
-    def to_dict(self) -> dict:
-        return {"job": self.job.to_dict(), "spec_hash": self.spec_hash,
-                "defense_fingerprint": self.defense_fingerprint, "seconds": self.seconds,
-                **({"code_fingerprint": self.code_fingerprint} if self.code_fingerprint else {}),
-                **({"data": self.data} if self.data else {}), "records": self.records}
+    def to_record(self) -> ChunkRecord:
+        """What its record file holds (:class:`~robust_bench_sc.storage.ChunkRecord`)."""
+        return ChunkRecord(self.job.to_dict(), self.records, self.seconds, self.spec_hash, self.defense_fingerprint,
+                           self.code_fingerprint, self.data)
 
 
 class Worker:

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 import robust_bench_sc
 from robust_bench_sc.api import IN_MEMORY_REF, benchmark
 from robust_bench_sc.cli import app
+from robust_bench_sc.errors import RunError
 from robust_bench_sc.paths import REPO_ROOT
-from robust_bench_sc.runner import RunError
 from robust_bench_sc.storage import RunDir
 from robust_bench_sc.summary import SUMMARY_COLUMNS
 from robust_bench_sc.yamlio import ConfigError

@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 
 from robust_bench_sc.config import load_suite
+from robust_bench_sc.errors import RunError
 from robust_bench_sc.plugins import build_defense
-from robust_bench_sc.runner import RunError, run_suite
+from robust_bench_sc.runner import run_suite
 from robust_bench_sc.storage import RunDir
 
 TOY = '''

@@ -317,7 +317,7 @@ def test_a_100_class_model_runs_on_cifar100(tmp_path):
     (sweep,) = make_plots(report, tmp_path / "plots")
     assert sweep.caption.endswith("first 40 CIFAR-100 test images, 95% Wilson bands.") and sweep.png.is_file()
     # the 10-logit reference ResNet is refused on the 100-class dataset, in one line
-    from robust_bench_sc.runner import RunError
+    from robust_bench_sc.errors import RunError
 
     with pytest.raises(RunError) as exc:
         benchmark("natural", ["clean"], dataset="cifar100", data_dir=tmp_path / "data", n_images=4,
@@ -329,7 +329,7 @@ def test_a_32x32_only_model_is_refused_on_other_sizes(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "big.npz", x=rng.integers(0, 256, (8, 40, 40, 3), dtype=np.uint8), y=np.arange(8) % 10,
              n_classes=10)
-    from robust_bench_sc.runner import RunError
+    from robust_bench_sc.errors import RunError
 
     with pytest.raises(RunError) as exc:
         benchmark(Only32(), ["clean"], dataset="npz", data_dir=tmp_path / "big.npz", n_images=8,

@@ -23,11 +23,12 @@ from typer.testing import CliRunner
 
 from robust_bench_sc.cli import app
 from robust_bench_sc.config import load_suite
+from robust_bench_sc.errors import RunError
 from robust_bench_sc.executor import LocalExecutor
 from robust_bench_sc.paths import REPO_ROOT
 from robust_bench_sc.plan import job_spec_hash, plan_jobs
 from robust_bench_sc.run_status import run_status
-from robust_bench_sc.runner import RunError, run_suite
+from robust_bench_sc.runner import run_suite
 from robust_bench_sc.storage import LOCK_NAME, RunLock, atomic_write_json, read_json
 from robust_bench_sc.yamlio import ConfigError
 
@@ -505,7 +506,7 @@ def test_gradient_attack_without_bpda_on_a_non_differentiable_defense_is_warned(
     """`Capabilities.differentiable = False` (the sparse-coding frontend) with a gradient threat
     model and no `bpda`: validate and run say, once per pair, that the number would measure
     gradient masking; `bpda: auto`, a gradient-free attack or a differentiable defense do not."""
-    from robust_bench_sc.runner import preflight
+    from robust_bench_sc.preflight import preflight
 
     (tmp_path / "w.yaml").write_text(
         "name: w\ndata: {n_images: 2, chunk_size: 2}\ndefenses: [sparse_coding_T15, madry_pgd_at]\n"
@@ -575,13 +576,15 @@ def test_status_turns_job_time_to_go_into_wall_time_with_the_jobs_run_at_once(tm
     """Two Ray workers finish three 600-s chunks in about 15 min, not 30; eight workers in 10
     (one chunk each); without run.json's ``executor`` the line says what it does not know."""
     from robust_bench_sc.run_status import PairStatus, RunStatus, status_lines
+    from robust_bench_sc.storage import RunMeta
 
     pair = PairStatus("d", "t", planned=400, recorded=100, robust=40, scored=100, seconds=600.0,
                       chunks_planned=4, chunks_recorded=1)
 
     def line(executor):
         meta = {"suite": "s", "profile": None, **({"executor": executor} if executor is not None else {})}
-        st = RunStatus(tmp_path, "running", None, meta, [pair], subset="first 400 CIFAR-10 test images")
+        st = RunStatus(tmp_path, "running", None, RunMeta.from_json(meta, "run.json"), [pair],
+                       subset="first 400 CIFAR-10 test images")
         return [ln for ln in status_lines(st) if ln.startswith("to go")][0], st.concurrent_jobs
 
     two, n = line({"name": "ray", "concurrent_jobs": 2})
@@ -599,16 +602,18 @@ def test_status_deducts_the_time_jobs_in_flight_have_run(tmp_path):
     """Three 600-s chunks to go, two of them in flight for 200 s and 900 s: 1800 - 200 - 600
     (a job past its chunk's estimate counts as the estimate, never as negative time to go)."""
     from robust_bench_sc.run_status import PairStatus, RunStatus, status_lines
+    from robust_bench_sc.storage import RunMeta
 
     pair = PairStatus("d", "t", planned=400, recorded=100, robust=40, scored=100, seconds=600.0,
                       chunks_planned=4, chunks_recorded=1, in_flight=((100, 200.0), (100, 900.0)))
     assert pair.remaining_seconds == pytest.approx(1000.0)
-    st = RunStatus(tmp_path, "running", None, {"executor": {"name": "ray", "concurrent_jobs": 2}}, [pair])
+    st = RunStatus(tmp_path, "running", None, RunMeta.from_json({"executor": {"name": "ray", "concurrent_jobs": 2}}, "run.json"),
+                   [pair])
     line = [ln for ln in status_lines(st) if ln.startswith("to go")][0]
     assert "≈ 17 min of job time" in line and "less the time the jobs in flight have run" in line, line
     idle = PairStatus("d", "t", 400, 100, 40, 100, 600.0, 4, 1)
     assert idle.remaining_seconds == pytest.approx(1800.0)
-    assert "in flight" not in [ln for ln in status_lines(RunStatus(tmp_path, "running", None, {}, [idle]))
+    assert "in flight" not in [ln for ln in status_lines(RunStatus(tmp_path, "running", None, RunMeta({}), [idle]))
                                if ln.startswith("to go")][0]
 
 
@@ -718,7 +723,11 @@ def test_report_tells_a_selection_profile_from_a_reduced_one(tmp_path, plugin):
 def test_run_json_counts_the_jobs_each_invocation_computed(tmp_path, plugin):
     """The runs table names the code that computed the numbers, not a later re-run that only
     reused the records and rewrote the tables."""
-    from robust_bench_sc.renderers.text import _git
+    from robust_bench_sc.renderers.text import _git as _git_of
+    from robust_bench_sc.storage import RunMeta
+
+    def _git(meta):
+        return _git_of(RunMeta.from_json(meta, "run.json"))
 
     suite = load_suite(_suite(tmp_path, plugin, steps=1))
     run_dir = tmp_path / "r"

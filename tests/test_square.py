@@ -129,7 +129,9 @@ def test_runner_refuses_unrescaled_records(tmp_path):
     """The committed adaptive_first50 records of Square at 1000 queries (run unrescaled) are
     refused by a suite that asks for the same budget under today's rule, and reused by one
     that asks for the old schedule explicitly."""
-    from robust_bench_sc.runner import RunError, reconcile_records
+    from robust_bench_sc.errors import RunError
+    from robust_bench_sc.records import reconcile_records
+    from robust_bench_sc.storage import RunDir
 
     src = Path(__file__).parent / "data" / "adaptive_first50_unrescaled"  # as committed before the re-run
     run = tmp_path / "run"
@@ -137,7 +139,7 @@ def test_runner_refuses_unrescaled_records(tmp_path):
     shutil.copy(src / "run.json", run / "run.json")
     for d in ("madry_pgd_at", "trades"):
         shutil.copytree(src / "records" / d / "square_5000", run / "records" / d / "square_5000")
-    old = json.loads((run / "run.json").read_text())
+    old = RunDir(run).read_run_meta()
 
     def suite(extra: str):
         f = tmp_path / f"adaptive{len(extra)}.yaml"

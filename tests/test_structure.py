@@ -183,6 +183,44 @@ def test_run_dir_names_the_layout_and_round_trips(tmp_path):
     assert not rd.lock_path.exists() and not rd.locked_by_live_process()
 
 
+def test_run_meta_and_chunk_record_are_typed_and_keep_the_files_as_written(tmp_path):
+    """Issue 36: run.json and record files read into typed models; a field this version does not
+    know still loads (kept in ``raw``), a known one of another type is named; a record file is
+    written with its keys in the order the committed ones have."""
+    import json
+
+    from robust_bench_sc.storage import ChunkRecord, DamagedFileError, RunDir, RunMeta
+
+    committed = RunDir(REPO_ROOT / "results" / "adaptive_1000")
+    meta = committed.read_run_meta()
+    raw = json.loads(committed.meta_path.read_text())
+    assert meta.raw == raw and meta.suite == raw["suite"] and meta.seed == 0 and meta.status == "complete"
+    assert meta.config["data"]["n_images"] == 1000 and meta.image_words == "CIFAR-10 test images"
+    assert len(meta.invocations) == len(raw.get("history", [])) + 1
+    odd = RunMeta.from_json({"suite": "s", "from_a_later_version": [1, 2]}, "run.json")
+    assert odd.suite == "s" and odd.raw["from_a_later_version"] == [1, 2] and odd.profile is None and odd.overrides == []
+    with pytest.raises(DamagedFileError, match="field 'seed' should be a whole number"):
+        RunMeta.from_json({"seed": "0"}, "run.json")
+    rd = RunDir(tmp_path / "r")
+    rd.write_meta({"suite": "s", "status": "running", "n_jobs": 2})
+    rd.update_meta(status="complete", jobs_computed=2)
+    assert list(rd.read_meta()) == ["suite", "status", "n_jobs", "jobs_computed"]
+    assert rd.read_run_meta().status == "complete"
+
+    path = next(committed.records_dir.rglob("chunk_*.json"))
+    text = path.read_text()
+    record = ChunkRecord.from_json(json.loads(text), path)
+    assert record.job["defense"] == path.parent.parent.name and len(record.records) == record.job["stop"] - record.job["start"]
+    assert list(record.to_json()) == list(json.loads(text))  # the committed files' key order
+    rd.write_record(record)
+    written = rd.chunk(record.job["defense"], record.job["threat"], record.job["chunk"])
+    assert json.loads(written.read_text()) == json.loads(text)
+    for bad, why in (([], "no 'records' list"), ({"records": [], "job": 3}, "'job' is not an object"),
+                     ({"records": [], "seconds": "1"}, "'seconds' is not a number")):
+        with pytest.raises(DamagedFileError, match=why):
+            ChunkRecord.from_json(bad, "chunk_00000.json")
+
+
 def test_a_run_writes_exactly_the_run_dir_layout(tmp_path):
     from robust_bench_sc.config import load_suite
     from robust_bench_sc.runner import run_suite
@@ -206,7 +244,8 @@ def _string_constants(path: Path) -> list[tuple[int, str]]:
             if isinstance(n, ast.Constant) and isinstance(n.value, str)]
 
 
-@pytest.mark.parametrize("module", ["runner.py", "regression.py", "cli.py", "reports.py", "binarization.py",
+@pytest.mark.parametrize("module", ["runner.py", "records.py", "tables.py", "preflight.py", "run_status.py",
+                                    "regression.py", "cli.py", "reports.py", "binarization.py",
                                     "diagnostics/suite.py"])
 def test_run_folder_file_names_are_not_retyped(module):
     """Only storage.RunDir spells the run folder's file names (messages may mention them)."""
@@ -338,6 +377,17 @@ def test_no_import_circle_among_our_modules():
         assert b in full[a], f"{a} no longer imports {b}: drop it from KNOWN_BACK_EDGES ({why})"
         del full[a][b]
     assert circles(full) == [], "an import circle (imports inside functions count too)"
+
+
+def test_the_runner_is_imported_only_from_above_and_its_error_from_a_leaf():
+    """Issue 36: runner.py orchestrates; no module it uses reaches back up into it (the Ray
+    executor and ``scbench status`` once imported RunError and the record checks from it)."""
+    full = import_graph(import_time_only=False)
+    assert full["robust_bench_sc.errors"] == {}
+    users = sorted(m for m, edges in full.items() if "robust_bench_sc.runner" in edges)
+    assert users == ["robust_bench_sc", "robust_bench_sc.api", "robust_bench_sc.audit", "robust_bench_sc.cli"]
+    assert "robust_bench_sc.errors" in full["robust_bench_sc.ray_executor"]
+    assert "robust_bench_sc.records" in full["robust_bench_sc.run_status"]
 
 
 def test_stats_imports_nothing_of_ours():

@@ -63,15 +63,15 @@ def test_committed_transfer_spec_hashes_unchanged(first50):
 
 
 def test_growing_the_committed_run_reuses_every_job(first50, tmp_path):
-    from robust_bench_sc.runner import reconcile_records
+    from robust_bench_sc.records import reconcile_records
 
     run = tmp_path / "adaptive_first50"
     shutil.copytree(ADAPTIVE, run, ignore=shutil.ignore_patterns("diagnostics", "samples.csv"))
-    old = json.loads((run / "run.json").read_text())
+    old = RunDir(run).read_run_meta()
     jobs = plan_jobs(first50)
-    done, fps = reconcile_records(first50, run, jobs, old, fingerprints=old["defense_fingerprints"])
+    done, fps = reconcile_records(first50, run, jobs, old, fingerprints=old.defense_fingerprints)
     assert done == jobs and len(jobs) == 18
-    assert fps == old["defense_fingerprints"]
+    assert fps == old.defense_fingerprints
 
 
 WC_SUITE = """\

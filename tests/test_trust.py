@@ -24,8 +24,10 @@ from typer.testing import CliRunner
 from robust_bench_sc.api import benchmark
 from robust_bench_sc.cli import app
 from robust_bench_sc.config import load_suite, parse_set
+from robust_bench_sc.errors import RunError
 from robust_bench_sc.plan import plan_jobs
-from robust_bench_sc.runner import RunError, load_samples, run_suite
+from robust_bench_sc.records import load_samples
+from robust_bench_sc.runner import run_suite
 from robust_bench_sc.storage import RunDir, check_meta, label_clashes, safe_name
 from robust_bench_sc.yamlio import MAX_EXPANDED_NODES, ConfigError, load_yaml
 

@@ -7,7 +7,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from robust_bench_sc.renderers.text import _git, _paper_footnote, _text_cell, describe
+from robust_bench_sc.renderers.text import _blank, _git, _paper_footnote, _text_cell, describe
 from robust_bench_sc.report_model import FLAGGED_NOTE, CellValue, Report, cell_value, column_n, paper_cell, threat_settings
 from robust_bench_sc.summary import fmt_eps
 
@@ -126,13 +126,13 @@ def to_html(report: Report, paper: bool = False, plots: list | None = None) -> s
         parts.append("<h2>Runs</h2>")
         for run in report.runs:
             m = run.meta
-            rows = [("run directory", run.path), ("suite", m.get("suite")), ("suite hash", m.get("suite_hash")),
-                    ("subset", run.subset or m.get("subset")), ("data hash", m.get("data_hash")), ("seed", m.get("seed")),
-                    ("profile", m.get("profile") or "—"), ("overrides", " ".join(m.get("overrides") or []) or "—"),
-                    ("git commit", _git(m)), ("device", m.get("device")), ("status", m.get("status")),
-                    ("started / finished", f"{m.get('started_at', '')} / {m.get('finished_at', '')}"),
-                    ("command", " ".join(m.get("command") or [])),
-                    ("versions", ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items() if v))]
+            rows = [("run directory", run.path), ("suite", m.suite), ("suite hash", m.suite_hash),
+                    ("subset", run.subset or m.subset), ("data hash", m.data_hash), ("seed", m.seed),
+                    ("profile", m.profile or "—"), ("overrides", " ".join(m.overrides) or "—"),
+                    ("git commit", _git(m)), ("device", m.device), ("status", m.status),
+                    ("started / finished", f"{_blank(m.started_at)} / {_blank(m.finished_at)}"),
+                    ("command", " ".join(m.command)),
+                    ("versions", ", ".join(f"{k} {v}" for k, v in m.versions.items() if v))]
             parts.append('<table class="meta"><tbody>' + "".join(
                 f"<tr><th>{_h(k)}</th><td>{_h(v)}</td></tr>" for k, v in rows) + "</tbody></table>")
     parts.append(f"<script>{_JS}</script></body></html>")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from robust_bench_sc.renderers.text import _git, _paper_footnote, _paper_label, _text_cell, describe
+from robust_bench_sc.renderers.text import _blank, _git, _paper_footnote, _paper_label, _text_cell, describe
 from robust_bench_sc.report_model import (FLAGGED_NOTE, Report, any_flagged, cell_value, column_n, paper_cell,
                                           threat_settings)
 from robust_bench_sc.summary import fmt_eps
@@ -60,7 +60,7 @@ def to_markdown(report: Report, paper: bool = False, plots: list | None = None,
                   "|---|---|---|---|---|---|---|---|"]
         for run in report.runs:
             m = run.meta
-            lines.append(f"| `{run.path}` | {m.get('suite', '')} | {m.get('suite_hash', '')} | {run.subset or m.get('subset', '')} | "
-                         f"{m.get('seed', '')} | {_git(m)} | {(m.get('versions') or {}).get('torch', '')} | {m.get('status', '')} |")
+            lines.append(f"| `{run.path}` | {_blank(m.suite)} | {_blank(m.suite_hash)} | {run.subset or _blank(m.subset)} | "
+                         f"{_blank(m.seed)} | {_git(m)} | {_blank(m.versions.get('torch'))} | {_blank(m.status)} |")
     return "\n".join(lines).rstrip() + "\n"
 

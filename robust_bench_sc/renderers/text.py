@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from robust_bench_sc import paper_numbers as pn
 from robust_bench_sc.report_model import CellValue, DefenseInfo, Report
+from robust_bench_sc.storage import RunMeta
 
 
 def _text_cell(c: CellValue | None, *, ci: bool = True, images: str = "") -> str:
@@ -62,14 +63,19 @@ def _commit(g: dict) -> str:
     return c[:10] + (" (dirty)" if g.get("dirty") else "") if c else "unknown"
 
 
-def _git(meta: dict) -> str:
+def _blank(value: object) -> str:
+    """A run.json value in a table: nothing for a missing one."""
+    return "" if value is None else str(value)
+
+
+def _git(meta: RunMeta) -> str:
     """The code that computed the run's numbers: the commit of every invocation that recorded
     jobs, in order (an invocation that only reused records and rewrote the tables is left
     out; one from before run.json counted its jobs is kept)."""
     shown: list[str] = []
-    for inv in [*(meta.get("history") or []), meta]:
-        if isinstance(inv, dict) and inv.get("jobs_computed") != 0:
+    for inv in meta.invocations:
+        if inv.get("jobs_computed") != 0:
             c = _commit(inv.get("git") or {})
             if c not in shown:
                 shown.append(c)
-    return ", ".join(shown) or _commit(meta.get("git") or {})
+    return ", ".join(shown) or _commit(meta.git)
