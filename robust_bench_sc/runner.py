@@ -306,7 +306,8 @@ def check_defense_fits(defense, split, probe_timeout: float | None = None) -> No
     except ProbeTimeout as exc:
         where = plugin_frame(exc)
         raise RunError(f"defense {defense.name!r}: one forward pass on 2 images gave no answer within {limit:g} s "
-                       f"(--probe-timeout{' ' if probe_timeout else ' sets it'}); the defense hangs"
+                       + ("(--probe-timeout)" if probe_timeout else "(the first pass's limit; --probe-timeout sets it)")
+                       + "; the defense hangs"
                        + (f"\n  stopped at {where}" if where else "")) from None
     except DefenseOutputError as exc:
         raise RunError(f"{exc}; it does not fit {what}") from None

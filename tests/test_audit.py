@@ -229,7 +229,7 @@ ARCHETYPE_CASES = [  # name, masked (the verdict may not say trustworthy)
 @pytest.mark.slow
 @pytest.mark.parametrize("name,masked", ARCHETYPE_CASES)
 def test_archetype_audit_matches_a_tailored_attack(tmp_path, name, masked):
-    n = 10
+    n = 20  # one image is 5 points: the target is the tailored attack's worst case within 5 points
     budget = replace(BUDGETS["quick"], indicators=not masked, binarization=False)
     card = audit(f"defenses.archetypes:{name}", n_images=n, out=tmp_path / "run", budget=budget)
     s = load_test(n)
@@ -238,10 +238,10 @@ def test_archetype_audit_matches_a_tailored_attack(tmp_path, name, masked):
     got = card["worst_case"]["robust"]
     print(f"{name}: audit {got}/{n} robust vs tailored {truth}/{n}, verdict {card['verdict']['code']}, "
           f"{card['seconds']['total']:.0f} s")
-    assert got <= truth + 1  # within one image of the truth, or stronger
+    assert got <= truth + 1  # within one image (5 points) of the truth, or stronger
     assert all(not m.get("error") for m in card["cascade"])  # no aborts, no member errors
     if masked:
         assert not card["verdict"]["code"].startswith("trustworthy"), card["verdict"]
-    elif name == "madry":
+    else:  # honest (the median filter's exact gradients included): no masking finding
         assert card["verdict"]["code"] != "gradient_masking" and "masking" not in card["verdict"]["text"], \
             card["verdict"]
