@@ -184,9 +184,22 @@ def plan_cascade(defense: Defense, findings: ProbeFindings, budget: AuditBudget,
         for which in GRADIENT_MEMBERS:
             skipped.append({"attack": which, "reason": f"not applicable (no gradient): {status}: {detail}"})
 
+    if not gradient_ok and surrogates_fit:
+        name = f"bpda-transfer:{SURROGATE}"
+        members.append({
+            "attack": "transfer", "name": name, "source": SURROGATE, "craft_forward": "defense", "recheck": recheck,
+            "batch_size": budget.batch_size,
+            "craft": {"attack": "pgd", "norm": "linf", "epsilon": eps, "steps": budget.transfer_steps, "restarts": 1,
+                      "step_size": "epsilon/4", "loss": "cw" if findings.saturated else "ce", "random_start": True,
+                      "keep_adversarial_iterate": True, "eot": eot}})
+        reasons[name] = [f"PGD-{budget.transfer_steps} on the defense's own forward pass with the gradient of the "
+                         f"robust surrogate {SURROGATE!r}: BPDA with the surrogate standing in for the whole defense "
+                         "(Athalye et al. 2018 §4.1), since its gradient is unusable and no preprocess can be "
+                         "replaced; an image stops at its first iterate that fools the defense"
+                         + (f"; eot {eot}" if eot > 1 else "")]
     surrogates = [SURROGATE] if gradient_ok else [SURROGATE, SECOND_SURROGATE]
     if not surrogates_fit:
-        for src in surrogates:
+        for src in surrogates + ([f"bpda-{SURROGATE}"] if not gradient_ok else []):
             skipped.append({"attack": f"transfer:{src}", "reason": "not applicable: the robust surrogates are CIFAR-10 "
                                                                    "models (10 classes, 3×32×32 images), the dataset's "
                                                                    "images are not"})

@@ -70,7 +70,10 @@ def test_plan_without_gradient_leaves_gradient_attacks_out_with_the_reason(madry
                         gradient=("missing", "graph broken"))
     assert [s["attack"] for s in plan.skipped] == list(GRADIENT_MEMBERS)
     assert all("not applicable (no gradient)" in s["reason"] for s in plan.skipped)
-    assert [m["name"] for m in plan.members] == ["transfer:madry_pgd_at", "transfer:trades", "square"]
+    assert [m["name"] for m in plan.members] == ["bpda-transfer:madry_pgd_at", "transfer:madry_pgd_at",
+                                                 "transfer:trades", "square"]
+    bpda = plan.members[0]  # the defense's forward, the surrogate's gradient
+    assert bpda["craft_forward"] == "defense" and bpda["craft"]["keep_adversarial_iterate"] is True
     # a rescaled Square schedule whenever the budget is not AutoAttack's 5000 queries
     assert plan_cascade(madry, findings(), replace(BUDGETS["standard"], square_queries=1000)).members[-1][
         "rescale_schedule"] is True
@@ -185,7 +188,8 @@ def test_audit_quantiser_inside_the_classifier_no_abort_no_gradient_columns(tmp_
     n = 3
     card = audit("defenses.archetypes:quantised_classifier", n_images=n, out=tmp_path / "run", budget=TINY)
     assert [s["attack"] for s in card["skipped"]] == list(GRADIENT_MEMBERS)
-    assert {m["name"] for m in card["cascade"]} == {"transfer:madry_pgd_at", "transfer:trades", "square"}
+    assert [m["name"] for m in card["cascade"]] == ["bpda-transfer:madry_pgd_at", "transfer:madry_pgd_at",
+                                                    "transfer:trades", "square"]
     assert card["verdict"]["code"] == "gradient_masking" and card["probes"]["gradient"] == "missing"
     assert all(not m.get("error") for m in card["cascade"])
     for f in ("audit.json", "audit.md", "audit.html", "run.json", "summary.csv"):

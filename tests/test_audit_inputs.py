@@ -155,3 +155,22 @@ def test_all_draws_fooled_keeps_only_points_every_draw_misclassifies():
     assert torch.equal(rec.best[0], q3[0]) and float(rec.best_margin[0]) == 2.0
     rec(x[1:] + 0.2)  # image 1's nearest, but outside its ε-ball
     assert rec.found.tolist() == [True, False] and torch.equal(rec.best[1], x[1])
+
+
+# --------------------------------------------------------------------------- BPDA transfer
+def test_source_gradient_is_the_defense_forward_with_the_source_gradient():
+    from robust_bench_sc.attacks.transfer import SourceGradient
+
+    g = torch.Generator().manual_seed(0)
+    defense, source = nn.Linear(6, 3), nn.Linear(6, 3)
+    for p in [*defense.parameters(), *source.parameters()]:
+        p.data = torch.randn(p.shape, generator=g)
+    hybrid = SourceGradient(nn.Sequential(defense, nn.Identity()), source)
+    x = torch.randn(4, 6, generator=g, requires_grad=True)
+    out = hybrid(x)
+    assert torch.allclose(out, defense(x))  # the defense's logits
+    w = torch.randn(4, 3, generator=g)
+    (grad,) = torch.autograd.grad((out * w).sum(), x)
+    assert torch.allclose(grad, w @ source.weight)  # the source's gradient
+    with torch.no_grad():
+        assert torch.allclose(hybrid(x), defense(x))
