@@ -332,7 +332,8 @@ def benchmark(defense: DefenseLike, threat_models: Sequence[ThreatLike] = ("clea
               worst_case_over: Sequence[str] = (), device: str = "cpu", threads: int | None = None,
               data_dir: str | Path | None = None, suite_name: str = "benchmark", results_root: str | Path = "results",
               progress: bool = False, quiet: bool = False, dataset: str | None = None, split: str | None = None,
-              x: Any = None, y: Any = None, n_classes: int | None = None) -> pd.DataFrame:
+              x: Any = None, y: Any = None, n_classes: int | None = None,
+              probe_timeout: float | None = None) -> pd.DataFrame:
     """Run ``defense`` through ``threat_models`` on the first ``n_images`` of a dataset (default:
     the CIFAR-10 test images of ``cifar10_npz``) or on your own tensors ``x``, ``y``.
 
@@ -363,6 +364,8 @@ def benchmark(defense: DefenseLike, threat_models: Sequence[ThreatLike] = ("clea
         seed, chunk_size, worst_case_over: as in a suite file.
         device: ``cpu`` or ``cuda``; threads: torch CPU threads (no effect on the numbers).
         progress: progress bars; quiet: no messages at all on stderr.
+        probe_timeout: seconds each probe may take (``scbench run --probe-timeout``; default:
+            scaled from one forward pass); a defense that hangs is a ``RunError`` naming the probe.
 
     Returns:
         The summary, one row per (defense, threat model), with the columns of ``summary.csv``
@@ -387,12 +390,16 @@ def benchmark(defense: DefenseLike, threat_models: Sequence[ThreatLike] = ("clea
         raise ConfigError(f"{SOURCE}: device={device!r}: no CUDA device is available here")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"{SOURCE}: threads={threads!r}: must be a whole number >= 1")
+    if probe_timeout is not None and (isinstance(probe_timeout, bool) or not isinstance(probe_timeout, (int, float))
+                                      or not probe_timeout > 0):
+        raise ConfigError(f"{SOURCE}: probe_timeout={probe_timeout!r}: must be a number of seconds > 0")
     state = _module_state(_caller_modules(defense))  # the caller's model is theirs: restored as found
     try:
         return _benchmark(defense, threat_models, n_images=n_images, out=out, name=name, params=params, seed=seed,
                           chunk_size=chunk_size, worst_case_over=worst_case_over, device=device, threads=threads,
                           data_dir=data_dir, suite_name=suite_name, results_root=results_root, progress=progress,
-                          quiet=quiet, dataset=dataset, split=split, x=x, y=y, n_classes=n_classes)
+                          quiet=quiet, dataset=dataset, split=split, x=x, y=y, n_classes=n_classes,
+                          probe_timeout=probe_timeout)
     finally:
         _restore_module_state(state)
 
@@ -401,7 +408,8 @@ def _benchmark(defense: Any, threat_models: Sequence[Any], *, n_images: int | No
                name: str | None, params: Mapping[str, Any] | None, seed: int, chunk_size: int,
                worst_case_over: Sequence[str], device: str, threads: int | None, data_dir: str | Path | None,
                suite_name: str, results_root: str | Path, progress: bool, quiet: bool, dataset: str | None,
-               split: str | None, x: Any, y: Any, n_classes: int | None) -> pd.DataFrame:
+               split: str | None, x: Any, y: Any, n_classes: int | None,
+               probe_timeout: float | None = None) -> pd.DataFrame:
     import torch
     from rich.console import Console
 
@@ -416,7 +424,8 @@ def _benchmark(defense: Any, threat_models: Sequence[Any], *, n_images: int | No
     call = (f"robust_bench_sc.benchmark({label!r}, threat_models={[t.name for t in suite.threat_models]!r}, "
             f"n_images={suite.data.n_images}, seed={suite.seed})")
     outcome = run_suite(suite, out=out, device=device, console=Console(stderr=True, quiet=quiet),
-                        results_root=results_root, command=[call], show_progress=progress)
+                        results_root=results_root, command=[call], show_progress=progress,
+                        probe_timeout=probe_timeout)
     table = outcome.summary.reset_index(drop=True)
     table.attrs.update(run_dir=str(outcome.run_dir), computed_jobs=outcome.computed_chunks,
                        reused_jobs=outcome.resumed_chunks)

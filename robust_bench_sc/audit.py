@@ -134,10 +134,13 @@ def attack_gradient(defense: Defense, bpda: str | None, x: torch.Tensor, y: torc
 
 # --------------------------------------------------------------------------- the cascade
 def plan_cascade(defense: Defense, findings: ProbeFindings, budget: AuditBudget,
-                 gradient: tuple[str, str] | None = None, bpda: str | None = None) -> CascadePlan:
+                 gradient: tuple[str, str] | None = None, bpda: str | None = None,
+                 surrogates_fit: bool = True) -> CascadePlan:
     """The cascade for ``defense`` given its probes' ``findings``. ``gradient``: the status of
     the gradient the attacks would follow with ``bpda`` (:func:`attack_gradient`); None means
-    the probe's own (``findings.gradient``)."""
+    the probe's own (``findings.gradient``). ``surrogates_fit``: the images are CIFAR-10's
+    kind (10 classes, 3×32×32), which the transfer surrogates were trained on; otherwise the
+    transfer members are left out."""
     eps = budget.epsilon
     randomised = bool(findings.randomised or findings.randomised_declared)
     eot = budget.eot if randomised else 1
@@ -181,7 +184,26 @@ def plan_cascade(defense: Defense, findings: ProbeFindings, budget: AuditBudget,
         for which in GRADIENT_MEMBERS:
             skipped.append({"attack": which, "reason": f"not applicable (no gradient): {status}: {detail}"})
 
+    if not gradient_ok and surrogates_fit:
+        name = f"bpda-transfer:{SURROGATE}"
+        members.append({
+            "attack": "transfer", "name": name, "source": SURROGATE, "craft_forward": "defense", "recheck": recheck,
+            "batch_size": budget.batch_size,
+            "craft": {"attack": "pgd", "norm": "linf", "epsilon": eps, "steps": budget.transfer_steps, "restarts": 1,
+                      "step_size": "epsilon/4", "loss": "cw" if findings.saturated else "ce", "random_start": True,
+                      "keep_adversarial_iterate": True, "eot": eot}})
+        reasons[name] = [f"PGD-{budget.transfer_steps} on the defense's own forward pass with the gradient of the "
+                         f"robust surrogate {SURROGATE!r}: BPDA with the surrogate standing in for the whole defense "
+                         "(Athalye et al. 2018 §4.1), since its gradient is unusable and no preprocess can be "
+                         "replaced; an image stops at its first iterate that fools the defense"
+                         + (f"; eot {eot}" if eot > 1 else "")]
     surrogates = [SURROGATE] if gradient_ok else [SURROGATE, SECOND_SURROGATE]
+    if not surrogates_fit:
+        for src in surrogates + ([f"bpda-{SURROGATE}"] if not gradient_ok else []):
+            skipped.append({"attack": f"transfer:{src}", "reason": "not applicable: the robust surrogates are CIFAR-10 "
+                                                                   "models (10 classes, 3×32×32 images), the dataset's "
+                                                                   "images are not"})
+        surrogates = []
     for src in surrogates:
         name = f"transfer:{src}"
         members.append({
@@ -364,13 +386,25 @@ def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any],
 
 
 # --------------------------------------------------------------------------- indicators, binarization
+EXACT_PREPROCESS_SKIP = ("skipped: the cascade follows the preprocess's exact gradients (differentiable, probe), so "
+                         "no BPDA stand-in's transfer is in question")
+
+
 def _indicators(defense: Defense, budget: AuditBudget, n_images: int, device: str, randomised: bool,
-                log: Callable[[str], None]) -> dict[str, Any]:
+                log: Callable[[str], None], exact_preprocess: bool = False, dataset: str | None = None,
+                data_dir: str | None = None, probe_timeout: float | None = None) -> dict[str, Any]:
+    """The indicators of ``scbench diagnose``. ``exact_preprocess``: the cascade follows the
+    exact gradients of a differentiable preprocess, so ``transfer_failure`` (how well the
+    identity / declared BPDA stand-in transfers to the exact defense) says nothing about the
+    audit's attacks and is skipped: on a differentiable median filter it fails while the
+    exact-gradient attacks are strong."""
     from robust_bench_sc.diagnostics import DiagnosticsConfig, diagnose
 
     cfg = DiagnosticsConfig(n_images=min(n_images, budget.indicator_images), seed=budget.seed, device=device,
                             epsilon=budget.epsilon, eot=max(2, min(budget.eot, 5)) if randomised else 5,
-                            queries=budget.indicator_queries, batch_size=budget.batch_size)
+                            queries=budget.indicator_queries, batch_size=budget.batch_size,
+                            skip=("transfer_failure",) if exact_preprocess else (), dataset=dataset,
+                            data_dir=data_dir, probe_timeout=probe_timeout)
     t0 = time.perf_counter()
     try:
         rep = diagnose(defense, cfg, log=log)
@@ -380,12 +414,14 @@ def _indicators(defense: Defense, budget: AuditBudget, n_images: int, device: st
     d = rep.to_dict()
     return {"verdict": rep.verdict, "verdict_code": rep.verdict_code, "n_images": rep.n_images,
             "plain_robust_accuracy": rep.plain_robust_accuracy, "seconds": rep.wall_seconds,
-            "indicators": [{"name": r["name"], "status": r["status"], "evidence": r["evidence"],
+            "indicators": [{"name": r["name"], "status": r["status"],
+                            "evidence": EXACT_PREPROCESS_SKIP if r["name"] in cfg.skip else r["evidence"],
                             "category": r.get("category")} for r in d["indicators"]]}
 
 
 def _binarization(defense: Defense, plan: CascadePlan, budget: AuditBudget, n_images: int, device: str,
-                  log: Callable[[str], None]) -> dict[str, Any]:
+                  log: Callable[[str], None], dataset: str | None = None,
+                  data_dir: str | None = None) -> dict[str, Any]:
     from robust_bench_sc.binarization import BinarizationConfig, NotApplicable, binarization_test
     from robust_bench_sc.config import validate_threat_model
 
@@ -395,7 +431,8 @@ def _binarization(defense: Defense, plan: CascadePlan, budget: AuditBudget, n_im
     member = dict(gradient[0])
     tm = validate_threat_model(member, "audit binarization", default_name=member["name"])
     cfg = BinarizationConfig(n_samples=budget.binarization_samples, max_images=max(n_images, 1),
-                             n_inner=budget.binarization_inner, seed=budget.seed, device=device)
+                             n_inner=budget.binarization_inner, seed=budget.seed, device=device, dataset=dataset,
+                             data_dir=data_dir)
     t0 = time.perf_counter()
     try:
         rep = binarization_test(defense, tm, cfg, log=log)
@@ -412,16 +449,21 @@ def _binarization(defense: Defense, plan: CascadePlan, budget: AuditBudget, n_im
 # --------------------------------------------------------------------------- the audit
 def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budget: AuditBudget | None = None,
           device: str = "cpu", threads: int | None = None, console: Any = None, show_progress: bool = False,
-          results_root: str | Path = "results", command: list[str] | None = None) -> dict[str, Any]:
+          results_root: str | Path = "results", command: list[str] | None = None, dataset: str | None = None,
+          data_dir: str | Path | None = None, probe_timeout: float | None = None) -> dict[str, Any]:
     """Audit the defense ``ref`` (a registered name, ``module:attr`` or ``file.py:attr``) on the
-    first ``n_images`` CIFAR-10 test images; returns the report card (``audit.json``'s content)
-    and writes it, with ``audit.md`` and ``audit.html``, into the run folder ``out``."""
+    first ``n_images`` test images of ``dataset`` (a dataset plug-in, ``scbench datasets``;
+    default ``cifar10_npz``, this project's CIFAR-10 files) read from ``data_dir`` (default
+    $SCBENCH_DATA, else shared/data/cifar10); returns the report card (``audit.json``'s
+    content) and writes it, with ``audit.md`` and ``audit.html``, into the run folder ``out``.
+    ``probe_timeout``: seconds each probe may take (default: scaled from one forward pass)."""
     import torch
     from rich.console import Console
 
     from robust_bench_sc.api import build_suite
-    from robust_bench_sc.data import load_test
-    from robust_bench_sc.paths import N_TEST_AVAILABLE
+    from robust_bench_sc.data import DataError, load_dataset
+    from robust_bench_sc.datasets import DEFAULT_DATASET
+    from robust_bench_sc.registry import RegistryError
     from robust_bench_sc.plan import plan_jobs
     from robust_bench_sc.plugins import build_defense
     from robust_bench_sc.probes import ProbeError, probe_defense
@@ -433,9 +475,17 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
     budget = budget or BUDGETS["standard"]
     console = console or Console(stderr=True)
     say: Callable[[str], None] = lambda s: console.print(s, highlight=False, soft_wrap=True)  # noqa: E731
-    if isinstance(n_images, bool) or not isinstance(n_images, int) or not 1 <= n_images <= N_TEST_AVAILABLE:
-        raise AuditError(f"--n-images {n_images!r}: must be in 1..{N_TEST_AVAILABLE} (the first {N_TEST_AVAILABLE} "
-                         "CIFAR-10 test images exist here)")
+    if probe_timeout is not None and (isinstance(probe_timeout, bool) or not isinstance(probe_timeout, (int, float))
+                                      or not probe_timeout > 0):
+        raise AuditError(f"--probe-timeout {probe_timeout!r}: must be a number of seconds > 0")
+    try:  # the whole test split: its size bounds --n-images
+        whole = load_dataset(dataset or DEFAULT_DATASET, data_dir, "test")
+    except (DataError, RegistryError) as exc:
+        raise AuditError(f"--dataset {dataset or DEFAULT_DATASET}: {exc}") from None
+    n_all = len(whole)
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or not 1 <= n_images <= n_all:
+        raise AuditError(f"--n-images {n_images!r}: must be in 1..{n_all} (the {whole.dataset} test split at "
+                         f"{data_dir or 'the default data folder'} holds {n_all} {whole.images})")
     if threads is not None:
         torch.set_num_threads(threads)
     t_start = time.perf_counter()
@@ -448,12 +498,13 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
         prepare_run_dir(run_dir.resolve())  # before any compute: a folder we may write (a run folder or empty)
     except RunError as exc:
         raise AuditError(str(exc)) from None
-    split = load_test(n_images)
+    split = whole.take(list(range(n_images)))
 
     # 1. probes
     k = min(PROBE_IMAGES, n_images)
     try:
-        findings = probe_defense(defense, split.x[:k], split.y[:k], device=device, n_passes=4, seed=budget.seed)
+        findings = probe_defense(defense, split.x[:k], split.y[:k], device=device, n_passes=4, seed=budget.seed,
+                                 n_classes=split.n_classes, timeout=probe_timeout)
     except ProbeError as exc:
         raise AuditError(f"defense {label!r}: {exc}") from None
     seconds["probes"] = round(findings.seconds, 2)
@@ -470,18 +521,20 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
     # 2. the cascade
     bpda = choose_bpda(defense, findings)
     gradient = attack_gradient(attacked_defense, bpda, split.x[:k].to(device), split.y[:k].to(device))
-    plan = plan_cascade(attacked_defense, findings, budget, gradient=gradient, bpda=bpda)
+    plan = plan_cascade(attacked_defense, findings, budget, gradient=gradient, bpda=bpda,
+                        surrogates_fit=split.n_classes == 10 and split.image_shape == (3, 32, 32))
     for s in plan.skipped:
         say(f"cascade: {s['attack']} left out: {s['reason']}")
     for m in plan.members:
         say(f"cascade: {m['name']}: {'; '.join(plan.reasons.get(m['name'], []))}")
     suite = build_suite(ref, [plan.threat_model(budget.batch_size)], n_images=n_images, name=label,
                         seed=budget.seed, chunk_size=min(budget.chunk_size, n_images),
-                        suite_name=f"audit_{safe_name(label)}")
+                        suite_name=f"audit_{safe_name(label)}", dataset=dataset,
+                        data_dir=None if data_dir is None else str(data_dir))
     t0 = time.perf_counter()
     outcome_run = run_suite(suite, out=run_dir, device=device, console=console, results_root=results_root,
                             command=command or [f"scbench audit {ref} --n-images {n_images}"],
-                            show_progress=show_progress)
+                            show_progress=show_progress, probe_timeout=probe_timeout)
     seconds["cascade"] = round(time.perf_counter() - t0, 2)
     layout = RunDir(outcome_run.run_dir)
     records: list[dict[str, Any]] = []
@@ -498,17 +551,22 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
     if budget.indicators:
         t0 = time.perf_counter()
         say("indicators (scbench diagnose)")
-        indicators = _indicators(defense, budget, n_images, device, randomised, log=lambda s: None)
+        indicators = _indicators(defense, budget, n_images, device, randomised, log=lambda s: None,
+                                 exact_preprocess=defense.preprocess is not None and bpda is None, dataset=dataset,
+                                 data_dir=None if data_dir is None else str(data_dir), probe_timeout=probe_timeout)
         seconds["indicators"] = round(time.perf_counter() - t0, 2)
     if budget.binarization:
         t0 = time.perf_counter()
         say("binarization test")
-        binarization = _binarization(attacked_defense, plan, budget, n_images, device, log=lambda s: None)
+        binarization = _binarization(attacked_defense, plan, budget, n_images, device, log=lambda s: None,
+                                     dataset=dataset, data_dir=None if data_dir is None else str(data_dir))
         seconds["binarization"] = round(time.perf_counter() - t0, 2)
     seconds["total"] = round(time.perf_counter() - t_start, 2)
 
     card = {
-        "defense": label, "ref": ref, "subset": describe_subset(n_images), "n_images": n_images,
+        "defense": label, "ref": ref, "subset": describe_subset(n_images, images=split.images), "n_images": n_images,
+        **({"dataset": {"name": split.dataset, "n_classes": split.n_classes, "data_dir": str(data_dir)}}
+           if dataset is not None or data_dir is not None else {}),
         "threat": {"norm": "linf", "epsilon": budget.epsilon},
         "budget": budget.to_dict(),
         "run_dir": str(outcome_run.run_dir),

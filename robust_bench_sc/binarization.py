@@ -66,6 +66,10 @@ class BinarizationConfig:
     feature_batch: int = 128
     seed: int = 0
     device: str = "cpu"
+    # the images: a dataset plug-in (None: cifar10_npz) and its folder or file (None: $SCBENCH_DATA, else
+    # shared/data/cifar10); its test split is searched
+    dataset: str | None = None
+    data_dir: str | None = None
 
 
 @dataclass
@@ -232,7 +236,8 @@ def binarization_test(defense: Defense, threat, cfg: BinarizationConfig | None =
     """Run the binarization test of ``threat`` (a validated threat model) on ``defense``.
 
     Raises :class:`NotApplicable` (one line) when it does not apply."""
-    from robust_bench_sc.data import load_test
+    from robust_bench_sc.data import load_dataset
+    from robust_bench_sc.datasets import DEFAULT_DATASET
     from robust_bench_sc.evaluate import evaluate_threat, predict
     from robust_bench_sc.stats import wilson_interval
 
@@ -248,12 +253,13 @@ def binarization_test(defense: Defense, threat, cfg: BinarizationConfig | None =
     t0 = time.perf_counter()
     device = torch.device(cfg.device)
     defense.to(device).eval()
-    split_data = load_test(cfg.max_images)
+    split_data = load_dataset(cfg.dataset or DEFAULT_DATASET, cfg.data_dir, "test")
+    split_data = split_data.take(list(range(min(cfg.max_images, len(split_data)))))
     passes = threat.recheck if defense.capabilities.randomised else 1
     feat_passes = threat.eot if defense.capabilities.randomised else 1
     found: list[torch.Tensor] = []  # scan in chunks: stop at the n_samples-th correct image
     for i in range(0, split_data.x.shape[0], 100):
-        pred = predict(defense, split_data.x[i: i + 100], 100, device)
+        pred = predict(defense, split_data.x[i: i + 100], 100, device, n_classes=split_data.n_classes)
         found.append((pred == split_data.y[i: i + 100]).nonzero().squeeze(1) + i)
         if sum(t.numel() for t in found) >= cfg.n_samples:
             break

@@ -38,6 +38,7 @@ def _explain(exc: BaseException) -> str:
     libraries (a plug-in's own code), else as an internal error."""
     from robust_bench_sc.data import DataError
     from robust_bench_sc.evaluate import DefenseOutputError
+    from robust_bench_sc.probes import ProbeError
     from robust_bench_sc.registry import RegistryError, plugin_frame
     from robust_bench_sc.regression import BaselineError
     from robust_bench_sc.reports import ReportError
@@ -46,7 +47,7 @@ def _explain(exc: BaseException) -> str:
     from robust_bench_sc.yamlio import ConfigError
 
     ours = (ConfigError, RunError, RegistryError, DataError, ReportError, BaselineError, DefenseOutputError,
-            LockError, DamagedFileError, EscapeError)
+            LockError, DamagedFileError, EscapeError, ProbeError)
     if isinstance(exc, ours):
         return str(exc)
     if isinstance(exc, SyntaxError):  # a plug-in file that does not parse
@@ -262,6 +263,29 @@ def _check_threads(threads: int | None) -> None:
 DATA_DIR_HELP = ("the dataset's folder (or .npz file) where the suite names no data.root (default $SCBENCH_DATA, "
                  "else ../shared/data/cifar10)")
 DATASET_HELP = "dataset plug-in (scbench datasets): cifar10, cifar100, cifar10_npz (default), npz, ..."
+PROBE_TIMEOUT_HELP = ("seconds each probe may take before the defense is reported as hanging (default: 100 × one "
+                      "forward pass on the probe images, at least 60 s; 300 s for that first pass)")
+
+
+def _check_probe_timeout(probe_timeout: float | None) -> None:
+    if probe_timeout is not None and not probe_timeout > 0:
+        _fail(f"--probe-timeout {probe_timeout:g}: must be a number of seconds > 0")
+
+
+def _test_images(dataset: str | None, data_dir: Path | None, n_images: int, what: str) -> None:
+    """One line unless the dataset exists and its test split holds ``n_images`` (>= 1) images."""
+    from robust_bench_sc.data import DataError, load_dataset
+    from robust_bench_sc.datasets import DEFAULT_DATASET
+    from robust_bench_sc.registry import RegistryError
+
+    name = dataset or DEFAULT_DATASET
+    try:
+        n_all = len(load_dataset(name, data_dir, "test"))
+    except (DataError, RegistryError) as exc:
+        _fail(f"--dataset {name}: {exc}")
+    if not 1 <= n_images <= n_all:
+        _fail(f"--n-images {n_images}: must be in 1..{n_all} ({what} reads the test split of {name}, which holds "
+              f"{n_all} images here)")
 
 
 def _load(suite: Path, set_: list[str] | None, profile: str | None, n_images: int | None, seed: int | None,
@@ -291,11 +315,13 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", help="no progress and no table: only warnings, errors and the results folder"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads of the local executor (default: torch's); no effect on the numbers"),
     no_probes: bool = typer.Option(False, "--no-probes", help="skip the probes (randomness, gradients, saturation) and run every threat model exactly as written, without auto's adaptations"),
+    probe_timeout: Optional[float] = typer.Option(None, "--probe-timeout", help=PROBE_TIMEOUT_HELP),
     accept_code_change: bool = typer.Option(False, "--accept-code-change", help="reuse records although the defense's code fingerprint (factory source, module settings) changed"),
 ):
     """Run every defense of SUITE through every threat model; write tables and per-sample records."""
     _check_threads(threads)
     _check_device(device)
+    _check_probe_timeout(probe_timeout)
     if data_dir:
         os.environ["SCBENCH_DATA"] = str(data_dir)
     cfg = _load(suite, set_, profile, n_images, seed, dataset)  # a bad suite fails here, before torch is imported
@@ -309,7 +335,8 @@ def run(
     ex = make_executor(executor, device, address=ray_address) if executor != "local" else None
     _interrupt_on_sigterm()  # `kill` or a job scheduler: the run records it was interrupted, then exits
     outcome = run_suite(cfg, out=out, device=device, executor=ex, command=sys.argv, show_progress=not quiet,
-                        probes=not no_probes, accept_code_change=accept_code_change, quiet=quiet)
+                        probes=not no_probes, accept_code_change=accept_code_change, quiet=quiet,
+                        probe_timeout=probe_timeout)
     from robust_bench_sc.storage import RunDir
 
     if not quiet:  # --quiet: warnings, errors and where the results are; the table is in summary.md
@@ -535,7 +562,7 @@ def check(
 @app.command()
 def diagnose(
     defense: str = typer.Argument(..., help="defense name, 'module:attr' or 'path/to/file.py:attr'"),
-    n_images: int = typer.Option(50, "--n-images", help="first N CIFAR-10 test images"),
+    n_images: int = typer.Option(50, "--n-images", help="first N test images of the dataset"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for diagnostics.json/.md (default results/diagnose/<defense>/<timestamp>; the committed reports in results/diagnostics/ are never overwritten unless named here)"),
     bpda: Optional[str] = typer.Option(None, "--bpda", help="BPDA stand-in to compare with (default: the defense's default, else identity)"),
     seed: int = typer.Option(0, "--seed"),
@@ -558,6 +585,9 @@ def diagnose(
     set_: Optional[list[str]] = typer.Option(None, "--set", help="--active: threat-model field override key=value (repeatable), e.g. restarts=10"),
     inner: int = typer.Option(99, "--inner", help="--active: inner points per image"),
     threshold: float = typer.Option(0.95, "--threshold", help="--active: pass rate below which the evaluation fails the test"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help=DATASET_HELP),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="the dataset's folder (or .npz file) (default $SCBENCH_DATA, else ../shared/data/cifar10)"),
+    probe_timeout: Optional[float] = typer.Option(None, "--probe-timeout", help=PROBE_TIMEOUT_HELP),
 ):
     """Gradient-masking / attack-failure indicators for DEFENSE and a one-line verdict
     (``--active``: the binarization test of one threat model)."""
@@ -569,17 +599,19 @@ def diagnose(
     from robust_bench_sc.registry import RegistryError
     from robust_bench_sc.storage import safe_name
     from robust_bench_sc.subsets import describe_subset
+    from robust_bench_sc.probes import ProbeError
     from robust_bench_sc.threat_models import parse_number
 
-    from robust_bench_sc.paths import N_TEST_AVAILABLE
-
     _check_device(device)
-    if not 1 <= n_images <= N_TEST_AVAILABLE:  # diagnose reads the cifar10_npz test file (its first 1000 images)
-        _fail(f"--n-images {n_images}: must be in 1..{N_TEST_AVAILABLE} (diagnose reads the first {N_TEST_AVAILABLE} "
-              "CIFAR-10 test images of cifar10_npz)")
+    _check_probe_timeout(probe_timeout)
+    data = None if data_dir is None else str(data_dir)
     if active:
+        if n_images < 1:
+            _fail(f"--n-images {n_images}: must be >= 1 (correctly classified images to test)")
+        _test_images(dataset, data_dir, 1, "the binarization test")
         return _diagnose_active(defense, n_images, out, bpda, seed, device, norm, epsilon, steps, restarts, threat,
-                                set_ or [], inner, threshold)
+                                set_ or [], inner, threshold, dataset, data)
+    _test_images(dataset, data_dir, n_images, "diagnose")
     _check_out_folder(out or Path("results") / "diagnose", {"diagnostics.json", "diagnostics.md"} if out else None)
     unknown = [s for s in skip or [] if s not in INDICATORS]
     if unknown:
@@ -596,13 +628,17 @@ def diagnose(
                                 steps=steps, restarts=restarts, bpda=bpda, eot=eot, sweep_steps=sweep_steps,
                                 strong_steps=strong_steps, strong_restarts=strong_restarts,
                                 unconstrained_steps=unconstrained_steps, noise_draws=noise_draws,
-                                gradient_free=gradient_free, queries=queries, skip=tuple(skip or ()))
+                                gradient_free=gradient_free, queries=queries, skip=tuple(skip or ()),
+                                dataset=dataset, data_dir=data, probe_timeout=probe_timeout)
         t0 = _time.perf_counter()
         with console.status("diagnosing") as status:
             rep = _diagnose(d, cfg, log=lambda s: status.update(f"{d.name}: {s}"))
-    except (RegistryError, FileNotFoundError, ValueError) as exc:
+        from robust_bench_sc.datasets import DEFAULT_DATASET, images_label
+
+        images = images_label(dataset or DEFAULT_DATASET, "test", data)
+    except (RegistryError, FileNotFoundError, ValueError, ProbeError) as exc:
         _fail(str(exc))
-    table = Table(title=f"diagnostics: {rep.defense} ({describe_subset(rep.n_images)}; clean "
+    table = Table(title=f"diagnostics: {rep.defense} ({describe_subset(rep.n_images, images=images)}; clean "
                         f"{100 * rep.clean_accuracy:.1f}%, plain PGD-{steps} {100 * rep.plain_robust_accuracy:.1f}%)")
     for col in ("indicator", "status", "evidence"):
         table.add_column(col, overflow="fold")
@@ -618,7 +654,7 @@ def diagnose(
 
 
 def _diagnose_active(defense, n_images, out, bpda, seed, device, norm, epsilon, steps, restarts, threat, sets,
-                     inner, threshold):
+                     inner, threshold, dataset=None, data_dir=None):
     """``scbench diagnose --active``: the binarization test (robust_bench_sc/binarization.py)."""
     import time as _time
 
@@ -636,7 +672,8 @@ def _diagnose_active(defense, n_images, out, bpda, seed, device, norm, epsilon, 
         d = build_defense(defense)
         if tm.bpda not in (None, "auto") and tm.bpda not in d.bpda_names():
             _fail(f"bpda {tm.bpda!r}: defense {d.name!r} offers {', '.join(d.bpda_names()) or 'no stand-ins (no preprocess)'}")
-        cfg = BinarizationConfig(n_samples=n_images, n_inner=inner, pass_threshold=threshold, seed=seed, device=device)
+        cfg = BinarizationConfig(n_samples=n_images, n_inner=inner, pass_threshold=threshold, seed=seed, device=device,
+                                 dataset=dataset, data_dir=data_dir)
         t0 = _time.perf_counter()
         with console.status("binarization test") as status:
             rep = binarization_test(d, tm, cfg, log=lambda s: status.update(f"{d.name}: {s}"))
@@ -657,12 +694,15 @@ def _diagnose_active(defense, n_images, out, bpda, seed, device, norm, epsilon, 
 @app.command()
 def audit(
     defense: str = typer.Argument(..., help="defense name, 'module:attr' or 'path/to/file.py:attr'"),
-    n_images: int = typer.Option(100, "--n-images", help="first N CIFAR-10 test images"),
+    n_images: int = typer.Option(100, "--n-images", help="first N test images of the dataset"),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (resumable; default results/audit/<defense>/<timestamp>); audit.json/.md/.html are written into it"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (no effect on the numbers)"),
     budget: str = typer.Option("standard", "--budget", help="standard (APGD 100 iterations, Square 5000 queries, EOT 20) or quick (smoke runs)"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help=DATASET_HELP),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="the dataset's folder (or .npz file) (default $SCBENCH_DATA, else ../shared/data/cifar10)"),
+    probe_timeout: Optional[float] = typer.Option(None, "--probe-timeout", help=PROBE_TIMEOUT_HELP),
 ):
     """Probe DEFENSE, attack it with a cascade chosen by the probes, run the indicators and the
     binarization test, and write a report card with a verdict (docs/audit.md)."""
@@ -670,12 +710,14 @@ def audit(
 
     _check_device(device)
     _check_threads(threads)
+    _check_probe_timeout(probe_timeout)
     if budget not in BUDGETS:
         _fail(f"--budget {budget}: allowed values are {', '.join(BUDGETS)}")
     _interrupt_on_sigterm()
     try:
         card = _audit(defense, n_images=n_images, out=out, budget=BUDGETS[budget], device=device, threads=threads,
-                      console=err, show_progress=not quiet, command=sys.argv)
+                      console=err, show_progress=not quiet, command=sys.argv, dataset=dataset, data_dir=data_dir,
+                      probe_timeout=probe_timeout)
     except AuditError as exc:
         _fail(str(exc))
     v, wc = card["verdict"], card["worst_case"]

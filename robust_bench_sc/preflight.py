@@ -17,7 +17,7 @@ from robust_bench_sc.plugins import build_defense
 
 
 def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None,
-              built: dict[str, Any] | None = None) -> dict[str, str]:
+              built: dict[str, Any] | None = None, probe_timeout: float | None = None) -> dict[str, str]:
     """Every check ``run`` would otherwise make only when it reaches a job: each defense loads
     (registry name or reference, parameters bound to its factory's signature, weights), each
     threat model's BPDA stand-in exists on each defense it is run against, transfer sources
@@ -44,7 +44,7 @@ def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None,
                 for d in suite.defenses}
     probe = load_data(suite.data, n_images=min(2, suite.data.n_images))  # the data folder, read as run reads it
     for d in defenses.values():
-        check_defense_fits(d, probe)
+        check_defense_fits(d, probe, probe_timeout)
     if built is not None:
         built.update(defenses)
 
@@ -102,7 +102,8 @@ PROBE_IMAGES = 8  # the first images of the suite the probes run on
 
 
 def probe_suite(suite: SuiteConfig, defenses: dict[str, Any], device: str = "cpu",
-                console: Console | None = None, quiet: bool = False) -> tuple[SuiteConfig, dict[str, Any]]:
+                console: Console | None = None, quiet: bool = False,
+                probe_timeout: float | None = None) -> tuple[SuiteConfig, dict[str, Any]]:
     """Probe every defense (robust_bench_sc.probes) on the suite's first ``PROBE_IMAGES``
     images, before any attack; return the suite carrying the adaptations (``auto``,
     robust_bench_sc.adapt) and what run.json keeps of them (``probes``). Prints each finding
@@ -116,7 +117,8 @@ def probe_suite(suite: SuiteConfig, defenses: dict[str, Any], device: str = "cpu
     for spec in suite.defenses:
         d = defenses[spec.label].to(device)
         try:
-            found = probe_defense(d, split.x, split.y, device=device, seed=suite.seed, n_classes=split.n_classes)
+            found = probe_defense(d, split.x, split.y, device=device, seed=suite.seed, n_classes=split.n_classes,
+                                  timeout=probe_timeout)
             adapted = adaptation(spec.label, d, found, split.x, split.y, device)
         except ProbeError as exc:
             raise RunError(str(exc)) from None  # it names the probe and the defense
@@ -144,13 +146,17 @@ def probe_suite(suite: SuiteConfig, defenses: dict[str, Any], device: str = "cpu
 CIFAR_SHAPE = (3, 32, 32)
 
 
-def check_defense_fits(defense, split) -> None:
+def check_defense_fits(defense, split, probe_timeout: float | None = None) -> None:
     """One forward pass on the dataset's first images, before anything is computed: a defense
     that returns another number of logits than the dataset has classes, or that cannot take
     the dataset's image shape (it fails on them but runs on 3×32×32 images: e.g. a 32×32-only
     model on 64×64 images), is refused in one line. A defense that fails on any input is left
-    to the run, which records or reports it as before."""
+    to the run, which records or reports it as before. A forward pass that gives no answer
+    within ``probe_timeout`` seconds (default ``probes.FIRST_FORWARD_LIMIT``) is one line."""
     import torch
+
+    from robust_bench_sc.probes import FIRST_FORWARD_LIMIT, ProbeTimeout, time_limit
+    from robust_bench_sc.registry import plugin_frame
 
     from robust_bench_sc.evaluate import DefenseOutputError, checked_logits
 
@@ -161,9 +167,17 @@ def check_defense_fits(defense, split) -> None:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):  # leaves the RNG as it was
             return defense(x)
 
+    limit = probe_timeout or FIRST_FORWARD_LIMIT
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), time_limit(limit, f"defense {defense.name!r}'s first "
+                                                                                   "forward pass"):
             checked_logits(defense, split.x[:2], split.n_classes)
+    except ProbeTimeout as exc:
+        where = plugin_frame(exc)
+        raise RunError(f"defense {defense.name!r}: one forward pass on 2 images gave no answer within {limit:g} s "
+                       + ("(--probe-timeout)" if probe_timeout else "(the first pass's limit; --probe-timeout sets it)")
+                       + "; the defense hangs"
+                       + (f"\n  stopped at {where}" if where else "")) from None
     except DefenseOutputError as exc:
         raise RunError(f"{exc}; it does not fit {what}") from None
     except Exception as exc:

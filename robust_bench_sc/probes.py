@@ -18,12 +18,21 @@ each on the images it is given:
   underflows to zero where the margin's does not.
 
 A probe that cannot run (the defense raises, or returns something that is not a batch of
-finite logits) raises :class:`ProbeError`, one line naming the probe. Probes change no
-global random state and leave the defense's modules in the mode they found them in.
+finite logits) raises :class:`ProbeError`, one line naming the probe. So does a probe that
+runs past its **time limit** (:func:`time_limit`): ``timeout`` seconds per probe when given
+(``--probe-timeout``), else ``FIRST_FORWARD_LIMIT`` for the first forward pass and then
+``PROBE_TIME_FACTOR`` × that pass's duration (at least ``PROBE_TIME_FLOOR``) per probe; the
+line names the probe, the limit and where the defense's own code was when it was stopped.
+Probes change no global random state and leave the defense's modules in the mode they found
+them in.
 """
 
 from __future__ import annotations
 
+import ctypes
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,8 +53,88 @@ RANDOM_REL_TOL = 1e-5     # logits differing by more than this × max(|logit|, 1
 MAJORITY = 0.5            # share of images that makes an image-level finding the defense's
 
 
+FIRST_FORWARD_LIMIT = 300.0  # seconds for the first forward pass on the probe images (no timeout given)
+PROBE_TIME_FACTOR = 100.0    # ... then each probe may take this many times that pass's duration,
+PROBE_TIME_FLOOR = 60.0      # and at least this many seconds
+STUCK_REPORT_AFTER = 10.0    # seconds past the limit before a probe stuck in uninterruptible code is reported
+
+
 class ProbeError(Exception):
     """A probe could not run: the defense raised, or returned something that is not logits."""
+
+
+class ProbeTimeout(BaseException):
+    """Raised inside code that ran past its :func:`time_limit`. A BaseException, so that a
+    defense's own ``except Exception`` does not swallow it."""
+
+
+@contextmanager
+def time_limit(seconds: float | None, what: str = "the call") -> Iterator[None]:
+    """Raise :class:`ProbeTimeout` in the code run inside when it takes more than ``seconds``
+    (None: no limit).
+
+    In the main thread on a system with ``signal.setitimer`` (Linux, macOS): a SIGALRM timer,
+    which also interrupts a sleep or a blocking wait; the previous handler and any outer timer
+    are restored afterwards. In another thread: a watchdog thread raises the exception
+    asynchronously in this one (``PyThreadState_SetAsyncExc``), which takes effect at its next
+    Python bytecode (a loop in Python, not a sleep). Either way Python cannot interrupt a
+    single long operation in C (a torch kernel that never returns): the exception is raised
+    when it returns, and a watchdog writes one line to stderr ``STUCK_REPORT_AFTER`` seconds
+    past the limit saying so."""
+    if seconds is None:
+        yield
+        return
+    if seconds <= 0:
+        raise ValueError(f"time limit {seconds!r}: must be > 0 seconds")
+    state = {"armed": True, "fired": False}
+    lock = threading.Lock()
+    done = threading.Event()
+    main = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    target = threading.get_ident()
+
+    def watchdog() -> None:
+        if done.wait(seconds):
+            return
+        if not main:
+            with lock:
+                if state["armed"]:
+                    state["fired"] = True
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), ctypes.py_object(ProbeTimeout))
+        if not done.wait(STUCK_REPORT_AFTER):
+            sys.stderr.write(f"{what} has run {seconds + STUCK_REPORT_AFTER:g} s, past its time limit of {seconds:g} s, "
+                             "inside code Python cannot interrupt (a torch or C operation); it stops when that "
+                             "returns (Ctrl-C or kill to stop now)\n")
+
+    def alarm(signum: int, frame: Any) -> None:
+        if state["armed"]:
+            state["fired"] = True
+            raise ProbeTimeout()
+
+    dog = threading.Thread(target=watchdog, name="scbench-time-limit", daemon=True)
+    t0 = time.monotonic()
+    old_handler: Any = None
+    old_timer = (0.0, 0.0)
+    if main:
+        old_handler = signal.signal(signal.SIGALRM, alarm)
+        old_timer = signal.setitimer(signal.ITIMER_REAL, seconds)
+    dog.start()
+    try:
+        yield
+    finally:
+        try:  # a timeout that arrives during this block still runs the restoring one below
+            with lock:
+                state["armed"] = False
+                if state["fired"] and not main:  # raised but maybe not delivered yet: withdraw it
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), None)
+            if main:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        finally:
+            done.set()
+            if main:
+                signal.signal(signal.SIGALRM, old_handler)
+                if old_timer[0] > 0:  # an outer timer (another time limit, a test timeout) keeps running
+                    signal.setitimer(signal.ITIMER_REAL, max(old_timer[0] - (time.monotonic() - t0), 1e-3),
+                                     old_timer[1])
 
 
 @dataclass(frozen=True)
@@ -231,6 +320,28 @@ def _raised(probe: str, defense: Defense, exc: BaseException) -> str:
             f"{type(exc).__name__}{': ' + msg if msg else ''}" + (f"\n  at {where}" if where else ""))
 
 
+def _timed_out(probe: str, defense: Defense, limit: float, exc: BaseException, given: bool) -> str:
+    from robust_bench_sc.registry import plugin_frame
+
+    where = plugin_frame(exc)
+    why = "--probe-timeout" if given else \
+        (f"the default: {PROBE_TIME_FACTOR:g} × one forward pass, at least {PROBE_TIME_FLOOR:g} s; "
+         f"{FIRST_FORWARD_LIMIT:g} s for the first pass; --probe-timeout sets it")
+    return (f"probe {probe!r} on defense {defense.name!r}: no answer within its time limit of {limit:g} s ({why}); "
+            "the defense hangs or is far slower than one forward pass suggests"
+            + (f"\n  stopped at {where}" if where else ""))
+
+
+@contextmanager
+def _limited(probe: str, defense: Defense, limit: float, given: bool) -> Iterator[None]:
+    """``probe`` may take ``limit`` seconds; past that, a :class:`ProbeError` naming it."""
+    try:
+        with time_limit(limit, f"probe {probe!r} on defense {defense.name!r}"):
+            yield
+    except ProbeTimeout as exc:
+        raise ProbeError(_timed_out(probe, defense, limit, exc, given)) from None
+
+
 def _call(probe: str, defense: Defense, fn: Callable[[], Any]) -> Any:
     try:
         return fn()
@@ -258,10 +369,14 @@ def _logits(probe: str, defense: Defense, x: torch.Tensor, n_classes: int | None
 
 # --------------------------------------------------------------------------- the probes
 def probe_defense(defense: Defense, x: torch.Tensor, y: torch.Tensor, *, device: str | torch.device = "cpu",
-                  n_passes: int = 4, seed: int = 0, n_classes: int | None = None) -> ProbeFindings:
+                  n_passes: int = 4, seed: int = 0, n_classes: int | None = None,
+                  timeout: float | None = None) -> ProbeFindings:
     """Run every probe on images ``x`` (labels ``y``; a few, e.g. 8) through ``defense``
     (already on ``device``). Deterministic for a given ``seed``; global RNG state is restored.
-    ``n_classes``: logits per image, the dataset's (default 10, CIFAR-10)."""
+    ``n_classes``: logits per image, the dataset's (default 10, CIFAR-10). ``timeout``:
+    seconds each probe may take (None: scaled from the first forward pass, see the module)."""
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"probe timeout {timeout!r}: must be > 0 seconds")
     if n_passes < 2:
         raise ValueError("n_passes must be >= 2 (randomness is disagreement between passes)")
     if x.shape[0] == 0 or x.shape[0] != y.shape[0]:
@@ -273,15 +388,25 @@ def probe_defense(defense: Defense, x: torch.Tensor, y: torch.Tensor, *, device:
     devices = [dev] if dev.type == "cuda" else []
     with _eval_mode(defense), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        # randomness: n_passes forward passes on the same inputs
+        # randomness: n_passes forward passes on the same inputs; the first one's duration sets
+        # the other probes' time limit (unless one is given)
+        given = timeout is not None
         with torch.no_grad():
-            outs = torch.stack([_logits("randomness", defense, x, n_classes).float() for _ in range(n_passes)])
+            t_first = time.perf_counter()
+            with _limited("randomness", defense, timeout or FIRST_FORWARD_LIMIT, given):
+                first = _logits("randomness", defense, x, n_classes).float()
+            t_first = time.perf_counter() - t_first
+            limit = timeout or max(PROBE_TIME_FLOOR, PROBE_TIME_FACTOR * t_first)
+            with _limited("randomness", defense, limit, given):
+                outs = torch.stack([first] + [_logits("randomness", defense, x, n_classes).float()
+                                              for _ in range(n_passes - 1)])
         spread = (outs - outs[0:1]).abs().flatten(2).amax(dim=(0, 2))
         scale = outs[0].abs().amax(1).clamp_min(1.0)
         randomised = bool((spread > RANDOM_REL_TOL * scale).any())
         flips = (outs.argmax(2) != outs[0:1].argmax(2)).any(0)
         # gradient through the exact defense (its own forward: preprocess + classifier)
-        grad, detail, ce_zero = _call("gradient", defense, lambda: gradient_status(defense, x, y))
+        with _limited("gradient", defense, limit, given):
+            grad, detail, ce_zero = _call("gradient", defense, lambda: gradient_status(defense, x, y))
         # the preprocess alone
         pre: bool | None = None
         if defense.preprocess is not None:
@@ -291,7 +416,8 @@ def probe_defense(defense: Defense, x: torch.Tensor, y: torch.Tensor, *, device:
             def projected(h: torch.Tensor) -> torch.Tensor:  # a random projection: no cancellation to zero
                 return (h * torch.randn(h.shape, generator=gen).to(h.device, h.dtype)).flatten(1).sum(1)
 
-            g, broken = _call("preprocess gradient", defense, lambda: input_gradient(pre_module, x, projected))
+            with _limited("preprocess gradient", defense, limit, given):
+                g, broken = _call("preprocess gradient", defense, lambda: input_gradient(pre_module, x, projected))
             pre = broken is None and g is not None and not bool(bad_gradients(g)["nonfinite"].any()) \
                 and int(bad_gradients(g)["zero"].sum()) < max(1, MAJORITY * n)
     # saturation: one-hot softmax (in float64: the gap is below float32's resolution near 1), or a CE

@@ -102,9 +102,10 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
               executor: Executor | None = None, console: Console | None = None,
               results_root: str | Path = "results", command: list[str] | None = None,
               show_progress: bool = True, probes: bool = True, accept_code_change: bool = False,
-              quiet: bool = False) -> RunOutcome:
+              quiet: bool = False, probe_timeout: float | None = None) -> RunOutcome:
     """Run ``suite`` (resumably). ``probes``: probe each defense first and adapt the attacks
     to it (robust_bench_sc.adapt); off, every threat model runs exactly as written.
+    ``probe_timeout``: seconds each probe may take (default: scaled from one forward pass).
     ``accept_code_change``: reuse records whose defense code fingerprint differs from the
     code as it loads now (refused otherwise, as other weights are)."""
     console = console or Console(stderr=True)
@@ -115,11 +116,12 @@ def run_suite(suite: SuiteConfig, out: str | Path | None = None, device: str = "
     except RegistryError as exc:
         raise RunError(str(exc)) from None
     fingerprints = preflight(suite, warn=lambda msg: console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False,
-                                                                   soft_wrap=True), built=built)
+                                                                   soft_wrap=True), built=built,
+                             probe_timeout=probe_timeout)
     code_fps = {label: d.code_fingerprint() for label, d in built.items()}
     probe_record: dict[str, Any] | None = None
     if probes:
-        suite, probe_record = probe_suite(suite, built, device, console, quiet=quiet)
+        suite, probe_record = probe_suite(suite, built, device, console, quiet=quiet, probe_timeout=probe_timeout)
     del built
     run_dir = Path(out) if out else default_run_dir(suite, Path(results_root))
     run_dir = run_dir.resolve()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationInfo, field_serializer,
-                      field_validator, model_validator)
+                      field_validator, model_serializer, model_validator)
 
 Norm = Literal["linf", "l2", "l1"]
 _FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
@@ -615,7 +615,14 @@ class TransferThreat(_Nesting):
     worst_case). Unless it says otherwise it is named ``NAME/craft``, runs with the transfer's
     ``batch_size``, follows ``source_bpda`` and, as PGD, runs every step
     (``keep_adversarial_iterate: false``: the source's first adversarial iterate transfers far
-    worse than the last, measured +10 of 60 images robust on trades)."""
+    worse than the last, measured +10 of 60 images robust on trades).
+
+    ``craft_forward: defense`` crafts on a hybrid instead: the forward pass (logits, loss,
+    the craft's stop decisions) is the defense under test's, the gradient the source's — BPDA
+    with the whole source as the differentiable approximation (Athalye et al. 2018 §4.1;
+    Tramèr et al. 2020), for a defense whose own gradient is unusable and cannot be split
+    into a preprocess. There the craft keeps its first adversarial iterate unless it says
+    otherwise (it is adversarial on the defense itself)."""
 
     kind: ClassVar[str] = "transfer"
     no_epsilon_ball: ClassVar[str] = ("a transfer attack is crafted on another model, not on the two-class network the "
@@ -627,6 +634,9 @@ class TransferThreat(_Nesting):
     source: str | dict[str, Any] = Field(description="a defense: registry name or reference, or "
                                          "{ref, name, params} as in a suite's defenses")
     source_bpda: str | None = None
+    craft_forward: Literal["source", "defense"] = Field(
+        default="source", description="source: craft on the source; defense: the defense's forward pass with the "
+                                      "source's gradient (BPDA, the source standing in for the whole defense)")
     craft: CraftThreat
 
     @classmethod
@@ -658,14 +668,23 @@ class TransferThreat(_Nesting):
     def _dump_craft(self, craft: ThreatModel) -> Any:
         return self._as_given("craft")
 
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> Any:
+        # craft_forward came later: at its default it is left out, so every transfer threat model
+        # written before dumps (and hashes: the suite's content hash) as it did
+        d = handler(self)
+        if isinstance(d, dict) and d.get("craft_forward") == "source":
+            d.pop("craft_forward")
+        return d
+
     def _filled(self, written: dict[str, Any]) -> dict[str, Any]:
         craft = dict(written["craft"])
         craft.setdefault("name", f"{self.name}/craft")
         craft.setdefault("batch_size", self.batch_size)
-        if self.source_bpda is not None:
+        if self.source_bpda is not None and self.craft_forward == "source":  # else the hybrid's source takes it
             craft.setdefault("bpda", self.source_bpda)
         if craft.get("attack") == "pgd":
-            craft.setdefault("keep_adversarial_iterate", False)
+            craft.setdefault("keep_adversarial_iterate", self.craft_forward == "defense")
         return {"craft": craft}
 
     @property

@@ -70,7 +70,10 @@ def test_plan_without_gradient_leaves_gradient_attacks_out_with_the_reason(madry
                         gradient=("missing", "graph broken"))
     assert [s["attack"] for s in plan.skipped] == list(GRADIENT_MEMBERS)
     assert all("not applicable (no gradient)" in s["reason"] for s in plan.skipped)
-    assert [m["name"] for m in plan.members] == ["transfer:madry_pgd_at", "transfer:trades", "square"]
+    assert [m["name"] for m in plan.members] == ["bpda-transfer:madry_pgd_at", "transfer:madry_pgd_at",
+                                                 "transfer:trades", "square"]
+    bpda = plan.members[0]  # the defense's forward, the surrogate's gradient
+    assert bpda["craft_forward"] == "defense" and bpda["craft"]["keep_adversarial_iterate"] is True
     # a rescaled Square schedule whenever the budget is not AutoAttack's 5000 queries
     assert plan_cascade(madry, findings(), replace(BUDGETS["standard"], square_queries=1000)).members[-1][
         "rescale_schedule"] is True
@@ -185,7 +188,8 @@ def test_audit_quantiser_inside_the_classifier_no_abort_no_gradient_columns(tmp_
     n = 3
     card = audit("defenses.archetypes:quantised_classifier", n_images=n, out=tmp_path / "run", budget=TINY)
     assert [s["attack"] for s in card["skipped"]] == list(GRADIENT_MEMBERS)
-    assert {m["name"] for m in card["cascade"]} == {"transfer:madry_pgd_at", "transfer:trades", "square"}
+    assert [m["name"] for m in card["cascade"]] == ["bpda-transfer:madry_pgd_at", "transfer:madry_pgd_at",
+                                                    "transfer:trades", "square"]
     assert card["verdict"]["code"] == "gradient_masking" and card["probes"]["gradient"] == "missing"
     assert all(not m.get("error") for m in card["cascade"])
     for f in ("audit.json", "audit.md", "audit.html", "run.json", "summary.csv"):
@@ -229,7 +233,7 @@ ARCHETYPE_CASES = [  # name, masked (the verdict may not say trustworthy)
 @pytest.mark.slow
 @pytest.mark.parametrize("name,masked", ARCHETYPE_CASES)
 def test_archetype_audit_matches_a_tailored_attack(tmp_path, name, masked):
-    n = 10
+    n = 20  # one image is 5 points: the target is the tailored attack's worst case within 5 points
     budget = replace(BUDGETS["quick"], indicators=not masked, binarization=False)
     card = audit(f"defenses.archetypes:{name}", n_images=n, out=tmp_path / "run", budget=budget)
     s = load_test(n)
@@ -238,10 +242,10 @@ def test_archetype_audit_matches_a_tailored_attack(tmp_path, name, masked):
     got = card["worst_case"]["robust"]
     print(f"{name}: audit {got}/{n} robust vs tailored {truth}/{n}, verdict {card['verdict']['code']}, "
           f"{card['seconds']['total']:.0f} s")
-    assert got <= truth + 1  # within one image of the truth, or stronger
+    assert got <= truth + 1  # within one image (5 points) of the truth, or stronger
     assert all(not m.get("error") for m in card["cascade"])  # no aborts, no member errors
     if masked:
         assert not card["verdict"]["code"].startswith("trustworthy"), card["verdict"]
-    elif name == "madry":
+    else:  # honest (the median filter's exact gradients included): no masking finding
         assert card["verdict"]["code"] != "gradient_masking" and "masking" not in card["verdict"]["text"], \
             card["verdict"]

@@ -5,6 +5,8 @@ the first real CIFAR-10 test images."""
 from __future__ import annotations
 
 import json
+import re
+import time
 
 import numpy as np
 import pytest
@@ -152,3 +154,94 @@ def test_diagnose_runs_the_probes_first_and_leaves_the_defense_as_declared(madry
     assert noisy.capabilities.randomised is False  # restored: the caller's defense is left as it was
     md = report_markdown(rep)
     assert "Probes (4 images, before any attack):" in md and "- randomised (not declared)" in md
+
+
+class Hangs(nn.Module):
+    """Answers at first, then hangs: in a sleep (``how="sleep"``) or a Python loop (``"loop"``),
+    on every call after ``answers`` calls, or only when gradients are asked for (``"grad"``)."""
+
+    def __init__(self, inner: nn.Module, how: str, answers: int = 0):
+        super().__init__()
+        self.inner, self.how, self.answers, self.calls = inner, how, answers, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls > self.answers and (self.how != "grad" or torch.is_grad_enabled()):
+            if self.how == "loop":
+                while True:
+                    x = x + 0.0
+            time.sleep(60)
+        return self.inner(x)
+
+
+def _sigalrm_untouched():
+    import signal
+
+    return signal.getsignal(signal.SIGALRM) is signal.SIG_DFL and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("how,probe", [("sleep", "randomness"), ("loop", "randomness"), ("grad", "gradient")])
+def test_a_probe_that_hangs_is_one_line_naming_the_probe_and_the_limit(madry, images, how, probe):
+    import signal
+
+    assert _sigalrm_untouched()
+    d = wrap(madry, "slow", classifier=Hangs(madry.classifier, how))
+    t0 = time.perf_counter()
+    with pytest.raises(ProbeError) as err:
+        probe_defense(d, *images, timeout=0.3)
+    assert time.perf_counter() - t0 < 5
+    first, *rest = str(err.value).splitlines()
+    assert first.startswith(f"probe {probe!r} on defense 'slow': no answer within its time limit of 0.3 s "
+                            "(--probe-timeout)"), first
+    assert len(rest) == 1 and re.match(r"  stopped at .*test_probes.py:\d+, in forward: "
+                                       + ("(while True:|x = x \\+ 0.0)" if how == "loop" else "time.sleep\\(60\\)"), rest[0]), rest
+    # the process is as it was: no handler, no timer left behind; the same model probes fine
+    assert _sigalrm_untouched()
+    assert probe_defense(madry, *images, timeout=30).gradient == "ok"
+    # an outer timer (another time limit, a test timeout) keeps running
+    signal.signal(signal.SIGALRM, lambda *a: None)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 100.0)
+        with pytest.raises(ProbeError):
+            probe_defense(wrap(madry, "slow", classifier=Hangs(madry.classifier, how)), *images, timeout=0.2)
+        assert 90 < signal.getitimer(signal.ITIMER_REAL)[0] < 100
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
+def test_the_default_limit_scales_with_one_forward_pass(madry, images, monkeypatch):
+    import robust_bench_sc.probes as probes
+
+    # an answer for the first pass, then a hang: the limit is FACTOR × the first pass, at least FLOOR
+    monkeypatch.setattr(probes, "PROBE_TIME_FLOOR", 0.2)
+    monkeypatch.setattr(probes, "PROBE_TIME_FACTOR", 3.0)
+    t0 = time.perf_counter()
+    with pytest.raises(ProbeError, match=r"^probe 'randomness' on defense 'slow': no answer within its time limit of "
+                                         r"[\d.]+ s \(the default: 3 × one forward pass, at least 0.2 s"):
+        probe_defense(wrap(madry, "slow", classifier=Hangs(madry.classifier, "sleep", answers=1)), *images)
+    assert time.perf_counter() - t0 < 10
+
+
+def test_a_probe_that_loops_in_another_thread_is_stopped_too(madry, images):
+    import threading
+
+    out: dict[str, BaseException] = {}
+
+    def probe():
+        try:
+            probe_defense(wrap(madry, "slow", classifier=Hangs(madry.classifier, "loop")), *images, timeout=0.3)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            out["exc"] = exc
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join(10)
+    assert not t.is_alive()
+    assert isinstance(out.get("exc"), ProbeError) and "time limit of 0.3 s" in str(out["exc"])
+    assert _sigalrm_untouched()  # the signal is not used outside the main thread
+
+
+def test_probe_timeout_must_be_positive(madry, images):
+    with pytest.raises(ValueError, match="probe timeout 0: must be > 0 seconds"):
+        probe_defense(madry, *images, timeout=0)

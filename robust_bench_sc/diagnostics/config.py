@@ -60,6 +60,11 @@ class DiagnosticsConfig:
     transfer_warn: float = 0.20
     monotone_tol: int = 1  # images of slack before a non-monotone ε curve fails
     skip: tuple[str, ...] = ()
+    # the images: a dataset plug-in (robust_bench_sc.datasets; None: cifar10_npz) and its folder or file
+    # (None: $SCBENCH_DATA, else shared/data/cifar10), its first n_images test images
+    dataset: str | None = None
+    data_dir: str | None = None
+    probe_timeout: float | None = None  # seconds per probe (None: scaled from one forward pass; probes.py)
 
     def __post_init__(self) -> None:
         self.validate()

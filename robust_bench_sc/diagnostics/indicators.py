@@ -20,7 +20,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from robust_bench_sc.attacks.base import AttackContext
 from robust_bench_sc.attacks.pgd import margin_loss
 from robust_bench_sc.defense import IDENTITY_BPDA, Capabilities, Defense
 from robust_bench_sc.diagnostics.base import (FAIL, MASKING, OPTIMISATION, PASS, RANDOMNESS, SKIP, WARN, Outcome,
@@ -103,7 +102,7 @@ def transfer_failure(run: DiagnosticRun) -> Outcome:
     if run.defense.preprocess is None:
         return Outcome(SKIP, "no preprocess, hence no BPDA surrogate")
     label = "diagnostics-surrogate"
-    ctx = AttackContext(run.defense, run.device, run.cfg.seed)
+    ctx = run.context()
     ctx.cache[f"transfer-source:{label}"] = surrogate(run).to(run.device).eval()
     c = run.cfg
     craft = dict(attack="pgd", norm=c.norm, epsilon=c.epsilon, steps=c.steps, restarts=c.restarts,

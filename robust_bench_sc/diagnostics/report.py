@@ -109,12 +109,11 @@ def diagnose(defense: Defense, cfg: DiagnosticsConfig | None = None, log: Callab
     cfg.validate()
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    run = DiagnosticRun(defense, cfg, log)
-    from robust_bench_sc.probes import probe_defense
-
     # probes first (a few images, their own random state): undeclared randomness is treated as randomised
     # from here on (EOT, PGD's stopping rule, re-checks); the randomness indicator still reports the declaration
-    found = probe_defense(defense, run.x[:8], run.y[:8], device=run.device, seed=cfg.seed)
+    run = DiagnosticRun(defense, cfg, log, probe=True)
+    found = run.probes
+    assert found is not None
     declared = defense.capabilities  # restored at the end: the caller's defense is left as it was
     if found.undeclared_randomness:
         defense.capabilities = replace(defense.capabilities, randomised=True)

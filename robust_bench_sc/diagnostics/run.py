@@ -46,9 +46,14 @@ class Records:
 class DiagnosticRun:
     """Data, defense and settings of one diagnosis, and the attacks its indicators run."""
 
-    def __init__(self, defense: Defense, cfg: DiagnosticsConfig, log: Callable[[str], None] | None = None):
-        from robust_bench_sc.data import load_test
+    def __init__(self, defense: Defense, cfg: DiagnosticsConfig, log: Callable[[str], None] | None = None,
+                 probe: bool = False):
+        """``probe``: run the probes (robust_bench_sc.probes) on the first 8 images before
+        anything else touches the defense (``self.probes``; None without)."""
+        from robust_bench_sc.data import load_dataset
+        from robust_bench_sc.datasets import DEFAULT_DATASET
         from robust_bench_sc.evaluate import predict
+        from robust_bench_sc.probes import ProbeFindings, probe_defense
 
         self.defense = defense
         self.cfg = cfg
@@ -56,14 +61,27 @@ class DiagnosticRun:
         self.declared_randomised = bool(defense.capabilities.randomised)
         self.device = torch.device(cfg.device)
         defense.to(self.device).eval()
-        split = load_test(cfg.n_images)
+        split = load_dataset(cfg.dataset or DEFAULT_DATASET, cfg.data_dir, "test", cfg.n_images)
+        self.split = split
         self.x, self.y, self.idx = split.x, split.y, split.idx
         self.n = int(self.y.shape[0])
         self.log = log or (lambda s: None)
-        self.clean_pred = predict(defense, self.x, cfg.batch_size, self.device)
+        self.probes: ProbeFindings | None = None
+        if probe:  # before the clean predictions: a defense that hangs is stopped by the probes' time limit
+            self.probes = probe_defense(defense, self.x[:8], self.y[:8], device=self.device, seed=cfg.seed,
+                                        n_classes=split.n_classes, timeout=cfg.probe_timeout)
+        self.clean_pred = predict(defense, self.x, cfg.batch_size, self.device, n_classes=split.n_classes)
         self.correct = self.clean_pred == self.y
         self.attack_seconds: dict[str, float] = {}
         self._pos = {int(i): j for j, i in enumerate(self.idx.tolist())}
+
+    def context(self, defense: Defense | None = None) -> AttackContext:
+        """An attack context for ``defense`` (default the diagnosed one) on these images."""
+        from robust_bench_sc.paths import data_dir
+
+        return AttackContext(defense or self.defense, self.device, self.cfg.seed, n_classes=self.split.n_classes,
+                             input_shape=self.split.image_shape, dataset=self.split.dataset,
+                             data_root=str(data_dir(self.cfg.data_dir)))
 
     # -- facts ------------------------------------------------------------------------
     @property
@@ -115,7 +133,7 @@ class DiagnosticRun:
         self.log(f"attack {key}: {threat.kind} on {sel.numel()} images")
         recs: list[dict[str, Any]] = []
         if sel.numel():
-            ctx = ctx or AttackContext(self.defense, self.device, self.cfg.seed)
+            ctx = ctx or self.context()
             recs = evaluate_threat(self.defense, threat, self.x[sel], self.y[sel], self.idx[sel], ctx,
                                    self.clean_pred[sel])
         self.attack_seconds[key] = round(time.perf_counter() - t0, 2)
