@@ -7,7 +7,8 @@ The steps (docs/audit.md explains every rule, with references):
    is its preprocess differentiable.
 2. **Cascade** (:func:`plan_cascade`): one ``worst_case`` threat model whose members run in
    order, each only on the images every earlier one left robust (AutoAttack's rule), cheap
-   and strong first: APGD-CE, APGD-DLR (DLR first on a saturated defense), APGD-T (targeted),
+   and strong first: APGD-CE, APGD-DLR (DLR first on a saturated defense), APGD-T (targeted;
+   after Square when the gradients are a BPDA stand-in's),
    with EOT when the defense is randomised and BPDA only for a preprocess that is not
    differentiable; transfer from robust surrogates (the reference Madry ResNet-32, and
    TRADES where gradients are unavailable); Square (gradient free). The settings the audit
@@ -229,6 +230,15 @@ def plan_cascade(defense: Defense, findings: ProbeFindings, budget: AuditBudget,
     if randomised:
         reasons["square"].append(f"eot {square_eot}: scores averaged over {square_eot} passes of the randomised "
                                  f"defense, recheck {recheck}")
+    targeted = next((m for m in members if m["name"] == "apgd-t"), None)
+    if targeted is not None and bpda is not None:
+        members.remove(targeted)
+        members.append(targeted)
+        reasons["apgd-t"].insert(0, f"last, after Square: the gradient attacks follow the BPDA stand-in "
+                                    f"({bpda}), an approximation of the defense's gradient, and the targeted "
+                                    f"attack's 9 target classes × {budget.apgd_iterations} iterations are the "
+                                    "cascade's most expensive part; Square, exact forward passes that stop at an "
+                                    "image's first success, leaves it only the images it could not fool")
     return CascadePlan(members=members, reasons=reasons, skipped=skipped, randomised=randomised, bpda=bpda,
                        gradient_attacks=gradient_ok, eot=eot)
 

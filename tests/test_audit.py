@@ -79,6 +79,20 @@ def test_plan_without_gradient_leaves_gradient_attacks_out_with_the_reason(madry
         "rescale_schedule"] is True
 
 
+def test_plan_with_bpda_runs_the_targeted_apgd_after_square():
+    """Through a BPDA stand-in the gradient is an approximation, so the costly targeted APGD
+    (9 target classes) runs last, on what Square left: on the sparse-coding frontend (T = 15)
+    the committed run has APGD at 37.7 % and Square at 0.6 % of 1000 images."""
+    filtered = build_defense("defenses.archetypes:median_filter")  # a preprocess in front, as on T15
+    plan = plan_cascade(filtered, findings(preprocess_differentiable=False), BUDGETS["standard"], bpda="auto")
+    assert [m["name"] for m in plan.members] == ["apgd-ce", "apgd-dlr", "transfer:madry_pgd_at", "square", "apgd-t"]
+    assert all(m["bpda"] == "auto" for m in plan.members if m["name"] in GRADIENT_MEMBERS)
+    assert plan.reasons["apgd-t"][0].startswith("last, after Square: the gradient attacks follow the BPDA stand-in")
+    # exact gradients (no BPDA): AutoAttack's order stands
+    plan = plan_cascade(filtered, findings(preprocess_differentiable=True), BUDGETS["standard"], bpda=None)
+    assert [m["name"] for m in plan.members] == ["apgd-ce", "apgd-dlr", "apgd-t", "transfer:madry_pgd_at", "square"]
+
+
 def test_gradient_through_the_quantiser_is_missing_and_through_madry_ok(madry):
     s = load_test(2)
     q = build_defense("defenses.archetypes:quantised_classifier")
