@@ -29,7 +29,6 @@ them in.
 
 from __future__ import annotations
 
-import ctypes
 import signal
 import sys
 import threading
@@ -75,12 +74,13 @@ def time_limit(seconds: float | None, what: str = "the call") -> Iterator[None]:
 
     In the main thread on a system with ``signal.setitimer`` (Linux, macOS): a SIGALRM timer,
     which also interrupts a sleep or a blocking wait; the previous handler and any outer timer
-    are restored afterwards. In another thread: a watchdog thread raises the exception
-    asynchronously in this one (``PyThreadState_SetAsyncExc``), which takes effect at its next
-    Python bytecode (a loop in Python, not a sleep). Either way Python cannot interrupt a
-    single long operation in C (a torch kernel that never returns): the exception is raised
-    when it returns, and a watchdog writes one line to stderr ``STUCK_REPORT_AFTER`` seconds
-    past the limit saying so."""
+    are restored afterwards. In another thread no signal can reach the code: the exception is
+    raised when the call returns past its limit (an asynchronous exception injected from a
+    watchdog, ``PyThreadState_SetAsyncExc``, was tried and left the interpreter broken for
+    later calls in the process: pyautoattack's traced forward pass then never returned).
+    Either way Python cannot interrupt a single long operation in C (a torch kernel that never
+    returns), nor, outside the main thread, a loop: a watchdog writes one line to stderr
+    ``STUCK_REPORT_AFTER`` seconds past the limit saying so."""
     if seconds is None:
         yield
         return
@@ -90,16 +90,10 @@ def time_limit(seconds: float | None, what: str = "the call") -> Iterator[None]:
     lock = threading.Lock()
     done = threading.Event()
     main = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
-    target = threading.get_ident()
 
     def watchdog() -> None:
         if done.wait(seconds):
             return
-        if not main:
-            with lock:
-                if state["armed"]:
-                    state["fired"] = True
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), ctypes.py_object(ProbeTimeout))
         if not done.wait(STUCK_REPORT_AFTER):
             sys.stderr.write(f"{what} has run {seconds + STUCK_REPORT_AFTER:g} s, past its time limit of {seconds:g} s, "
                              "inside code Python cannot interrupt (a torch or C operation); it stops when that "
@@ -120,12 +114,12 @@ def time_limit(seconds: float | None, what: str = "the call") -> Iterator[None]:
     dog.start()
     try:
         yield
+        if not main and time.monotonic() - t0 > seconds:  # no signal outside the main thread
+            raise ProbeTimeout()
     finally:
         try:  # a timeout that arrives during this block still runs the restoring one below
             with lock:
                 state["armed"] = False
-                if state["fired"] and not main:  # raised but maybe not delivered yet: withdraw it
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), None)
             if main:
                 signal.setitimer(signal.ITIMER_REAL, 0)
         finally:
