@@ -86,8 +86,7 @@ def time_limit(seconds: float | None, what: str = "the call") -> Iterator[None]:
         return
     if seconds <= 0:
         raise ValueError(f"time limit {seconds!r}: must be > 0 seconds")
-    state = {"armed": True, "fired": False}
-    lock = threading.Lock()
+    state = {"armed": True}
     done = threading.Event()
     main = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
 
@@ -101,7 +100,6 @@ def time_limit(seconds: float | None, what: str = "the call") -> Iterator[None]:
 
     def alarm(signum: int, frame: Any) -> None:
         if state["armed"]:
-            state["fired"] = True
             raise ProbeTimeout()
 
     dog = threading.Thread(target=watchdog, name="scbench-time-limit", daemon=True)
@@ -118,8 +116,7 @@ def time_limit(seconds: float | None, what: str = "the call") -> Iterator[None]:
             raise ProbeTimeout()
     finally:
         try:  # a timeout that arrives during this block still runs the restoring one below
-            with lock:
-                state["armed"] = False
+            state["armed"] = False
             if main:
                 signal.setitimer(signal.ITIMER_REAL, 0)
         finally:
