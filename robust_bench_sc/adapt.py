@@ -22,7 +22,9 @@ The rules (Carlini et al. 2019; Athalye et al. 2018; AutoAttack's ``rand`` versi
 - **no usable gradient even so** (a break inside the classifier): gradient attacks are not
   run; their columns say "not applicable (no gradient)", flagged, and the verdict rests on
   the gradient-free and transfer columns;
-- **saturated**: PGD's CE loss, whose gradient underflows, becomes the margin (CW) loss.
+- **saturated**, or **outputs that are probabilities** (a softmax inside the classifier): PGD's
+  CE loss, whose gradient underflows (or which applies a second softmax), becomes the margin
+  (CW) loss.
 """
 
 from __future__ import annotations
@@ -127,6 +129,12 @@ class DefenseAdaptation:
                 choices.append(Choice("loss", "cw", f"saturated ({round(f.saturated_frac * f.n_images)}/"
                                                     f"{f.n_images} images): the CE gradient underflows, the margin "
                                                     "loss leads"))
+            elif f.probabilities and getattr(t, "loss", None) == "ce":
+                update["loss"] = "cw"
+                choices.append(Choice("loss", "cw", f"the outputs are probabilities, not logits "
+                                                    f"({round(f.probabilities_frac * f.n_images)}/{f.n_images} "
+                                                    "images): CE would apply a second softmax, the margin loss "
+                                                    "leads"))
         return (t.model_copy(update=update) if update else t), choices
 
     def warnings_for(self, t: ThreatModel) -> list[str]:

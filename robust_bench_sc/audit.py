@@ -162,7 +162,8 @@ def plan_cascade(defense: Defense, findings: ProbeFindings, budget: AuditBudget,
     members: list[dict[str, Any]] = []
     gradient_ok = status == "ok"
     if gradient_ok:
-        order = ["apgd-dlr", "apgd-ce", "apgd-t"] if findings.saturated else ["apgd-ce", "apgd-dlr", "apgd-t"]
+        margin_first = findings.saturated or findings.probabilities
+        order = ["apgd-dlr", "apgd-ce", "apgd-t"] if margin_first else ["apgd-ce", "apgd-dlr", "apgd-t"]
         if randomised:  # AutoAttack's rand version: APGD-CE and APGD-DLR with EOT, no targeted attack
             order.remove("apgd-t")
             skipped.append({"attack": "apgd-t", "reason": f"left out on a randomised defense, as in AutoAttack's rand "
@@ -178,6 +179,10 @@ def plan_cascade(defense: Defense, findings: ProbeFindings, budget: AuditBudget,
             if which == "apgd-dlr" and findings.saturated:
                 why.insert(0, "first: the softmax is saturated (probe), so the CE gradient underflows and the "
                               "scale-invariant DLR margin loss leads")
+            elif which == "apgd-dlr" and findings.probabilities:
+                why.insert(0, "first: the outputs are probabilities, not logits (probe), so CE applies a second "
+                              "softmax (a flat loss, vanishing gradients) and the scale-invariant DLR margin loss "
+                              "leads")
             if which == "apgd-t":
                 why.insert(0, "targeted APGD-DLR over the 9 most likely other classes (AutoAttack's apgd-t)")
             reasons[which] = why + common_why
@@ -191,7 +196,8 @@ def plan_cascade(defense: Defense, findings: ProbeFindings, budget: AuditBudget,
             "attack": "transfer", "name": name, "source": SURROGATE, "craft_forward": "defense", "recheck": recheck,
             "batch_size": budget.batch_size,
             "craft": {"attack": "pgd", "norm": "linf", "epsilon": eps, "steps": budget.transfer_steps, "restarts": 1,
-                      "step_size": "epsilon/4", "loss": "cw" if findings.saturated else "ce", "random_start": True,
+                      "step_size": "epsilon/4", "loss": "cw" if findings.saturated or findings.probabilities else "ce",
+                      "random_start": True,
                       "keep_adversarial_iterate": True, "eot": eot}})
         reasons[name] = [f"PGD-{budget.transfer_steps} on the defense's own forward pass with the gradient of the "
                          f"robust surrogate {SURROGATE!r}: BPDA with the surrogate standing in for the whole defense "
@@ -333,6 +339,14 @@ def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any],
                            f"saturated softmax on {findings.saturated_frac:.0%} of the probe images: the CE "
                            "gradient underflows (Carlini & Wagner 2017)",
                            "margin losses (DLR/CW) lead, as in this cascade; a CE-only PGD number is not valid"))
+    if findings.probabilities:
+        out.append(Finding("probe", "fail", "masking",
+                           f"the outputs are probabilities, not logits, on {findings.probabilities_frac:.0%} of the "
+                           "probe images (a softmax inside the classifier): a CE loss applies a second softmax to "
+                           "values in [0, 1], a nearly flat loss whose gradient vanishes where the first softmax "
+                           "saturates (Carlini & Wagner 2017; Carlini et al. 2019 §4.4)",
+                           "return the logits (drop the final softmax); attack with margin losses (DLR, or CW on the "
+                           "log of the outputs), as in this cascade; a CE-only number is not valid"))
     for m in outcome["per_attack"]:
         if m.get("error"):
             out.append(Finding("cascade", "fail", "optimisation", f"{m['name']} raised and contributed nothing "

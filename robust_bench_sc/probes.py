@@ -14,6 +14,12 @@ each on the images it is given:
   saturated softmax for reasons of its own (the saturation probe says so);
 - **preprocess differentiability**: the same check through the preprocess alone (None when
   the defense has no separate preprocess);
+- **probabilities**: the outputs are already probabilities (every pass's rows non-negative and
+  summing to 1 within ``PROBABILITY_TOL``: a softmax inside the classifier), not logits. An
+  attack's CE then applies a second softmax to values in [0, 1] (a nearly flat loss whose
+  gradient vanishes where the first softmax saturates; Carlini & Wagner 2017 §V, Carlini et al.
+  2019 §4.4), so margin losses lead; the saturation probe then reads the outputs themselves as
+  the probabilities;
 - **saturation**: softmax one-hot (max probability ≥ 1 − 1e-6) or a CE input gradient that
   underflows to zero where the margin's does not.
 
@@ -49,6 +55,7 @@ GRADIENT_STATUSES: tuple[str, ...] = get_args(GradientStatus)
 
 SATURATION_GAP = 1e-6     # softmax max ≥ 1 − this: one-hot
 RANDOM_REL_TOL = 1e-5     # logits differing by more than this × max(|logit|, 1) differ (the diagnostics' rule)
+PROBABILITY_TOL = 1e-3    # rows ≥ 0 summing to 1 within this: the outputs are probabilities, not logits
 MAJORITY = 0.5            # share of images that makes an image-level finding the defense's
 
 
@@ -139,6 +146,8 @@ class ProbeFindings:
     gradient_detail: one line, the evidence.
     preprocess_differentiable: the preprocess alone has a usable gradient (None: no preprocess).
     saturated / saturated_frac: softmax one-hot or CE gradient underflow, on most images / the share.
+    probabilities / probabilities_frac: the outputs are probabilities (rows ≥ 0 summing to 1 on
+    every pass), not logits, on most images / the share.
     """
 
     n_images: int
@@ -152,6 +161,8 @@ class ProbeFindings:
     saturated_frac: float
     seconds: float
     n_passes: int = 4
+    probabilities: bool = False
+    probabilities_frac: float = 0.0
 
     def __post_init__(self) -> None:
         if self.gradient not in GRADIENT_STATUSES:
@@ -174,6 +185,7 @@ class ProbeFindings:
         d = asdict(self)
         d["prediction_flip_frac"] = round(self.prediction_flip_frac, 6)
         d["saturated_frac"] = round(self.saturated_frac, 6)
+        d["probabilities_frac"] = round(self.probabilities_frac, 6)
         d["seconds"] = round(self.seconds, 3)
         return d
 
@@ -212,6 +224,11 @@ class ProbeFindings:
             lines.append("preprocess differentiable -> bpda: auto keeps its exact gradients")
         else:
             lines.append("preprocess not differentiable -> bpda: auto uses a stand-in (identity unless declared)")
+        if self.probabilities:
+            lines.append(f"outputs are probabilities, not logits: on {round(self.probabilities_frac * n)}/{n} images "
+                         "every pass's scores are ≥ 0 and sum to 1 (a softmax inside the classifier) -> CE would "
+                         "apply a second softmax (a flat loss, vanishing gradients): margin (DLR/CW) losses lead; "
+                         "the saturation probe reads the outputs as the probabilities")
         s = round(self.saturated_frac * n)
         if self.saturated:
             lines.append(f"saturated: {s}/{n} images have a one-hot softmax or a CE gradient that underflows -> "
@@ -411,9 +428,15 @@ def probe_defense(defense: Defense, x: torch.Tensor, y: torch.Tensor, *, device:
                 g, broken = _call("preprocess gradient", defense, lambda: input_gradient(pre_module, x, projected))
             pre = broken is None and g is not None and not bool(bad_gradients(g)["nonfinite"].any()) \
                 and int(bad_gradients(g)["zero"].sum()) < max(1, MAJORITY * n)
+    # probabilities: every pass's rows non-negative and summing to 1 (a softmax inside the classifier)
+    prob_rows = ((outs >= 0).all(2) & ((outs.double().sum(2) - 1).abs() <= PROBABILITY_TOL)).all(0).cpu()
+    prob_frac = float(prob_rows.float().mean())
+    probabilities = prob_frac >= MAJORITY
     # saturation: one-hot softmax (in float64: the gap is below float32's resolution near 1), or a CE
-    # gradient that underflowed where the margin's did not
-    logp = torch.log_softmax(outs[0].double(), 1)
+    # gradient that underflowed where the margin's did not; outputs that are probabilities are read as such
+    out0 = outs[0].double()
+    logp = torch.log(out0.clamp_min(0) / out0.clamp_min(0).sum(1, keepdim=True).clamp_min(1e-300)) if probabilities \
+        else torch.log_softmax(out0, 1)
     one_hot = (1 - logp.max(1).values.exp()) <= SATURATION_GAP
     sat = one_hot.cpu()
     if grad == "ok" and ce_zero is not None:
@@ -422,4 +445,5 @@ def probe_defense(defense: Defense, x: torch.Tensor, y: torch.Tensor, *, device:
     return ProbeFindings(n_images=n, randomised=randomised, randomised_declared=bool(defense.capabilities.randomised),
                          prediction_flip_frac=float(flips.float().mean()), gradient=grad, gradient_detail=detail,
                          preprocess_differentiable=pre, saturated=sat_frac >= MAJORITY, saturated_frac=sat_frac,
-                         seconds=time.perf_counter() - t0, n_passes=n_passes)
+                         seconds=time.perf_counter() - t0, n_passes=n_passes, probabilities=probabilities,
+                         probabilities_frac=prob_frac)

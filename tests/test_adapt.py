@@ -137,6 +137,14 @@ def test_saturated_logits_switch_pgd_to_the_margin_loss(madry, images):
     assert t.loss == "cw" and choices[0].setting == "loss" and "saturated (8/8 images)" in choices[0].reason
 
 
+
+def test_outputs_that_are_probabilities_switch_pgd_to_the_margin_loss(madry, images):
+    a = adapt(Defense(name="softmax", classifier=nn.Sequential(madry.classifier, nn.Softmax(1))), images)
+    t, choices = a.threat(PGD)
+    assert t.loss == "cw" and [c.setting for c in choices] == ["loss"]
+    assert "outputs are probabilities, not logits (8/8 images)" in choices[0].reason
+    assert a.key(PGD) == {"loss": "cw"}
+
 SUITE = """name: auto
 seed: 0
 data: {{n_images: 4, chunk_size: 4}}

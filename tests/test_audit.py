@@ -55,6 +55,20 @@ def test_plan_saturated_puts_dlr_first(madry):
     assert "saturated" in plan.reasons["apgd-dlr"][0]
 
 
+def test_plan_probabilities_put_dlr_first_and_the_verdict_says_so(madry):
+    plan = plan_cascade(madry, findings(probabilities=True, probabilities_frac=1.0), BUDGETS["standard"])
+    assert [m["name"] for m in plan.members][:2] == ["apgd-dlr", "apgd-ce"]
+    assert "outputs are probabilities" in plan.reasons["apgd-dlr"][0]
+    honest = cascade_outcome(_records(["apgd-dlr"] * 6 + [""] * 4), [*GRADIENT_MEMBERS, "square"])
+    v = verdict(findings(probabilities=True, probabilities_frac=1.0), plan, honest, None, None)
+    assert v["code"] == "gradient_masking" and "outputs are probabilities, not logits" in v["text"]
+    assert "drop the final softmax" in v["text"]
+    # without a gradient: the BPDA transfer's PGD uses the margin loss
+    plan = plan_cascade(madry, findings(probabilities=True, probabilities_frac=1.0, gradient="missing"),
+                        BUDGETS["standard"])
+    assert plan.members[0]["name"].startswith("bpda-transfer") and plan.members[0]["craft"]["loss"] == "cw"
+
+
 def test_plan_randomised_uses_eot_and_recheck_everywhere(madry):
     plan = plan_cascade(madry, findings(randomised=True, prediction_flip_frac=0.25), BUDGETS["standard"])
     grad = [m for m in plan.members if m["name"] in GRADIENT_MEMBERS]
@@ -191,6 +205,19 @@ def tailored(name: str, x, y, draws: int) -> int:
         loss = ce(d, eot=10)
     elif name == "saturated_logits":  # a margin loss: the CE gradient underflows
         loss = cw(d)
+    elif name == "softmax_output":  # the outputs are probabilities: a margin on their log (the logits + a constant)
+        loss = cw(lambda h: torch.log(d(h).clamp_min(1e-30)))
+    elif name == "majority_vote_smoothing":  # EOT on the smoothed soft classifier: the base's mean softmax
+        vote = d.classifier
+        torch.manual_seed(0)
+
+        def loss(xa, yy):
+            noisy = [(xa + vote.sigma * torch.randn_like(xa)).clamp(0, 1) for _ in range(10)]
+            p = torch.stack([F.softmax(vote.base(h), 1) for h in noisy]).mean(0)
+            return F.nll_loss(torch.log(p.clamp_min(1e-30)), yy)
+    elif name == "stochastic_activation_pruning":  # EOT (Athalye et al. 2018 §5.3.1)
+        torch.manual_seed(0)
+        loss = ce(d, eot=10)
     else:  # exact gradients (the median filter's too)
         loss = ce(d)
     xa = pgd(loss, x, y, steps=40)
@@ -241,7 +268,8 @@ def test_cli_audit_errors(tmp_path):
 
 ARCHETYPE_CASES = [  # name, masked (the verdict may not say trustworthy)
     ("random_resize_pad", True), ("random_resize_pad_undeclared", True), ("gaussian_noise", True),
-    ("quantised_classifier", True), ("saturated_logits", True), ("median_filter", False), ("madry", False)]
+    ("quantised_classifier", True), ("saturated_logits", True), ("median_filter", False), ("madry", False),
+    ("softmax_output", True), ("majority_vote_smoothing", True), ("stochastic_activation_pruning", True)]
 
 
 @pytest.mark.slow

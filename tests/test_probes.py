@@ -126,6 +126,24 @@ def test_saturated_logits(madry, images):
     assert "margin (DLR/CW) loss leads" in f.summary_lines()[3]
 
 
+def test_outputs_that_are_probabilities_are_found_and_read_as_such(madry, images):
+    """A softmax inside the classifier: the probe says so, and its saturation reads the
+    outputs themselves as the probabilities (a second softmax of them is never one-hot)."""
+    f = probe_defense(wrap(madry, "softmax", classifier=nn.Sequential(madry.classifier, nn.Softmax(1))), *images)
+    assert f.probabilities and f.probabilities_frac == 1.0 and f.gradient == "ok"
+    assert not f.saturated  # Madry's softmax is not one-hot on these images
+    assert any(line.startswith("outputs are probabilities, not logits: on 8/8 images") for line in f.summary_lines())
+    assert ProbeFindings.from_dict(f.to_dict()).probabilities
+    # a saturated softmax at the output: one-hot probabilities, found saturated (softmax of them is not)
+    g = probe_defense(wrap(madry, "sat-softmax", classifier=nn.Sequential(Scaled(madry.classifier, 1e4),
+                                                                          nn.Softmax(1))), *images)
+    assert g.probabilities and g.saturated and g.saturated_frac == 1.0
+    # logits are not probabilities, nor are non-negative scores that do not sum to 1 (vote counts)
+    assert not probe_defense(madry, *images).probabilities
+    votes = nn.Sequential(madry.classifier, nn.Softmax(1), Scaled(nn.Identity(), 8.0))
+    assert probe_defense(wrap(madry, "votes", classifier=votes), *images).probabilities_frac == 0.0
+
+
 def test_quantisation_gives_zero_gradient(madry, images):
     inside = probe_defense(wrap(madry, "jpeg-inside", classifier=nn.Sequential(Quantise(), madry.classifier)), *images)
     assert inside.gradient == "zero" and inside.gradient_detail.startswith("8/8 all-zero")

@@ -17,6 +17,9 @@ registered under ``archetype_*`` names (``pyproject.toml``) and are usable as
 | :func:`saturated_logits` | the logits ×10⁴ (folded into the last linear layer): softmax is one-hot, the cross-entropy gradient underflows | Carlini & Wagner 2017 (defensive distillation's temperature); Tramèr et al. 2020 | zero CE gradients |
 | :func:`median_filter` | a 3 × 3 median filter as a *differentiable* preprocess (torch.median selects one input per output, so exact gradients exist) | median smoothing, Xu et al. 2018 (feature squeezing) | exact gradients; an identity BPDA stand-in is weaker |
 | :func:`detached_logits` | the logits ``.detach()``-ed at the classifier's output (predictions unchanged) | a broken-graph bug rather than a defense; the plain cause of "element 0 of tensors does not require grad" | no input gradient at all; a backend that asks for one raises |
+| :func:`softmax_output` | Madry's ResNet-32 with a softmax at its output: the "logits" are probabilities | a common mistake (Carlini & Wagner 2017 §V, "on the softmax output"; Carlini et al. 2019 §4.4) | CE on probabilities: a loss bounded in [log(1 + 9/e), log(1 + 9e)] whose gradient vanishes where the softmax saturates |
+| :func:`majority_vote_smoothing` | randomized smoothing's prediction as a naive author ships it: ``n`` Gaussian-noised copies (σ = 0.04, fresh per call), the output is the vote counts | Cohen, Rosenfeld, Kolter 2019 (PREDICT); attacked with EOT on the smoothed soft classifier in Salman et al. 2019 | no input gradient (argmax votes), and randomised |
+| :func:`stochastic_activation_pruning` | SAP: after each of the three residual stages, activations are sampled with probability ∝ their magnitude, the rest set to zero, the kept ones scaled by their inverse keep probability; fresh per image and call | Dhillon et al. 2018 (ICLR), broken by EOT in Athalye et al. 2018 §5.3.1 | gradients of one random pruning, inside the classifier; nothing declared |
 | :func:`madry` | the honest control: the Madry ResNet-32 alone | Madry et al. 2018 | honest gradients |
 """
 
@@ -34,6 +37,9 @@ NOISE_SIGMA = 0.03
 QUANTISE_LEVELS = 16
 SATURATION = 1e4
 MEDIAN_WINDOW = 3
+VOTE_SIGMA = 0.04        # Cohen et al. use σ ∈ {0.12, 0.25, 0.5} on [0, 1] images and train for it; Madry's net was not
+VOTE_SAMPLES = 8         # Cohen et al.'s PREDICT uses n = 100 000 (with an abstention test); a naive author a handful
+SAP_SAMPLES = 1.0        # SAP draws this many × (activations per image) samples, with replacement (Dhillon et al.)
 
 
 def _madry_net(checkpoint: str | None = None):
@@ -201,6 +207,93 @@ def detached_logits(checkpoint: str | None = None) -> "Defense":
                    description="archetype: Madry's ResNet-32 with its logits detached (no input gradient)")
 
 
+def softmax_output(checkpoint: str | None = None) -> "Defense":
+    """Madry's ResNet-32 followed by a softmax inside the classifier: the defense returns
+    probabilities where logits are expected (the same predictions). An attack's cross-entropy
+    then applies a second softmax to values in [0, 1]: the loss is nearly flat, and its gradient
+    through the first softmax vanishes where that one saturates (Carlini & Wagner 2017 §V on
+    attacking the softmax output; Carlini et al. 2019 §4.4). The right loss is a margin on the
+    log of the outputs (the logits up to a constant per image)."""
+    from torch import nn
+
+    from robust_bench_sc.defense import Defense
+
+    return Defense(name="archetype_softmax_output", classifier=nn.Sequential(_madry_net(checkpoint), nn.Softmax(dim=1)),
+                   description="archetype: Madry's ResNet-32 with a softmax at its output (probabilities, not logits)")
+
+
+def majority_vote_smoothing(checkpoint: str | None = None, sigma: float = VOTE_SIGMA,
+                            n_samples: int = VOTE_SAMPLES) -> "Defense":
+    """Randomized smoothing's prediction (Cohen, Rosenfeld, Kolter 2019, "Certified adversarial
+    robustness via randomized smoothing", PREDICT without the abstention test) as a naive author
+    ships it: ``n_samples`` copies of each image with fresh Gaussian noise σ (clipped to [0, 1])
+    through Madry's ResNet-32, and the output is the *vote counts* per class (float). Nothing is
+    declared. The votes are an argmax, so no input gradient exists, and they change per call.
+    The attack that works is EOT on the smoothed soft classifier (the base network's mean softmax
+    under the same noise; Salman et al. 2019, "Provably robust deep learning via adversarially
+    trained smoothed classifiers")."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from robust_bench_sc.defense import Defense
+
+    class MajorityVote(nn.Module):
+        def __init__(self, base: nn.Module, sigma: float, n_samples: int):
+            super().__init__()
+            self.base, self.sigma, self.n_samples = base, float(sigma), int(n_samples)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            n = x.shape[0]
+            noisy = (x.repeat(self.n_samples, 1, 1, 1) + self.sigma * torch.randn(
+                (self.n_samples * n, *x.shape[1:]), device=x.device, dtype=x.dtype)).clamp(0.0, 1.0)
+            logits = self.base(noisy)
+            votes = F.one_hot(logits.argmax(1), logits.shape[1]).view(self.n_samples, n, -1).sum(0)
+            return votes.to(x.dtype)
+
+    return Defense(name="archetype_majority_vote_smoothing",
+                   classifier=MajorityVote(_madry_net(checkpoint), sigma, n_samples),
+                   description=f"archetype: majority vote of Madry's ResNet-32 over {n_samples} Gaussian-noised copies "
+                               f"(σ={sigma:g}; Cohen et al. 2019's PREDICT), vote counts out, nothing declared")
+
+
+def stochastic_activation_pruning(checkpoint: str | None = None, samples: float = SAP_SAMPLES) -> "Defense":
+    """Stochastic activation pruning (Dhillon et al. 2018, "Stochastic activation pruning for
+    robust adversarial defense", ICLR) inside Madry's ResNet-32: after each of its three residual
+    stages, per image, ``samples`` × (activations) draws with replacement, each activation drawn
+    with probability |h| / Σ|h|; the drawn ones are kept and scaled by 1 / (1 − (1 − p)^draws),
+    the others set to zero. Fresh per image and call, in eval mode too; nothing declared.
+    Gradients exist (those of one random pruning): Athalye et al. 2018 §5.3.1 broke it with EOT."""
+    import torch
+    from torch import nn
+
+    from robust_bench_sc.defense import Defense
+
+    class StochasticActivationPruning(nn.Module):
+        def __init__(self, samples: float):
+            super().__init__()
+            self.samples = float(samples)
+
+        def forward(self, h: torch.Tensor) -> torch.Tensor:
+            flat = h.flatten(1)
+            mag = flat.detach().abs()
+            total = mag.sum(1, keepdim=True)
+            p = torch.where(total > 0, mag / total.clamp_min(1e-30), torch.full_like(mag, 1.0 / mag.shape[1]))
+            draws = max(1, int(self.samples * flat.shape[1]))
+            picked = torch.multinomial(p, draws, replacement=True)
+            keep = torch.zeros_like(p).scatter_(1, picked, 1.0)
+            scale = 1.0 / (1.0 - (1.0 - p) ** draws).clamp_min(1e-12)
+            return (flat * keep * scale).view_as(h)
+
+    net = copy.deepcopy(_madry_net(checkpoint))
+    net.block1 = nn.Sequential(net.block1, StochasticActivationPruning(samples))
+    net.block2 = nn.Sequential(net.block2, StochasticActivationPruning(samples))
+    net.block3 = nn.Sequential(net.block3, StochasticActivationPruning(samples))
+    return Defense(name="archetype_stochastic_activation_pruning", classifier=net,
+                   description=f"archetype: stochastic activation pruning (Dhillon et al. 2018; {samples:g} × "
+                               "activations drawn) after each residual stage of Madry's ResNet-32, nothing declared")
+
+
 def madry(checkpoint: str | None = None) -> "Defense":
     """The honest control: Madry's PGD-AT ResNet-32 alone."""
     from robust_bench_sc.defense import Defense
@@ -210,4 +303,5 @@ def madry(checkpoint: str | None = None) -> "Defense":
 
 
 ARCHETYPES = ("random_resize_pad", "random_resize_pad_undeclared", "gaussian_noise", "quantised_classifier",
-              "saturated_logits", "median_filter", "detached_logits", "madry")
+              "saturated_logits", "median_filter", "detached_logits", "softmax_output", "majority_vote_smoothing",
+              "stochastic_activation_pruning", "madry")
