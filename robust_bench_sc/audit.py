@@ -316,8 +316,12 @@ def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any],
     out: list[Finding] = []
     if findings.randomised and not findings.randomised_declared:
         out.append(Finding("probe", "fail", "randomness",
-                           f"undeclared randomness: logits differ over {findings.n_passes} passes on the same "
-                           f"{findings.n_images} probe images ({findings.prediction_flip_frac:.0%} changed prediction)",
+                           (f"undeclared randomness: logits differ over {findings.n_passes} passes on the same "
+                            f"{findings.n_images} probe images ({findings.prediction_flip_frac:.0%} changed prediction)"
+                            if findings.outputs_differ is not False else
+                            f"undeclared randomness: each of {findings.n_passes} forward passes draws random numbers "
+                            f"(a global random generator advances), though the outputs on the {findings.n_images} "
+                            "probe images are identical (quantised outputs such as votes hide it there)"),
                            "declare randomised=True (Capabilities) so that every evaluation uses EOT and re-checks"))
     if plan.randomised:
         out.append(Finding("probe", "fail", "masking",

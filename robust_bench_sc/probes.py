@@ -6,7 +6,12 @@ own declarations (``Capabilities``) may be wrong or missing. :func:`probe_defens
 each on the images it is given:
 
 - **randomness**: ``n_passes`` forward passes on the same inputs; logits that differ (beyond
-  float noise) mean the defense is randomised, declared or not;
+  float noise) mean the defense is randomised, declared or not. So does a forward pass that
+  draws from a global random generator (torch's, on the CPU and the probe's device, NumPy's,
+  Python's): each pass leaves it in a new state. That finds randomness the outputs hide on the
+  probe images, e.g. vote counts of noisy copies that agree on every pass there but not near a
+  decision boundary (a pass that reseeds the generator itself leaves it in the same state each
+  time: not randomised);
 - **gradient**: the input gradient of the loss through the exact defense (preprocess and
   classifier), ``missing`` (the graph is broken: a ``.detach()``, a numpy round trip, a
   backward that raises), ``zero`` (a quantisation step, ``torch.round``), ``nonfinite``, or
@@ -139,7 +144,8 @@ def time_limit(seconds: float | None, what: str = "the call") -> Iterator[None]:
 class ProbeFindings:
     """What the probes found on ``n_images`` images (``run.json``: ``probes[<defense>]``).
 
-    randomised: observed — forward passes on the same inputs disagree.
+    randomised: observed — forward passes on the same inputs disagree (``outputs_differ``), or
+    each draws from a global random generator (``draws_random``).
     randomised_declared: ``Capabilities.randomised``.
     prediction_flip_frac: share of images whose predicted label changed across the passes.
     gradient: the exact defense's input gradient: ok / missing / zero / nonfinite.
@@ -163,6 +169,8 @@ class ProbeFindings:
     n_passes: int = 4
     probabilities: bool = False
     probabilities_frac: float = 0.0
+    outputs_differ: bool | None = None   # None: findings written before this field (randomised meant this)
+    draws_random: bool = False
 
     def __post_init__(self) -> None:
         if self.gradient not in GRADIENT_STATUSES:
@@ -198,11 +206,13 @@ class ProbeFindings:
         """One line per finding and what it implies for the attacks."""
         n, k = self.n_images, round(self.prediction_flip_frac * self.n_images)
         passes = f"{self.n_passes} passes"
+        evidence = (f"{k}/{n} predictions changed over {passes}, logits differ" if self.outputs_differ is not False else
+                    f"each of {passes} drew random numbers (a global random generator advanced), though the outputs "
+                    f"were identical on {n} images (quantised outputs, e.g. votes, hide it there)")
         if self.undeclared_randomness:
-            rand = (f"randomised (not declared): {k}/{n} predictions changed over {passes}, logits differ -> "
-                    "treated as randomised, EOT on")
+            rand = f"randomised (not declared): {evidence} -> treated as randomised, EOT on"
         elif self.randomised:
-            rand = f"randomised (declared): {k}/{n} predictions changed over {passes}, logits differ -> EOT on"
+            rand = f"randomised (declared): {evidence} -> EOT on"
         elif self.randomised_declared:
             rand = (f"declared randomised, but {passes} gave identical logits on {n} images -> treated as "
                     "randomised, as declared (EOT on)")
@@ -375,6 +385,35 @@ def _logits(probe: str, defense: Defense, x: torch.Tensor, n_classes: int | None
     return out.detach()
 
 
+def _rng_states(devices: list[torch.device]) -> tuple[bytes, ...]:
+    """The states of the global random generators a forward pass may draw from: torch's (CPU
+    and ``devices``), NumPy's legacy global one, Python's."""
+    import random
+
+    import numpy as np
+
+    np_state = np.random.get_state(legacy=True)
+    return (torch.get_rng_state().numpy().tobytes(),
+            *(torch.cuda.get_rng_state(d).numpy().tobytes() for d in devices),
+            repr(np_state[0]).encode() + np.asarray(np_state[1]).tobytes() + repr(np_state[2:]).encode(),
+            repr(random.getstate()).encode())
+
+
+@contextmanager
+def _numpy_and_python_rng_kept() -> Iterator[None]:
+    """NumPy's and Python's global generators restored afterwards (torch's: ``fork_rng``)."""
+    import random
+
+    import numpy as np
+
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        yield
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
 # --------------------------------------------------------------------------- the probes
 def probe_defense(defense: Defense, x: torch.Tensor, y: torch.Tensor, *, device: str | torch.device = "cpu",
                   n_passes: int = 4, seed: int = 0, n_classes: int | None = None,
@@ -394,23 +433,30 @@ def probe_defense(defense: Defense, x: torch.Tensor, y: torch.Tensor, *, device:
     x, y = x.to(dev).float(), y.to(dev).long()
     n = int(x.shape[0])
     devices = [dev] if dev.type == "cuda" else []
-    with _eval_mode(defense), torch.random.fork_rng(devices=devices):
+    with _eval_mode(defense), torch.random.fork_rng(devices=devices), _numpy_and_python_rng_kept():
         torch.manual_seed(seed)
         # randomness: n_passes forward passes on the same inputs; the first one's duration sets
         # the other probes' time limit (unless one is given)
         given = timeout is not None
+        states = [_rng_states(devices)]  # the global generators' states before the first pass and after each
         with torch.no_grad():
             t_first = time.perf_counter()
             with _limited("randomness", defense, timeout or FIRST_FORWARD_LIMIT, given):
                 first = _logits("randomness", defense, x, n_classes).float()
+            states.append(_rng_states(devices))
             t_first = time.perf_counter() - t_first
             limit = timeout or max(PROBE_TIME_FLOOR, PROBE_TIME_FACTOR * t_first)
+            passes = [first]
             with _limited("randomness", defense, limit, given):
-                outs = torch.stack([first] + [_logits("randomness", defense, x, n_classes).float()
-                                              for _ in range(n_passes - 1)])
+                for _ in range(n_passes - 1):
+                    passes.append(_logits("randomness", defense, x, n_classes).float())
+                    states.append(_rng_states(devices))
+            outs = torch.stack(passes)
         spread = (outs - outs[0:1]).abs().flatten(2).amax(dim=(0, 2))
         scale = outs[0].abs().amax(1).clamp_min(1.0)
-        randomised = bool((spread > RANDOM_REL_TOL * scale).any())
+        outputs_differ = bool((spread > RANDOM_REL_TOL * scale).any())
+        draws_random = all(a != b for a, b in zip(states[1:], states[2:]))  # each pass after the first moved them
+        randomised = outputs_differ or draws_random
         flips = (outs.argmax(2) != outs[0:1].argmax(2)).any(0)
         # gradient through the exact defense (its own forward: preprocess + classifier)
         with _limited("gradient", defense, limit, given):
@@ -446,4 +492,4 @@ def probe_defense(defense: Defense, x: torch.Tensor, y: torch.Tensor, *, device:
                          prediction_flip_frac=float(flips.float().mean()), gradient=grad, gradient_detail=detail,
                          preprocess_differentiable=pre, saturated=sat_frac >= MAJORITY, saturated_frac=sat_frac,
                          seconds=time.perf_counter() - t0, n_passes=n_passes, probabilities=probabilities,
-                         probabilities_frac=prob_frac)
+                         probabilities_frac=prob_frac, outputs_differ=outputs_differ, draws_random=draws_random)

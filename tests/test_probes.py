@@ -111,6 +111,41 @@ def test_noise_wrapped_model_is_randomised_though_not_declared(madry, images):
         == f.prediction_flip_frac
 
 
+class Votes(nn.Module):
+    """Majority vote over noisy copies (vote counts out): on these images the votes agree on
+    every pass, so only the random numbers drawn show the randomness. ``reseed``: the forward
+    seeds the generator itself (deterministic)."""
+
+    def __init__(self, inner: nn.Module, reseed: bool = False, numpy_noise: bool = False):
+        super().__init__()
+        self.inner, self.reseed, self.numpy_noise = inner, reseed, numpy_noise
+
+    def forward(self, x):
+        if self.reseed:
+            torch.manual_seed(1234)
+        noise = torch.from_numpy(np.random.randn(4, *x.shape).astype(np.float32)) if self.numpy_noise \
+            else torch.randn(4, *x.shape)
+        logits = torch.stack([self.inner((x + 0.01 * e).clamp(0, 1)) for e in noise])
+        return nn.functional.one_hot(logits.argmax(2), 10).sum(0).float()
+
+
+@pytest.mark.parametrize("numpy_noise", [False, True])
+def test_randomness_the_outputs_hide_is_found_by_the_random_numbers_drawn(madry, images, numpy_noise):
+    f = probe_defense(wrap(madry, "votes", classifier=Votes(madry.classifier, numpy_noise=numpy_noise)), *images)
+    assert not f.outputs_differ and f.draws_random and f.randomised and f.undeclared_randomness
+    assert f.prediction_flip_frac == 0.0 and f.gradient == "missing"
+    assert "drew random numbers" in f.summary_lines()[0] and f.summary_lines()[0].endswith("EOT on")
+    # the generators are restored: probing changes no global random state, NumPy's and Python's included
+    np.random.seed(3)
+    a = np.random.rand(2)
+    np.random.seed(3)
+    probe_defense(wrap(madry, "votes", classifier=Votes(madry.classifier, numpy_noise=numpy_noise)), *images)
+    assert np.array_equal(np.random.rand(2), a)
+    # a forward that seeds the generator itself is deterministic
+    g = probe_defense(wrap(madry, "seeded", classifier=Votes(madry.classifier, reseed=True)), *images)
+    assert not g.randomised and not g.draws_random
+
+
 @pytest.mark.parametrize("broken", [Detached, NumpyRoundTrip])
 def test_a_broken_graph_is_missing(madry, images, broken):
     f = probe_defense(wrap(madry, "broken", classifier=broken(madry.classifier)), *images)
