@@ -218,6 +218,10 @@ def tailored(name: str, x, y, draws: int) -> int:
             noisy = [(xa + vote.sigma * torch.randn_like(xa)).clamp(0, 1) for _ in range(10)]
             p = torch.stack([F.softmax(vote.base(h), 1) for h in noisy]).mean(0)
             return F.nll_loss(torch.log(p.clamp_min(1e-30)), yy)
+    elif name == "random_bit_depth":  # BPDA (identity backward) and EOT over the random depths
+        squeeze, net = d.preprocess, d.classifier
+        torch.manual_seed(0)
+        loss = ce(lambda h: net(h + (squeeze(h) - h).detach()), eot=10)
     elif name == "stochastic_activation_pruning":  # EOT (Athalye et al. 2018 §5.3.1)
         torch.manual_seed(0)
         loss = ce(d, eot=10)
@@ -272,7 +276,8 @@ def test_cli_audit_errors(tmp_path):
 ARCHETYPE_CASES = [  # name, masked (the verdict may not say trustworthy)
     ("random_resize_pad", True), ("random_resize_pad_undeclared", True), ("gaussian_noise", True),
     ("quantised_classifier", True), ("saturated_logits", True), ("median_filter", False), ("madry", False),
-    ("softmax_output", True), ("majority_vote_smoothing", True), ("stochastic_activation_pruning", True)]
+    ("softmax_output", True), ("majority_vote_smoothing", True), ("stochastic_activation_pruning", True),
+    ("random_bit_depth", True)]
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ registered under ``archetype_*`` names (``pyproject.toml``) and are usable as
 | :func:`softmax_output` | Madry's ResNet-32 with a softmax at its output: the "logits" are probabilities | a common mistake (Carlini & Wagner 2017 §V, "on the softmax output"; Carlini et al. 2019 §4.4) | CE on probabilities: a loss bounded in [log(1 + 9/e), log(1 + 9e)] whose gradient vanishes where the softmax saturates |
 | :func:`majority_vote_smoothing` | randomized smoothing's prediction as a naive author ships it: ``n`` Gaussian-noised copies (σ = 0.04, fresh per call), the output is the vote counts | Cohen, Rosenfeld, Kolter 2019 (PREDICT); attacked with EOT on the smoothed soft classifier in Salman et al. 2019 | no input gradient (argmax votes), and randomised |
 | :func:`stochastic_activation_pruning` | SAP: after each of the three residual stages, activations are sampled with probability ∝ their magnitude, the rest set to zero, the kept ones scaled by their inverse keep probability; fresh per image and call | Dhillon et al. 2018 (ICLR), broken by EOT in Athalye et al. 2018 §5.3.1 | gradients of one random pruning, inside the classifier; nothing declared |
+| :func:`random_bit_depth` | bit-depth reduction to a random depth b ∈ {3, 4, 5} per call by ``torch.round``, as a declared preprocess, declared randomised (no BPDA stand-in declared) | Xu et al. 2018 (feature squeezing's bit-depth reduction) with the per-call randomness of Xie et al. 2018; BPDA + EOT in Athalye et al. 2018 | a zero gradient through the rounding, of one random depth |
 | :func:`madry` | the honest control: the Madry ResNet-32 alone | Madry et al. 2018 | honest gradients |
 """
 
@@ -39,6 +40,7 @@ SATURATION = 1e4
 MEDIAN_WINDOW = 3
 VOTE_SIGMA = 0.04        # Cohen et al. use σ ∈ {0.12, 0.25, 0.5} on [0, 1] images and train for it; Madry's net was not
 VOTE_SAMPLES = 8         # Cohen et al.'s PREDICT uses n = 100 000 (with an abstention test); a naive author a handful
+BIT_DEPTHS = (3, 4, 5)   # Xu et al. 2018 squeeze CIFAR-10 to 5 bits; the random depth per call is the naive twist
 SAP_SAMPLES = 1.0        # SAP draws this many × (activations per image) samples, with replacement (Dhillon et al.)
 
 
@@ -294,6 +296,33 @@ def stochastic_activation_pruning(checkpoint: str | None = None, samples: float 
                                "activations drawn) after each residual stage of Madry's ResNet-32, nothing declared")
 
 
+def random_bit_depth(checkpoint: str | None = None, depths: tuple[int, ...] = BIT_DEPTHS) -> "Defense":
+    """Bit-depth reduction (Xu et al. 2018, "Feature squeezing: detecting adversarial examples
+    in deep neural networks", NDSS) to a depth drawn from ``depths`` per call (one draw per
+    batch, torch's global generator), by ``torch.round``, as a declared preprocess in front of
+    Madry's ResNet-32; declared randomised, no BPDA stand-in declared. The rounding's gradient
+    is zero almost everywhere: BPDA (the identity) with EOT over the depths is the attack
+    (Athalye et al. 2018 §4.1, §4.2)."""
+    import torch
+    from torch import nn
+
+    from robust_bench_sc.defense import Capabilities, Defense
+
+    class RandomBitDepth(nn.Module):
+        def __init__(self, depths: tuple[int, ...]):
+            super().__init__()
+            self.depths = tuple(int(d) for d in depths)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            levels = 2 ** self.depths[int(torch.randint(len(self.depths), (1,)))] - 1
+            return torch.round(x * levels) / levels
+
+    return Defense(name="archetype_random_bit_depth", classifier=_madry_net(checkpoint),
+                   preprocess=RandomBitDepth(depths), capabilities=Capabilities(randomised=True),
+                   description=f"archetype: bit-depth reduction to a random depth in {list(depths)} per call "
+                               "(torch.round; Xu et al. 2018) in front of Madry's ResNet-32, declared randomised")
+
+
 def madry(checkpoint: str | None = None) -> "Defense":
     """The honest control: Madry's PGD-AT ResNet-32 alone."""
     from robust_bench_sc.defense import Defense
@@ -304,4 +333,4 @@ def madry(checkpoint: str | None = None) -> "Defense":
 
 ARCHETYPES = ("random_resize_pad", "random_resize_pad_undeclared", "gaussian_noise", "quantised_classifier",
               "saturated_logits", "median_filter", "detached_logits", "softmax_output", "majority_vote_smoothing",
-              "stochastic_activation_pruning", "madry")
+              "stochastic_activation_pruning", "random_bit_depth", "madry")
