@@ -319,9 +319,13 @@ def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any],
                            (f"undeclared randomness: logits differ over {findings.n_passes} passes on the same "
                             f"{findings.n_images} probe images ({findings.prediction_flip_frac:.0%} changed prediction)"
                             if findings.outputs_differ is not False else
-                            f"undeclared randomness: each of {findings.n_passes} forward passes draws random numbers "
-                            f"(a global random generator advances), though the outputs on the {findings.n_images} "
-                            "probe images are identical (quantised outputs such as votes hide it there)"),
+                            f"undeclared randomness: the outputs on the {findings.n_images} probe images are identical "
+                            f"over {findings.n_passes} passes, but "
+                            + " and ".join((["differ at points next to a decision boundary"]
+                                            if findings.boundary_differ else [])
+                                           + (["each pass draws random numbers (a global random generator "
+                                               "advances)"] if findings.draws_random else []))
+                            + " (quantised outputs such as votes hide it on the images)"),
                            "declare randomised=True (Capabilities) so that every evaluation uses EOT and re-checks"))
     if plan.randomised:
         out.append(Finding("probe", "fail", "masking",

@@ -6,12 +6,14 @@ own declarations (``Capabilities``) may be wrong or missing. :func:`probe_defens
 each on the images it is given:
 
 - **randomness**: ``n_passes`` forward passes on the same inputs; logits that differ (beyond
-  float noise) mean the defense is randomised, declared or not. So does a forward pass that
-  draws from a global random generator (torch's, on the CPU and the probe's device, NumPy's,
-  Python's): each pass leaves it in a new state. That finds randomness the outputs hide on the
-  probe images, e.g. vote counts of noisy copies that agree on every pass there but not near a
-  decision boundary (a pass that reseeds the generator itself leaves it in the same state each
-  time: not randomised);
+  float noise) mean the defense is randomised, declared or not. Where they are identical, the
+  outputs may hide it (vote counts of noisy copies agree on every pass far from a decision
+  boundary), so two more checks: ``n_passes`` passes at points next to a decision boundary
+  (``BOUNDARY_STEPS`` bisection steps from each image towards another probe image of another
+  predicted class), and whether each pass draws from a global random generator (torch's, on
+  the CPU and the probe's device, NumPy's, Python's: each pass leaves it in a new state; a pass
+  that reseeds it itself leaves it in the same state, not randomised). Either one found makes
+  the defense randomised;
 - **gradient**: the input gradient of the loss through the exact defense (preprocess and
   classifier), ``missing`` (the graph is broken: a ``.detach()``, a numpy round trip, a
   backward that raises), ``zero`` (a quantisation step, ``torch.round``), ``nonfinite``, or
@@ -32,7 +34,8 @@ A probe that cannot run (the defense raises, or returns something that is not a 
 finite logits) raises :class:`ProbeError`, one line naming the probe. So does a probe that
 runs past its **time limit** (:func:`time_limit`): ``timeout`` seconds per probe when given
 (``--probe-timeout``), else ``FIRST_FORWARD_LIMIT`` for the first forward pass and then
-``PROBE_TIME_FACTOR`` × that pass's duration (at least ``PROBE_TIME_FLOOR``) per probe; the
+``PROBE_TIME_FACTOR`` × that pass's duration (at least ``PROBE_TIME_FLOOR``) per probe (per
+pass for the passes next to a decision boundary); the
 line names the probe, the limit and where the defense's own code was when it was stopped.
 Probes change no global random state and leave the defense's modules in the mode they found
 them in.
@@ -61,6 +64,7 @@ GRADIENT_STATUSES: tuple[str, ...] = get_args(GradientStatus)
 SATURATION_GAP = 1e-6     # softmax max ≥ 1 − this: one-hot
 RANDOM_REL_TOL = 1e-5     # logits differing by more than this × max(|logit|, 1) differ (the diagnostics' rule)
 PROBABILITY_TOL = 1e-3    # rows ≥ 0 summing to 1 within this: the outputs are probabilities, not logits
+BOUNDARY_STEPS = 8        # bisection steps towards a decision boundary (randomness hidden by quantised outputs)
 MAJORITY = 0.5            # share of images that makes an image-level finding the defense's
 
 
@@ -144,8 +148,9 @@ def time_limit(seconds: float | None, what: str = "the call") -> Iterator[None]:
 class ProbeFindings:
     """What the probes found on ``n_images`` images (``run.json``: ``probes[<defense>]``).
 
-    randomised: observed — forward passes on the same inputs disagree (``outputs_differ``), or
-    each draws from a global random generator (``draws_random``).
+    randomised: observed — forward passes on the same inputs disagree (``outputs_differ``; or
+    at points next to a decision boundary, ``boundary_differ``), or each draws from a global
+    random generator (``draws_random``).
     randomised_declared: ``Capabilities.randomised``.
     prediction_flip_frac: share of images whose predicted label changed across the passes.
     gradient: the exact defense's input gradient: ok / missing / zero / nonfinite.
@@ -171,6 +176,7 @@ class ProbeFindings:
     probabilities_frac: float = 0.0
     outputs_differ: bool | None = None   # None: findings written before this field (randomised meant this)
     draws_random: bool = False
+    boundary_differ: bool | None = None  # None: not measured (the outputs already differed)
 
     def __post_init__(self) -> None:
         if self.gradient not in GRADIENT_STATUSES:
@@ -206,9 +212,14 @@ class ProbeFindings:
         """One line per finding and what it implies for the attacks."""
         n, k = self.n_images, round(self.prediction_flip_frac * self.n_images)
         passes = f"{self.n_passes} passes"
+        hidden = []
+        if self.boundary_differ:
+            hidden.append(f"{passes} at points next to a decision boundary gave different outputs")
+        if self.draws_random:
+            hidden.append(f"each of {passes} drew random numbers (a global random generator advanced)")
         evidence = (f"{k}/{n} predictions changed over {passes}, logits differ" if self.outputs_differ is not False else
-                    f"each of {passes} drew random numbers (a global random generator advanced), though the outputs "
-                    f"were identical on {n} images (quantised outputs, e.g. votes, hide it there)")
+                    f"{' and '.join(hidden)}, though the outputs were identical on the {n} images (quantised "
+                    "outputs, e.g. votes, hide it there)")
         if self.undeclared_randomness:
             rand = f"randomised (not declared): {evidence} -> treated as randomised, EOT on"
         elif self.randomised:
@@ -385,18 +396,41 @@ def _logits(probe: str, defense: Defense, x: torch.Tensor, n_classes: int | None
     return out.detach()
 
 
+def _differ(outs: torch.Tensor) -> torch.Tensor:
+    """Per image: do the passes' outputs ``outs`` (passes, images, classes) differ beyond float
+    noise (``RANDOM_REL_TOL`` × the largest |logit|, at least 1)?"""
+    spread = (outs - outs[0:1]).abs().flatten(2).amax(dim=(0, 2))
+    return spread > RANDOM_REL_TOL * outs[0].abs().amax(1).clamp_min(1.0)
+
+
+def _boundary_points(logits: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, pred: torch.Tensor,
+                     steps: int = BOUNDARY_STEPS) -> torch.Tensor:
+    """Per image, a point on the segment to the next probe image with another predicted class,
+    next to where the prediction changes (``steps`` bisection steps, one forward pass each):
+    there a randomised defense whose outputs are quantised (votes) disagrees with itself."""
+    n = x.shape[0]
+    partner = torch.tensor([next((j % n for j in range(i + 1, i + n) if pred[j % n] != pred[i]), (i + 1) % n)
+                            for i in range(n)], device=x.device)
+    direction = x[partner] - x
+    lo, hi = torch.zeros(n, device=x.device), torch.ones(n, device=x.device)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        same = logits(x + mid.view(-1, 1, 1, 1) * direction).argmax(1) == pred
+        lo, hi = torch.where(same, mid, lo), torch.where(same, hi, mid)
+    return x + ((lo + hi) / 2).view(-1, 1, 1, 1) * direction
+
+
 def _rng_states(devices: list[torch.device]) -> tuple[bytes, ...]:
     """The states of the global random generators a forward pass may draw from: torch's (CPU
     and ``devices``), NumPy's legacy global one, Python's."""
+    import pickle
     import random
 
     import numpy as np
 
-    np_state = np.random.get_state(legacy=True)
     return (torch.get_rng_state().numpy().tobytes(),
             *(torch.cuda.get_rng_state(d).numpy().tobytes() for d in devices),
-            repr(np_state[0]).encode() + np.asarray(np_state[1]).tobytes() + repr(np_state[2:]).encode(),
-            repr(random.getstate()).encode())
+            pickle.dumps(np.random.get_state()), pickle.dumps(random.getstate()))
 
 
 @contextmanager
@@ -452,11 +486,20 @@ def probe_defense(defense: Defense, x: torch.Tensor, y: torch.Tensor, *, device:
                     passes.append(_logits("randomness", defense, x, n_classes).float())
                     states.append(_rng_states(devices))
             outs = torch.stack(passes)
-        spread = (outs - outs[0:1]).abs().flatten(2).amax(dim=(0, 2))
-        scale = outs[0].abs().amax(1).clamp_min(1.0)
-        outputs_differ = bool((spread > RANDOM_REL_TOL * scale).any())
+        outputs_differ = bool(_differ(outs).any())
         draws_random = all(a != b for a, b in zip(states[1:], states[2:]))  # each pass after the first moved them
-        randomised = outputs_differ or draws_random
+        boundary_differ: bool | None = None
+        if not outputs_differ:  # identical outputs: passes at points on decision boundaries, where votes split
+
+            def one_pass(h: torch.Tensor) -> torch.Tensor:  # the limit holds for each pass here
+                with _limited("randomness", defense, limit, given):
+                    return _logits("randomness", defense, h, n_classes).float()
+
+            with torch.no_grad():
+                xb = _boundary_points(one_pass, x, outs[0].argmax(1))
+                at = torch.stack([one_pass(xb) for _ in range(n_passes)])
+            boundary_differ = bool(_differ(at).any())
+        randomised = outputs_differ or bool(boundary_differ) or draws_random
         flips = (outs.argmax(2) != outs[0:1].argmax(2)).any(0)
         # gradient through the exact defense (its own forward: preprocess + classifier)
         with _limited("gradient", defense, limit, given):
@@ -492,4 +535,5 @@ def probe_defense(defense: Defense, x: torch.Tensor, y: torch.Tensor, *, device:
                          prediction_flip_frac=float(flips.float().mean()), gradient=grad, gradient_detail=detail,
                          preprocess_differentiable=pre, saturated=sat_frac >= MAJORITY, saturated_frac=sat_frac,
                          seconds=time.perf_counter() - t0, n_passes=n_passes, probabilities=probabilities,
-                         probabilities_frac=prob_frac, outputs_differ=outputs_differ, draws_random=draws_random)
+                         probabilities_frac=prob_frac, outputs_differ=outputs_differ, draws_random=draws_random,
+                         boundary_differ=boundary_differ)

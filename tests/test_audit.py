@@ -154,7 +154,7 @@ def test_verdict_never_trustworthy_while_a_probe_or_indicator_fails():
     assert v["code"] != "trustworthy" and "declare randomised=True" in v["text"]
     v = verdict(findings(randomised=True, outputs_differ=False, draws_random=True), _plan(randomised=True), honest,
                 None, None)
-    assert v["code"] == "gradient_masking" and "forward passes draws random numbers" in v["text"]
+    assert v["code"] == "gradient_masking" and "each pass draws random numbers" in v["text"]
     v = verdict(findings(saturated=True, saturated_frac=1.0), _plan(), honest, None, {"status": "pass",
                                                                                        "evidence": "8/8"})
     assert v["code"] == "gradient_masking" and v["blind_spots"] and "saturated" in v["blind_spots"][0]

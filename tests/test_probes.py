@@ -116,15 +116,17 @@ class Votes(nn.Module):
     every pass, so only the random numbers drawn show the randomness. ``reseed``: the forward
     seeds the generator itself (deterministic)."""
 
-    def __init__(self, inner: nn.Module, reseed: bool = False, numpy_noise: bool = False):
+    def __init__(self, inner: nn.Module, reseed: bool = False, numpy_noise: bool = False,
+                 own_generator: bool = False):
         super().__init__()
         self.inner, self.reseed, self.numpy_noise = inner, reseed, numpy_noise
+        self.gen = torch.Generator().manual_seed(0) if own_generator else None
 
     def forward(self, x):
         if self.reseed:
             torch.manual_seed(1234)
         noise = torch.from_numpy(np.random.randn(4, *x.shape).astype(np.float32)) if self.numpy_noise \
-            else torch.randn(4, *x.shape)
+            else torch.randn(4, *x.shape, generator=self.gen)
         logits = torch.stack([self.inner((x + 0.01 * e).clamp(0, 1)) for e in noise])
         return nn.functional.one_hot(logits.argmax(2), 10).sum(0).float()
 
@@ -135,6 +137,7 @@ def test_randomness_the_outputs_hide_is_found_by_the_random_numbers_drawn(madry,
     assert not f.outputs_differ and f.draws_random and f.randomised and f.undeclared_randomness
     assert f.prediction_flip_frac == 0.0 and f.gradient == "missing"
     assert "drew random numbers" in f.summary_lines()[0] and f.summary_lines()[0].endswith("EOT on")
+    assert f.boundary_differ  # next to a decision boundary the votes split
     # the generators are restored: probing changes no global random state, NumPy's and Python's included
     np.random.seed(3)
     a = np.random.rand(2)
@@ -143,7 +146,13 @@ def test_randomness_the_outputs_hide_is_found_by_the_random_numbers_drawn(madry,
     assert np.array_equal(np.random.rand(2), a)
     # a forward that seeds the generator itself is deterministic
     g = probe_defense(wrap(madry, "seeded", classifier=Votes(madry.classifier, reseed=True)), *images)
-    assert not g.randomised and not g.draws_random
+    assert not g.randomised and not g.draws_random and g.boundary_differ is False
+    # a generator of its own (no global one advances): the passes next to a decision boundary find it
+    h = probe_defense(wrap(madry, "own", classifier=Votes(madry.classifier, own_generator=True)), *images)
+    assert not h.outputs_differ and not h.draws_random and h.boundary_differ and h.randomised
+    assert "at points next to a decision boundary gave different outputs" in h.summary_lines()[0]
+    # deterministic defenses: nothing at the boundary either
+    assert probe_defense(madry, *images).boundary_differ is False
 
 
 @pytest.mark.parametrize("broken", [Detached, NumpyRoundTrip])
