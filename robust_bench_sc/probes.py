@@ -267,6 +267,14 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return _margin(logits, y)
 
 
+def probability_rows(out: torch.Tensor) -> torch.Tensor:
+    """Per row of ``out`` (images, classes): scores that are probabilities, not logits — in
+    [0, 1] (within 1e-6) and summing to 1 within ``PROBABILITY_TOL``. The probe's rule and the
+    ``probability_outputs`` indicator's (AutoAttack's check)."""
+    in_unit = ((out >= -1e-6) & (out <= 1 + 1e-6)).all(1)
+    return in_unit & ((out.double().sum(1) - 1).abs() < PROBABILITY_TOL)
+
+
 def bad_gradients(g: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per image: all-zero, non-finite, and either."""
     f = g.flatten(1)
@@ -518,7 +526,7 @@ def probe_defense(defense: Defense, x: torch.Tensor, y: torch.Tensor, *, device:
             pre = broken is None and g is not None and not bool(bad_gradients(g)["nonfinite"].any()) \
                 and int(bad_gradients(g)["zero"].sum()) < max(1, MAJORITY * n)
     # probabilities: every pass's rows non-negative and summing to 1 (a softmax inside the classifier)
-    prob_rows = ((outs >= 0).all(2) & ((outs.double().sum(2) - 1).abs() <= PROBABILITY_TOL)).all(0).cpu()
+    prob_rows = torch.stack([probability_rows(o) for o in outs]).all(0).cpu()
     prob_frac = float(prob_rows.float().mean())
     probabilities = prob_frac >= MAJORITY
     # saturation: one-hot softmax (in float64: the gap is below float32's resolution near 1), or a CE

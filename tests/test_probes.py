@@ -173,7 +173,8 @@ def test_saturated_logits(madry, images):
 def test_outputs_that_are_probabilities_are_found_and_read_as_such(madry, images):
     """A softmax inside the classifier: the probe says so, and its saturation reads the
     outputs themselves as the probabilities (a second softmax of them is never one-hot)."""
-    f = probe_defense(wrap(madry, "softmax", classifier=nn.Sequential(madry.classifier, nn.Softmax(1))), *images)
+    softmax = wrap(madry, "softmax", classifier=nn.Sequential(madry.classifier, nn.Softmax(1)))
+    f = probe_defense(softmax, *images)
     assert f.probabilities and f.probabilities_frac == 1.0 and f.gradient == "ok"
     assert not f.saturated  # Madry's softmax is not one-hot on these images
     assert any(line.startswith("outputs are probabilities, not logits: on 8/8 images") for line in f.summary_lines())
@@ -186,6 +187,11 @@ def test_outputs_that_are_probabilities_are_found_and_read_as_such(madry, images
     assert not probe_defense(madry, *images).probabilities
     votes = nn.Sequential(madry.classifier, nn.Softmax(1), Scaled(nn.Identity(), 8.0))
     assert probe_defense(wrap(madry, "votes", classifier=votes), *images).probabilities_frac == 0.0
+    # the diagnostics' indicator applies the same rule (probes.probability_rows)
+    from robust_bench_sc.diagnostics import DiagnosticsConfig, diagnose
+
+    rep = diagnose(softmax, DiagnosticsConfig(n_images=4, steps=1), only=["probability_outputs"])
+    assert rep.status_of("probability_outputs") == "fail"
 
 
 def test_quantisation_gives_zero_gradient(madry, images):

@@ -219,9 +219,11 @@ def randomness(run: DiagnosticRun, clean_logits: torch.Tensor) -> Outcome:
            needs=("clean_logits",))
 def probability_outputs(run: DiagnosticRun, clean_logits: torch.Tensor) -> Outcome:
     out = clean_logits
+    from robust_bench_sc.probes import probability_rows
+
     in_unit = bool(((out >= -1e-6) & (out <= 1 + 1e-6)).all())
     sums_one = bool(((out.sum(1) - 1).abs() < 1e-3).all())
-    if in_unit and sums_one:
+    if bool(probability_rows(out).all()):
         return Outcome(FAIL, "outputs are in [0, 1] and rows sum to 1: the defense returns probabilities (softmax) "
                              "where logits are expected; CE on them saturates", None,
                        {"in_unit": True, "sums_to_one": True})
