@@ -285,8 +285,13 @@ def cascade_outcome(records: list[dict[str, Any]], member_names: list[str]) -> d
         alive -= fooled
     robust = sum(bool(r["robust"]) for r in records)
     lo, hi = wilson_interval(robust, n)
-    fracs = [float(r["robust_frac"]) for r in records if r.get("robust_frac") is not None]
-    expected = round(100.0 * sum(fracs) / n, 2) if n and len(fracs) == n else None
+    # the expectation over the re-check draws (randomised): a clean-misclassified image, whose record
+    # is the clean one (no re-check, no robust_frac), is robust on none of them
+    fracs = [float(r["robust_frac"]) if r.get("robust_frac") is not None else 0.0 if not r["clean_correct"] else None
+             for r in records]
+    has_fracs = any(r.get("robust_frac") is not None for r in records)
+    expected = round(100.0 * sum(f for f in fracs if f is not None) / n, 2) \
+        if n and has_fracs and None not in fracs else None
     return {
         "n_images": n, "clean_correct": len(correct),
         "clean_accuracy": round(100.0 * len(correct) / max(n, 1), 2),

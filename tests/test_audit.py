@@ -138,6 +138,21 @@ def test_cascade_outcome_counts_each_attack_on_the_images_it_ran_on():
     assert out["fooled_by"]["3"] == "square" and out["fooled_by"]["4"] == "misclassified"
 
 
+def test_cascade_outcome_expectation_counts_a_misclassified_image_as_robust_on_no_draw():
+    """On a randomised defense the worst case's records carry robust_frac, except a clean-
+    misclassified image's (its record is the clean one): it counts 0, not "no expectation"."""
+    recs = _records(["apgd-ce", "", "", "misclassified"])
+    for r, frac in zip(recs, (0.0, 1.0, 2 / 3, None)):
+        if frac is not None:
+            r["robust_frac"] = frac
+    out = cascade_outcome(recs, [*GRADIENT_MEMBERS, "square"])
+    assert out["worst_case"]["robust"] == 2
+    assert out["worst_case"]["expected_robust_accuracy"] == pytest.approx(100 * (1 + 2 / 3) / 4, abs=0.01)
+    # a deterministic defense (no robust_frac anywhere): no expectation
+    assert cascade_outcome(_records(["apgd-ce", "", "misclassified"]), ["apgd-ce"])["worst_case"][
+        "expected_robust_accuracy"] is None
+
+
 def test_verdict_honest_is_trustworthy_and_square_wins_mean_masking():
     honest = cascade_outcome(_records(["apgd-ce"] * 6 + [""] * 4), [*GRADIENT_MEMBERS, "square"])
     v = verdict(findings(), _plan(), honest, None, None)
