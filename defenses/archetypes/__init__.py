@@ -38,7 +38,7 @@ NOISE_SIGMA = 0.03
 QUANTISE_LEVELS = 16
 SATURATION = 1e4
 MEDIAN_WINDOW = 3
-VOTE_SIGMA = 0.04        # Cohen et al. use σ ∈ {0.12, 0.25, 0.5} on [0, 1] images and train for it; Madry's net was not
+VOTE_SIGMA = 0.04        # Cohen et al. train for σ ∈ {0.12, 0.25, 0.5}; Madry's net was not trained with noise
 VOTE_SAMPLES = 8         # Cohen et al.'s PREDICT uses n = 100 000 (with an abstention test); a naive author a handful
 BIT_DEPTHS = (3, 4, 5)   # Xu et al. 2018 squeeze CIFAR-10 to 5 bits; the random depth per call is the naive twist
 SAP_SAMPLES = 1.0        # SAP draws this many × (activations per image) samples, with replacement (Dhillon et al.)
