@@ -37,7 +37,7 @@ def _explain(exc: BaseException) -> str:
     is wrong; anything else is shown with the innermost frame outside scbench and the
     libraries (a plug-in's own code), else as an internal error."""
     from robust_bench_sc.data import DataError
-    from robust_bench_sc.evaluate import DefenseOutputError
+    from robust_bench_sc.predictions import DefenseOutputError
     from robust_bench_sc.probes import ProbeError
     from robust_bench_sc.registry import RegistryError, plugin_frame
     from robust_bench_sc.regression import BaselineError

@@ -506,6 +506,17 @@ def test_the_engine_imports_neither_config_nor_plugins():
     assert not {"robust_bench_sc.config", "robust_bench_sc.plugins"} & set(edges), edges
 
 
+def test_no_attack_reaches_back_into_the_engine():
+    """Issue 36: the composite protocol. Transfer once called back into the engine (attacks →
+    evaluate → attacks); the checked prediction and the batch loop sit below both now."""
+    full = import_graph(import_time_only=False)
+    attacks = {m: edges for m, edges in full.items() if m.startswith("robust_bench_sc.attacks")}
+    assert "robust_bench_sc.attacks.transfer" in attacks
+    assert [m for m, edges in attacks.items() if "robust_bench_sc.evaluate" in edges] == []
+    assert "robust_bench_sc.predictions" in full["robust_bench_sc.attacks.transfer"]
+    assert "robust_bench_sc.evaluate" not in full["robust_bench_sc.predictions"]
+
+
 def test_help_does_not_import_torch():
     code = ("from typer.testing import CliRunner\nfrom robust_bench_sc.cli import app\n"
             "r = CliRunner().invoke(app, ['--help'])\nassert r.exit_code == 0 and 'figures' in r.output, r.output")
