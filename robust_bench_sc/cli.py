@@ -7,6 +7,7 @@ import functools
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
@@ -17,6 +18,8 @@ import typer.main
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from robust_bench_sc.registry import Registry
 
 console = Console()
 err = Console(stderr=True)
@@ -101,25 +104,20 @@ class _App(typer.Typer):
 
 
 COMMANDS_GROUP = "robust_bench_sc.commands"
+#: command plug-ins (``[project.entry-points."robust_bench_sc.commands"]``): name → a function
+#: written as a typer command (typer.Option/Argument defaults, a docstring)
+COMMANDS: Registry[Callable[..., Any]] = Registry(
+    "command plug-in", COMMANDS_GROUP, accepts=lambda f: callable(f) and not isinstance(f, type),
+    expected="a command function (typer.Option/Argument defaults, a docstring)")
 
 
-def _command_entry_points() -> list:
-    """The entry points of command plug-ins (``[project.entry-points."robust_bench_sc.commands"]``)."""
-    from importlib.metadata import entry_points
-
-    return list(entry_points(group=COMMANDS_GROUP))
-
-
-def _plugin_command(ep):
-    """Load one command plug-in: its entry point names a function written as a typer command
-    (typer.Option/Argument defaults, a docstring); it runs wrapped like a built-in command."""
-    func = ep.load()
-    if not callable(func) or isinstance(func, type):
-        raise TypeError(f"{ep.value} is a {type(func).__name__}, not a command function")
+def _plugin_command(name: str):
+    """Load one command plug-in; it runs wrapped like a built-in command."""
+    func = COMMANDS.get(name)
     sub = typer.Typer(add_completion=False)
-    sub.command(ep.name, rich_help_panel="Plug-in commands")(_handled(func))
+    sub.command(name, rich_help_panel="Plug-in commands")(_handled(func))
     cmd = typer.main.get_command(sub)
-    cmd.name = ep.name
+    cmd.name = name
     return cmd
 
 
@@ -130,35 +128,35 @@ class _Group(typer.core.TyperGroup):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._plugins: dict[str, Any] | None = None  # name -> entry point, before loading
+        self._plugins: dict[str, str] | None = None  # name -> its target (module:attr), before loading
         self._loaded: dict[str, Any] = {}  # name -> the loaded command
         self._broken: dict[str, str] = {}  # name -> why it did not load (warned once)
 
     def _plugin_entries(self) -> dict:
         if self._plugins is None:
             self._plugins = {}
-            for ep in _command_entry_points():
-                if ep.name in self.commands:
-                    _warn(f"command plug-in {ep.name!r} ({ep.value}) has the name of a built-in command; ignored")
-                elif ep.name in self._plugins:
-                    _warn(f"command plug-in {ep.name!r} ({ep.value}) is registered twice; "
-                               f"{self._plugins[ep.name].value} is used")
+            for name in COMMANDS.names():
+                if name in self.commands:
+                    _warn(f"command plug-in {name!r} ({COMMANDS.target(name)}) has the name of a built-in command; "
+                          "ignored")
                 else:
-                    self._plugins[ep.name] = ep
+                    self._plugins[name] = COMMANDS.target(name)
+            for line in COMMANDS.shadowed:
+                _warn(line)
         return self._plugins
 
     def _load_plugin(self, name: str, warn: bool = True):
         """The plug-in's command, or None when it does not load (with a warning if ``warn``)."""
         if name in self._loaded or name in self._broken:
             return self._loaded.get(name)
-        ep = self._plugin_entries()[name]
+        target = self._plugin_entries()[name]
         try:
-            self._loaded[name] = _plugin_command(ep)
+            self._loaded[name] = _plugin_command(name)
         except Exception as exc:  # noqa: BLE001 - a broken plug-in must not break the other commands
             if _STATE["debug"]:
                 traceback.print_exc()
             what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            self._broken[name] = f"command plug-in {name!r} ({ep.value}) did not load: {what}"
+            self._broken[name] = f"command plug-in {name!r} ({target}) did not load: {what}"
             if warn:
                 _warn(self._broken[name] + "; skipped")
             return None
