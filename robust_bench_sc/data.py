@@ -7,6 +7,7 @@ images in [0, 1], float32 NCHW.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -90,11 +91,17 @@ _CACHE_SIZE = 2  # splits kept read (a run reads its split for the data hash, th
 
 
 def _stamp(source: str) -> tuple:
-    """What the files read look like now (name, size, mtime of the file, or of each file in the folder)."""
+    """What the files read look like now (path, size, mtime of the file, or of each file under the
+    folder, subfolders included: an ImageFolder's class folders)."""
     p = Path(source)
     try:
-        files = [p] if p.is_file() else sorted(q for q in p.iterdir() if q.is_file()) if p.is_dir() else []
-        return tuple((q.name, q.stat().st_size, q.stat().st_mtime_ns) for q in files)
+        if p.is_file():
+            files = [p]
+        else:
+            walk = os.walk(p, followlinks=True) if p.is_dir() else iter(())
+            files = sorted(Path(d) / f for d, _, names in walk for f in names)
+        return tuple((str(q.relative_to(p)) if q != p else q.name, q.stat().st_size, q.stat().st_mtime_ns)
+                     for q in files)
     except OSError:
         return ()
 
