@@ -91,17 +91,20 @@ _CACHE_SIZE = 2  # splits kept read (a run reads its split for the data hash, th
 
 
 def _stamp(source: str) -> tuple:
-    """What the files read look like now (path, size, mtime of the file, or of each file under the
-    folder, subfolders included: an ImageFolder's class folders)."""
+    """What the files read look like now: (name, size, mtime) of the file, or the folder's subfolder
+    names and (path, size, mtime) of every file under it (an ImageFolder's class folders, empty ones
+    included, since they hold a class index)."""
     p = Path(source)
+    folders: list[str] = []
+    files: list[Path] = []
     try:
         if p.is_file():
-            files = [p]
-        else:
-            walk = os.walk(p, followlinks=True) if p.is_dir() else iter(())
-            files = sorted(Path(d) / f for d, _, names in walk for f in names)
-        return tuple((str(q.relative_to(p)) if q != p else q.name, q.stat().st_size, q.stat().st_mtime_ns)
-                     for q in files)
+            return ((p.name, p.stat().st_size, p.stat().st_mtime_ns),)
+        for d, dirs, names in os.walk(p, followlinks=True):
+            folders += [str((Path(d) / f).relative_to(p)) for f in dirs]
+            files += [Path(d) / f for f in names]
+        return tuple(sorted(folders)) + tuple((str(q.relative_to(p)), q.stat().st_size, q.stat().st_mtime_ns)
+                                              for q in sorted(files))
     except OSError:
         return ()
 

@@ -382,21 +382,21 @@ class Npz(Dataset):
             where, have = str(root), _npy_folder(root)
             keys = [_choose_key(have, image_keys, "image (.npy)", where), _choose_key(have, label_keys, "label (.npy)", where)]
             out = {}
-            for k in (*keys, *(o for o in ("idx", "n_classes") if o in have)):
+            for key in (*keys, *(o for o in ("idx", "n_classes") if o in have)):
                 try:
-                    out[k] = np.load(root / f"{k}.npy")
+                    out[key] = np.load(root / f"{key}.npy")
                 except Exception as exc:
-                    raise DataError(f"cannot read {root / f'{k}.npy'}: {type(exc).__name__}: {exc} (expected an .npy "
+                    raise DataError(f"cannot read {root / f'{key}.npy'}: {type(exc).__name__}: {exc} (expected an .npy "
                                     "written by numpy.save)") from None
         else:
             raise self.missing(path)
         xk, yk = keys
         x = as_images(out[xk], where, xk)
-        y, k = as_labels(out[yk], len(x), where, yk)
+        y, one_hot_k = as_labels(out[yk], len(x), where, yk)
         if "n_classes" in out:
             n_classes = int(out["n_classes"])
         else:
-            n_classes = k if k is not None else int(y.max()) + 1 if y.size else 0
+            n_classes = one_hot_k if one_hot_k is not None else int(y.max()) + 1 if y.size else 0
         if n_classes < 2:
             raise DataError(f"{where}: {n_classes} classes (labels {y.min() if y.size else '-'}..{y.max() if y.size else '-'}); "
                             "a classifier needs at least 2 (store n_classes in the file)")
@@ -435,7 +435,7 @@ def image_files(folder: Path) -> tuple[list[str], list[tuple[Path, int]]]:
                         f"expected {folder}/<class_name>/<image>")
     if not classes:
         raise DataError(f"{folder} has no class folders; expected {folder}/<class_name>/<image> "
-                        f"({', '.join(IMAGE_EXTENSIONS)})")
+                        f"({', '.join(IMAGE_EXTENSIONS)}) (set data.root, --data-dir or $SCBENCH_DATA)")
     out = []
     for label, cls in enumerate(classes):
         for dirpath, dirnames, filenames in sorted(os.walk(folder / cls, followlinks=True)):
@@ -459,13 +459,17 @@ def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             mode = im.mode
-            if mode in ONE_CHANNEL:
-                arr = np.asarray(im.convert("L"))[:, :, None]
-            elif mode in THREE_CHANNELS:
-                arr = np.asarray(im if mode == "RGB" else im.convert("RGB"))
-            else:
+            if mode not in ONE_CHANNEL + THREE_CHANNELS:
                 raise DataError(f"{path}: Pillow mode {mode} (16-bit or float pixels); expected 8-bit images: "
                                 f"grayscale (L) or colour ({', '.join(THREE_CHANNELS)})")
+            raw = [t.args[0] if isinstance(t.args, tuple) and t.args else t.args for t in getattr(im, "tile", [])]
+            if any(isinstance(r, str) and ";16" in r for r in raw):  # Pillow reads 16-bit RGB(A) PNG as 8-bit
+                raise DataError(f"{path}: 16 bits per channel ({', '.join(map(str, raw))}), which Pillow would cut "
+                                "to 8 bits; expected 8-bit images (convert them yourself)")
+            if mode in ONE_CHANNEL:
+                arr = np.asarray(im.convert("L"))[:, :, None]
+            else:
+                arr = np.asarray(im if mode == "RGB" else im.convert("RGB"))
     except DataError:
         raise
     except Exception as exc:

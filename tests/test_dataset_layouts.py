@@ -367,3 +367,39 @@ def test_scbench_datasets_lists_imagefolder():
     assert r.exit_code == 0
     out = " ".join(r.output.split())
     assert "imagefolder" in out and "ImageFolder" in out and "npz" in out
+
+
+def test_16_bit_colour_png_is_refused_not_cut_to_8_bits(tmp_path, first60):
+    """Pillow opens a 16-bit RGB PNG as mode RGB, keeping the high byte: the reader refuses it."""
+    import struct
+    import zlib
+
+    x, y = first60
+    tree = tmp_path / "t"
+    write_tree(tree, x[:4], y[:4])
+    path = tree / CLASSES[y[0]] / "deep.png"
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in x[0].astype(np.uint16) * 257)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 32, 32, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    assert Image.open(path).mode == "RGB"  # what Pillow says of it
+    with pytest.raises(DataError) as exc:
+        load_dataset("imagefolder", tree)
+    assert _one_line(exc) == (f"{path}: 16 bits per channel (RGB;16B), which Pillow would cut to 8 bits; expected "
+                              "8-bit images (convert them yourself)")
+
+
+def test_an_added_empty_class_folder_is_seen(tmp_path, first60):
+    x, y = first60
+    names = tuple(f"c{k}" for k in range(1, 11))
+    order = torchvision_order(write_tree(tmp_path, x[:6], y[:6], names=names))
+    before = load_dataset("imagefolder", tmp_path)
+    rank = {n: i for i, n in enumerate(sorted(names))}  # c1, c10, c2, ...
+    assert before.n_classes == 10 and before.y.tolist() == [rank[names[y[i]]] for i in order]
+    (tmp_path / "c0").mkdir()  # a new first class, empty: every index moves up by one
+    s = load_dataset("imagefolder", tmp_path)
+    assert s.n_classes == 11 and s.y.tolist() == [rank[names[y[i]]] + 1 for i in order]
+    assert content_hash(s) != content_hash(before)
