@@ -378,6 +378,9 @@ class Npz(Dataset):
             except Exception as exc:
                 raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc} (expected an .npz written by "
                                 "numpy.savez)") from None
+        elif root.is_file():
+            raise DataError(f"npz dataset: {root} is a file but not an .npz; give the .npz file, or the folder "
+                            f"holding {split}.npz or the .npy files (x.npy and y.npy, or x_{split}.npy and y_{split}.npy, ...)")
         elif root.is_dir() and _npy_folder(root):
             where, have = str(root), _npy_folder(root)
             keys = [_choose_key(have, image_keys, "image (.npy)", where), _choose_key(have, label_keys, "label (.npy)", where)]
@@ -502,6 +505,9 @@ class ImageFolder(Dataset):
 
     def read(self, root: Path, split: str) -> Arrays:
         check_split(self, split)
+        if root.is_file():
+            raise DataError(f"imagefolder dataset: {root} is a file; expected the folder ROOT of "
+                            "ROOT/<split>/<class_name>/<image> or ROOT/<class_name>/<image>")
         if not root.is_dir():
             raise self.missing(root)
         folder, is_split = self.folder(root, split)

@@ -358,6 +358,14 @@ def test_npz_values_and_shapes_refused_in_one_line(tmp_path, first60):
     with pytest.raises(DataError) as exc:
         load_dataset("npz", tmp_path / "empty_dir")
     assert "test.npz not found; expected one .npz" in _one_line(exc) and "x.npy and y.npy" in str(exc.value)
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(DataError) as exc:
+        load_dataset("npz", tmp_path / "x.npy")
+    assert _one_line(exc).startswith(f"npz dataset: {tmp_path / 'x.npy'} is a file but not an .npz; give the .npz file, "
+                                     "or the folder holding test.npz or the .npy files")
+    with pytest.raises(DataError) as exc:
+        load_dataset("imagefolder", tmp_path / "x.npy")
+    assert _one_line(exc).startswith(f"imagefolder dataset: {tmp_path / 'x.npy'} is a file; expected the folder ROOT")
 
 
 def test_scbench_datasets_lists_imagefolder():
