@@ -12,8 +12,11 @@ theirs under the entry-point group ``robust_bench_sc.datasets`` (an instance of 
 - ``cifar100``: ``cifar-100-python/`` (``test``, ``train``), fine labels, 100 classes;
 - ``cifar10_npz``: this project's shared files (``test_first1000.npz``, ``train_0..4.npz``);
   the default, so suites that name no dataset read what they always read;
-- ``npz``: one ``.npz`` with ``x`` uint8 (N, H, W, C) and integer ``y`` (optional ``idx``,
-  ``n_classes``), of any size and number of classes.
+- ``npz``: one ``.npz`` (or a pair of ``.npy`` files) with images ``x`` (N, H, W, C) or (N, C, H, W),
+  uint8 or floats in [0, 1], and labels ``y`` (N,), (N, 1) or one-hot (other usual key names
+  accepted; optional ``idx``, ``n_classes``), of any size and number of classes;
+- ``imagefolder``: image files in torchvision's ImageFolder tree (``ROOT/<split>/<class>/*.png``),
+  read with Pillow in torchvision's order.
 
 Nothing is downloaded: a missing file is one line saying where the files go and which layout
 is expected. A reader returns the whole split as numpy arrays (:class:`Arrays`);
