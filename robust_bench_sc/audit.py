@@ -303,6 +303,10 @@ class Finding:
     remedy: str
 
 
+def _and(names: list[str]) -> str:
+    return " and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any], indicators: dict[str, Any] | None,
             binarization: dict[str, Any] | None) -> dict[str, Any]:
     """The verdict: every failing probe, cascade signal, indicator and the binarization test,
@@ -343,9 +347,11 @@ def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any],
     if plan.gradient_attacks and n_late >= max(LATE_FOOLED_MIN_IMAGES,
                                                 math.ceil(LATE_FOOLED_MIN_FRAC * outcome["clean_correct"])):
         names = ", ".join(f"{m['name']} ({m['fooled']})" for m in late)
+        order = [m["name"] for m in outcome["per_attack"]]
+        before = [g for g in order[:order.index(late[0]["name"])] if g in GRADIENT_MEMBERS]  # ran before them
         out.append(Finding("cascade", "fail", "masking",
-                           f"the worst case comes from {names}: they fooled {n_late} images that APGD (CE, DLR, "
-                           "targeted) left robust, so gradients are masked",
+                           f"the worst case comes from {names}: they fooled {n_late} images that "
+                           f"{_and(before) or 'the gradient attacks'} left robust, so gradients are masked",
                            "do not trust gradient-attack numbers; report this worst case and find the masking "
                            "(BPDA for non-differentiable steps, EOT for randomness)"))
     elif plan.gradient_attacks and n_late:

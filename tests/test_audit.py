@@ -132,6 +132,12 @@ def test_verdict_honest_is_trustworthy_and_square_wins_mean_masking():
     v = verdict(findings(), _plan(), masked, None, None)
     assert v["code"] == "gradient_masking"
     assert "the worst case comes from square" in v["text"] and "gradients are masked" in v["text"]
+    assert "images that apgd-ce, apgd-dlr and apgd-t left robust" in v["text"]
+    # through a BPDA stand-in APGD-T runs after Square: the text names only those that ran before
+    late_t = cascade_outcome(_records(["square"] * 5 + ["apgd-ce"] + [""] * 4),
+                             ["apgd-ce", "apgd-dlr", "square", "apgd-t"])
+    v = verdict(findings(), _plan(), late_t, None, None)
+    assert "images that apgd-ce and apgd-dlr left robust" in v["text"], v["text"]
 
 
 def test_verdict_never_trustworthy_while_a_probe_or_indicator_fails():
