@@ -308,7 +308,7 @@ def run(
     profile: Optional[str] = typer.Option(None, "--profile", help="a reduced profile declared in the suite, e.g. quick"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     dataset: Optional[str] = typer.Option(None, "--dataset", help=DATASET_HELP),
-    executor: str = typer.Option("local", "--executor", help="local or ray"),
+    executor: str = typer.Option("local", "--executor", help="local, ray, or an executor plug-in (entry point robust_bench_sc.executors)"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="address of a Ray cluster (with --executor ray)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress and no table: only warnings, errors and the results folder"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads of the local executor (default: torch's); no effect on the numbers"),
