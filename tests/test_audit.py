@@ -152,6 +152,20 @@ def test_verdict_never_trustworthy_while_a_probe_or_indicator_fails():
     assert verdict(findings(), _plan(), honest, {"error": "boom"}, None)["code"] != "trustworthy"
 
 
+def test_a_masking_indicator_is_moot_where_the_gradient_attacks_fooled_every_image():
+    """results/audit_1000/natural: APGD-CE fooled all 1000 images of the undefended model and
+    unstable_predictions failed (its margins are fragile); that is no gradient masking."""
+    ind = {"indicators": [{"name": "unstable_predictions", "status": "fail", "evidence": "9/50", "category": "masking"}]}
+    everything = cascade_outcome(_records(["apgd-ce"] * 8 + ["misclassified"] * 2), [*GRADIENT_MEMBERS, "square"])
+    v = verdict(findings(), _plan(), everything, ind, None)
+    assert v["code"] == "trustworthy_with_warnings" and "moot" in v["text"], v["text"]
+    one_left = cascade_outcome(_records(["apgd-ce"] * 7 + [""] + ["misclassified"] * 2), [*GRADIENT_MEMBERS, "square"])
+    assert verdict(findings(), _plan(), one_left, ind, None)["code"] == "gradient_masking"
+    by_square = cascade_outcome(_records(["apgd-ce"] * 7 + ["square"] + ["misclassified"] * 2),
+                                [*GRADIENT_MEMBERS, "square"])
+    assert verdict(findings(), _plan(), by_square, ind, None)["code"] == "gradient_masking"
+
+
 # --------------------------------------------------------------------------- tailored attacks (the truth)
 def pgd(loss_of, x, y, steps=20, step=EPS / 4, seed=0):
     """ℓ∞ PGD (random start) maximising ``loss_of(x_adv, y)``; the last iterate."""
