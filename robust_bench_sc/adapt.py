@@ -36,7 +36,7 @@ import torch
 
 from robust_bench_sc.defense import AUTO_BPDA, EXACT_BPDA, IDENTITY_BPDA, Capabilities, Defense
 from robust_bench_sc.probes import ProbeFindings, gradient_status
-from robust_bench_sc.threat_models import ThreatModel, WorstCaseThreat
+from robust_bench_sc.threat_models import ThreatModel
 
 AUTO_EOT = 20        # AutoAttack's rand version uses 20 EOT iterations
 AUTO_RECHECK = 10    # fresh draws per answer on a randomised defense
@@ -96,14 +96,16 @@ class DefenseAdaptation:
         f = self.findings
         why_random = "randomised (observed, not declared)" if f.undeclared_randomness else \
             "randomised (declared)" if f.randomised_declared else "randomised"
-        if isinstance(t, WorstCaseThreat):
-            members = []
-            for sub in t.attacks:
-                sub2, sub_choices = self.threat(sub)
-                members.append(sub2)
-                choices += [Choice(f"{sub.name}.{c.setting}", c.value, c.reason) for c in sub_choices]
-            if choices:
-                update["attacks"] = members
+        if t.nested_fields and t.members_run_on == "defense":  # a worst case: each member, adapted
+            for field in t.nested_fields:
+                given = getattr(t, field)
+                adapted = []
+                for sub in given if isinstance(given, list) else [given]:
+                    sub2, sub_choices = self.threat(sub)
+                    adapted.append(sub2)
+                    choices += [Choice(f"{sub.name}.{c.setting}", c.value, c.reason) for c in sub_choices]
+                if adapted != (given if isinstance(given, list) else [given]):
+                    update[field] = adapted if isinstance(given, list) else adapted[0]
             return (t.model_copy(update=update) if update else t), choices
         if self.randomised and t.recheck == 1 and "recheck" not in t.model_fields_set:
             update["recheck"] = AUTO_RECHECK
@@ -140,7 +142,7 @@ class DefenseAdaptation:
     def warnings_for(self, t: ThreatModel) -> list[str]:
         """One line per setting of ``t`` the probes contradict (kept as the user set it)."""
         out = []
-        members = t.attacks if isinstance(t, WorstCaseThreat) else [t]
+        members = t.members() if t.nested_fields and t.members_run_on == "defense" else [t]
         for m in members:
             if self.randomised and m.gradient_based and not self.no_gradient and m.eot == 1 \
                     and "eot" in m.model_fields_set:

@@ -273,10 +273,7 @@ def build_suite(defense: Any, threat_models: Sequence[Any], *, n_images: int | N
                 suite_name: str = "benchmark", dataset: str | None = None, split: str | None = None,
                 x: Any = None, y: Any = None, n_classes: int | None = None) -> SuiteConfig:
     """The validated suite :func:`benchmark` runs (arguments as there); raises ConfigError."""
-    from pydantic import ValidationError
-
-    from robust_bench_sc.config import SuiteConfig, check_labels
-    from robust_bench_sc.config import resolve_worst_case
+    from robust_bench_sc.config import SuiteConfig, resolve_worst_case
 
     n_given = None
     if x is not None or y is not None:
@@ -301,11 +298,6 @@ def build_suite(defense: Any, threat_models: Sequence[Any], *, n_images: int | N
         raise ConfigError(f"{SOURCE}: threat_models: a non-empty list of names in attack_suites/, mappings or "
                           f"ThreatModel objects, got {threat_models!r}")
     tms = [_threat_model(t, i) for i, t in enumerate(threat_models)]
-    names = [t.name for t in tms]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ConfigError(f"{SOURCE}: threat model names must be unique; repeated: {', '.join(dup)} "
-                          "(give each a 'name')")
     data: dict[str, Any] = {"chunk_size": chunk_size}
     if n_images is not None:
         data["n_images"] = n_images
@@ -315,14 +307,9 @@ def build_suite(defense: Any, threat_models: Sequence[Any], *, n_images: int | N
         data["dataset"] = dataset
     if split is not None:
         data["split"] = split
-    try:
-        suite = SuiteConfig.model_validate({
-            "name": suite_name, "seed": seed, "data": data, "defenses": [_defense_spec(defense, name, params)],
-            "threat_models": tms, "worst_case_over": list(worst_case_over)})
-    except ValidationError as exc:
-        raise ConfigError("; ".join(f"{SOURCE}: {'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                    for e in exc.errors())) from None
-    check_labels(suite, SOURCE)
+    suite = SuiteConfig.build({"name": suite_name, "seed": seed, "data": data,
+                               "defenses": [_defense_spec(defense, name, params)], "threat_models": tms,
+                               "worst_case_over": list(worst_case_over)}, SOURCE)
     return resolve_worst_case(suite, tms, None, SOURCE)
 
 

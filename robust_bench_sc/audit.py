@@ -314,6 +314,10 @@ class Finding:
     remedy: str
 
 
+def _and(names: list[str]) -> str:
+    return " and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any], indicators: dict[str, Any] | None,
             binarization: dict[str, Any] | None) -> dict[str, Any]:
     """The verdict: every failing probe, cascade signal, indicator and the binarization test,
@@ -370,9 +374,11 @@ def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any],
     if plan.gradient_attacks and n_late >= max(LATE_FOOLED_MIN_IMAGES,
                                                 math.ceil(LATE_FOOLED_MIN_FRAC * outcome["clean_correct"])):
         names = ", ".join(f"{m['name']} ({m['fooled']})" for m in late)
+        order = [m["name"] for m in outcome["per_attack"]]
+        before = [g for g in order[:order.index(late[0]["name"])] if g in GRADIENT_MEMBERS]  # ran before them
         out.append(Finding("cascade", "fail", "masking",
-                           f"the worst case comes from {names}: they fooled {n_late} images that APGD (CE, DLR, "
-                           "targeted) left robust, so gradients are masked",
+                           f"the worst case comes from {names}: they fooled {n_late} images that "
+                           f"{_and(before) or 'the gradient attacks'} left robust, so gradients are masked",
                            "do not trust gradient-attack numbers; report this worst case and find the masking "
                            "(BPDA for non-differentiable steps, EOT for randomness)"))
     elif plan.gradient_attacks and n_late:
@@ -383,10 +389,19 @@ def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any],
         if indicators.get("error"):
             out.append(Finding("indicator", "fail", "masking", f"the indicators could not run: {indicators['error']}",
                                "rely on the cascade; fix what the message names"))
+        # the gradient attacks fooled every correctly classified image: no image is left whose robustness
+        # masked gradients could fake, so an indicator's masking signal is a warning here, not the verdict
+        # (an undefended model's fragile margins fail unstable_predictions, measured on natural)
+        by_gradient = sum(m["fooled"] for m in outcome["per_attack"] if m["name"] in GRADIENT_MEMBERS)
+        moot = plan.gradient_attacks and outcome["clean_correct"] > 0 and by_gradient == outcome["clean_correct"]
         for ind in indicators.get("indicators", []):
             if ind["status"] in ("fail", "warn"):
-                out.append(Finding("indicator", ind["status"], ind.get("category", "masking"),
-                                   f"{ind['name']}: {ind['evidence']}", ind.get("remedy") or "see docs/diagnostics.md"))
+                category = ind.get("category", "masking")
+                status = "warn" if moot and category == "masking" else ind["status"]
+                note = (" (moot: the gradient attacks fooled every correctly classified image)"
+                        if status != ind["status"] else "")
+                out.append(Finding("indicator", status, category, f"{ind['name']}: {ind['evidence']}{note}",
+                                   ind.get("remedy") or "see docs/diagnostics.md"))
     blind: list[str] = []
     if binarization is not None:
         if binarization.get("status") == "fail":

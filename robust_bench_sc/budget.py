@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from robust_bench_sc.threat_models import THREAT_MODELS, UNHASHED, ThreatModel, fields_with, stored_config
+from robust_bench_sc.threat_models import (THREAT_MODELS, UNHASHED, ThreatModel, autoattack_runs_square, fields_with,
+                                           stored_config)
 
 if TYPE_CHECKING:
     from robust_bench_sc.config import SuiteConfig
@@ -65,7 +66,8 @@ def budget(t: ThreatModel) -> str:
             parts.append(f"APGD {v.apgd_iterations} iterations")
         if v.apgd_restarts is not None:
             parts.append(_n(v.apgd_restarts, "APGD restart"))
-        parts.append(f"Square {v.n_queries} queries")
+        if autoattack_runs_square(v.version, v.attacks_to_run):
+            parts.append(f"Square {v.n_queries} queries")
         text = ", ".join(parts)
     elif k == "transfer":
         src = v.source_spec[2]

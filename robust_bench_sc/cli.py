@@ -7,6 +7,7 @@ import functools
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
@@ -17,6 +18,8 @@ import typer.main
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from robust_bench_sc.registry import Registry
 
 console = Console()
 err = Console(stderr=True)
@@ -37,7 +40,7 @@ def _explain(exc: BaseException) -> str:
     is wrong; anything else is shown with the innermost frame outside scbench and the
     libraries (a plug-in's own code), else as an internal error."""
     from robust_bench_sc.data import DataError
-    from robust_bench_sc.evaluate import DefenseOutputError
+    from robust_bench_sc.predictions import DefenseOutputError
     from robust_bench_sc.probes import ProbeError
     from robust_bench_sc.registry import RegistryError, plugin_frame
     from robust_bench_sc.regression import BaselineError
@@ -101,25 +104,20 @@ class _App(typer.Typer):
 
 
 COMMANDS_GROUP = "robust_bench_sc.commands"
+#: command plug-ins (``[project.entry-points."robust_bench_sc.commands"]``): name → a function
+#: written as a typer command (typer.Option/Argument defaults, a docstring)
+COMMANDS: Registry[Callable[..., Any]] = Registry(
+    "command plug-in", COMMANDS_GROUP, accepts=lambda f: callable(f) and not isinstance(f, type),
+    expected="a command function (typer.Option/Argument defaults, a docstring)")
 
 
-def _command_entry_points() -> list:
-    """The entry points of command plug-ins (``[project.entry-points."robust_bench_sc.commands"]``)."""
-    from importlib.metadata import entry_points
-
-    return list(entry_points(group=COMMANDS_GROUP))
-
-
-def _plugin_command(ep):
-    """Load one command plug-in: its entry point names a function written as a typer command
-    (typer.Option/Argument defaults, a docstring); it runs wrapped like a built-in command."""
-    func = ep.load()
-    if not callable(func) or isinstance(func, type):
-        raise TypeError(f"{ep.value} is a {type(func).__name__}, not a command function")
+def _plugin_command(name: str):
+    """Load one command plug-in; it runs wrapped like a built-in command."""
+    func = COMMANDS.get(name)
     sub = typer.Typer(add_completion=False)
-    sub.command(ep.name, rich_help_panel="Plug-in commands")(_handled(func))
+    sub.command(name, rich_help_panel="Plug-in commands")(_handled(func))
     cmd = typer.main.get_command(sub)
-    cmd.name = ep.name
+    cmd.name = name
     return cmd
 
 
@@ -130,35 +128,35 @@ class _Group(typer.core.TyperGroup):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._plugins: dict[str, Any] | None = None  # name -> entry point, before loading
+        self._plugins: dict[str, str] | None = None  # name -> its target (module:attr), before loading
         self._loaded: dict[str, Any] = {}  # name -> the loaded command
         self._broken: dict[str, str] = {}  # name -> why it did not load (warned once)
 
     def _plugin_entries(self) -> dict:
         if self._plugins is None:
             self._plugins = {}
-            for ep in _command_entry_points():
-                if ep.name in self.commands:
-                    _warn(f"command plug-in {ep.name!r} ({ep.value}) has the name of a built-in command; ignored")
-                elif ep.name in self._plugins:
-                    _warn(f"command plug-in {ep.name!r} ({ep.value}) is registered twice; "
-                               f"{self._plugins[ep.name].value} is used")
+            for name in COMMANDS.names():
+                if name in self.commands:
+                    _warn(f"command plug-in {name!r} ({COMMANDS.target(name)}) has the name of a built-in command; "
+                          "ignored")
                 else:
-                    self._plugins[ep.name] = ep
+                    self._plugins[name] = COMMANDS.target(name)
+            for line in COMMANDS.shadowed:
+                _warn(line)
         return self._plugins
 
     def _load_plugin(self, name: str, warn: bool = True):
         """The plug-in's command, or None when it does not load (with a warning if ``warn``)."""
         if name in self._loaded or name in self._broken:
             return self._loaded.get(name)
-        ep = self._plugin_entries()[name]
+        target = self._plugin_entries()[name]
         try:
-            self._loaded[name] = _plugin_command(ep)
+            self._loaded[name] = _plugin_command(name)
         except Exception as exc:  # noqa: BLE001 - a broken plug-in must not break the other commands
             if _STATE["debug"]:
                 traceback.print_exc()
             what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            self._broken[name] = f"command plug-in {name!r} ({ep.value}) did not load: {what}"
+            self._broken[name] = f"command plug-in {name!r} ({target}) did not load: {what}"
             if warn:
                 _warn(self._broken[name] + "; skipped")
             return None
@@ -262,7 +260,7 @@ def _check_threads(threads: int | None) -> None:
 
 DATA_DIR_HELP = ("the dataset's folder (or .npz file) where the suite names no data.root (default $SCBENCH_DATA, "
                  "else ../shared/data/cifar10)")
-DATASET_HELP = "dataset plug-in (scbench datasets): cifar10, cifar100, cifar10_npz (default), npz, ..."
+DATASET_HELP = "dataset plug-in (scbench datasets): cifar10, cifar100, cifar10_npz (default), npz, imagefolder, ..."
 PROBE_TIMEOUT_HELP = ("seconds each probe may take before the defense is reported as hanging (default: 100 × one "
                       "forward pass on the probe images, at least 60 s; 300 s for that first pass)")
 
@@ -310,7 +308,7 @@ def run(
     profile: Optional[str] = typer.Option(None, "--profile", help="a reduced profile declared in the suite, e.g. quick"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     dataset: Optional[str] = typer.Option(None, "--dataset", help=DATASET_HELP),
-    executor: str = typer.Option("local", "--executor", help="local or ray"),
+    executor: str = typer.Option("local", "--executor", help="local, ray, or an executor plug-in (entry point robust_bench_sc.executors)"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="address of a Ray cluster (with --executor ray)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress and no table: only warnings, errors and the results folder"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads of the local executor (default: torch's); no effect on the numbers"),

@@ -235,6 +235,38 @@ class SuiteConfig(BaseModel):
                 return t
         raise KeyError(name)
 
+    @classmethod
+    def build(cls, data: dict[str, Any], source: str, *, invalid: Any = None,
+              line_of_defense: Any = None) -> SuiteConfig:
+        """The one way to a validated suite: a suite file (:func:`load_suite`), ``benchmark()``
+        (:func:`robust_bench_sc.api.build_suite`, which ``scbench audit`` uses) and a run's
+        ``run.json`` (:func:`suite_from_resolved`) all come here. ``data`` holds validated
+        threat models. The schema, then the checks across entries, each a one-line
+        ``ConfigError`` naming ``source``: threat-model names unique, defense labels unique,
+        no two labels sharing a records folder (:func:`check_labels`), each defense's
+        ``threat_models`` in the suite. ``invalid(exc)`` words a schema error (a suite file
+        names its lines); ``line_of_defense(i)`` the line of ``defenses[i]``, where known."""
+        try:
+            suite = cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(invalid(exc) if invalid is not None else _format_validation(exc, source, None)) from None
+        for what, labels in (("threat model", [t.name for t in suite.threat_models]),
+                             ("defense", [d.label for d in suite.defenses])):
+            dup = sorted({n for n in labels if labels.count(n) > 1})
+            if dup:
+                raise ConfigError(f"{source}: {what} names must be unique; repeated: {', '.join(dup)} "
+                                  "(give each a 'name')")
+        check_labels(suite, source)
+        names = [t.name for t in suite.threat_models]
+        for i, d in enumerate(suite.defenses):
+            unknown = [k for k in d.threat_models or [] if k not in names]
+            if unknown:
+                line = line_of_defense(i) if line_of_defense is not None else None
+                raise ConfigError(f"{source}" + (f", line {line}" if line else "") + f": defenses[{i}] ({d.label}): "
+                                  f"threat_models {', '.join(unknown)} not in the suite"
+                                  f"{did_you_mean(unknown[0], names)}; suite threat_models: {', '.join(names)}")
+        return suite
+
 
 def check_labels(suite: SuiteConfig, source: str) -> SuiteConfig:
     """Defense and threat-model labels name folders of a run (``records/<defense>/<threat>/``,
@@ -465,10 +497,7 @@ def suite_from_resolved(config: Any, source: str) -> SuiteConfig:
         raise ConfigError(f"{source}: no resolved suite configuration ('config' with 'threat_models')")
     data = dict(config)
     data["threat_models"] = [validate_threat_model(t, source) for t in config["threat_models"]]
-    try:
-        return check_labels(SuiteConfig.model_validate(data), source)
-    except ValidationError as exc:
-        raise ConfigError(_format_validation(exc, source, None)) from None
+    return SuiteConfig.build(data, source, invalid=lambda exc: _format_validation(exc, source, None))
 
 
 def load_threat_model_file(path: Path) -> ThreatModel:
@@ -731,32 +760,16 @@ def load_suite(path: str | Path, overrides: list[str] | None = None, profile: st
         tm = validate_threat_model(tm_map, src, lined, default_name=default, prefix=prefix, blame=blames[i])
         tms.append(tm)
     names = [t.name for t in tms]
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise ConfigError(f"{source}: threat model names must be unique; repeated: {', '.join(sorted(dup))} (give each a 'name')")
-
     data["threat_models"] = tms
     data["profile"] = profile
     data["overrides"] = list(overrides or [])
-    try:
-        suite = SuiteConfig.model_validate(data)
-    except ValidationError as exc:
-        section = {"data": DataConfig, "resources": ResourcesConfig, "defenses": DefenseSpec}
-        raise ConfigError(_format_validation(exc, source, raw, cls=lambda loc: section.get(loc[0]) if loc else None,
-                                             blame=top_blame)) from None
+    section = {"data": DataConfig, "resources": ResourcesConfig, "defenses": DefenseSpec}
+    suite = SuiteConfig.build(
+        data, source, line_of_defense=lambda i: line_of(raw, ("defenses", i, "threat_models")),
+        invalid=lambda exc: _format_validation(exc, source, raw, cls=lambda loc: section.get(loc[0]) if loc else None,
+                                               blame=top_blame))
     labels = [d.label for d in suite.defenses]
-    dup = {n for n in labels if labels.count(n) > 1}
-    if dup:
-        raise ConfigError(f"{source}: defense names must be unique; repeated: {', '.join(sorted(dup))} (give each a 'name')")
-    check_labels(suite, source)
     suite = suite.model_copy(update={"defenses": _plugin_files_from(suite.defenses, path, raw, source)})
-    for i, d in enumerate(suite.defenses):
-        unknown = [k for k in d.threat_models or [] if k not in names]
-        if unknown:
-            line = line_of(raw, ("defenses", i, "threat_models"))
-            raise ConfigError(f"{source}" + (f", line {line}" if line else "") + f": defenses[{i}] ({d.label}): "
-                              f"threat_models {', '.join(unknown)} not in the suite{did_you_mean(unknown[0], names)}; "
-                              f"suite threat_models: {', '.join(names)}")
     if profile is not None:  # a profile may run a subset of the rows / columns
         chosen = suite.profiles[profile]
         for field, have, label_of in (("defenses", labels, lambda d: d.label), ("threat_models", names, lambda t: t.name)):

@@ -7,6 +7,7 @@ images in [0, 1], float32 NCHW.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -90,11 +91,20 @@ _CACHE_SIZE = 2  # splits kept read (a run reads its split for the data hash, th
 
 
 def _stamp(source: str) -> tuple:
-    """What the files read look like now (name, size, mtime of the file, or of each file in the folder)."""
+    """What the files read look like now: (name, size, mtime) of the file, or the folder's subfolder
+    names and (path, size, mtime) of every file under it (an ImageFolder's class folders, empty ones
+    included, since they hold a class index)."""
     p = Path(source)
+    folders: list[str] = []
+    files: list[Path] = []
     try:
-        files = [p] if p.is_file() else sorted(q for q in p.iterdir() if q.is_file()) if p.is_dir() else []
-        return tuple((q.name, q.stat().st_size, q.stat().st_mtime_ns) for q in files)
+        if p.is_file():
+            return ((p.name, p.stat().st_size, p.stat().st_mtime_ns),)
+        for d, dirs, names in os.walk(p, followlinks=True):
+            folders += [str((Path(d) / f).relative_to(p)) for f in dirs]
+            files += [Path(d) / f for f in names]
+        return tuple(sorted(folders)) + tuple((str(q.relative_to(p)), q.stat().st_size, q.stat().st_mtime_ns)
+                                              for q in sorted(files))
     except OSError:
         return ()
 

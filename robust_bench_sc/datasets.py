@@ -12,8 +12,11 @@ theirs under the entry-point group ``robust_bench_sc.datasets`` (an instance of 
 - ``cifar100``: ``cifar-100-python/`` (``test``, ``train``), fine labels, 100 classes;
 - ``cifar10_npz``: this project's shared files (``test_first1000.npz``, ``train_0..4.npz``);
   the default, so suites that name no dataset read what they always read;
-- ``npz``: one ``.npz`` with ``x`` uint8 (N, H, W, C) and integer ``y`` (optional ``idx``,
-  ``n_classes``), of any size and number of classes.
+- ``npz``: one ``.npz`` (or a pair of ``.npy`` files) with images ``x`` (N, H, W, C) or (N, C, H, W),
+  uint8 or floats in [0, 1], and labels ``y`` (N,), (N, 1) or one-hot (other usual key names
+  accepted; optional ``idx``, ``n_classes``), of any size and number of classes;
+- ``imagefolder``: image files in torchvision's ImageFolder tree (``ROOT/<split>/<class>/*.png``),
+  read with Pillow in torchvision's order.
 
 Nothing is downloaded: a missing file is one line saying where the files go and which layout
 is expected. A reader returns the whole split as numpy arrays (:class:`Arrays`);
@@ -258,38 +261,286 @@ class Cifar10Npz(Dataset):
         return Arrays(x, y, idx, 10, self.title, str(root / self.files[split][0]))
 
 
+# the names a generic array file may give its images and labels (x / y win when present); x_<split> /
+# y_<split> (x_test, y_train, ...) are accepted as well
+IMAGE_KEYS = ("x", "images", "data", "X")
+LABEL_KEYS = ("y", "labels", "targets", "Y")
+NPZ_SHAPES = ("expected x uint8 (N, H, W, C) with C 1 or 3 and y of shape (N,) (also accepted: (N, C, H, W); "
+              "floats in [0, 1]; integers in 0..255; y (N, 1) or one-hot (N, K); a grayscale (N, H, W) needs a "
+              "channel axis: x[..., None])")
+
+
+def _choose_key(have: list[str], names: tuple[str, ...], what: str, where: str) -> str:
+    """The one array of ``names`` that ``have`` holds (the first name wins when present)."""
+    if names[0] in have:
+        return names[0]
+    found = [k for k in names if k in have]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise DataError(f"{where} has no {what} array: it holds {', '.join(have) or 'nothing'}; accepted names: "
+                        f"{', '.join(names)}")
+    raise DataError(f"{where} holds several {what} arrays ({', '.join(found)}); keep one of {', '.join(names)}")
+
+
+def as_images(x: np.ndarray, where: str, key: str) -> np.ndarray:
+    """``x`` as uint8 (N, H, W, C) (or float32 in [0, 1], same layout), C 1 or 3.
+
+    Layout: channels last when axis 3 is 1 or 3 (this wins when axis 1 is too, e.g. (N, 3, 8, 3)),
+    else channels first when axis 1 is 1 or 3. Values: uint8 as they are; other integers in
+    0..255 exactly (as uint8); floats in [0, 1] (as float32). Anything else is an error: floats
+    above 1 are never rescaled (values in 0..255 say "divide by 255")."""
+    have = f"{where}: {key} is {x.dtype}{tuple(x.shape)}"
+    if x.ndim != 4 or x.shape[0] == 0 or min(x.shape[1:]) == 0:
+        raise DataError(f"{have}; {NPZ_SHAPES}")
+    if x.shape[3] not in (1, 3):
+        if x.shape[1] not in (1, 3):
+            raise DataError(f"{have}: neither axis 3 (channels last) nor axis 1 (channels first) has 1 or 3 channels; "
+                            f"{NPZ_SHAPES}")
+        x = x.transpose(0, 2, 3, 1)
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x)
+    if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise DataError(f"{have}: expected uint8 pixels 0..255 or floats in [0, 1]")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        raise DataError(f"{have}: it holds NaN or infinite values; expected floats in [0, 1]")
+    lo, hi = x.min(), x.max()
+    if np.issubdtype(x.dtype, np.integer):
+        if lo < 0 or hi > 255:
+            raise DataError(f"{have} with values {lo}..{hi}; expected integer pixels in 0..255 (or floats in [0, 1])")
+        return np.ascontiguousarray(x.astype(np.uint8))
+    if lo < 0 or hi > 1:
+        hint = ("; they look like pixels 0..255 stored as floats: divide by 255 (or store uint8); nothing is "
+                "rescaled silently") if lo >= 0 and hi <= 255 else " (nothing is rescaled silently)"
+        raise DataError(f"{have} with values {lo:g}..{hi:g}, outside [0, 1]; expected floats in [0, 1]{hint}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def as_labels(y: np.ndarray, n: int, where: str, key: str) -> tuple[np.ndarray, int | None]:
+    """Integer labels (N,) from (N,), (N, 1) or one-hot (N, K) (then also K); integral floats
+    are taken as integers."""
+    have = f"{where}: {key} is {y.dtype}{tuple(y.shape)}"
+    if y.dtype == np.bool_ or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise DataError(f"{have}; expected integer labels (N,), (N, 1) or one-hot (N, K)")
+    k = None
+    if y.ndim == 2 and y.shape[0] == n and y.shape[1] == 1:
+        y = y[:, 0]
+    elif y.ndim == 2 and y.shape[0] == n and y.shape[1] >= 2:
+        if not (((y == 0) | (y == 1)).all() and (y.sum(axis=1) == 1).all()):
+            raise DataError(f"{have} is not one-hot (each row one 1, the rest 0); soft or multi-label targets "
+                            "are not accepted: store integer labels (N,)")
+        y, k = y.argmax(axis=1), int(y.shape[1])
+    if y.shape != (n,):
+        raise DataError(f"{have}; expected y of shape (N,) = ({n},) for the {n} images, (N, 1) or one-hot (N, K)")
+    if np.issubdtype(y.dtype, np.floating):
+        if not (np.isfinite(y).all() and (y == np.round(y)).all()):
+            raise DataError(f"{have} with values that are not whole numbers; expected integer class labels")
+        y = y.astype(np.int64)
+    return y, k
+
+
+def _npy_folder(folder: Path) -> list[str]:
+    """The names of the .npy files in ``folder`` (stems)."""
+    return sorted(p.stem for p in folder.glob("*.npy") if p.is_file())
+
+
 class Npz(Dataset):
-    """Any images: ``root`` is the .npz file itself, or a folder holding ``<split>.npz``."""
+    """Any images: ``root`` is the .npz file itself, or a folder holding ``<split>.npz`` (or,
+    without it, a pair of .npy files ``x.npy`` / ``y.npy``, any accepted names)."""
 
     name = "npz"
     title = ""
     splits = ("test", "train", "val")
-    layout = ("expected one .npz (numpy.savez) with x uint8 (N, H, W, C), C 1 or 3, and y integer labels (N,); "
-              "optional idx (N,) (image positions, default 0..N-1) and n_classes (default max(y)+1); "
-              "data.root is the file, or a folder holding <split>.npz")
+    layout = ("expected one .npz (numpy.savez) with images x (N, H, W, C) or (N, C, H, W), C 1 or 3, uint8 or "
+              "floats in [0, 1] (also named images, data, X, x_<split>) and labels y (N,), (N, 1) or one-hot "
+              "(also labels, targets, Y, y_<split>); optional idx (N,) (image positions, default 0..N-1) and "
+              "n_classes (default max(y)+1); data.root is the file, or a folder holding <split>.npz or x.npy and "
+              "y.npy")
 
     def path(self, root: Path, split: str) -> Path:
         return root if root.suffix == ".npz" else root / f"{split}.npz"
 
     def images_label(self, root: str | Path | None, split: str) -> str:
+        if root and not self.path(Path(root), split).is_file() and Path(root).is_dir() and _npy_folder(Path(root)):
+            return f"{split} images of {Path(root).name}/"
         name = self.path(Path(root), split).name if root else f"{split}.npz"
         return f"{split} images of {name}"
 
     def read(self, root: Path, split: str) -> Arrays:
         path = self.path(root, split)
-        if not path.is_file():
-            raise self.missing(path)
-        f = read_npz(path, need_idx=False)
-        y = f["y"]
-        if "n_classes" in f:
-            n_classes = int(f["n_classes"])
+        image_keys, label_keys = (*IMAGE_KEYS, f"x_{split}"), (*LABEL_KEYS, f"y_{split}")
+        if path.is_file():
+            where = str(path)
+            try:
+                with np.load(path) as f:
+                    have = list(f.files)
+                    keys = [_choose_key(have, image_keys, "image", where), _choose_key(have, label_keys, "label", where)]
+                    out = {k: f[k] for k in (*keys, *(o for o in ("idx", "n_classes") if o in have))}
+            except DataError:
+                raise
+            except Exception as exc:
+                raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc} (expected an .npz written by "
+                                "numpy.savez)") from None
+        elif root.is_file():
+            raise DataError(f"npz dataset: {root} is a file but not an .npz; give the .npz file, or the folder "
+                            f"holding {split}.npz or the .npy files (x.npy and y.npy, or x_{split}.npy and y_{split}.npy, ...)")
+        elif root.is_dir() and _npy_folder(root):
+            where, have = str(root), _npy_folder(root)
+            keys = [_choose_key(have, image_keys, "image (.npy)", where), _choose_key(have, label_keys, "label (.npy)", where)]
+            out = {}
+            for key in (*keys, *(o for o in ("idx", "n_classes") if o in have)):
+                try:
+                    out[key] = np.load(root / f"{key}.npy")
+                except Exception as exc:
+                    raise DataError(f"cannot read {root / f'{key}.npy'}: {type(exc).__name__}: {exc} (expected an .npy "
+                                    "written by numpy.save)") from None
         else:
-            n_classes = int(y.max()) + 1 if y.size and np.issubdtype(y.dtype, np.integer) else 0
+            raise self.missing(path)
+        xk, yk = keys
+        x = as_images(out[xk], where, xk)
+        y, one_hot_k = as_labels(out[yk], len(x), where, yk)
+        if "n_classes" in out:
+            n_classes = int(out["n_classes"])
+        else:
+            n_classes = one_hot_k if one_hot_k is not None else int(y.max()) + 1 if y.size else 0
         if n_classes < 2:
-            raise DataError(f"{path}: {n_classes} classes (labels {y.min() if y.size else '-'}..{y.max() if y.size else '-'}); "
+            raise DataError(f"{where}: {n_classes} classes (labels {y.min() if y.size else '-'}..{y.max() if y.size else '-'}); "
                             "a classifier needs at least 2 (store n_classes in the file)")
-        idx = f["idx"].astype(np.int64) if "idx" in f else np.arange(len(y), dtype=np.int64)
-        return Arrays(f["x"], check_labels(str(path), y, n_classes), idx, n_classes, path.name, str(path))
+        idx = out.get("idx")
+        if idx is not None and idx.shape != (len(x),):
+            raise DataError(f"{where}: idx is {idx.dtype}{tuple(idx.shape)}; expected ({len(x)},), one position per image")
+        idx = idx.astype(np.int64) if idx is not None else np.arange(len(y), dtype=np.int64)
+        title = path.name if path.is_file() else f"{root.name}/"
+        return Arrays(x, check_labels(where, y, n_classes), idx, n_classes, title, where)
+
+
+# -- image files in class folders (torchvision's ImageFolder) ---------------------------------
+
+# torchvision.datasets.folder.IMG_EXTENSIONS, compared in lower case
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IGNORED_FILES = ("thumbs.db", "desktop.ini")  # besides hidden files (.DS_Store, ...)
+ONE_CHANNEL = ("L", "1", "LA")  # Pillow modes read as 1 channel (mode 1: 0 or 255; LA: alpha dropped)
+THREE_CHANNELS = ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")  # converted to RGB
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name.lower() in IGNORED_FILES
+
+
+def image_files(folder: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """The class names (sorted) and (file, class index) of every image under ``folder``/<class>/, in torchvision's
+    ImageFolder order: classes by sorted folder name, then within a class the sorted walk of
+    its folder (sorted subfolder paths, file names sorted in each). Hidden files and folders
+    are skipped; any other file that is not an image is an error (never dropped silently)."""
+    import os
+
+    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not _hidden(e.name))
+    loose = sorted(e.name for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
+    if loose:
+        raise DataError(f"{folder / loose[0]}: an image outside any class folder ({len(loose)} such in {folder}); "
+                        f"expected {folder}/<class_name>/<image>")
+    if not classes:
+        raise DataError(f"{folder} has no class folders; expected {folder}/<class_name>/<image> "
+                        f"({', '.join(IMAGE_EXTENSIONS)}) (set data.root, --data-dir or $SCBENCH_DATA)")
+    out = []
+    for label, cls in enumerate(classes):
+        for dirpath, dirnames, filenames in sorted(os.walk(folder / cls, followlinks=True)):
+            if any(_hidden(part) for part in Path(dirpath).relative_to(folder).parts):
+                continue
+            for name in sorted(filenames):
+                if _hidden(name):
+                    continue
+                if not name.lower().endswith(IMAGE_EXTENSIONS):
+                    raise DataError(f"{Path(dirpath) / name}: not an image file of the accepted kinds "
+                                    f"({', '.join(IMAGE_EXTENSIONS)}); remove or convert it")
+                out.append((Path(dirpath) / name, label))
+    return classes, out
+
+
+def read_image(path: Path) -> np.ndarray:
+    """One image file as uint8 (H, W, C): mode L (and 1, LA) → 1 channel, RGB → 3; RGBA, P (palette),
+    CMYK, ... converted to RGB (alpha dropped, not blended); 16-bit and float modes refused."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode not in ONE_CHANNEL + THREE_CHANNELS:
+                raise DataError(f"{path}: Pillow mode {mode} (16-bit or float pixels); expected 8-bit images: "
+                                f"grayscale (L) or colour ({', '.join(THREE_CHANNELS)})")
+            raw = [t.args[0] if isinstance(t.args, tuple) and t.args else t.args for t in getattr(im, "tile", [])]
+            if any(isinstance(r, str) and ";16" in r for r in raw):  # Pillow reads 16-bit RGB(A) PNG as 8-bit
+                raise DataError(f"{path}: 16 bits per channel ({', '.join(map(str, raw))}), which Pillow would cut "
+                                "to 8 bits; expected 8-bit images (convert them yourself)")
+            if mode in ONE_CHANNEL:
+                arr = np.asarray(im.convert("L"))[:, :, None]
+            else:
+                arr = np.asarray(im if mode == "RGB" else im.convert("RGB"))
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from None
+    return arr
+
+
+class ImageFolder(Dataset):
+    """Image files in one folder per class, as torchvision's ``ImageFolder`` reads them:
+    ``ROOT/<split>/<class_name>/*.png`` or, when ROOT has no ``<split>/`` folder,
+    ``ROOT/<class_name>/*.png``."""
+
+    name = "imagefolder"
+    title = "ImageFolder"
+    splits = ("test", "train", "val")
+    layout = ("expected torchvision's ImageFolder layout: ROOT/<split>/<class_name>/<image> or, without a split "
+              f"folder, ROOT/<class_name>/<image> ({', '.join(IMAGE_EXTENSIONS)}, read with Pillow); class index = "
+              "sorted class folder names; images in torchvision's order (class, then sorted file path); one "
+              "size for all; L → 1 channel, RGB (and RGBA, P, ...: converted) → 3")
+
+    def folder(self, root: Path, split: str) -> tuple[Path, bool]:
+        """The folder of class folders: ``root/split`` when it is a folder (True), else ``root`` (False)."""
+        return (root / split, True) if (root / split).is_dir() else (root, False)
+
+    def images_label(self, root: str | Path | None, split: str) -> str:
+        if not root:
+            return f"{split} images of an ImageFolder"
+        folder, is_split = self.folder(Path(root), split)
+        return f"images of {folder.parent.name}/{split}/" if is_split else f"images of {folder.name}/ (no split folder)"
+
+    def read(self, root: Path, split: str) -> Arrays:
+        check_split(self, split)
+        if root.is_file():
+            raise DataError(f"imagefolder dataset: {root} is a file; expected the folder ROOT of "
+                            "ROOT/<split>/<class_name>/<image> or ROOT/<class_name>/<image>")
+        if not root.is_dir():
+            raise self.missing(root)
+        folder, is_split = self.folder(root, split)
+        if not is_split:
+            splits = sorted(s for s in self.splits if (root / s).is_dir())
+            if splits:
+                raise DataError(f"imagefolder dataset: {root} has no {split}/ folder (it has {', '.join(s + '/' for s in splits)}); "
+                                f"ask for split {splits[0]} (data.split), or give the split folder itself as the root")
+        classes, files = image_files(folder)
+        if not files:
+            raise DataError(f"{folder}: no image files in its class folders; expected {folder}/<class_name>/<image> "
+                            f"({', '.join(IMAGE_EXTENSIONS)})")
+        first = read_image(files[0][0])
+        x = np.empty((len(files), *first.shape), np.uint8)
+        for i, (path, _) in enumerate(files):
+            img = first if i == 0 else read_image(path)
+            if img.shape != first.shape:
+                raise DataError(f"{path} is {_size(img)}, but {files[0][0]} is {_size(first)}; all images of an "
+                                "ImageFolder must share one size and channel count (resize or convert them first)")
+            x[i] = img
+        n_classes = len(classes)
+        if n_classes < 2:
+            raise DataError(f"{folder} has {n_classes} class folder; a classifier needs at least 2")
+        y = np.array([label for _, label in files], dtype=np.int64)
+        return Arrays(x, y, np.arange(len(y), dtype=np.int64), n_classes, self.title, str(folder))
+
+
+def _size(img: np.ndarray) -> str:
+    h, w, c = img.shape
+    return f"{w}×{h} pixels (width × height) with {c} channel{'s' if c > 1 else ''}"
 
 
 class InMemory(Dataset):
@@ -314,8 +565,9 @@ class InMemory(Dataset):
 
 # the bundled plug-ins, registered in code (a source checkout needs no installed entry points);
 # pyproject.toml declares the same objects under robust_bench_sc.datasets
-CIFAR10, CIFAR100, CIFAR10_NPZ, NPZ, TENSORS = Cifar10(), Cifar100(), Cifar10Npz(), Npz(), InMemory()
-for _ds in (CIFAR10, CIFAR100, CIFAR10_NPZ, NPZ, TENSORS):
+CIFAR10, CIFAR100, CIFAR10_NPZ, NPZ, IMAGEFOLDER, TENSORS = \
+    Cifar10(), Cifar100(), Cifar10Npz(), Npz(), ImageFolder(), InMemory()
+for _ds in (CIFAR10, CIFAR100, CIFAR10_NPZ, NPZ, IMAGEFOLDER, TENSORS):
     DATASETS.register(_ds.name, _ds)
 
 DEFAULT_DATASET = "cifar10_npz"

@@ -8,23 +8,26 @@ returned image. A toolkit bug therefore cannot leak into a table; it shows up as
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Any
 
 import torch
 
-from robust_bench_sc.attacks.base import Attack, AttackContext, get_attack
+from robust_bench_sc.attacks.base import AttackContext, run_attack
 from robust_bench_sc.data import N_CLASSES
 from robust_bench_sc.defense import Defense
 from robust_bench_sc.norms import NORMS
-from robust_bench_sc.threat_models import CleanThreat, ThreatModel, WorstCaseThreat
+from robust_bench_sc.predictions import NO_PREDICTION, DefenseOutputError, checked_logits, predict
+from robust_bench_sc.threat_models import CleanThreat, ThreatModel
+
+__all__ = ["ATTACK_ERROR", "BOX_TOL", "NORM_TOL_ABS", "NORM_TOL_REL", "NO_GRADIENT", "NO_PREDICTION",
+           "DefenseOutputError", "attack_error_text", "checked_logits", "evaluate_threat", "perturbation_norms",
+           "predict", "run_attack"]  # predict, checked_logits and run_attack live below the attacks; kept here too
 
 BOX_TOL = 1e-5
 NORM_TOL_REL = 1e-4
 NORM_TOL_ABS = 1e-5
 
 
-NO_PREDICTION = -1  # a sample whose logits were not finite: never counted as any class
 ATTACK_ERROR = "attack_error"  # flag and record field: the attack raised; the field holds its one-line message
 NO_GRADIENT = "no_gradient"    # flag: a gradient attack not run, the probes found no usable gradient (attack_error says)
 
@@ -33,51 +36,6 @@ def attack_error_text(threat: ThreatModel, exc: BaseException) -> str:
     """One line: which attack raised what (a record's ``attack_error``, a table's note)."""
     msg = " ".join(str(exc).split())[:200]
     return f"{threat.kind} ({threat.backend}) raised {type(exc).__name__}{': ' + msg if msg else ''}"
-
-
-class DefenseOutputError(RuntimeError):
-    """A defense returned something that is not a batch of finite logits."""
-
-
-def checked_logits(defense: Defense, xb: torch.Tensor, n_classes: int = N_CLASSES) -> torch.Tensor:
-    """``defense(xb)``, refused unless it is a tensor of shape (n, n_classes): one logit per
-    class of the dataset (``AttackContext.n_classes``; 10 for CIFAR-10, the default)."""
-    out = defense(xb)
-    n = xb.shape[0]
-    if not isinstance(out, torch.Tensor):
-        raise DefenseOutputError(f"defense {defense.name!r} returned {type(out).__name__}, expected a tensor of "
-                                 f"logits of shape ({n}, {n_classes})")
-    if tuple(out.shape) != (n, n_classes) or not out.is_floating_point():
-        raise DefenseOutputError(f"defense {defense.name!r} returned {out.dtype} of shape {tuple(out.shape)} for "
-                                 f"{n} images; expected float logits of shape ({n}, {n_classes}) (one score per "
-                                 f"class of the dataset, which has {n_classes})")
-    if out.device.type != xb.device.type:  # `meta` (no values at all), or left on another device
-        raise DefenseOutputError(f"defense {defense.name!r} returned logits on device {out.device.type!r} for "
-                                 f"images on {xb.device.type!r}; return them on the images' device")
-    return out
-
-
-@torch.no_grad()
-def predict(defense: Defense, x: torch.Tensor, batch_size: int, device: torch.device,
-            non_finite: str = "raise", n_classes: int = N_CLASSES) -> torch.Tensor:
-    """Predicted classes. Logits are checked (shape (n, n_classes)); a row with a NaN or inf logit
-    raises :class:`DefenseOutputError` (``non_finite="raise"``) or predicts ``NO_PREDICTION``
-    (``"flag"``: it then matches no label), never argmax-of-NaN counted as a class."""
-    out = []
-    for i in range(0, x.shape[0], batch_size):
-        logits = checked_logits(defense, x[i : i + batch_size].to(device), n_classes)
-        pred = logits.argmax(1)
-        bad = ~torch.isfinite(logits).all(1)
-        if bad.any():
-            if non_finite == "raise":
-                rows = (bad.nonzero().squeeze(1) + i).tolist()
-                raise DefenseOutputError(
-                    f"defense {defense.name!r} returned non-finite logits (NaN or inf) for {len(rows)} of "
-                    f"{x.shape[0]} images evaluated (positions {', '.join(map(str, rows[:5]))}"
-                    f"{', ...' if len(rows) > 5 else ''}); its predictions would be meaningless")
-            pred = torch.where(bad, torch.full_like(pred, NO_PREDICTION), pred)
-        out.append(pred.cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
 def perturbation_norms(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -89,42 +47,6 @@ def _budget_ok(norms: dict[str, torch.Tensor], norm: str, eps: float | None) -> 
     if eps is None or norm not in norms:
         return torch.ones_like(norms["l2"], dtype=torch.bool)
     return norms[norm] <= eps * (1 + NORM_TOL_REL) + NORM_TOL_ABS
-
-
-def _in_batch(ctx: AttackContext, b: int, n_batches: int) -> AttackContext:
-    """``ctx`` whose progress stages name the batch (``batch 2/5: restart …``) when there are several."""
-    report = ctx.progress
-    if report is None or n_batches == 1:
-        return ctx
-
-    def in_batch(k: int, stage: str | None = None) -> None:
-        report(k, None if stage is None else f"batch {b}/{n_batches}: {stage}")
-
-    return replace(ctx, progress=in_batch)
-
-
-def run_attack(threat: ThreatModel, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
-               attack: Attack | None = None):
-    """Run ``threat``'s attack (``attack``: an instance of it already built) batch by batch
-    (``Attack.batch_size``); returns x_adv, claimed (or None) and info, on the CPU."""
-    attack = attack or get_attack(threat)
-    size = attack.batch_size or max(x.shape[0], 1)
-    n_batches = -(-x.shape[0] // size)
-    xs, claims, infos = [], [], []
-    for i in range(0, x.shape[0], size):
-        xb, yb = x[i : i + size].to(ctx.device), y[i : i + size].to(ctx.device)
-        out = attack.run(_in_batch(ctx, i // size + 1, n_batches), xb, yb)
-        xs.append(out.x_adv.detach().cpu().float())
-        claims.append(None if out.claimed is None else out.claimed.cpu().bool())
-        infos.append({k: v.detach().cpu() for k, v in out.info.items()})
-        if ctx.progress and attack.batch_size:
-            ctx.progress(xb.shape[0])
-    x_adv = torch.cat(xs)
-    given = [c for c in claims if c is not None]
-    claimed = torch.cat(given) if len(given) == len(claims) else None
-    keys = list(dict.fromkeys(k for inf in infos for k in inf))
-    info = {k: torch.cat([inf[k] for inf in infos]) for k in keys if all(k in inf for inf in infos)}
-    return x_adv, claimed, info
 
 
 def _check_and_predict(defense, threat_norm, eps, x, y, x_adv, recheck, device, batch_size, minimum_norm,
@@ -194,7 +116,7 @@ def evaluate_threat(defense: Defense, threat: ThreatModel, x: torch.Tensor, y: t
             ctx.progress(n)
         return _records(idx, y, clean_pred, torch.zeros(n, dtype=torch.bool), clean_pred,
                         (~correct).float(), z, [[] for _ in range(n)], None, {}, correct)
-    if isinstance(threat, WorstCaseThreat):
+    if threat.nested_fields and threat.members_run_on == "defense":  # the engine composes its members' records
         return _evaluate_worst_case(defense, threat, x, y, idx, ctx, clean_pred)
 
     attacked = correct.clone() if threat.only_correct else torch.ones(n, dtype=torch.bool)
@@ -259,13 +181,14 @@ def evaluate_threat(defense: Defense, threat: ThreatModel, x: torch.Tensor, y: t
     return recs
 
 
-def _evaluate_worst_case(defense, threat: WorstCaseThreat, x, y, idx, ctx, clean_pred):
-    """AutoAttack-style: each attack runs only on the samples every earlier one missed."""
+def _evaluate_worst_case(defense, threat: ThreatModel, x, y, idx, ctx, clean_pred):
+    """AutoAttack-style: each member runs only on the samples every earlier one missed; a
+    sample is robust only where every member failed (the per-sample worst case)."""
     n = y.shape[0]
     robust = (clean_pred == y).clone()
     final: list[dict[str, Any] | None] = [None] * n
     errors: list[str] = []  # members that raised: the cascade goes on without them, every record says so
-    for sub_tm in threat.attacks:  # typed, named and with the parent's defaults (threat_models.py)
+    for sub_tm in threat.members():  # typed, named and with the parent's defaults (threat_models.py)
         alive = robust.nonzero().squeeze(1)
         if alive.numel() == 0:
             break

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any
 
 from robust_bench_sc.config import SuiteConfig
 from robust_bench_sc.errors import RunError
 from robust_bench_sc.plan import Job
-from robust_bench_sc.registry import load_reference
+from robust_bench_sc.registry import Registry, RegistryError, subclass_of
 from robust_bench_sc.worker import ChunkResult, Worker
 
 ResultCallback = Callable[[ChunkResult], None]
@@ -27,6 +28,10 @@ class Executor(ABC):
     #: jobs that run at the same time, once known (run.json records it with the first result;
     #: ``scbench status`` turns job time to go into wall time with it); None: not known
     concurrent_jobs: int | None = None
+
+    def __init__(self, device: str = "cpu", **options: Any) -> None:
+        """``--device``, and the executor's own options (``make_executor``'s keyword arguments)."""
+        self.device = device
 
     @abstractmethod
     def execute(self, suite: SuiteConfig, jobs: list[Job], on_result: ResultCallback,
@@ -52,20 +57,24 @@ class LocalExecutor(Executor):
             on_result(worker.run(job, cb))
 
 
-EXECUTORS: dict[str, str] = {
-    "local": "robust_bench_sc.executor:LocalExecutor",
-    "ray": "robust_bench_sc.ray_executor:RayExecutor",
-}
+#: ``--executor NAME`` → an :class:`Executor` class (entry-point group ``robust_bench_sc.executors``);
+#: the Ray one is imported only when named (it needs the ``ray`` extra)
+EXECUTORS: Registry[type[Executor]] = Registry("executor", "robust_bench_sc.executors", accepts=subclass_of(Executor),
+                                               expected="a subclass of robust_bench_sc.executor.Executor")
+EXECUTORS.register("local", LocalExecutor)
+EXECUTORS.register("ray", "robust_bench_sc.ray_executor:RayExecutor")
 
 
 def make_executor(name: str, device: str, **kwargs) -> Executor:
     """The executor ``--executor name`` asks for; an unknown name or a missing extra is one RunError line."""
     if name not in EXECUTORS:
-        raise RunError(f"unknown executor {name!r}; available: {', '.join(EXECUTORS)}")
+        raise RunError(str(EXECUTORS.unknown(name)))
     if name == "local":
         return LocalExecutor(device=device, data_root=kwargs.get("data_root"))
     try:
-        cls = load_reference(EXECUTORS[name])
+        cls = EXECUTORS.get(name)
     except ImportError as exc:
         raise RunError(f"executor {name!r} needs an optional extra: pip install 'robust_bench_sc[{name}]' ({exc})") from None
+    except RegistryError as exc:
+        raise RunError(str(exc)) from None
     return cls(device=device, **kwargs)

@@ -32,7 +32,6 @@ def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None,
     ``plugins.name_defenses`` leaves them)."""
     from robust_bench_sc.attacks.base import ATTACKS, attack_class, attack_key
     from robust_bench_sc.registry import RegistryError
-    from robust_bench_sc.threat_models import TransferThreat, WorstCaseThreat
 
     def build(ref, params, label, what):
         try:
@@ -79,16 +78,15 @@ def preflight(suite: SuiteConfig, warn: Callable[[str], None] | None = None,
     def walk(tm, targets):  # nested threat models are typed and validated already (threat_models.py)
         if tm.kind == "none":
             return
-        if isinstance(tm, WorstCaseThreat):
-            for sub in tm.attacks:
-                walk(sub, targets)
-            return
         check_backend(tm, repr(tm.name))
-        if isinstance(tm, TransferThreat):
-            ref, params, label = tm.source_spec
-            if label not in sources:
-                sources[label] = build(ref, params, label, f"threat model {tm.name!r}: source")
-            walk(tm.craft, [sources[label]])
+        if tm.nested_fields:  # the composite protocol (threat_models.ThreatModel.members_run_on)
+            if tm.members_run_on == "source":
+                ref, params, label = tm.source_spec
+                if label not in sources:
+                    sources[label] = build(ref, params, label, f"threat model {tm.name!r}: source")
+                targets = [sources[label]]
+            for sub in tm.members():
+                walk(sub, targets)
             return
         for d in targets:
             check_bpda(tm, d, repr(tm.name))
@@ -158,7 +156,7 @@ def check_defense_fits(defense, split, probe_timeout: float | None = None) -> No
     from robust_bench_sc.probes import FIRST_FORWARD_LIMIT, ProbeTimeout, time_limit
     from robust_bench_sc.registry import plugin_frame
 
-    from robust_bench_sc.evaluate import DefenseOutputError, checked_logits
+    from robust_bench_sc.predictions import DefenseOutputError, checked_logits
 
     c, h, w = split.image_shape
     what = f"the {split.images} ({c}×{h}×{w}, {split.n_classes} classes, dataset {split.dataset})"

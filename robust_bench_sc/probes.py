@@ -389,7 +389,7 @@ def _call(probe: str, defense: Defense, fn: Callable[[], Any]) -> Any:
 
 
 def _logits(probe: str, defense: Defense, x: torch.Tensor, n_classes: int | None = None) -> torch.Tensor:
-    from robust_bench_sc.evaluate import N_CLASSES, DefenseOutputError, checked_logits
+    from robust_bench_sc.predictions import N_CLASSES, DefenseOutputError, checked_logits
 
     try:
         out = checked_logits(defense, x, N_CLASSES if n_classes is None else n_classes)

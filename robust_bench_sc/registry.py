@@ -127,6 +127,8 @@ class Registry(Generic[T]):
         self.group = entry_point_group
         self._entries: dict[str, Any] = {}
         self._eps_loaded = False
+        #: one line per entry point left out because its name was taken (the first one wins)
+        self.shadowed: list[str] = []
         if accepts is None:
             self._accepts: Callable[[Any], bool] = lambda obj: True
             self.expected = expected or "anything"
@@ -166,6 +168,9 @@ class Registry(Generic[T]):
         for ep in entry_points(group=self.group):
             if ep.name not in self._entries:
                 self._entries[ep.name] = ep.value
+            elif ep.value != self.target(ep.name):
+                self.shadowed.append(f"{self.kind} {ep.name!r} ({ep.value}) is registered twice; "
+                                     f"{self.target(ep.name)} is used")
 
     def names(self) -> list[str]:
         self._load_entry_points()

@@ -167,8 +167,16 @@ class ThreatModel(BaseModel):
     # the engine (``robust_bench_sc.evaluate``) evaluates the threat model itself. The
     # ``backend`` validator and the attack lookup (``attacks.base.attack_class``) read it.
     backends: ClassVar[dict[str, str | None]] = {}
-    # fields holding threat models (typed, validated with their parent): see nested_kinds
+    # The composite protocol. ``nested_fields``: the fields holding threat models (typed,
+    # validated with their parent; see nested_kinds); :meth:`members` lists them in order.
+    # ``members_run_on``: where they run. "defense": each on the defense under test, and the
+    # engine composes their records (worst_case: robust only where every member failed; the
+    # probes adapt each member to the defense). "source": on another model, named by the
+    # threat model's ``source_spec`` (ref, params, label), whose output is then evaluated on
+    # the defense (transfer; the attack class runs the members). Everything that walks a
+    # threat model (adapt, preflight, evaluate) reads these two, never a kind name.
     nested_fields: ClassVar[tuple[str, ...]] = ()
+    members_run_on: ClassVar[Literal["defense", "source"]] = "defense"
 
     @field_validator("backend")
     @classmethod
@@ -176,6 +184,14 @@ class ThreatModel(BaseModel):
         if v not in cls.backends:
             raise ValueError(f"backend {v!r} is not available for attack {cls.kind!r}; allowed: {', '.join(cls.backends)}")
         return v
+
+    def members(self) -> list[ThreatModel]:
+        """The nested threat models, field by field in ``nested_fields`` order ([] for a plain one)."""
+        out: list[ThreatModel] = []
+        for f in self.nested_fields:
+            v = getattr(self, f)
+            out += list(v) if isinstance(v, list) else [v]
+        return out
 
     @classmethod
     def nested_kinds(cls, field: str) -> list[str]:
@@ -629,6 +645,7 @@ class TransferThreat(_Nesting):
                                       "test builds")
     backends: ClassVar[dict[str, str | None]] = {"native": "robust_bench_sc.attacks.transfer:TransferAttack"}
     nested_fields: ClassVar[tuple[str, ...]] = ("craft",)
+    members_run_on: ClassVar[Literal["defense", "source"]] = "source"
 
     attack: Literal["transfer"] = "transfer"
     source: str | dict[str, Any] = Field(description="a defense: registry name or reference, or "

@@ -161,6 +161,12 @@ def test_verdict_honest_is_trustworthy_and_square_wins_mean_masking():
     v = verdict(findings(), _plan(), masked, None, None)
     assert v["code"] == "gradient_masking"
     assert "the worst case comes from square" in v["text"] and "gradients are masked" in v["text"]
+    assert "images that apgd-ce, apgd-dlr and apgd-t left robust" in v["text"]
+    # through a BPDA stand-in APGD-T runs after Square: the text names only those that ran before
+    late_t = cascade_outcome(_records(["square"] * 5 + ["apgd-ce"] + [""] * 4),
+                             ["apgd-ce", "apgd-dlr", "square", "apgd-t"])
+    v = verdict(findings(), _plan(), late_t, None, None)
+    assert "images that apgd-ce and apgd-dlr left robust" in v["text"], v["text"]
 
 
 def test_verdict_never_trustworthy_while_a_probe_or_indicator_fails():
@@ -176,6 +182,20 @@ def test_verdict_never_trustworthy_while_a_probe_or_indicator_fails():
     ind = {"indicators": [{"name": "unavailable_gradients", "status": "fail", "evidence": "x", "category": "masking"}]}
     assert verdict(findings(), _plan(), honest, ind, None)["code"] == "gradient_masking"
     assert verdict(findings(), _plan(), honest, {"error": "boom"}, None)["code"] != "trustworthy"
+
+
+def test_a_masking_indicator_is_moot_where_the_gradient_attacks_fooled_every_image():
+    """results/audit_1000/natural: APGD-CE fooled all 1000 images of the undefended model and
+    unstable_predictions failed (its margins are fragile); that is no gradient masking."""
+    ind = {"indicators": [{"name": "unstable_predictions", "status": "fail", "evidence": "9/50", "category": "masking"}]}
+    everything = cascade_outcome(_records(["apgd-ce"] * 8 + ["misclassified"] * 2), [*GRADIENT_MEMBERS, "square"])
+    v = verdict(findings(), _plan(), everything, ind, None)
+    assert v["code"] == "trustworthy_with_warnings" and "moot" in v["text"], v["text"]
+    one_left = cascade_outcome(_records(["apgd-ce"] * 7 + [""] + ["misclassified"] * 2), [*GRADIENT_MEMBERS, "square"])
+    assert verdict(findings(), _plan(), one_left, ind, None)["code"] == "gradient_masking"
+    by_square = cascade_outcome(_records(["apgd-ce"] * 7 + ["square"] + ["misclassified"] * 2),
+                                [*GRADIENT_MEMBERS, "square"])
+    assert verdict(findings(), _plan(), by_square, ind, None)["code"] == "gradient_masking"
 
 
 # --------------------------------------------------------------------------- tailored attacks (the truth)

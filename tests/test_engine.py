@@ -201,6 +201,19 @@ def test_stop_step_reaches_the_records(madry, test_split):
     assert (att["image_steps"] == att["stop_step"].clip(upper=5) + 1).all()
 
 
+def test_records_hold_the_sample_fields_in_their_order_then_the_backend_info(madry, test_split):
+    """storage.SAMPLE_FIELDS is the one spelling of a record's fields (samples.csv's columns)."""
+    from robust_bench_sc.storage import SAMPLE_FIELDS
+
+    x, y, idx = test_split.x[:4], test_split.y[:4], test_split.idx[:4]
+    ctx = AttackContext(madry, torch.device("cpu"), seed=0)
+    for t in (tm(attack="none"), tm(attack="pgd", norm="linf", epsilon=8 / 255, steps=2, restarts=1)):
+        recs = evaluate_threat(madry, t, x, y, idx, ctx)
+        assert [tuple(r)[:len(SAMPLE_FIELDS)] for r in recs] == [SAMPLE_FIELDS] * 4
+        assert [r["index"] for r in recs] == idx.tolist() and [r["label"] for r in recs] == y.tolist()
+    assert "stop_step" in recs[0]  # native PGD's info follows the fields
+
+
 COMMITTED = Path(__file__).resolve().parents[1] / "results" / "table1_baselines"
 
 

@@ -118,6 +118,19 @@ def test_budget_words_of_the_table1_threat_models():
     assert budget(eot.threat("linf_pgd_ce")) == "40 steps × 1 restart (EOT 8 passes per gradient; BPDA auto)"
 
 
+def test_budget_words_name_square_only_where_autoattack_runs_it():
+    from robust_bench_sc.budget import budget
+    from robust_bench_sc.config import validate_threat_model
+
+    def words(**aa):
+        return budget(validate_threat_model({"name": "t", "attack": "autoattack", "norm": "linf",
+                                             "epsilon": 8 / 255, **aa}, "test"))
+    assert words(version="custom", attacks_to_run=["apgd-ce"]) == "custom (apgd-ce)"
+    assert words(version="custom", attacks_to_run=["apgd-ce", "square"], n_queries=300) == \
+        "custom (apgd-ce, square), Square 300 queries"
+    assert words(version="standard").endswith("Square 5000 queries")
+
+
 def test_cost_estimate_scales_committed_job_seconds_by_the_budget(tmp_path):
     """From a real run's records (its job seconds): the same settings give its seconds per
     image, twice the steps twice them; a defense without records gets no estimate."""

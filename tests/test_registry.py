@@ -89,3 +89,17 @@ def test_report_formats_are_a_registry():
     assert FORMATS.names() == ["csv", "html", "latex", "md"]
     with pytest.raises(ReportError, match=r"unknown format 'mdd' \(did you mean 'md'\?\); choose one of csv, html"):
         render([], "mdd")
+
+
+def test_executors_are_a_registry_and_a_wrong_one_is_one_line(monkeypatch):
+    from robust_bench_sc.errors import RunError
+    from robust_bench_sc.executor import EXECUTORS, LocalExecutor, make_executor
+
+    assert EXECUTORS.names() == ["local", "ray"] and EXECUTORS.get("local") is LocalExecutor
+    assert EXECUTORS.target("ray") == "robust_bench_sc.ray_executor:RayExecutor"  # not imported by naming it
+    assert isinstance(make_executor("local", "cpu"), LocalExecutor)
+    with pytest.raises(RunError, match=r"unknown executor 'lcoal' \(did you mean 'local'\?\); registered: local, ray"):
+        make_executor("lcoal", "cpu")
+    with pytest.raises(RegistryError, match="executor 'int' is the class builtins.int, expected a subclass of "
+                                            "robust_bench_sc.executor.Executor"):
+        EXECUTORS.register("int", int)

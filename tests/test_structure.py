@@ -7,15 +7,15 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from robust_bench_sc import cli
-from robust_bench_sc.cli import COMMANDS_GROUP, app
+from robust_bench_sc.cli import app
 from robust_bench_sc.paths import REPO_ROOT
+from robust_bench_sc.registry import Registry
 
 PKG = REPO_ROOT / "robust_bench_sc"
 
@@ -34,25 +34,24 @@ def explode():
 '''
 
 
-def _ep(name: str, value: str) -> EntryPoint:
-    return EntryPoint(name=name, value=value, group=COMMANDS_GROUP)
-
-
 @pytest.fixture
 def plugins(tmp_path, monkeypatch):
     """The installed command plug-ins plus test ones: two that work, three broken ones, a clash."""
     (tmp_path / "scbench_test_cmds.py").write_text(HELLO)
     monkeypatch.syspath_prepend(str(tmp_path))
-    real = cli._command_entry_points()
-    fake = [_ep("hello", "scbench_test_cmds:hello"), _ep("explode", "scbench_test_cmds:explode"),
-            _ep("gone", "scbench_no_such_module_xyz:cmd"), _ep("notfunc", "robust_bench_sc.cli:COMMANDS_GROUP"),
-            _ep("noattr", "scbench_test_cmds:missing"), _ep("run", "scbench_test_cmds:hello")]
-    monkeypatch.setattr(cli, "_command_entry_points", lambda: real + fake)
-    return real
+    fresh = Registry(cli.COMMANDS.kind, cli.COMMANDS_GROUP, accepts=cli.COMMANDS._accepts,
+                     expected=cli.COMMANDS.expected)  # the installed ones come from the entry points
+    for name, target in [("hello", "scbench_test_cmds:hello"), ("explode", "scbench_test_cmds:explode"),
+                         ("gone", "scbench_no_such_module_xyz:cmd"), ("notfunc", "robust_bench_sc.cli:COMMANDS_GROUP"),
+                         ("noattr", "scbench_test_cmds:missing"), ("run", "scbench_test_cmds:hello"),
+                         ("figures", "scbench_test_cmds:hello")]:  # the last clashes with an installed plug-in
+        fresh.register(name, target)
+    monkeypatch.setattr(cli, "COMMANDS", fresh)
+    return fresh
 
 
 def test_sparse_coding_commands_are_registered_by_entry_point():
-    names = {ep.name: ep.value for ep in cli._command_entry_points()}
+    names = {name: cli.COMMANDS.target(name) for name in cli.COMMANDS.names()}
     assert names == {"learn-dictionary": "defenses.sparse_coding.commands:learn_dictionary",
                      "figures": "defenses.sparse_coding.commands:figures"}
     # the console script installed beside this interpreter (the venv's), whatever is on PATH
@@ -75,9 +74,12 @@ def test_plugin_commands_run_and_a_broken_one_breaks_nothing_else(plugins):
     for name in ("gone", "notfunc", "noattr"):
         assert name not in r.stdout
     assert "command plug-in 'gone' (scbench_no_such_module_xyz:cmd) did not load: ModuleNotFoundError" in r.stderr
-    assert "command plug-in 'notfunc' (robust_bench_sc.cli:COMMANDS_GROUP) did not load: TypeError" in r.stderr
+    assert ("command plug-in 'notfunc' (robust_bench_sc.cli:COMMANDS_GROUP) did not load: RegistryError: command "
+            "plug-in 'notfunc' is a str, expected a command function") in r.stderr
     assert "command plug-in 'noattr' (scbench_test_cmds:missing) did not load: AttributeError" in r.stderr
     assert "command plug-in 'run' (scbench_test_cmds:hello) has the name of a built-in command; ignored" in r.stderr
+    assert ("command plug-in 'figures' (defenses.sparse_coding.commands:figures) is registered twice; "
+            "scbench_test_cmds:hello is used") in r.stderr
     # a built-in command is untouched by the broken plug-ins (they are not even imported)
     r = runner.invoke(app, ["threat-models"])
     assert r.exit_code == 0 and "linf_pgd_ce" in r.stdout and "did not load" not in r.stderr
@@ -504,6 +506,38 @@ def test_the_engine_imports_neither_config_nor_plugins():
     edges = import_graph(import_time_only=False)["robust_bench_sc.evaluate"]
     assert "robust_bench_sc.attacks.base" in edges  # real edges are seen
     assert not {"robust_bench_sc.config", "robust_bench_sc.plugins"} & set(edges), edges
+
+
+def test_no_attack_reaches_back_into_the_engine():
+    """Issue 36: the composite protocol. Transfer once called back into the engine (attacks →
+    evaluate → attacks); the checked prediction and the batch loop sit below both now."""
+    full = import_graph(import_time_only=False)
+    attacks = {m: edges for m, edges in full.items() if m.startswith("robust_bench_sc.attacks")}
+    assert "robust_bench_sc.attacks.transfer" in attacks
+    assert [m for m, edges in attacks.items() if "robust_bench_sc.evaluate" in edges] == []
+    assert "robust_bench_sc.predictions" in full["robust_bench_sc.attacks.transfer"]
+    assert "robust_bench_sc.evaluate" not in full["robust_bench_sc.predictions"]
+
+
+def test_one_way_to_a_validated_suite():
+    """Issue 36: a suite file, ``benchmark()`` (and ``scbench audit`` through it) and a run.json
+    all build their suite with ``SuiteConfig.build``, which alone validates the schema and the
+    checks across entries (unique names, records folders, defenses' threat_models)."""
+    import re
+
+    calls = {}
+    for path in (REPO_ROOT / "robust_bench_sc").rglob("*.py"):
+        text = path.read_text()
+        for pattern in (r"SuiteConfig\.model_validate\(", r"SuiteConfig\.build\(", r"cls\.model_validate\(data\)"):
+            if re.search(pattern, text):
+                calls.setdefault(pattern, set()).add(path.relative_to(REPO_ROOT).as_posix())
+    assert r"SuiteConfig\.model_validate\(" not in calls, calls
+    assert calls[r"SuiteConfig\.build\("] == {"robust_bench_sc/api.py", "robust_bench_sc/config.py"}
+    from robust_bench_sc.api import build_suite
+    from robust_bench_sc.yamlio import ConfigError
+
+    with pytest.raises(ConfigError, match="threat model names must be unique; repeated: clean"):
+        build_suite("natural", ["clean", "clean"], n_images=2)
 
 
 def test_help_does_not_import_torch():

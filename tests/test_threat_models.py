@@ -135,6 +135,23 @@ def test_nested_entries_are_typed_with_their_parents_defaults(tmp_path):
     built = WorstCaseThreat(name="w", attacks=[PGDThreat(norm="linf", epsilon=0.03)])
     assert built.model_dump(exclude_defaults=True)["attacks"] == [{"attack": "pgd", "norm": "linf", "epsilon": 0.03}]
     assert built.attacks[0].name == "w[0]"
+    # the composite protocol: the members in order, and where they run
+    assert wc.members() == [pgd, square, transfer] and wc.members_run_on == "defense"
+    assert tr.members() == [craft] and tr.members_run_on == "source"
+    assert pgd.members() == [] and transfer.members() == [transfer.craft]
+
+
+def test_every_composite_kind_keeps_the_protocol():
+    """A kind that nests threat models says where they run; one that runs them on another model
+    names it (``source_spec``), as preflight and the engine read it (no kind name anywhere)."""
+    composites = {k: c for k, c in tms.THREAT_MODELS.items() if c.nested_fields}
+    assert sorted(composites) == ["transfer", "worst_case"]
+    for kind, cls in composites.items():
+        assert cls.members_run_on in ("defense", "source"), kind
+        if cls.members_run_on == "source":
+            assert isinstance(getattr(cls, "source_spec", None), property), kind
+        else:  # the engine composes the members' records itself
+            assert cls.backends == {"native": None}, kind
 
 
 def test_a_source_mapping_is_checked():

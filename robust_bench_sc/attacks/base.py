@@ -131,3 +131,39 @@ def attack_class(threat: ThreatModel) -> type[Attack]:
 
 def get_attack(threat: ThreatModel) -> Attack:
     return attack_class(threat)(threat=threat)
+
+
+def _in_batch(ctx: AttackContext, b: int, n_batches: int) -> AttackContext:
+    """``ctx`` whose progress stages name the batch (``batch 2/5: restart …``) when there are several."""
+    report = ctx.progress
+    if report is None or n_batches == 1:
+        return ctx
+
+    def in_batch(k: int, stage: str | None = None) -> None:
+        report(k, None if stage is None else f"batch {b}/{n_batches}: {stage}")
+
+    return replace(ctx, progress=in_batch)
+
+
+def run_attack(threat: ThreatModel, ctx: AttackContext, x: torch.Tensor, y: torch.Tensor,
+               attack: Attack | None = None):
+    """Run ``threat``'s attack (``attack``: an instance of it already built) batch by batch
+    (``Attack.batch_size``); returns x_adv, claimed (or None) and info, on the CPU."""
+    attack = attack or get_attack(threat)
+    size = attack.batch_size or max(x.shape[0], 1)
+    n_batches = -(-x.shape[0] // size)
+    xs, claims, infos = [], [], []
+    for i in range(0, x.shape[0], size):
+        xb, yb = x[i : i + size].to(ctx.device), y[i : i + size].to(ctx.device)
+        out = attack.run(_in_batch(ctx, i // size + 1, n_batches), xb, yb)
+        xs.append(out.x_adv.detach().cpu().float())
+        claims.append(None if out.claimed is None else out.claimed.cpu().bool())
+        infos.append({k: v.detach().cpu() for k, v in out.info.items()})
+        if ctx.progress and attack.batch_size:
+            ctx.progress(xb.shape[0])
+    x_adv = torch.cat(xs)
+    given = [c for c in claims if c is not None]
+    claimed = torch.cat(given) if len(given) == len(claims) else None
+    keys = list(dict.fromkeys(k for inf in infos for k in inf))
+    info = {k: torch.cat([inf[k] for inf in infos]) for k in keys if all(k in inf for inf in infos)}
+    return x_adv, claimed, info

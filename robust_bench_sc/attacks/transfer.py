@@ -14,9 +14,9 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from robust_bench_sc.attacks.base import Attack, AttackContext, AttackOutput, get_attack
+from robust_bench_sc.attacks.base import Attack, AttackContext, AttackOutput, get_attack, run_attack
 from robust_bench_sc.defense import Defense
-from robust_bench_sc.evaluate import predict, run_attack
+from robust_bench_sc.predictions import predict
 from robust_bench_sc.threat_models import TransferThreat
 
 

@@ -52,7 +52,7 @@ class DiagnosticRun:
         anything else touches the defense (``self.probes``; None without)."""
         from robust_bench_sc.data import load_dataset
         from robust_bench_sc.datasets import DEFAULT_DATASET
-        from robust_bench_sc.evaluate import predict
+        from robust_bench_sc.predictions import predict
         from robust_bench_sc.probes import ProbeFindings, probe_defense
 
         self.defense = defense
