@@ -105,11 +105,10 @@ def wrap_module(module: nn.Module, name: str | None = None) -> Defense:
     ``state_dict()`` (every parameter and buffer), so other weights under one name are refused
     in a run folder that holds records of the first.
     """
-    from robust_bench_sc.defense import Capabilities, Defense
+    from robust_bench_sc.defense import module_defense
 
-    label = name or type(module).__name__
-    return Defense(name=label, classifier=module, capabilities=Capabilities(differentiable=True, randomised=False),
-                   description=f"{type(module).__name__} passed to benchmark() ([0, 1] NCHW images -> logits)")
+    return module_defense(module, name or type(module).__name__,
+                          f"{type(module).__name__} passed to benchmark() ([0, 1] NCHW images -> logits)")
 
 
 #: fixed images on which :func:`model_identity` records what an in-memory model answers

@@ -196,6 +196,15 @@ class Defense:
         return AttackModel(self, bpda=bpda, eot=eot)
 
 
+def module_defense(module: nn.Module, name: str, description: str) -> Defense:
+    """A plain classifier (float images in [0, 1], NCHW → logits) as a :class:`Defense`: no
+    preprocess, declared differentiable and deterministic. Nothing is taken on trust: the
+    probes (``robust_bench_sc.probes``) measure randomness and the gradient before any attack,
+    and every run and audit adapts to what they find."""
+    return Defense(name=name, classifier=module, capabilities=Capabilities(differentiable=True, randomised=False),
+                   description=description)
+
+
 def _setting_repr(value: object) -> str:
     """A module attribute as its code fingerprint sees it: plain values in full, others by type."""
     if value is None or isinstance(value, (bool, int, float, str)):

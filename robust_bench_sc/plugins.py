@@ -5,7 +5,9 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
-from robust_bench_sc.defense import Defense
+from torch import nn
+
+from robust_bench_sc.defense import Defense, module_defense
 from robust_bench_sc.registry import Registry, RegistryError, is_reference, load_reference
 
 if TYPE_CHECKING:
@@ -21,21 +23,33 @@ DEFENSES: Registry[Any] = Registry("defense", entry_point_group="robust_bench_sc
                                    expected="a robust_bench_sc.Defense or a factory returning one")
 
 
+def _plain_module(module: nn.Module, ref: str, how: str) -> Defense:
+    """A plain ``nn.Module`` classifier named by ``ref`` (a module or a factory's output) as a
+    Defense, labelled by the reference's last name (``file.py:make`` → ``make``)."""
+    label = ref.rpartition(":")[2] or ref
+    return module_defense(module, label, f"{type(module).__name__} from {ref} ({how}; a plain nn.Module: no "
+                                         "preprocess declared, the probes measure randomness and gradients)")
+
+
 def _materialise(obj: Any, ref: str, params: dict[str, Any]) -> Defense:
-    if isinstance(obj, Defense):
+    if isinstance(obj, (Defense, nn.Module)):
         if params:
-            raise RegistryError(f"defense {ref!r} is a Defense instance; it takes no params (got {sorted(params)})")
-        return obj
+            raise RegistryError(f"defense {ref!r} is a {type(obj).__name__} instance; it takes no params "
+                                f"(got {sorted(params)})")
+        return obj if isinstance(obj, Defense) else _plain_module(obj, ref, "a module instance")
     if callable(obj):
         try:
             inspect.signature(obj).bind(**params)
         except TypeError as exc:
             raise RegistryError(f"defense {ref!r} does not take params {sorted(params)}: {exc}") from None
         out = obj(**params)
+        if isinstance(out, nn.Module):
+            return _plain_module(out, ref, "its factory's output")
         if not isinstance(out, Defense):
-            raise RegistryError(f"defense factory {ref!r} returned {type(out).__name__}, expected robust_bench_sc.Defense")
+            raise RegistryError(f"defense factory {ref!r} returned {type(out).__name__}, expected a "
+                                "robust_bench_sc.Defense or a torch nn.Module classifier")
         return out
-    raise RegistryError(f"{ref!r} is neither a Defense nor a factory returning one")
+    raise RegistryError(f"{ref!r} is neither a Defense, an nn.Module, nor a factory returning one")
 
 
 def build_defense(ref: str, params: dict[str, Any] | None = None, name: str | None = None) -> Defense:

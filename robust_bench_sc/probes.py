@@ -299,7 +299,12 @@ def input_gradients(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     xr = x.detach().clone().requires_grad_(True)
     out_grads = []
     with torch.enable_grad():
-        out = model(xr)
+        try:
+            out = model(xr)
+        except Exception as exc:  # noqa: BLE001 - it ran on plain inputs (the randomness probe): no gradient
+            msg = " ".join(str(exc).split())[:120]
+            return None, (f"the forward raised on an input that requires grad ({type(exc).__name__}"
+                          f"{': ' + msg if msg else ''}), a NumPy round trip without .detach() perhaps")
         if not isinstance(out, torch.Tensor) or not out.requires_grad:
             return None, "the output does not require grad (the autograd graph is broken: .detach(), numpy, no_grad)"
         for k, loss in enumerate(losses):

@@ -174,3 +174,44 @@ def test_source_gradient_is_the_defense_forward_with_the_source_gradient():
     assert torch.allclose(grad, w @ source.weight)  # the source's gradient
     with torch.no_grad():
         assert torch.allclose(hybrid(x), defense(x))
+
+
+# --------------------------------------------------------------------------- plain nn.Module plug-ins
+PLAIN = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc = nn.Linear(3 * 32 * 32, 10)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+    def make():
+        return Net()
+
+    instance = Net()
+''')
+
+
+def test_a_plain_module_or_its_factory_is_a_defense_named_by_the_reference(tmp_path):
+    """What a user has is often an ``nn.Module`` (or a function returning one), not a Defense:
+    it is wrapped (no preprocess declared; the probes measure the rest) and labelled by the
+    reference's last name; run and audit take it."""
+    from robust_bench_sc.plugins import build_defense
+    from robust_bench_sc.registry import RegistryError
+
+    f = tmp_path / "plain.py"
+    f.write_text(PLAIN)
+    made, inst = build_defense(f"{f}:make"), build_defense(f"{f}:instance")
+    assert (made.name, inst.name) == ("make", "instance") and made.preprocess is None
+    assert made.fingerprint() == inst.fingerprint()  # the same weights (seed 0)
+    assert "Net from" in made.description and "plain nn.Module" in made.description
+    with pytest.raises(RegistryError, match=r"is a Net instance; it takes no params \(got \['k'\]\)"):
+        build_defense(f"{f}:instance", {"k": 1})
+    card = audit(f"{f}:make", n_images=4, out=tmp_path / "run", budget=TINY)
+    assert card["defense"] == "make" and card["probes"]["gradient"] == "ok"
+    assert card["worst_case"]["n"] == 4 and all(not m.get("error") for m in card["cascade"])

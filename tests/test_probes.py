@@ -163,6 +163,26 @@ def test_a_broken_graph_is_missing(madry, images, broken):
     assert "gradient missing" in f.summary_lines()[1]
 
 
+class NumpyWithoutDetach(nn.Module):
+    """``x.numpy()`` on the input itself: runs on plain images, raises on one that requires grad."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(torch.from_numpy(np.round(x.cpu().numpy() * 15) / 15).float())
+
+
+def test_a_forward_that_raises_only_when_the_input_requires_grad_has_no_gradient(madry, images):
+    """Not a defense that cannot run (that is one error line naming the probe): its gradient is
+    missing, and the gradient-free and transfer attacks carry the audit."""
+    f = probe_defense(wrap(madry, "numpy", classifier=NumpyWithoutDetach(madry.classifier)), *images)
+    assert f.gradient == "missing" and "the forward raised on an input that requires grad (RuntimeError" in \
+        f.gradient_detail
+    assert not f.randomised and "gradient missing" in f.summary_lines()[1]
+
+
 def test_saturated_logits(madry, images):
     f = probe_defense(wrap(madry, "saturated", classifier=Scaled(madry.classifier, 1e4)), *images)
     assert f.saturated and f.saturated_frac == 1.0
