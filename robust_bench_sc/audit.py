@@ -136,12 +136,12 @@ def attack_gradient(defense: Defense, bpda: str | None, x: torch.Tensor, y: torc
 # --------------------------------------------------------------------------- the cascade
 def plan_cascade(defense: Defense, findings: ProbeFindings, budget: AuditBudget,
                  gradient: tuple[str, str] | None = None, bpda: str | None = None,
-                 surrogates_fit: bool = True) -> CascadePlan:
+                 surrogates_fit: bool = True, n_classes: int = 10) -> CascadePlan:
     """The cascade for ``defense`` given its probes' ``findings``. ``gradient``: the status of
     the gradient the attacks would follow with ``bpda`` (:func:`attack_gradient`); None means
     the probe's own (``findings.gradient``). ``surrogates_fit``: the images are CIFAR-10's
     kind (10 classes, 3×32×32), which the transfer surrogates were trained on; otherwise the
-    transfer members are left out."""
+    transfer members are left out. ``n_classes``: the dataset's (the DLR loss needs 3 or more)."""
     eps = budget.epsilon
     randomised = bool(findings.randomised or findings.randomised_declared)
     eot = budget.eot if randomised else 1
@@ -169,6 +169,11 @@ def plan_cascade(defense: Defense, findings: ProbeFindings, budget: AuditBudget,
             skipped.append({"attack": "apgd-t", "reason": f"left out on a randomised defense, as in AutoAttack's rand "
                                                           f"version (its 9 target classes × EOT {eot} would cost "
                                                           "9 times APGD-DLR's queries)"})
+        if n_classes < 3:  # DLR = -(z_y - max_other) / (z_1 - z_3): it needs a third logit
+            for which in [w for w in order if w != "apgd-ce"]:
+                order.remove(which)
+                skipped.append({"attack": which, "reason": f"not applicable: the DLR loss needs 3 or more classes "
+                                                           f"(the dataset has {n_classes})"})
         for which in order:
             members.append({
                 "attack": "autoattack", "name": which, "norm": "linf", "epsilon": eps, "version": "custom",
@@ -184,7 +189,8 @@ def plan_cascade(defense: Defense, findings: ProbeFindings, budget: AuditBudget,
                               "softmax (a flat loss, vanishing gradients) and the scale-invariant DLR margin loss "
                               "leads")
             if which == "apgd-t":
-                why.insert(0, "targeted APGD-DLR over the 9 most likely other classes (AutoAttack's apgd-t)")
+                why.insert(0, f"targeted APGD-DLR over the {min(9, n_classes - 1)} most likely other classes "
+                              "(AutoAttack's apgd-t)")
             reasons[which] = why + common_why
     else:
         for which in GRADIENT_MEMBERS:
@@ -574,7 +580,8 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
     bpda = choose_bpda(defense, findings)
     gradient = attack_gradient(attacked_defense, bpda, split.x[:k].to(device), split.y[:k].to(device))
     plan = plan_cascade(attacked_defense, findings, budget, gradient=gradient, bpda=bpda,
-                        surrogates_fit=split.n_classes == 10 and split.image_shape == (3, 32, 32))
+                        surrogates_fit=split.n_classes == 10 and split.image_shape == (3, 32, 32),
+                        n_classes=split.n_classes)
     for s in plan.skipped:
         say(f"cascade: {s['attack']} left out: {s['reason']}")
     for m in plan.members:

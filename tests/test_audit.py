@@ -49,6 +49,33 @@ def test_plan_honest_defense_runs_apgd_then_transfer_then_square(madry):
     assert plan.members[0]["apgd_iterations"] == 100
 
 
+def test_plan_and_backend_fit_datasets_with_few_classes(madry):
+    """APGD-T tries at most n_classes - 1 targets (pyautoattack's 9 indexed past 5 logits:
+    IndexError, measured on a 5-class npz); with 2 classes the DLR loss (a third logit) is
+    not applicable and only APGD-CE runs, with the reason."""
+    from torch import nn
+
+    from robust_bench_sc.attacks.base import AttackContext
+    from robust_bench_sc.config import validate_threat_model
+    from robust_bench_sc.defense import module_defense
+    from robust_bench_sc.evaluate import evaluate_threat
+
+    five = plan_cascade(madry, findings(), BUDGETS["standard"], surrogates_fit=False, n_classes=5)
+    assert [m["name"] for m in five.members] == ["apgd-ce", "apgd-dlr", "apgd-t", "square"]
+    assert "over the 4 most likely other classes" in five.reasons["apgd-t"][0]
+    two = plan_cascade(madry, findings(), BUDGETS["standard"], surrogates_fit=False, n_classes=2)
+    assert [m["name"] for m in two.members] == ["apgd-ce", "square"]
+    assert {s["attack"] for s in two.skipped if "3 or more classes" in s["reason"]} == {"apgd-dlr", "apgd-t"}
+    torch.manual_seed(0)
+    net = module_defense(nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5)), "lin5", "5 classes").eval()
+    x, y = torch.rand(6, 3, 4, 4), torch.arange(6) % 5
+    t = validate_threat_model({"attack": "autoattack", "version": "custom", "attacks_to_run": ["apgd-t"],
+                               "norm": "linf", "epsilon": 0.5, "apgd_iterations": 5}, "test")
+    recs = evaluate_threat(net, t, x, y, torch.arange(6), AttackContext(net, torch.device("cpu"), 0, n_classes=5))
+    assert not any(r.get("attack_error") for r in recs), recs[0].get("attack_error")
+    assert sum(r["robust"] for r in recs) < sum(r["clean_correct"] for r in recs)  # ε 0.5 fools a linear model
+
+
 def test_plan_saturated_puts_dlr_first(madry):
     plan = plan_cascade(madry, findings(saturated=True, saturated_frac=1.0), BUDGETS["standard"])
     assert [m["name"] for m in plan.members][:2] == ["apgd-dlr", "apgd-ce"]

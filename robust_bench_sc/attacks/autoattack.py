@@ -125,6 +125,10 @@ class AutoAttackRunner(Attack):
             aa.apgd.n_iter = aa.apgd_targeted.n_iter = t.apgd_iterations
         if t.apgd_restarts is not None:
             aa.apgd.n_restarts = t.apgd_restarts
+        # the targeted attacks try the top-9 other classes; a dataset with fewer has fewer to try
+        # (pyautoattack would index past the logits: IndexError on a 5-class dataset)
+        aa.apgd_targeted.n_target_classes = min(aa.apgd_targeted.n_target_classes, ctx.n_classes - 1)
+        aa.fab.n_target_classes = min(aa.fab.n_target_classes, ctx.n_classes - 1)
         x_adv, y_adv = aa.run_standard_evaluation(x, y, batch_size=max(1, x.shape[0]))
         claimed = (y_adv != y).cpu()
         if recorder is None:
