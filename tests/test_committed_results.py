@@ -18,8 +18,9 @@ from robust_bench_sc.config import DefenseSpec
 from robust_bench_sc.paths import REPO_ROOT
 from robust_bench_sc.plugins import build_defense
 
-RUNS = sorted(p for p in (REPO_ROOT / "results").glob("*/run.json")
-              if json.loads(p.read_text()).get("defense_fingerprints"))
+#: every committed run folder: results/NAME/ and one level down (results/audit_1000/DEFENSE/)
+RUN_JSONS = sorted([*(REPO_ROOT / "results").glob("*/run.json"), *(REPO_ROOT / "results").glob("*/*/run.json")])
+RUNS = [p for p in RUN_JSONS if json.loads(p.read_text()).get("defense_fingerprints")]
 _built: dict[str, str] = {}
 
 
@@ -36,7 +37,7 @@ def test_there_are_fingerprinted_runs():
     assert {"clean", "table1_T15"} <= names, names
 
 
-@pytest.mark.parametrize("run_json", RUNS, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("run_json", RUNS, ids=lambda p: p.parent.relative_to(REPO_ROOT / "results").as_posix())
 def test_committed_run_matches_shipped_weights(run_json: Path):
     meta = json.loads(run_json.read_text())
     for label, recorded in meta["defense_fingerprints"].items():
@@ -82,7 +83,7 @@ def test_committed_diagnostic_report_renders_as_committed(path: Path):
     assert text == path.with_suffix(".md").read_text()
 
 
-@pytest.mark.parametrize("run_json", sorted((REPO_ROOT / "results").glob("*/run.json")), ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("run_json", RUN_JSONS, ids=lambda p: p.parent.relative_to(REPO_ROOT / "results").as_posix())
 def test_committed_run_status_rebuilds_its_suite(run_json: Path):
     """`scbench status` rebuilds each committed run's suite from run.json and finds every
     planned job recorded in a complete folder (legacy records without a spec hash too), or says
