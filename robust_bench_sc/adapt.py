@@ -178,6 +178,8 @@ def adaptation(label: str, defense: Defense, findings: ProbeFindings, x: torch.T
     if findings.undeclared_randomness:
         a.warnings.append(f"defense {label!r} is randomised but does not declare it (randomised=True): "
                           f"{findings.summary_lines()[0]}")
+    if findings.batch_dependent:
+        a.warnings.append(f"defense {label!r}: {findings.batch_line()}")
     if findings.preprocess_differentiable and caps.default_bpda is None:
         a.exact_preprocess = True
     if findings.gradient != "ok":

@@ -370,6 +370,17 @@ def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any],
                            "saturates (Carlini & Wagner 2017; Carlini et al. 2019 §4.4)",
                            "return the logits (drop the final softmax); attack with margin losses (DLR, or CW on the "
                            "log of the outputs), as in this cascade; a CE-only number is not valid"))
+    if findings.batch_dependent:
+        out.append(Finding("probe", "fail", "batch",
+                           "an image's prediction depends on its batch-mates: "
+                           f"{findings.batch_changed_frac:.0%} of the probe images' logits changed when run alone "
+                           f"instead of in a batch of {findings.n_images} ({findings.batch_flip_frac:.0%} changed "
+                           "prediction), so the robust accuracy depends on "
+                           "which images share a batch, which a per-image threat model does not fix (transductive "
+                           "defenses: Chen et al. 2022; Croce et al. 2022; Wu et al. 2023)",
+                           "make each image's prediction independent of its batch (BatchNorm with running statistics, "
+                           "in eval mode; no batch-level normalisation or adaptation), or evaluate with a threat "
+                           "model that states the batch and lets the attacker perturb all of it"))
     for m in outcome["per_attack"]:
         if m.get("error"):
             out.append(Finding("cascade", "fail", "optimisation", f"{m['name']} raised and contributed nothing "
@@ -424,6 +435,8 @@ def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any],
         code = "gradient_masking"
     elif any(f.category == "randomness" for f in fails):
         code = "undeclared_randomness"
+    elif any(f.category == "batch" for f in fails):
+        code = "batch_dependent"
     elif fails:
         code = "attack_failure"
     elif warns:
@@ -437,7 +450,7 @@ def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any],
                 else f"{number}; plausibly trustworthy, warnings: {'; '.join(f.problem for f in warns)}")
     else:
         label = {"gradient_masking": "gradient masking", "undeclared_randomness": "undeclared randomness",
-                 "attack_failure": "attack failure"}[code]
+                 "batch_dependent": "batch-dependent predictions", "attack_failure": "attack failure"}[code]
         remedies = list(dict.fromkeys(f.remedy for f in fails))
         text = f"{number}; {label}: {'; '.join(f.problem for f in fails)}. Remedy: {'; '.join(remedies)}"
     return {"code": code, "text": text, "findings": [asdict(f) for f in out], "blind_spots": blind}

@@ -28,14 +28,24 @@ each on the images it is given:
   2019 §4.4), so margin losses lead; the saturation probe then reads the outputs themselves as
   the probabilities;
 - **saturation**: softmax one-hot (max probability ≥ 1 − 1e-6) or a CE input gradient that
-  underflows to zero where the margin's does not.
+  underflows to zero where the margin's does not;
+- **batch dependence** (deterministic defenses only): each probe image run alone against the
+  same image in the probe batch. Logits that change beyond float noise (``BATCH_REL_TOL`` × the
+  largest |logit|; a batch size changes a convolution's summation order by ~1e-6) mean an
+  image's prediction depends on the other images in its batch: batch statistics
+  (``BatchNorm2d(track_running_stats=False)``, a batch-mean normalisation) or test-time
+  adaptation on the batch, the transductive defenses of Chen et al. 2022 and Croce et al. 2022.
+  A per-image robust accuracy is then not defined by the defense alone: it depends on the
+  batch the images are attacked and checked in (Wu et al. 2023 attack an image through its
+  batch-mates), so the verdict says so. A randomised defense's passes differ anyway: not
+  measured there (``batch_dependent`` None).
 
 A probe that cannot run (the defense raises, or returns something that is not a batch of
 finite logits) raises :class:`ProbeError`, one line naming the probe. So does a probe that
 runs past its **time limit** (:func:`time_limit`): ``timeout`` seconds per probe when given
 (``--probe-timeout``), else ``FIRST_FORWARD_LIMIT`` for the first forward pass and then
 ``PROBE_TIME_FACTOR`` × that pass's duration (at least ``PROBE_TIME_FLOOR``) per probe (per
-pass for the passes next to a decision boundary); the
+pass for the passes next to a decision boundary and for the batch probe's one-image passes); the
 line names the probe, the limit and where the defense's own code was when it was stopped.
 Probes change no global random state and leave the defense's modules in the mode they found
 them in.
@@ -66,6 +76,7 @@ RANDOM_REL_TOL = 1e-5     # logits differing by more than this × max(|logit|, 1
 PROBABILITY_TOL = 1e-3    # rows ≥ 0 summing to 1 within this: the outputs are probabilities, not logits
 BOUNDARY_STEPS = 8        # bisection steps towards a decision boundary (randomness hidden by quantised outputs)
 MAJORITY = 0.5            # share of images that makes an image-level finding the defense's
+BATCH_REL_TOL = 1e-3      # an image's logits alone vs in the probe batch: float noise is ~1e-6 × max |logit| on CPU
 
 
 FIRST_FORWARD_LIMIT = 300.0  # seconds for the first forward pass on the probe images (no timeout given)
@@ -159,6 +170,9 @@ class ProbeFindings:
     saturated / saturated_frac: softmax one-hot or CE gradient underflow, on most images / the share.
     probabilities / probabilities_frac: the outputs are probabilities (rows ≥ 0 summing to 1 on
     every pass), not logits, on most images / the share.
+    batch_dependent: an image's logits change when it is run alone instead of in the probe
+    batch (None: not measured, the defense is randomised); batch_changed_frac /
+    batch_flip_frac: the share of probe images whose logits / predicted label changed.
     """
 
     n_images: int
@@ -177,6 +191,9 @@ class ProbeFindings:
     outputs_differ: bool | None = None   # None: findings written before this field (randomised meant this)
     draws_random: bool = False
     boundary_differ: bool | None = None  # None: not measured (the outputs already differed)
+    batch_dependent: bool | None = None  # None: not measured (randomised, or findings written before the probe)
+    batch_changed_frac: float = 0.0      # share of probe images whose logits changed when run alone
+    batch_flip_frac: float = 0.0         # ... whose predicted label changed
 
     def __post_init__(self) -> None:
         if self.gradient not in GRADIENT_STATUSES:
@@ -200,6 +217,8 @@ class ProbeFindings:
         d["prediction_flip_frac"] = round(self.prediction_flip_frac, 6)
         d["saturated_frac"] = round(self.saturated_frac, 6)
         d["probabilities_frac"] = round(self.probabilities_frac, 6)
+        d["batch_changed_frac"] = round(self.batch_changed_frac, 6)
+        d["batch_flip_frac"] = round(self.batch_flip_frac, 6)
         d["seconds"] = round(self.seconds, 3)
         return d
 
@@ -256,7 +275,17 @@ class ProbeFindings:
                          "margin (DLR/CW) loss leads")
         else:
             lines.append(f"not saturated: {s}/{n} images with a one-hot softmax")
+        if self.batch_dependent:
+            lines.append(self.batch_line())
         return lines
+
+    def batch_line(self) -> str:
+        """The batch-dependence finding in one line (for a defense found batch-dependent)."""
+        n = self.n_images
+        return (f"batch-dependent: {round(self.batch_changed_frac * n)}/{n} probe images' logits changed when run "
+                f"alone instead of in a batch of {n} ({round(self.batch_flip_frac * n)}/{n} changed prediction) -> "
+                "an image's prediction depends on the other images in its batch (batch statistics, test-time "
+                "adaptation): per-image robust accuracy depends on how the images are batched")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -518,6 +547,20 @@ def probe_defense(defense: Defense, x: torch.Tensor, y: torch.Tensor, *, device:
             boundary_differ = bool((_differ(at.nan_to_num()) & finite_rows).any()) if finite_rows.any() else None
         randomised = outputs_differ or bool(boundary_differ) or draws_random
         flips = (outs.argmax(2) != outs[0:1].argmax(2)).any(0)
+        # batch dependence: each image alone against the same image in the batch (a deterministic defense)
+        batch_dependent: bool | None = None
+        batch_changed, batch_flips = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
+        if not randomised and n > 1:
+            def alone_pass(i: int) -> torch.Tensor:  # the limit holds for each image's pass
+                with _limited("batch dependence", defense, limit, given):
+                    return _logits("batch dependence", defense, x[i:i + 1], n_classes).float()
+
+            with torch.no_grad():
+                alone = torch.cat([alone_pass(i) for i in range(n)])
+            spread = (alone - outs[0]).abs().amax(1)
+            batch_changed = (spread > BATCH_REL_TOL * outs[0].abs().amax(1).clamp_min(1.0)).cpu()
+            batch_flips = (alone.argmax(1) != outs[0].argmax(1)).cpu()
+            batch_dependent = bool(batch_changed.any())
         # gradient through the exact defense (its own forward: preprocess + classifier)
         with _limited("gradient", defense, limit, given):
             grad, detail, ce_zero = _call("gradient", defense, lambda: gradient_status(defense, x, y))
@@ -553,4 +596,6 @@ def probe_defense(defense: Defense, x: torch.Tensor, y: torch.Tensor, *, device:
                          preprocess_differentiable=pre, saturated=sat_frac >= MAJORITY, saturated_frac=sat_frac,
                          seconds=time.perf_counter() - t0, n_passes=n_passes, probabilities=probabilities,
                          probabilities_frac=prob_frac, outputs_differ=outputs_differ, draws_random=draws_random,
-                         boundary_differ=boundary_differ)
+                         boundary_differ=boundary_differ, batch_dependent=batch_dependent,
+                         batch_changed_frac=float(batch_changed.float().mean()),
+                         batch_flip_frac=float(batch_flips.float().mean()))

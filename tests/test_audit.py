@@ -211,6 +211,22 @@ def test_verdict_never_trustworthy_while_a_probe_or_indicator_fails():
     assert verdict(findings(), _plan(), honest, {"error": "boom"}, None)["code"] != "trustworthy"
 
 
+def test_verdict_batch_dependent_predictions_are_never_trustworthy():
+    honest = cascade_outcome(_records(["apgd-ce"] * 6 + [""] * 4), [*GRADIENT_MEMBERS, "square"])
+    v = verdict(findings(batch_dependent=True, batch_changed_frac=1.0, batch_flip_frac=0.75), _plan(), honest,
+                None, None)
+    assert v["code"] == "batch_dependent", v["code"]
+    assert v["text"].startswith("worst case 40.0% [16.8, 68.7]; batch-dependent predictions: an image's "
+                                "prediction depends on its batch-mates: 100% of the probe images' logits changed when run alone instead of in a batch of 8 (75% changed "
+                                "prediction)"), v["text"]
+    assert "make each image's prediction independent of its batch" in v["text"]
+    # masking outranks it; a defense not found batch-dependent (or not measured: None) is untouched
+    v = verdict(findings(batch_dependent=True, saturated=True, saturated_frac=1.0), _plan(), honest, None, None)
+    assert v["code"] == "gradient_masking" and "depends on its batch-mates" in v["text"]
+    for measured in (False, None):
+        assert verdict(findings(batch_dependent=measured), _plan(), honest, None, None)["code"] == "trustworthy"
+
+
 def test_a_masking_indicator_is_moot_where_the_gradient_attacks_fooled_every_image():
     """results/audit_1000/natural: APGD-CE fooled all 1000 images of the undefended model and
     unstable_predictions failed (its margins are fragile); that is no gradient masking."""

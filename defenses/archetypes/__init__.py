@@ -21,6 +21,7 @@ registered under ``archetype_*`` names (``pyproject.toml``) and are usable as
 | :func:`majority_vote_smoothing` | randomized smoothing's prediction as a naive author ships it: ``n`` Gaussian-noised copies (σ = 0.04, fresh per call), the output is the vote counts | Cohen, Rosenfeld, Kolter 2019 (PREDICT); attacked with EOT on the smoothed soft classifier in Salman et al. 2019 | no input gradient (argmax votes), and randomised |
 | :func:`stochastic_activation_pruning` | SAP: after each of the three residual stages, activations are sampled with probability ∝ their magnitude, the rest set to zero, the kept ones scaled by their inverse keep probability; fresh per image and call | Dhillon et al. 2018 (ICLR), broken by EOT in Athalye et al. 2018 §5.3.1 | gradients of one random pruning, inside the classifier; nothing declared |
 | :func:`random_bit_depth` | bit-depth reduction to a random depth b ∈ {3, 4, 5} per call by ``torch.round``, as a declared preprocess, declared randomised (no BPDA stand-in declared) | Xu et al. 2018 (feature squeezing's bit-depth reduction) with the per-call randomness of Xie et al. 2018; BPDA + EOT in Athalye et al. 2018 | a zero gradient through the rounding, of one random depth |
+| :func:`test_time_batchnorm` | every BatchNorm layer normalises with the statistics of the batch it is given (``track_running_stats=False``), in eval mode too | prediction-time BatchNorm / test-time adaptation, Schneider et al. 2020 ("Improving robustness against common corruptions by covariate shift adaptation"), Nado et al. 2020; transductive defenses, Croce et al. 2022 | exact gradients, but an image's prediction depends on its batch-mates |
 | :func:`madry` | the honest control: the Madry ResNet-32 alone | Madry et al. 2018 | honest gradients |
 """
 
@@ -323,6 +324,29 @@ def random_bit_depth(checkpoint: str | None = None, depths: tuple[int, ...] = BI
                                "(torch.round; Xu et al. 2018) in front of Madry's ResNet-32, declared randomised")
 
 
+def test_time_batchnorm(checkpoint: str | None = None) -> "Defense":
+    """Prediction-time BatchNorm (Schneider et al. 2020; Nado et al. 2020): every BatchNorm layer
+    of Madry's ResNet-32 normalises with the statistics of the batch it is given
+    (``track_running_stats=False``, so in eval mode too), as test-time adaptation to a shifted
+    input distribution does. Deterministic and differentiable, but an image's prediction depends
+    on the other images in its batch: a per-image robust accuracy is not defined by the defense
+    alone (the batch-dependence probe)."""
+    from torch import nn
+
+    from robust_bench_sc.defense import Defense
+
+    net = _madry_net(checkpoint)
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats = False
+            m.running_mean = None
+            m.running_var = None
+            m.num_batches_tracked = None
+    return Defense(name="archetype_test_time_batchnorm", classifier=net,
+                   description="archetype: Madry's ResNet-32 whose BatchNorm layers use the statistics of the "
+                               "batch they are given (prediction-time BN; Schneider et al. 2020): batch-dependent")
+
+
 def madry(checkpoint: str | None = None) -> "Defense":
     """The honest control: Madry's PGD-AT ResNet-32 alone."""
     from robust_bench_sc.defense import Defense
@@ -333,4 +357,4 @@ def madry(checkpoint: str | None = None) -> "Defense":
 
 ARCHETYPES = ("random_resize_pad", "random_resize_pad_undeclared", "gaussian_noise", "quantised_classifier",
               "saturated_logits", "median_filter", "detached_logits", "softmax_output", "majority_vote_smoothing",
-              "stochastic_activation_pruning", "random_bit_depth", "madry")
+              "stochastic_activation_pruning", "random_bit_depth", "test_time_batchnorm", "madry")
