@@ -16,7 +16,12 @@ theirs under the entry-point group ``robust_bench_sc.datasets`` (an instance of 
   uint8 or floats in [0, 1], and labels ``y`` (N,), (N, 1) or one-hot (other usual key names
   accepted; optional ``idx``, ``n_classes``), of any size and number of classes;
 - ``imagefolder``: image files in torchvision's ImageFolder tree (``ROOT/<split>/<class>/*.png``),
-  read with Pillow in torchvision's order.
+  read with Pillow in torchvision's order;
+- ``mnist`` / ``fashion_mnist``: LeCun's IDX files (plain or ``.gz``) in ``ROOT/MNIST/raw/`` /
+  ``ROOT/FashionMNIST/raw/`` (torchvision's folders) or ``ROOT``; 28×28×1, 10 classes;
+- ``svhn``: the cropped digits ``ROOT/<split>_32x32.mat`` (test, train, extra), label 10 read as 0;
+- ``cifar10c``: CIFAR-10-C, ``ROOT/CIFAR-10-C/<corruption>.npy`` + ``labels.npy``; the split names
+  a corruption and a severity (``gaussian_noise-5``, :meth:`Dataset.accepts_split`).
 
 Nothing is downloaded: a missing file is one line saying where the files go and which layout
 is expected. A reader returns the whole split as numpy arrays (:class:`Arrays`);
