@@ -260,7 +260,8 @@ def _check_threads(threads: int | None) -> None:
 
 DATA_DIR_HELP = ("the dataset's folder (or .npz file) where the suite names no data.root (default $SCBENCH_DATA, "
                  "else ../shared/data/cifar10)")
-DATASET_HELP = "dataset plug-in (scbench datasets): cifar10, cifar100, cifar10_npz (default), npz, imagefolder, ..."
+DATASET_HELP = ("dataset plug-in (scbench datasets): cifar10, cifar100, cifar10_npz (default), npz, imagefolder, "
+                "mnist, fashion_mnist, svhn, cifar10c, ...")
 PROBE_TIMEOUT_HELP = ("seconds each probe may take before the defense is reported as hanging (default: 100 × one "
                       "forward pass on the probe images, at least 60 s; 300 s for that first pass)")
 

@@ -64,13 +64,13 @@ class DataConfig(BaseModel):
             raise PydanticCustomError("data_folder", f"root {self.root!r} and data_dir {self.data_dir!r} both name the "
                                       "data folder; keep root")
         try:
-            splits = get_dataset(self.dataset).splits
+            ds = get_dataset(self.dataset)
         except Exception as exc:  # a referenced plug-in that does not load: one line
             raise PydanticCustomError("dataset_plugin", f"dataset {self.dataset!r}: {type(exc).__name__}: "
                                       f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-        if self.split not in splits:
+        if not ds.accepts_split(self.split):
             raise PydanticCustomError("unknown_split", f"dataset {self.dataset} has no split {self.split!r}; allowed "
-                                      f"values: {', '.join(splits)}")
+                                      f"values: {', '.join(ds.splits)}")
         return self
 
     @property

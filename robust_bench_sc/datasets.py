@@ -16,7 +16,12 @@ theirs under the entry-point group ``robust_bench_sc.datasets`` (an instance of 
   uint8 or floats in [0, 1], and labels ``y`` (N,), (N, 1) or one-hot (other usual key names
   accepted; optional ``idx``, ``n_classes``), of any size and number of classes;
 - ``imagefolder``: image files in torchvision's ImageFolder tree (``ROOT/<split>/<class>/*.png``),
-  read with Pillow in torchvision's order.
+  read with Pillow in torchvision's order;
+- ``mnist`` / ``fashion_mnist``: LeCun's IDX files (plain or ``.gz``) in ``ROOT/MNIST/raw/`` /
+  ``ROOT/FashionMNIST/raw/`` (torchvision's folders) or ``ROOT``; 28×28×1, 10 classes;
+- ``svhn``: the cropped digits ``ROOT/<split>_32x32.mat`` (test, train, extra), label 10 read as 0;
+- ``cifar10c``: CIFAR-10-C, ``ROOT/CIFAR-10-C/<corruption>.npy`` + ``labels.npy``; the split names
+  a corruption and a severity (``gaussian_noise-5``, :meth:`Dataset.accepts_split`).
 
 Nothing is downloaded: a missing file is one line saying where the files go and which layout
 is expected. A reader returns the whole split as numpy arrays (:class:`Arrays`);
@@ -26,6 +31,7 @@ so validating a suite stays light.
 
 from __future__ import annotations
 
+import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +84,12 @@ class Dataset:
     def read(self, root: Path, split: str) -> Arrays:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def accepts_split(self, split: str) -> bool:
+        """Whether ``split`` names a split of this dataset: one of ``splits``. A dataset whose splits
+        are open-ended (``cifar10c``: ``<corruption>-<severity>``) overrides this; its ``splits``
+        then say the form, for messages and ``scbench datasets``."""
+        return split in self.splits
+
     def images_label(self, root: str | Path | None, split: str) -> str:
         """How tables name the images: ``CIFAR-10 test images`` (after "first N")."""
         return f"{self.title or self.name} {split} images"
@@ -124,7 +136,7 @@ def _as_dataset(name: str, obj: Any) -> Dataset:
 
 
 def check_split(ds: Dataset, split: str) -> None:
-    if split not in ds.splits:
+    if not ds.accepts_split(split):
         raise DataError(f"{ds.name} dataset has no split {split!r}; splits: {', '.join(ds.splits)}")
 
 
@@ -543,6 +555,244 @@ def _size(img: np.ndarray) -> str:
     return f"{w}×{h} pixels (width × height) with {c} channel{'s' if c > 1 else ''}"
 
 
+# -- MNIST / Fashion-MNIST: LeCun's IDX files ------------------------------------------------
+
+IDX_IMAGES, IDX_LABELS = 0x00000803, 0x00000801  # IDX magic numbers: unsigned bytes in 3 dimensions / in 1
+
+
+def read_idx(path: Path, magic: int) -> np.ndarray:
+    """One IDX file, gzipped when its name ends in ``.gz``, as torchvision's MNIST reads it: a
+    big-endian int32 magic number (0x00000803: unsigned bytes in 3 dimensions, the images; 0x00000801:
+    in 1, the labels), one big-endian int32 per dimension, then the values in row-major order.
+    Returns uint8 of the header's shape; a wrong magic number or a size other than the header's is one line."""
+    import gzip
+
+    try:
+        with (gzip.open(path) if path.name.endswith(".gz") else open(path, "rb")) as f:
+            data = f.read()
+    except Exception as exc:  # a broken or truncated .gz: BadGzipFile, EOFError, zlib.error
+        raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc} (expected an IDX file, gzipped when "
+                        "named .gz)") from None
+    ndim = magic & 0xFF
+    what = f"IDX {'images' if ndim == 3 else 'labels'}: unsigned bytes in {ndim} dimension{'s' if ndim > 1 else ''}"
+    head = 4 * (1 + ndim)
+    if len(data) < head:
+        raise DataError(f"{path} is {len(data)} bytes, shorter than the {head}-byte header of {what}")
+    found = int.from_bytes(data[:4], "big")
+    if found != magic:
+        raise DataError(f"{path}: magic number 0x{found:08X}; expected 0x{magic:08X} ({what})")
+    dims = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
+    n_values = math.prod(dims)
+    if len(data) - head != n_values:
+        state = "truncated" if len(data) - head < n_values else "longer than its header says"
+        raise DataError(f"{path} is {state}: its header says {' × '.join(map(str, dims))} = {n_values} bytes of "
+                        f"values, it holds {len(data) - head} after the {head}-byte header")
+    return np.frombuffer(data, np.uint8, offset=head).reshape(dims).copy()
+
+
+class Mnist(Dataset):
+    """MNIST in LeCun's original IDX files, as ``torchvision.datasets.MNIST(ROOT)`` keeps them in
+    ``ROOT/MNIST/raw/`` (also read from ``ROOT/raw/`` or ``ROOT`` itself), each file plain or gzipped.
+
+    Fashion-MNIST ships the same four file names in the same format, so the files cannot say which
+    of the two they hold: it is registered separately as ``fashion_mnist`` (this reader, the folder
+    ``ROOT/FashionMNIST/raw/`` and the title Fashion-MNIST) rather than guessed from a folder name,
+    so the name in the suite decides what tables call the images ("first N Fashion-MNIST test
+    images"), also for a flat folder of IDX files. Each name finds the other's torchvision folder
+    and says which name reads it.
+    """
+
+    name = "mnist"
+    title = "MNIST"
+    folder = "MNIST"  # torchvision's ROOT/<class name>/raw
+    other = ("FashionMNIST", "fashion_mnist")  # the twin: its folder, its name
+    splits = ("test", "train")
+    files = {"test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+             "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")}
+    n_classes = 10
+    image_shape = (28, 28, 1)
+    layout = ("expected MNIST's IDX files: ROOT/MNIST/raw/t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (test), "
+              "train-images-idx3-ubyte and train-labels-idx1-ubyte (train), each also as .gz (from "
+              "http://yann.lecun.com/exdb/mnist/, as torchvision.datasets.MNIST(ROOT) leaves them; ROOT/raw/ or ROOT "
+              "itself also work); 28×28 grayscale, 10 classes")
+
+    def find(self, folder: Path, name: str) -> Path | None:
+        """``folder/name``, else ``folder/name.gz``, else None."""
+        return next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
+
+    def candidates(self, root: Path) -> tuple[Path, ...]:
+        return root / self.folder / "raw", root / "raw", root
+
+    def read(self, root: Path, split: str) -> Arrays:
+        check_split(self, split)
+        images_name, labels_name = self.files[split]
+        folder = next((c for c in self.candidates(root) if self.find(c, images_name)), None)
+        if folder is None:
+            twin = root / self.other[0] / "raw"
+            hint = (f"; {twin} holds {self.other[0]}'s files: read them as dataset {self.other[1]}"
+                    if self.find(twin, images_name) else "")
+            raise DataError(f"{self.name} dataset: {images_name} (or .gz) not found in "
+                            f"{', '.join(map(str, self.candidates(root)))}{hint}; {self.layout} (set data.root in the "
+                            "suite, --data-dir or $SCBENCH_DATA; nothing is downloaded)")
+        images = self.find(folder, images_name)
+        labels = self.find(folder, labels_name)
+        assert images is not None
+        if labels is None:
+            raise self.missing(folder / labels_name)
+        x = read_idx(images, IDX_IMAGES)
+        y = read_idx(labels, IDX_LABELS)
+        if x.shape[1:] != (28, 28):
+            raise DataError(f"{images} holds {x.shape[0]} images of {x.shape[1]}×{x.shape[2]} pixels; expected 28×28")
+        if len(x) != len(y):
+            raise DataError(f"{images} holds {len(x)} images but {labels} holds {len(y)} labels; expected one label "
+                            "per image")
+        return Arrays(x[:, :, :, None], check_labels(str(labels), y, 10), np.arange(len(y), dtype=np.int64), 10,
+                      self.title, str(folder))
+
+
+class FashionMnist(Mnist):
+    name = "fashion_mnist"
+    title = "Fashion-MNIST"
+    folder = "FashionMNIST"
+    other = ("MNIST", "mnist")
+    layout = ("expected Fashion-MNIST's IDX files: ROOT/FashionMNIST/raw/t10k-images-idx3-ubyte and "
+              "t10k-labels-idx1-ubyte (test), train-images-idx3-ubyte and train-labels-idx1-ubyte (train), each also "
+              "as .gz (from https://github.com/zalandoresearch/fashion-mnist, as torchvision.datasets.FashionMNIST(ROOT) "
+              "leaves them; ROOT/raw/ or ROOT itself also work); 28×28 grayscale, 10 classes")
+
+
+# -- SVHN: the cropped digits (format 2) ----------------------------------------------------
+
+class Svhn(Dataset):
+    """SVHN's cropped digits as ``torchvision.datasets.SVHN(ROOT, split)`` reads them: MATLAB files
+    read with ``scipy.io.loadmat``, ``X`` uint8 (32, 32, 3, N) and ``y`` (N, 1) in 1..10. Label 10
+    means the digit 0 and is read as 0 (as torchvision does), so class k is the digit k."""
+
+    name = "svhn"
+    title = "SVHN"
+    splits = ("test", "train", "extra")
+    n_classes = 10
+    image_shape = (32, 32, 3)
+    layout = ("expected SVHN's cropped digits (format 2): ROOT/test_32x32.mat, train_32x32.mat, extra_32x32.mat (from "
+              "http://ufldl.stanford.edu/housenumbers/, as torchvision.datasets.SVHN(ROOT) leaves them), MATLAB files "
+              "with X uint8 (32, 32, 3, N) and y (N, 1) in 1..10; label 10 (the digit 0) is read as 0, as torchvision does")
+
+    def read(self, root: Path, split: str) -> Arrays:
+        check_split(self, split)
+        path = root / f"{split}_32x32.mat"
+        if not path.is_file():
+            raise self.missing(path)
+        from scipy.io import loadmat
+
+        try:
+            mat = loadmat(path)
+        except Exception as exc:  # not a .mat, a truncated one, or MATLAB v7.3 (HDF5)
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            raise DataError(f"cannot read {path}: {type(exc).__name__}: {text} (expected a MATLAB file that "
+                            "scipy.io.loadmat reads, as SVHN's are)") from None
+        x, y = mat.get("X"), mat.get("y")
+        if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
+            have = ", ".join(f"{k} {v.dtype}{tuple(v.shape)}" if isinstance(v, np.ndarray) else k
+                             for k, v in mat.items() if not k.startswith("__")) or "nothing"
+            raise DataError(f"{path} holds {have}; expected X uint8 (32, 32, 3, N) and y (N, 1)")
+        n = x.shape[3] if x.ndim == 4 else -1
+        if x.dtype != np.uint8 or x.shape[:3] != (32, 32, 3) or n < 0 or y.shape not in ((n, 1), (n,)) \
+                or not np.issubdtype(y.dtype, np.integer) and not np.issubdtype(y.dtype, np.floating):
+            raise DataError(f"{path} holds X {x.dtype}{tuple(x.shape)} and y {y.dtype}{tuple(y.shape)}; expected X "
+                            "uint8 (32, 32, 3, N) and y (N, 1)")
+        y = y.reshape(-1)
+        if y.size and not (np.isfinite(y).all() and (y == np.round(y)).all() and 0 <= y.min() and y.max() <= 10):
+            raise DataError(f"{path}: y holds {y.min()}..{y.max()}; expected the digits' labels 1..10 (10: the digit 0)")
+        y = y.astype(np.int64)
+        y[y == 10] = 0
+        x = np.ascontiguousarray(x.transpose(3, 0, 1, 2))  # (H, W, C, N) → (N, H, W, C)
+        return Arrays(x, y, np.arange(len(y), dtype=np.int64), 10, self.title, str(path))
+
+
+# -- CIFAR-10-C: corrupted CIFAR-10 test images ------------------------------------------------
+
+class Cifar10C(Dataset):
+    """CIFAR-10-C (Hendrycks & Dietterich, ICLR 2019) as RobustBench's ``load_cifar10c`` reads it:
+    ``ROOT/CIFAR-10-C/<corruption>.npy`` holds the 10,000 CIFAR-10 test images under one corruption at
+    severity 1, then 2, ... 5 (uint8 (50000, 32, 32, 3)), ``labels.npy`` their labels (50000,).
+
+    A split is a corruption and a severity, ``gaussian_noise-5``: the 10,000 images of that severity's
+    block, and ``idx`` the position within the block, so image i is CIFAR-10 test image i corrupted
+    (the official test order). Any ``<name>.npy`` in the folder is a corruption (the 15 of the paper,
+    the 4 extra ones, or your own of the same shape)."""
+
+    name = "cifar10c"
+    title = "CIFAR-10-C"
+    folder = "CIFAR-10-C"
+    splits = ("<corruption>-<severity 1..5>",)
+    severities = 5
+    per_severity = 10_000
+    n_classes = 10
+    image_shape = (32, 32, 3)
+    layout = ("expected CIFAR-10-C (CIFAR-10-C.tar from https://zenodo.org/record/2535967, extracted into ROOT, as "
+              "RobustBench's load_cifar10c reads it): ROOT/CIFAR-10-C/<corruption>.npy uint8 (50000, 32, 32, 3), "
+              "severities 1..5 in blocks of 10000 (severity 1 first), and labels.npy (50000,); split "
+              "<corruption>-<severity>, e.g. gaussian_noise-5")
+
+    def parse_split(self, split: str) -> tuple[str, int]:
+        """``gaussian_noise-5`` → ("gaussian_noise", 5); anything else is one line."""
+        import re
+
+        m = re.fullmatch(r"([\w-]+)-([0-9]+)", split)
+        if m is None:
+            raise DataError(f"{self.name} dataset: split {split!r} is not <corruption>-<severity> (e.g. "
+                            "gaussian_noise-5)")
+        severity = int(m.group(2))
+        if not 1 <= severity <= self.severities:
+            raise DataError(f"{self.name} dataset: split {split!r}: severity {severity} is outside 1..{self.severities}")
+        return m.group(1), severity
+
+    def accepts_split(self, split: str) -> bool:
+        try:
+            self.parse_split(split)
+        except DataError:
+            return False
+        return True
+
+    def locate(self, root: Path) -> Path:
+        """``root/CIFAR-10-C`` (where the archive extracts) or ``root`` itself, whichever holds labels.npy."""
+        for cand in (root / self.folder, root):
+            if (cand / "labels.npy").is_file():
+                return cand
+        raise self.missing(root / self.folder / "labels.npy")
+
+    def load(self, path: Path, what: str, shape: tuple[int, ...]) -> np.ndarray:
+        """An .npy file, memory-mapped (a corruption file is 150 MB; one severity is read)."""
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except Exception as exc:
+            raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc} (expected an .npy written by "
+                            "numpy.save)") from None
+        if arr.shape != shape or (what == "images" and arr.dtype != np.uint8) \
+                or (what == "labels" and not np.issubdtype(arr.dtype, np.integer)):
+            want = "uint8" if what == "images" else "integer"
+            raise DataError(f"{path} holds {arr.dtype}{tuple(arr.shape)}; expected {what}: {want} {shape} "
+                            f"({self.severities} severities × {self.per_severity})")
+        return arr
+
+    def read(self, root: Path, split: str) -> Arrays:
+        corruption, severity = self.parse_split(split)
+        folder = self.locate(root)
+        path = folder / f"{corruption}.npy"
+        if corruption == "labels" or not path.is_file():
+            found = [n for n in _npy_folder(folder) if n != "labels"]
+            raise DataError(f"{self.name} dataset: no corruption {corruption!r} ({path.name}) in {folder}; it holds "
+                            f"{', '.join(f'{n}.npy' for n in found) if found else 'no .npy file besides labels.npy'} "
+                            "(split <corruption>-<severity>, e.g. gaussian_noise-5)")
+        n = self.severities * self.per_severity
+        x_all = self.load(path, "images", (n, 32, 32, 3))
+        y_all = self.load(folder / "labels.npy", "labels", (n,))
+        block = slice((severity - 1) * self.per_severity, severity * self.per_severity)
+        x = np.array(x_all[block])  # a copy: only this severity is read from disk
+        y = check_labels(str(folder / "labels.npy"), np.array(y_all[block]), 10)
+        return Arrays(x, y, np.arange(self.per_severity, dtype=np.int64), 10, self.title, str(folder))
+
+
 class InMemory(Dataset):
     """Tensors handed to :func:`robust_bench_sc.api.benchmark` (``x``, ``y``), kept in this
     process under their content hash (``root``)."""
@@ -567,7 +817,8 @@ class InMemory(Dataset):
 # pyproject.toml declares the same objects under robust_bench_sc.datasets
 CIFAR10, CIFAR100, CIFAR10_NPZ, NPZ, IMAGEFOLDER, TENSORS = \
     Cifar10(), Cifar100(), Cifar10Npz(), Npz(), ImageFolder(), InMemory()
-for _ds in (CIFAR10, CIFAR100, CIFAR10_NPZ, NPZ, IMAGEFOLDER, TENSORS):
+MNIST, FASHION_MNIST, SVHN, CIFAR10C = Mnist(), FashionMnist(), Svhn(), Cifar10C()
+for _ds in (CIFAR10, CIFAR100, CIFAR10_NPZ, NPZ, IMAGEFOLDER, MNIST, FASHION_MNIST, SVHN, CIFAR10C, TENSORS):
     DATASETS.register(_ds.name, _ds)
 
 DEFAULT_DATASET = "cifar10_npz"

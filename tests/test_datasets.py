@@ -165,7 +165,8 @@ def test_a_third_party_plugin_registers_and_loads(tmp_path):
 def test_pyproject_declares_the_bundled_datasets():
     eps = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
     declared = eps["robust_bench_sc.datasets"]
-    assert set(declared) == {"cifar10", "cifar100", "cifar10_npz", "npz", "imagefolder"}
+    assert set(declared) == {"cifar10", "cifar100", "cifar10_npz", "npz", "imagefolder", "mnist", "fashion_mnist", "svhn",
+                             "cifar10c"}
     in_code = {n for n in DATASETS.names() if n != "tensors" and not n.endswith("_test")}  # tensors: in-process only
     assert set(declared) == in_code
     for name, target in declared.items():
