@@ -8,6 +8,7 @@ archetype comparisons run a few minutes each on a CPU: ``@pytest.mark.slow``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -326,6 +327,21 @@ def test_audit_quantiser_inside_the_classifier_no_abort_no_gradient_columns(tmp_
     # the same command resumes: every job is reused, the card is the same
     again = audit("defenses.archetypes:quantised_classifier", n_images=n, out=tmp_path / "run", budget=TINY)
     assert again["worst_case"] == card["worst_case"] and again["fooled_by"] == card["fooled_by"]
+
+
+def test_audit_of_a_batch_dependent_defense_says_so(tmp_path):
+    """Prediction-time BatchNorm: the probe finds the batch dependence, the run warns, the card
+    fails it (no per-image truth to compare with: the number depends on the batching)."""
+    card = audit("defenses.archetypes:test_time_batchnorm", n_images=4, out=tmp_path / "run", budget=TINY)
+    assert card["probes"]["batch_dependent"] is True and card["probes"]["batch_changed_frac"] == 1.0
+    assert card["verdict"]["code"] != "trustworthy"
+    batch = [f for f in card["verdict"]["findings"] if f["category"] == "batch"]
+    assert len(batch) == 1 and batch[0]["status"] == "fail"
+    assert "an image's prediction depends on its batch-mates" in card["verdict"]["text"]
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    (warning,) = run["probes"]["archetype_test_time_batchnorm"]["warnings"]
+    assert warning.startswith("defense 'archetype_test_time_batchnorm': batch-dependent: 4/4 probe images' logits "
+                              "changed when run alone instead of in a batch of 4"), warning
 
 
 def test_audit_bad_input_is_one_line(tmp_path):
