@@ -41,6 +41,11 @@ def _materialise(obj: Any, ref: str, params: dict[str, Any]) -> Defense:
         try:
             inspect.signature(obj).bind(**params)
         except TypeError as exc:
+            if not params:  # a function of the images (x → logits) is a classifier, not a factory
+                raise RegistryError(f"defense {ref!r} is a function that needs arguments ({exc}); a defense is a "
+                                    "factory called with no arguments (or the suite's params) that returns a "
+                                    "robust_bench_sc.Defense or a torch nn.Module; a function of the images "
+                                    "(x → logits) is neither: wrap it in an nn.Module whose forward calls it") from None
             raise RegistryError(f"defense {ref!r} does not take params {sorted(params)}: {exc}") from None
         out = obj(**params)
         if isinstance(out, nn.Module):

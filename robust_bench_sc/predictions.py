@@ -46,8 +46,12 @@ def checked_logits(defense: Defense, xb: torch.Tensor, n_classes: int = N_CLASSE
     out = defense(xb)
     n = xb.shape[0]
     if not isinstance(out, torch.Tensor):
+        hint = (" (a tuple or list, e.g. logits and features: return the logits alone, or wrap the model in an "
+                "nn.Module whose forward returns out[0])" if isinstance(out, (tuple, list)) else
+                " (a dict, e.g. a model output object: wrap the model in an nn.Module whose forward returns the "
+                "logits entry)" if isinstance(out, dict) else "")
         raise DefenseOutputError(f"defense {defense.name!r} returned {type(out).__name__}, expected a tensor of "
-                                 f"logits of shape ({n}, {n_classes})")
+                                 f"logits of shape ({n}, {n_classes}){hint}")
     if tuple(out.shape) != (n, n_classes) or not out.is_floating_point():
         raise DefenseOutputError(f"defense {defense.name!r} returned {out.dtype} of shape {tuple(out.shape)} for "
                                  f"{n} images; expected float logits of shape ({n}, {n_classes}) (one score per "

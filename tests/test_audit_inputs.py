@@ -194,6 +194,17 @@ PLAIN = textwrap.dedent('''
         return Net()
 
     instance = Net()
+
+    class Pair(Net):
+        def forward(self, x):
+            out = super().forward(x)
+            return out, out.detach()
+
+    def pair():
+        return Pair()
+
+    def logits_of(x):
+        return instance(x)
 ''')
 
 
@@ -215,3 +226,22 @@ def test_a_plain_module_or_its_factory_is_a_defense_named_by_the_reference(tmp_p
     card = audit(f"{f}:make", n_images=4, out=tmp_path / "run", budget=TINY)
     assert card["defense"] == "make" and card["probes"]["gradient"] == "ok"
     assert card["worst_case"]["n"] == 4 and all(not m.get("error") for m in card["cascade"])
+
+
+def test_a_function_of_the_images_and_a_tuple_output_get_one_line_saying_what_to_wrap(tmp_path):
+    """Two shapes users hand in: ``f(x) -> logits`` (a classifier function, not a factory) and a
+    model returning (logits, features)."""
+    from robust_bench_sc.plugins import build_defense
+    from robust_bench_sc.registry import RegistryError
+
+    f = tmp_path / "plain.py"
+    f.write_text(PLAIN)
+    with pytest.raises(RegistryError, match=r"is a function that needs arguments \(missing a required argument: "
+                                            r"'x'\); .* wrap it in an nn.Module whose forward calls it$"):
+        build_defense(f"{f}:logits_of")
+    with pytest.raises(AuditError) as err:
+        audit(f"{f}:pair", n_images=4, out=tmp_path / "run", budget=TINY)
+    assert str(err.value).endswith("returned tuple, expected a tensor of logits of shape (4, 10) (a tuple or list, "
+                                   "e.g. logits and features: return the logits alone, or wrap the model in an "
+                                   "nn.Module whose forward returns out[0])"), str(err.value)
+    assert "\n" not in str(err.value)
