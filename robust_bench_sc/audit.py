@@ -46,6 +46,15 @@ AUTOATTACK_SQUARE_QUERIES = 5000        # AutoAttack's Square budget (its schedu
 LATE_FOOLED_MIN_IMAGES = 2              # gradient-free / transfer fool ≥ this many images the gradient attacks
 LATE_FOOLED_MIN_FRAC = 0.02             # missed, and ≥ this share of the clean-correct images → masking
 PROBE_IMAGES = 8
+CHANCE_ALPHA = 0.01                     # clean accuracy not above chance at this level (one-sided binomial test)
+
+
+def chance_level_p(correct: int, n: int, n_classes: int) -> float:
+    """P(at least ``correct`` of ``n`` right by guessing one of ``n_classes`` uniformly): the
+    one-sided binomial test of a clean accuracy against chance."""
+    from scipy.stats import binom
+
+    return float(binom.sf(correct - 1, n, 1.0 / n_classes)) if n_classes > 0 else 1.0
 
 
 class AuditError(RuntimeError):
@@ -315,7 +324,7 @@ def cascade_outcome(records: list[dict[str, Any]], member_names: list[str]) -> d
 class Finding:
     source: str          # probe, cascade, indicator, binarization
     status: str          # fail or warn
-    category: str        # masking, randomness, optimisation
+    category: str        # input, masking, randomness, batch, optimisation
     problem: str
     remedy: str
 
@@ -325,10 +334,20 @@ def _and(names: list[str]) -> str:
 
 
 def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any], indicators: dict[str, Any] | None,
-            binarization: dict[str, Any] | None) -> dict[str, Any]:
+            binarization: dict[str, Any] | None, n_classes: int = 10) -> dict[str, Any]:
     """The verdict: every failing probe, cascade signal, indicator and the binarization test,
-    each with its remedy; ``trustworthy`` only when none fails."""
+    each with its remedy; ``trustworthy`` only when none fails. ``n_classes``: the dataset's
+    (chance level is 1/n_classes)."""
     out: list[Finding] = []
+    n, correct = outcome["n_images"], outcome["clean_correct"]
+    if n and chance_level_p(correct, n, n_classes) > CHANCE_ALPHA:
+        out.append(Finding("cascade", "fail", "input",
+                           f"clean accuracy {outcome['clean_accuracy']:.1f}% ({correct}/{n}) is not above chance "
+                           f"(1/{n_classes}; one-sided binomial test p = {chance_level_p(correct, n, n_classes):.2g}): "
+                           "a robust accuracy of a classifier that does not classify these images says nothing",
+                           "check what the defense expects: scbench feeds float images in [0, 1], NCHW, RGB, "
+                           "unnormalised (a model trained on [0, 255], mean/std-normalised or BGR inputs must "
+                           "convert them in its forward), the dataset's label order, and its weights"))
     if findings.randomised and not findings.randomised_declared:
         out.append(Finding("probe", "fail", "randomness",
                            (f"undeclared randomness: logits differ over {findings.n_passes} passes on the same "
@@ -431,7 +450,9 @@ def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any],
                          "saturated logits that mask this defense's CE gradient: its pass says nothing about them")
     fails = [f for f in out if f.status == "fail"]
     warns = [f for f in out if f.status == "warn"]
-    if any(f.category == "masking" for f in fails):
+    if any(f.category == "input" for f in fails):  # nothing else means anything on a classifier at chance
+        code = "chance_level"
+    elif any(f.category == "masking" for f in fails):
         code = "gradient_masking"
     elif any(f.category == "randomness" for f in fails):
         code = "undeclared_randomness"
@@ -450,7 +471,8 @@ def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any],
                 else f"{number}; plausibly trustworthy, warnings: {'; '.join(f.problem for f in warns)}")
     else:
         label = {"gradient_masking": "gradient masking", "undeclared_randomness": "undeclared randomness",
-                 "batch_dependent": "batch-dependent predictions", "attack_failure": "attack failure"}[code]
+                 "batch_dependent": "batch-dependent predictions", "chance_level": "clean accuracy at chance",
+                 "attack_failure": "attack failure"}[code]
         remedies = list(dict.fromkeys(f.remedy for f in fails))
         text = f"{number}; {label}: {'; '.join(f.problem for f in fails)}. Remedy: {'; '.join(remedies)}"
     return {"code": code, "text": text, "findings": [asdict(f) for f in out], "blind_spots": blind}
@@ -642,7 +664,7 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
         "threat": {"norm": "linf", "epsilon": budget.epsilon},
         "budget": budget.to_dict(),
         "run_dir": str(outcome_run.run_dir),
-        "verdict": verdict(findings, plan, outcome, indicators, binarization),
+        "verdict": verdict(findings, plan, outcome, indicators, binarization, n_classes=split.n_classes),
         "worst_case": outcome["worst_case"],
         "clean_accuracy": outcome["clean_accuracy"],
         "probes": {**findings.to_dict(), "summary": findings.summary_lines(),

@@ -228,6 +228,38 @@ def test_verdict_batch_dependent_predictions_are_never_trustworthy():
         assert verdict(findings(batch_dependent=measured), _plan(), honest, None, None)["code"] == "trustworthy"
 
 
+def test_verdict_clean_accuracy_at_chance_says_check_the_inputs():
+    """2/10 right with 10 classes is what guessing gives (p = 0.26): no robust accuracy means anything."""
+    at_chance = cascade_outcome(_records(["misclassified"] * 8 + ["apgd-ce", ""]), [*GRADIENT_MEMBERS, "square"])
+    v = verdict(findings(), _plan(), at_chance, None, None)
+    assert v["code"] == "chance_level"
+    assert v["text"].startswith("worst case 10.0% [1.8, 40.4]; clean accuracy at chance: clean accuracy 20.0% (2/10) "
+                                "is not above chance (1/10; one-sided binomial test p = 0.26)"), v["text"]
+    assert "scbench feeds float images in [0, 1], NCHW, RGB" in v["text"]
+    # 4/10 is still not above chance at 1 % (p = 0.013), 5/10 is (p = 0.0016); with 2 classes 8/10 is not (p = 0.055)
+    four = cascade_outcome(_records(["misclassified"] * 6 + ["apgd-ce"] * 4), [*GRADIENT_MEMBERS, "square"])
+    five = cascade_outcome(_records(["misclassified"] * 5 + ["apgd-ce"] * 5), [*GRADIENT_MEMBERS, "square"])
+    assert verdict(findings(), _plan(), four, None, None)["code"] == "chance_level"
+    assert verdict(findings(), _plan(), five, None, None)["code"] == "trustworthy"
+    eight = cascade_outcome(_records(["misclassified"] * 2 + ["apgd-ce"] * 8), [*GRADIENT_MEMBERS, "square"])
+    assert verdict(findings(), _plan(), eight, None, None, n_classes=2)["code"] == "chance_level"
+    assert verdict(findings(), _plan(), eight, None, None, n_classes=10)["code"] == "trustworthy"
+
+
+def test_audit_of_a_model_fed_the_wrong_input_range_says_so(tmp_path):
+    """A user's model trained on [0, 255] inputs, handed [0, 1] images: near-black inputs, chance-
+    level accuracy, and (before this check) a plausible 0 % robust accuracy, 'trustworthy'."""
+    f = tmp_path / "mine.py"
+    f.write_text("from defenses.archetypes import _madry_net\nfrom torch import nn\n\n"
+                 "class Expects255(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                 "        self.net = _madry_net()\n\n    def forward(self, x):\n        return self.net(x / 255.0)\n\n"
+                 "def make():\n    return Expects255()\n")
+    card = audit(f"{f}:make", n_images=20, out=tmp_path / "run", budget=TINY)
+    assert card["clean_accuracy"] <= 20.0, card["clean_accuracy"]
+    assert card["verdict"]["code"] == "chance_level", card["verdict"]["text"]
+    assert "check what the defense expects" in card["verdict"]["text"]
+
+
 def test_a_masking_indicator_is_moot_where_the_gradient_attacks_fooled_every_image():
     """results/audit_1000/natural: APGD-CE fooled all 1000 images of the undefended model and
     unstable_predictions failed (its margins are fragile); that is no gradient masking."""
