@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from robust_bench_sc.stats import above_chance_p, at_chance
+
 if TYPE_CHECKING:
     import torch
 
@@ -46,15 +48,6 @@ AUTOATTACK_SQUARE_QUERIES = 5000        # AutoAttack's Square budget (its schedu
 LATE_FOOLED_MIN_IMAGES = 2              # gradient-free / transfer fool ≥ this many images the gradient attacks
 LATE_FOOLED_MIN_FRAC = 0.02             # missed, and ≥ this share of the clean-correct images → masking
 PROBE_IMAGES = 8
-CHANCE_ALPHA = 0.01                     # clean accuracy not above chance at this level (one-sided binomial test)
-
-
-def chance_level_p(correct: int, n: int, n_classes: int) -> float:
-    """P(at least ``correct`` of ``n`` right by guessing one of ``n_classes`` uniformly): the
-    one-sided binomial test of a clean accuracy against chance."""
-    from scipy.stats import binom
-
-    return float(binom.sf(correct - 1, n, 1.0 / n_classes)) if n_classes > 0 else 1.0
 
 
 class AuditError(RuntimeError):
@@ -340,10 +333,10 @@ def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any],
     (chance level is 1/n_classes)."""
     out: list[Finding] = []
     n, correct = outcome["n_images"], outcome["clean_correct"]
-    if n and chance_level_p(correct, n, n_classes) > CHANCE_ALPHA:
+    if at_chance(correct, n, n_classes):
         out.append(Finding("cascade", "fail", "input",
                            f"clean accuracy {outcome['clean_accuracy']:.1f}% ({correct}/{n}) is not above chance "
-                           f"(1/{n_classes}; one-sided binomial test p = {chance_level_p(correct, n, n_classes):.2g}): "
+                           f"(1/{n_classes}; one-sided binomial test p = {above_chance_p(correct, n, n_classes):.2g}): "
                            "a robust accuracy of a classifier that does not classify these images says nothing",
                            "check what the defense expects: scbench feeds float images in [0, 1], NCHW, RGB, "
                            "unnormalised (a model trained on [0, 255], mean/std-normalised or BGR inputs must "

@@ -263,11 +263,34 @@ def _run_locked(suite: SuiteConfig, run_dir: Path, device: str, executor: Execut
     layout.update_meta(defense_fingerprints=dict(known_fp), status="complete", finished_at=_now(),
                        wall_seconds_this_invocation=round(wall, 2), jobs_computed=computed[0],
                        wall_seconds_total=round(before + wall, 2))  # over the invocations that finished
+    for line in chance_level_warnings(layout, jobs, split.n_classes):
+        console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
     if suite.diagnostics:  # gradient-masking / attack-failure indicators per defense
         from robust_bench_sc.diagnostics import run_suite_diagnostics
 
         run_suite_diagnostics(suite, run_dir, device=device, console=console)
     return RunOutcome(run_dir, summary, len(done), len(todo))
+
+
+def chance_level_warnings(layout: RunDir, jobs: list[Job], n_classes: int) -> list[str]:
+    """One line per defense whose clean accuracy on the run's images is not above chance
+    (:func:`robust_bench_sc.stats.at_chance`): its robust accuracies say nothing, and the usual
+    cause is an input convention (range, normalisation, channel order) or the label order."""
+    from robust_bench_sc.stats import above_chance_p, at_chance
+
+    clean: dict[str, dict[int, bool]] = defaultdict(dict)  # defense → image → clean-correct (any threat model's)
+    for j in jobs:
+        for r in layout.read_record(j.defense, j.threat, j.chunk).records:
+            clean[j.defense][int(r["index"])] = bool(r["clean_correct"])
+    out = []
+    for defense, by_image in clean.items():
+        k, n = sum(by_image.values()), len(by_image)
+        if at_chance(k, n, n_classes):
+            out.append(f"defense {defense!r}: clean accuracy {100 * k / n:.1f}% ({k}/{n}) is not above chance (1/"
+                       f"{n_classes}; one-sided binomial test p = {above_chance_p(k, n, n_classes):.2g}), so its "
+                       "robust accuracies say nothing: check what it expects (scbench feeds float images in [0, 1], "
+                       "NCHW, RGB, unnormalised), the dataset's label order, and its weights")
+    return out
 
 
 def _now() -> str:

@@ -3,7 +3,9 @@
 - :func:`wilson_interval`: 95 % Wilson score interval of an accuracy (in percent);
 - :func:`mean_interval`: Student-t interval of a mean (e.g. ‖e‖₂ of the successes);
 - :func:`mcnemar_exact`: two-sided exact McNemar test of paired per-image outcomes;
-- :func:`two_proportion`: two-sided pooled two-proportion z-test (unpaired outcomes).
+- :func:`two_proportion`: two-sided pooled two-proportion z-test (unpaired outcomes);
+- :func:`above_chance_p` / :func:`at_chance`: one-sided binomial test of a clean accuracy
+  against guessing one of K classes.
 """
 
 from __future__ import annotations
@@ -58,3 +60,19 @@ def two_proportion(k1: int, n1: int, k2: int, n2: int) -> float:
         return 1.0 if k1 / n1 == k2 / n2 else 0.0
     z = (k1 / n1 - k2 / n2) / se
     return math.erfc(abs(z) / math.sqrt(2))
+
+
+CHANCE_ALPHA = 0.01  # a clean accuracy not above chance at this level: the classifier does not classify
+
+
+def above_chance_p(correct: int, n: int, n_classes: int) -> float:
+    """P(at least ``correct`` of ``n`` right by guessing one of ``n_classes`` uniformly): the
+    one-sided binomial test of a clean accuracy against chance."""
+    from scipy.stats import binom
+
+    return float(binom.sf(correct - 1, n, 1.0 / n_classes)) if n_classes > 0 and n > 0 else 1.0
+
+
+def at_chance(correct: int, n: int, n_classes: int, alpha: float = CHANCE_ALPHA) -> bool:
+    """``correct`` of ``n`` is not above chance (1/``n_classes``) at level ``alpha``."""
+    return n > 0 and above_chance_p(correct, n, n_classes) > alpha

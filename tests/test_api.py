@@ -229,3 +229,24 @@ def test_worst_case_over_adds_the_per_image_worst_case_row(tiny, tmp_path):
     assert rows.loc["worst case", "robust_accuracy"] == pytest.approx(100 * both / 8)
     assert rows.loc["worst case", "robust_accuracy"] <= min(rows.loc["pgd", "robust_accuracy"],
                                                            rows.loc["pgd_cw", "robust_accuracy"])
+
+
+def test_a_classifier_at_chance_is_warned_about_and_a_working_one_is_not(tiny, tmp_path, capsys):
+    """A model handed inputs it does not expect classifies at chance; its robust accuracy is a
+    plausible-looking 0 %. The run says so, with the test it used."""
+    from torch import nn
+
+    class Constant(nn.Module):  # predicts class 0 whatever the image
+        def forward(self, x):
+            return torch.nn.functional.one_hot(torch.zeros(x.shape[0], dtype=torch.long), 10).float() + 0 * x.sum()
+
+    plugin, model = tiny
+    df = benchmark(Constant(), ["clean"], n_images=20, chunk_size=10, out=tmp_path / "c", name="const")
+    n0 = int((robust_bench_sc.data.load_test(20).y == 0).sum())  # the images labelled 0: all it gets right
+    assert float(df.clean_accuracy.iloc[0]) == pytest.approx(100 * n0 / 20)
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"warning: defense 'const': clean accuracy {100 * n0 / 20:.1f}% ({n0}/20) is not above chance (1/10; " \
+           "one-sided binomial test p = " in err, err
+    assert "check what it expects (scbench feeds float images in [0, 1], NCHW, RGB, unnormalised)" in err
+    benchmark(model(), ["clean"], n_images=20, chunk_size=10, out=tmp_path / "m", name="tiny")
+    assert "not above chance" not in capsys.readouterr().err
