@@ -48,6 +48,8 @@ AUTOATTACK_SQUARE_QUERIES = 5000        # AutoAttack's Square budget (its schedu
 LATE_FOOLED_MIN_IMAGES = 2              # gradient-free / transfer fool ≥ this many images the gradient attacks
 LATE_FOOLED_MIN_FRAC = 0.02             # missed, and ≥ this share of the clean-correct images → masking
 PROBE_IMAGES = 8
+AUDIT_NORMS = ("linf", "l2")            # the norms every cascade member (APGD, Square, PGD transfer) attacks in
+DEFAULT_EPSILON = {"linf": 8 / 255, "l2": 0.5}  # RobustBench's CIFAR-10 threat models
 
 
 class AuditError(RuntimeError):
@@ -60,6 +62,7 @@ class AuditBudget:
     smoke runs (same cascade, smaller budgets)."""
 
     epsilon: float = 8 / 255
+    norm: str = "linf"            # linf or l2 (AUDIT_NORMS): every member attacks in this ball
     apgd_iterations: int = 100
     apgd_restarts: int = 1
     eot: int = 20                 # AutoAttack's rand version: EOT 20
@@ -76,6 +79,13 @@ class AuditBudget:
     binarization_samples: int = 20
     binarization_inner: int = 49
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.norm not in AUDIT_NORMS:
+            raise ValueError(f"audit norm {self.norm!r}: one of {', '.join(AUDIT_NORMS)} (APGD, Square and PGD "
+                             "transfer all attack in it)")
+        if not (isinstance(self.epsilon, (int, float)) and not isinstance(self.epsilon, bool) and self.epsilon > 0):
+            raise ValueError(f"audit epsilon {self.epsilon!r}: must be a number > 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,7 +188,7 @@ def plan_cascade(defense: Defense, findings: ProbeFindings, budget: AuditBudget,
                                                            f"(the dataset has {n_classes})"})
         for which in order:
             members.append({
-                "attack": "autoattack", "name": which, "norm": "linf", "epsilon": eps, "version": "custom",
+                "attack": "autoattack", "name": which, "norm": budget.norm, "epsilon": eps, "version": "custom",
                 "attacks_to_run": [which], "apgd_iterations": budget.apgd_iterations,
                 "apgd_restarts": budget.apgd_restarts, "bpda": bpda, "eot": eot, "recheck": recheck,
                 "batch_size": budget.batch_size})
@@ -203,7 +213,7 @@ def plan_cascade(defense: Defense, findings: ProbeFindings, budget: AuditBudget,
         members.append({
             "attack": "transfer", "name": name, "source": SURROGATE, "craft_forward": "defense", "recheck": recheck,
             "batch_size": budget.batch_size,
-            "craft": {"attack": "pgd", "norm": "linf", "epsilon": eps, "steps": budget.transfer_steps, "restarts": 1,
+            "craft": {"attack": "pgd", "norm": budget.norm, "epsilon": eps, "steps": budget.transfer_steps, "restarts": 1,
                       "step_size": "epsilon/4", "loss": "cw" if findings.saturated or findings.probabilities else "ce",
                       "random_start": True,
                       "keep_adversarial_iterate": True, "eot": eot}})
@@ -223,7 +233,7 @@ def plan_cascade(defense: Defense, findings: ProbeFindings, budget: AuditBudget,
         name = f"transfer:{src}"
         members.append({
             "attack": "transfer", "name": name, "source": src, "recheck": recheck, "batch_size": budget.batch_size,
-            "craft": {"attack": "pgd", "norm": "linf", "epsilon": eps, "steps": budget.transfer_steps,
+            "craft": {"attack": "pgd", "norm": budget.norm, "epsilon": eps, "steps": budget.transfer_steps,
                       "restarts": 1, "step_size": "epsilon/4", "loss": "ce", "random_start": True,
                       "keep_adversarial_iterate": False}})
         reasons[name] = [f"PGD-{budget.transfer_steps} (CE, last iterate) crafted on the robust surrogate {src!r} "
@@ -234,7 +244,7 @@ def plan_cascade(defense: Defense, findings: ProbeFindings, budget: AuditBudget,
     square_eot = min(budget.square_eot, eot) if randomised else 1
     rescale = budget.square_queries != AUTOATTACK_SQUARE_QUERIES
     members.append({
-        "attack": "square", "name": "square", "norm": "linf", "epsilon": eps, "n_queries": budget.square_queries,
+        "attack": "square", "name": "square", "norm": budget.norm, "epsilon": eps, "n_queries": budget.square_queries,
         "p_init": 0.8, "restarts": 1, "rescale_schedule": rescale, "eot": square_eot, "recheck": recheck,
         "batch_size": budget.batch_size})
     reasons["square"] = [
@@ -487,7 +497,7 @@ def _indicators(defense: Defense, budget: AuditBudget, n_images: int, device: st
     from robust_bench_sc.diagnostics import DiagnosticsConfig, diagnose
 
     cfg = DiagnosticsConfig(n_images=min(n_images, budget.indicator_images), seed=budget.seed, device=device,
-                            epsilon=budget.epsilon, eot=max(2, min(budget.eot, 5)) if randomised else 5,
+                            norm=budget.norm, epsilon=budget.epsilon, eot=max(2, min(budget.eot, 5)) if randomised else 5,
                             queries=budget.indicator_queries, batch_size=budget.batch_size,
                             skip=("transfer_failure",) if exact_preprocess else (), dataset=dataset,
                             data_dir=data_dir, probe_timeout=probe_timeout)
@@ -654,7 +664,7 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
         "defense": label, "ref": ref, "subset": describe_subset(n_images, images=split.images), "n_images": n_images,
         **({"dataset": {"name": split.dataset, "n_classes": split.n_classes, "data_dir": str(data_dir)}}
            if dataset is not None or data_dir is not None else {}),
-        "threat": {"norm": "linf", "epsilon": budget.epsilon},
+        "threat": {"norm": budget.norm, "epsilon": budget.epsilon},
         "budget": budget.to_dict(),
         "run_dir": str(outcome_run.run_dir),
         "verdict": verdict(findings, plan, outcome, indicators, binarization, n_classes=split.n_classes),
@@ -681,10 +691,18 @@ def _eps(eps: float) -> str:
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.6g}"
 
 
+def _ball(threat: dict[str, Any]) -> str:
+    """``ℓ∞ ε = 8/255``, ``ℓ2 ε = 0.5``: the card's threat in words."""
+    from robust_bench_sc.norms import Norm
+
+    norm = Norm.get(threat["norm"])
+    return f"{norm.label if norm else threat['norm']} ε = {_eps(threat['epsilon'])}"
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     wc, v = card["worst_case"], card["verdict"]
     lines = [f"# Audit: {card['defense']}", "",
-             f"{card['subset'][:1].upper()}{card['subset'][1:]}; ℓ∞ ε = {_eps(card['threat']['epsilon'])}; clean accuracy "
+             f"{card['subset'][:1].upper()}{card['subset'][1:]}; {_ball(card['threat'])}; clean accuracy "
              f"{card['clean_accuracy']:.1f}%. Run folder: `{card['run_dir']}`.", "",
              f"**Verdict ({v['code']}):** {v['text']}", "",
              f"**Worst case:** {wc['robust_accuracy']:.1f}% robust ({wc['robust']}/{wc['n']}; {wc['interval']} "
@@ -748,7 +766,7 @@ def card_html(card: dict[str, Any]) -> str:
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.3em .6em;vertical-align:top}}.v{{color:{colour};font-weight:bold}}</style>
 </head><body><h1>Audit: {e(card['defense'])}</h1>
-<p>{e(card['subset'])}; ℓ∞ ε = {_eps(card['threat']['epsilon'])}; clean accuracy {card['clean_accuracy']:.1f}%</p>
+<p>{e(card['subset'])}; {_ball(card['threat'])}; clean accuracy {card['clean_accuracy']:.1f}%</p>
 <p class="v">{e(v['code'])}: {e(v['text'])}</p>
 <p><b>Worst case</b>: {wc['robust_accuracy']:.1f}% ({wc['robust']}/{wc['n']}, {e(wc['interval'])}
 [{wc['ci95'][0]:.1f}, {wc['ci95'][1]:.1f}])</p>

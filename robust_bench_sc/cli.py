@@ -702,19 +702,33 @@ def audit(
     dataset: Optional[str] = typer.Option(None, "--dataset", help=DATASET_HELP),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="the dataset's folder (or .npz file) (default $SCBENCH_DATA, else ../shared/data/cifar10)"),
     probe_timeout: Optional[float] = typer.Option(None, "--probe-timeout", help=PROBE_TIMEOUT_HELP),
+    norm: str = typer.Option("linf", "--norm", help="linf or l2: the ball every attack of the cascade searches"),
+    epsilon: Optional[str] = typer.Option(None, "--eps", "--epsilon", help="its radius, e.g. 8/255 or 0.3 (default: RobustBench's CIFAR-10 radius, 8/255 for linf, 0.5 for l2)"),
 ):
     """Probe DEFENSE, attack it with a cascade chosen by the probes, run the indicators and the
     binarization test, and write a report card with a verdict (docs/audit.md)."""
-    from robust_bench_sc.audit import BUDGETS, AuditError, audit as _audit
+    from dataclasses import replace
+
+    from robust_bench_sc.audit import AUDIT_NORMS, BUDGETS, DEFAULT_EPSILON, AuditError, audit as _audit
+    from robust_bench_sc.threat_models import parse_number
 
     _check_device(device)
     _check_threads(threads)
     _check_probe_timeout(probe_timeout)
     if budget not in BUDGETS:
         _fail(f"--budget {budget}: allowed values are {', '.join(BUDGETS)}")
+    if norm not in AUDIT_NORMS:
+        _fail(f"--norm {norm}: allowed values are {', '.join(AUDIT_NORMS)}")
+    try:
+        eps = DEFAULT_EPSILON[norm] if epsilon is None else parse_number(epsilon)
+    except ValueError as exc:
+        _fail(f"--eps {epsilon}: {exc}")
+    if not eps > 0:
+        _fail(f"--eps {epsilon}: must be > 0")
     _interrupt_on_sigterm()
     try:
-        card = _audit(defense, n_images=n_images, out=out, budget=BUDGETS[budget], device=device, threads=threads,
+        card = _audit(defense, n_images=n_images, out=out, device=device, threads=threads,
+                      budget=replace(BUDGETS[budget], norm=norm, epsilon=eps),
                       console=err, show_progress=not quiet, command=sys.argv, dataset=dataset, data_dir=data_dir,
                       probe_timeout=probe_timeout)
     except AuditError as exc:

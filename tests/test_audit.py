@@ -376,6 +376,26 @@ def test_audit_of_a_batch_dependent_defense_says_so(tmp_path):
                               "changed when run alone instead of in a batch of 4"), warning
 
 
+def test_audit_in_the_l2_ball(tmp_path):
+    """--norm l2 --eps 0.5 (RobustBench's CIFAR-10 ℓ2 threat model): every member attacks in the
+    ℓ2 ball; the card says ℓ2 ε = 0.5; every perturbation the records keep is within it."""
+    budget = replace(TINY, norm="l2", epsilon=0.5)
+    card = audit("defenses.archetypes:madry", n_images=4, out=tmp_path / "run", budget=budget)
+    assert card["threat"] == {"norm": "l2", "epsilon": 0.5}
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    (tm,) = run["config"]["threat_models"]
+    assert {m["name"]: m.get("norm") or m["craft"]["norm"] for m in tm["attacks"]} == \
+        {"apgd-ce": "l2", "apgd-dlr": "l2", "apgd-t": "l2", "transfer:madry_pgd_at": "l2", "square": "l2"}
+    assert "; ℓ2 ε = 0.5; clean accuracy" in (tmp_path / "run" / "audit.md").read_text()
+    from robust_bench_sc.storage import RunDir
+
+    recs = RunDir(tmp_path / "run").read_chunk("archetype_madry", "audit", 0)["records"]
+    norms = [r["l2"] for r in recs if r["clean_correct"] and not r["robust"]]
+    assert norms and max(norms) <= 0.5 + 1e-4, norms
+    with pytest.raises(ValueError, match="audit norm 'l1': one of linf, l2"):
+        replace(TINY, norm="l1")
+
+
 def test_audit_bad_input_is_one_line(tmp_path):
     with pytest.raises(AuditError, match="--n-images 0: must be in 1..1000"):
         audit("defenses.archetypes:madry", n_images=0, out=tmp_path / "a")
@@ -397,6 +417,11 @@ def test_cli_audit_errors(tmp_path):
     assert res.exit_code == 2 and "did you mean" in res.output
     res = CliRunner().invoke(app, ["audit", "madry_pgd_at", "--budget", "huge"])
     assert res.exit_code == 2 and "standard, quick" in res.output
+    res = CliRunner().invoke(app, ["audit", "madry_pgd_at", "--norm", "l1"])
+    assert res.exit_code == 2 and "--norm l1: allowed values are linf, l2" in res.output
+    for bad, why in (("8/0", "divides by zero"), ("-0.1", "must be > 0"), ("big", "like '8/255'")):
+        res = CliRunner().invoke(app, ["audit", "madry_pgd_at", "--eps", bad])
+        assert res.exit_code == 2 and f"--eps {bad}: " in res.output and why in res.output, res.output
 
 
 ARCHETYPE_CASES = [  # name, masked (the verdict may not say trustworthy)
