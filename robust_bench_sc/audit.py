@@ -488,7 +488,8 @@ EXACT_PREPROCESS_SKIP = ("skipped: the cascade follows the preprocess's exact gr
 
 def _indicators(defense: Defense, budget: AuditBudget, n_images: int, device: str, randomised: bool,
                 log: Callable[[str], None], exact_preprocess: bool = False, dataset: str | None = None,
-                data_dir: str | None = None, probe_timeout: float | None = None) -> dict[str, Any]:
+                data_dir: str | None = None, probe_timeout: float | None = None,
+                split: str | None = None) -> dict[str, Any]:
     """The indicators of ``scbench diagnose``. ``exact_preprocess``: the cascade follows the
     exact gradients of a differentiable preprocess, so ``transfer_failure`` (how well the
     identity / declared BPDA stand-in transfers to the exact defense) says nothing about the
@@ -500,7 +501,7 @@ def _indicators(defense: Defense, budget: AuditBudget, n_images: int, device: st
                             norm=budget.norm, epsilon=budget.epsilon, eot=max(2, min(budget.eot, 5)) if randomised else 5,
                             queries=budget.indicator_queries, batch_size=budget.batch_size,
                             skip=("transfer_failure",) if exact_preprocess else (), dataset=dataset,
-                            data_dir=data_dir, probe_timeout=probe_timeout)
+                            split=split, data_dir=data_dir, probe_timeout=probe_timeout)
     t0 = time.perf_counter()
     try:
         rep = diagnose(defense, cfg, log=log)
@@ -517,7 +518,7 @@ def _indicators(defense: Defense, budget: AuditBudget, n_images: int, device: st
 
 def _binarization(defense: Defense, plan: CascadePlan, budget: AuditBudget, n_images: int, device: str,
                   log: Callable[[str], None], dataset: str | None = None,
-                  data_dir: str | None = None) -> dict[str, Any]:
+                  data_dir: str | None = None, split: str | None = None) -> dict[str, Any]:
     from robust_bench_sc.binarization import BinarizationConfig, NotApplicable, binarization_test
     from robust_bench_sc.config import validate_threat_model
 
@@ -528,7 +529,7 @@ def _binarization(defense: Defense, plan: CascadePlan, budget: AuditBudget, n_im
     tm = validate_threat_model(member, "audit binarization", default_name=member["name"])
     cfg = BinarizationConfig(n_samples=budget.binarization_samples, max_images=max(n_images, 1),
                              n_inner=budget.binarization_inner, seed=budget.seed, device=device, dataset=dataset,
-                             data_dir=data_dir)
+                             split=split, data_dir=data_dir)
     t0 = time.perf_counter()
     try:
         rep = binarization_test(defense, tm, cfg, log=log)
@@ -546,11 +547,13 @@ def _binarization(defense: Defense, plan: CascadePlan, budget: AuditBudget, n_im
 def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budget: AuditBudget | None = None,
           device: str = "cpu", threads: int | None = None, console: Any = None, show_progress: bool = False,
           results_root: str | Path = "results", command: list[str] | None = None, dataset: str | None = None,
-          data_dir: str | Path | None = None, probe_timeout: float | None = None) -> dict[str, Any]:
+          data_dir: str | Path | None = None, probe_timeout: float | None = None,
+          split: str | None = None) -> dict[str, Any]:
     """Audit the defense ``ref`` (a registered name, ``module:attr`` or ``file.py:attr``) on the
-    first ``n_images`` test images of ``dataset`` (a dataset plug-in, ``scbench datasets``;
-    default ``cifar10_npz``, this project's CIFAR-10 files) read from ``data_dir`` (default
-    $SCBENCH_DATA, else shared/data/cifar10); returns the report card (``audit.json``'s
+    first ``n_images`` images of ``split`` (default ``test``) of ``dataset`` (a dataset plug-in,
+    ``scbench datasets``; default ``cifar10_npz``, this project's CIFAR-10 files) read from
+    ``data_dir`` (default $SCBENCH_DATA, else shared/data/cifar10); the cascade, the indicators
+    and the binarization test all read that split. Returns the report card (``audit.json``'s
     content) and writes it, with ``audit.md`` and ``audit.html``, into the run folder ``out``.
     ``probe_timeout``: seconds each probe may take (default: scaled from one forward pass)."""
     import torch
@@ -558,7 +561,7 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
 
     from robust_bench_sc.api import build_suite
     from robust_bench_sc.data import DataError, load_dataset
-    from robust_bench_sc.datasets import DEFAULT_DATASET
+    from robust_bench_sc.datasets import DEFAULT_DATASET, DEFAULT_SPLIT, check_split, get_dataset
     from robust_bench_sc.registry import RegistryError
     from robust_bench_sc.plan import plan_jobs
     from robust_bench_sc.plugins import build_defense
@@ -574,13 +577,21 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
     if probe_timeout is not None and (isinstance(probe_timeout, bool) or not isinstance(probe_timeout, (int, float))
                                       or not probe_timeout > 0):
         raise AuditError(f"--probe-timeout {probe_timeout!r}: must be a number of seconds > 0")
-    try:  # the whole test split: its size bounds --n-images
-        whole = load_dataset(dataset or DEFAULT_DATASET, data_dir, "test")
+    if split is not None:  # a split the dataset does not have: one line naming the ones it has
+        try:
+            check_split(get_dataset(dataset or DEFAULT_DATASET), split)
+        except DataError as exc:
+            raise AuditError(f"--split {split}: {exc}") from None
+        except RegistryError as exc:
+            raise AuditError(f"--dataset {dataset or DEFAULT_DATASET}: {exc}") from None
+    split_name = split or DEFAULT_SPLIT
+    try:  # the whole split: its size bounds --n-images
+        whole = load_dataset(dataset or DEFAULT_DATASET, data_dir, split_name)
     except (DataError, RegistryError) as exc:
         raise AuditError(f"--dataset {dataset or DEFAULT_DATASET}: {exc}") from None
     n_all = len(whole)
     if isinstance(n_images, bool) or not isinstance(n_images, int) or not 1 <= n_images <= n_all:
-        raise AuditError(f"--n-images {n_images!r}: must be in 1..{n_all} (the {whole.dataset} test split at "
+        raise AuditError(f"--n-images {n_images!r}: must be in 1..{n_all} (the {whole.dataset} {split_name} split at "
                          f"{data_dir or 'the default data folder'} holds {n_all} {whole.images})")
     if threads is not None:
         torch.set_num_threads(threads)
@@ -594,13 +605,13 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
         prepare_run_dir(run_dir.resolve())  # before any compute: a folder we may write (a run folder or empty)
     except RunError as exc:
         raise AuditError(str(exc)) from None
-    split = whole.take(list(range(n_images)))
+    data = whole.take(list(range(n_images)))
 
     # 1. probes
     k = min(PROBE_IMAGES, n_images)
     try:
-        findings = probe_defense(defense, split.x[:k], split.y[:k], device=device, n_passes=4, seed=budget.seed,
-                                 n_classes=split.n_classes, timeout=probe_timeout)
+        findings = probe_defense(defense, data.x[:k], data.y[:k], device=device, n_passes=4, seed=budget.seed,
+                                 n_classes=data.n_classes, timeout=probe_timeout)
     except ProbeError as exc:
         raise AuditError(f"defense {label!r}: {exc}") from None
     seconds["probes"] = round(findings.seconds, 2)
@@ -616,17 +627,17 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
 
     # 2. the cascade
     bpda = choose_bpda(defense, findings)
-    gradient = attack_gradient(attacked_defense, bpda, split.x[:k].to(device), split.y[:k].to(device))
+    gradient = attack_gradient(attacked_defense, bpda, data.x[:k].to(device), data.y[:k].to(device))
     plan = plan_cascade(attacked_defense, findings, budget, gradient=gradient, bpda=bpda,
-                        surrogates_fit=split.n_classes == 10 and split.image_shape == (3, 32, 32),
-                        n_classes=split.n_classes)
+                        surrogates_fit=data.n_classes == 10 and data.image_shape == (3, 32, 32),
+                        n_classes=data.n_classes)
     for s in plan.skipped:
         say(f"cascade: {s['attack']} left out: {s['reason']}")
     for m in plan.members:
         say(f"cascade: {m['name']}: {'; '.join(plan.reasons.get(m['name'], []))}")
     suite = build_suite(ref, [plan.threat_model(budget.batch_size)], n_images=n_images, name=label,
                         seed=budget.seed, chunk_size=min(budget.chunk_size, n_images),
-                        suite_name=f"audit_{safe_name(label)}", dataset=dataset,
+                        suite_name=f"audit_{safe_name(label)}", dataset=dataset, split=split,
                         data_dir=None if data_dir is None else str(data_dir))
     t0 = time.perf_counter()
     outcome_run = run_suite(suite, out=run_dir, device=device, console=console, results_root=results_root,
@@ -650,24 +661,27 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
         say("indicators (scbench diagnose)")
         indicators = _indicators(defense, budget, n_images, device, randomised, log=lambda s: None,
                                  exact_preprocess=defense.preprocess is not None and bpda is None, dataset=dataset,
-                                 data_dir=None if data_dir is None else str(data_dir), probe_timeout=probe_timeout)
+                                 data_dir=None if data_dir is None else str(data_dir), probe_timeout=probe_timeout,
+                                 split=split)
         seconds["indicators"] = round(time.perf_counter() - t0, 2)
     if budget.binarization:
         t0 = time.perf_counter()
         say("binarization test")
         binarization = _binarization(attacked_defense, plan, budget, n_images, device, log=lambda s: None,
-                                     dataset=dataset, data_dir=None if data_dir is None else str(data_dir))
+                                     dataset=dataset, data_dir=None if data_dir is None else str(data_dir),
+                                     split=split)
         seconds["binarization"] = round(time.perf_counter() - t0, 2)
     seconds["total"] = round(time.perf_counter() - t_start, 2)
 
     card = {
-        "defense": label, "ref": ref, "subset": describe_subset(n_images, images=split.images), "n_images": n_images,
-        **({"dataset": {"name": split.dataset, "n_classes": split.n_classes, "data_dir": str(data_dir)}}
-           if dataset is not None or data_dir is not None else {}),
+        "defense": label, "ref": ref, "subset": describe_subset(n_images, images=data.images), "n_images": n_images,
+        **({"dataset": {"name": data.dataset, "n_classes": data.n_classes, "data_dir": str(data_dir),
+                        **({"split": split} if split is not None else {})}}
+           if dataset is not None or data_dir is not None or split is not None else {}),
         "threat": {"norm": budget.norm, "epsilon": budget.epsilon},
         "budget": budget.to_dict(),
         "run_dir": str(outcome_run.run_dir),
-        "verdict": verdict(findings, plan, outcome, indicators, binarization, n_classes=split.n_classes),
+        "verdict": verdict(findings, plan, outcome, indicators, binarization, n_classes=data.n_classes),
         "worst_case": outcome["worst_case"],
         "clean_accuracy": outcome["clean_accuracy"],
         "probes": {**findings.to_dict(), "summary": findings.summary_lines(),

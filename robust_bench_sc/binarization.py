@@ -37,6 +37,7 @@ from torch import nn
 
 from robust_bench_sc.attacks.base import AttackContext
 from robust_bench_sc.predictions import predicted
+from robust_bench_sc.datasets import images_of_settings
 from robust_bench_sc.defense import Defense, NoFeatureSplit
 from robust_bench_sc.norms import NORMS, Norm
 from robust_bench_sc.subsets import describe_subset
@@ -56,8 +57,8 @@ class NotApplicable(ValueError):
 
 @dataclass
 class BinarizationConfig:
-    n_samples: int = 100  # correctly classified images tested: the first ones in test order
-    max_images: int = 1000  # search the first this many test images for them
+    n_samples: int = 100  # correctly classified images tested: the first ones in the split's order
+    max_images: int = 1000  # search the first this many images of the split for them
     n_inner: int = 99
     inner_radius: float = 1.0  # inner points uniform in the ball of radius inner_radius·ε
     pass_threshold: float = 0.95  # pass rate below this over testable samples: the evaluation fails
@@ -66,10 +67,16 @@ class BinarizationConfig:
     feature_batch: int = 128
     seed: int = 0
     device: str = "cpu"
-    # the images: a dataset plug-in (None: cifar10_npz) and its folder or file (None: $SCBENCH_DATA, else
-    # shared/data/cifar10); its test split is searched
+    # the images: a dataset plug-in (None: cifar10_npz), its split (None: test) and its folder or file
+    # (None: $SCBENCH_DATA, else shared/data/cifar10)
     dataset: str | None = None
+    split: str | None = None
     data_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a report records them (``binarization.json``'s ``config``); ``split`` only
+        when given, so a report on the default split reads as it did before splits were an option."""
+        return {k: v for k, v in asdict(self).items() if not (k == "split" and v is None)}
 
 
 @dataclass
@@ -237,7 +244,7 @@ def binarization_test(defense: Defense, threat, cfg: BinarizationConfig | None =
 
     Raises :class:`NotApplicable` (one line) when it does not apply."""
     from robust_bench_sc.data import load_dataset
-    from robust_bench_sc.datasets import DEFAULT_DATASET
+    from robust_bench_sc.datasets import DEFAULT_DATASET, DEFAULT_SPLIT
     from robust_bench_sc.evaluate import evaluate_threat, predict
     from robust_bench_sc.stats import wilson_interval
 
@@ -253,7 +260,7 @@ def binarization_test(defense: Defense, threat, cfg: BinarizationConfig | None =
     t0 = time.perf_counter()
     device = torch.device(cfg.device)
     defense.to(device).eval()
-    split_data = load_dataset(cfg.dataset or DEFAULT_DATASET, cfg.data_dir, "test")
+    split_data = load_dataset(cfg.dataset or DEFAULT_DATASET, cfg.data_dir, cfg.split or DEFAULT_SPLIT)
     split_data = split_data.take(list(range(min(cfg.max_images, len(split_data)))))
     passes = threat.recheck if defense.capabilities.randomised else 1
     feat_passes = threat.eot if defense.capabilities.randomised else 1
@@ -265,8 +272,9 @@ def binarization_test(defense: Defense, threat, cfg: BinarizationConfig | None =
             break
     correct = torch.cat(found)[: cfg.n_samples]
     if correct.numel() == 0:
+        what = "test images" if cfg.split is None else split_data.images  # the split read, when one is named
         raise NotApplicable(f"binarization test: defense {defense.name!r} classifies none of the first "
-                            f"{cfg.max_images} test images correctly")
+                            f"{cfg.max_images} {what} correctly")
     n_scanned = int(correct[-1]) + 1
     x_all, idx_all = split_data.x[correct], split_data.idx[correct]
     with torch.no_grad():
@@ -338,7 +346,7 @@ def binarization_test(defense: Defense, threat, cfg: BinarizationConfig | None =
                     f"({100 * rate:.1f}%, 95% CI {ci[0]:.1f}–{ci[1]:.1f}%; threshold {100 * cfg.pass_threshold:g}%); "
                     f"{len(untestable)} untestable")
     return BinarizationReport(
-        defense=defense.name, threat_model=threat.model_dump(), config=asdict(cfg), status=status, evidence=evidence,
+        defense=defense.name, threat_model=threat.model_dump(), config=cfg.to_dict(), status=status, evidence=evidence,
         n_images_scanned=n_scanned, n_samples=len(samples), n_testable=n, n_untestable=len(untestable), n_passed=k,
         pass_rate=rate, ci95=ci, tested_indices=[s["index"] for s in samples], failed_indices=failed,
         untestable_indices=untestable, samples=samples, wall_seconds=round(time.perf_counter() - t0, 1),
@@ -352,7 +360,7 @@ def report_markdown(rep: BinarizationReport) -> str:
         f"# Binarization test: {rep.defense} × {t.get('name')}",
         "",
         f"Zimmermann et al. 2022. First {rep.n_samples} correctly classified images among the "
-        f"{describe_subset(rep.n_images_scanned)}; {c['n_inner']} inner points (radius {c['inner_radius']:g}·ε) "
+        f"{describe_subset(rep.n_images_scanned, images=images_of_settings(c))}; {c['n_inner']} inner points (radius {c['inner_radius']:g}·ε) "
         f"and one ε-sphere point per image; threshold {100 * c['pass_threshold']:g}%. Wall time "
         f"{rep.wall_seconds:.0f} s.",
         "",
@@ -400,7 +408,7 @@ def run_suite_binarization(suite, run_dir: str | Path, device: str = "cpu", cons
             if jpath.is_file():
                 try:
                     old = read_json(jpath)
-                    if old.get("config") == asdict(base) and old.get("threat_model") == threat.model_dump():
+                    if old.get("config") == base.to_dict() and old.get("threat_model") == threat.model_dump():
                         out[key] = old["evidence"]
                         continue
                 except ValueError:

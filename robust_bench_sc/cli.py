@@ -262,6 +262,8 @@ DATA_DIR_HELP = ("the dataset's folder (or .npz file) where the suite names no d
                  "else ../shared/data/cifar10)")
 DATASET_HELP = ("dataset plug-in (scbench datasets): cifar10, cifar100, cifar10_npz (default), npz, imagefolder, "
                 "mnist, fashion_mnist, svhn, cifar10c, ...")
+SPLIT_HELP = ("the dataset's split to read (default test; scbench datasets lists each dataset's splits, e.g. train, "
+              "or cifar10c's gaussian_noise-5)")
 PROBE_TIMEOUT_HELP = ("seconds each probe may take before the defense is reported as hanging (default: 100 × one "
                       "forward pass on the probe images, at least 60 s; 300 s for that first pass)")
 
@@ -271,19 +273,29 @@ def _check_probe_timeout(probe_timeout: float | None) -> None:
         _fail(f"--probe-timeout {probe_timeout:g}: must be a number of seconds > 0")
 
 
-def _test_images(dataset: str | None, data_dir: Path | None, n_images: int, what: str) -> None:
-    """One line unless the dataset exists and its test split holds ``n_images`` (>= 1) images."""
+def _test_images(dataset: str | None, data_dir: Path | None, n_images: int, what: str,
+                 split: str | None = None) -> None:
+    """One line unless the dataset exists, has the split ``split`` (default test) and that split
+    holds ``n_images`` (>= 1) images."""
     from robust_bench_sc.data import DataError, load_dataset
-    from robust_bench_sc.datasets import DEFAULT_DATASET
+    from robust_bench_sc.datasets import DEFAULT_DATASET, DEFAULT_SPLIT, check_split, get_dataset
     from robust_bench_sc.registry import RegistryError
 
     name = dataset or DEFAULT_DATASET
+    if split is not None:
+        try:
+            check_split(get_dataset(name), split)
+        except DataError as exc:
+            _fail(f"--split {split}: {exc}")
+        except RegistryError as exc:
+            _fail(f"--dataset {name}: {exc}")
+    split = split or DEFAULT_SPLIT
     try:
-        n_all = len(load_dataset(name, data_dir, "test"))
+        n_all = len(load_dataset(name, data_dir, split))
     except (DataError, RegistryError) as exc:
         _fail(f"--dataset {name}: {exc}")
     if not 1 <= n_images <= n_all:
-        _fail(f"--n-images {n_images}: must be in 1..{n_all} ({what} reads the test split of {name}, which holds "
+        _fail(f"--n-images {n_images}: must be in 1..{n_all} ({what} reads the {split} split of {name}, which holds "
               f"{n_all} images here)")
 
 
@@ -561,7 +573,7 @@ def check(
 @app.command()
 def diagnose(
     defense: str = typer.Argument(..., help="defense name, 'module:attr' or 'path/to/file.py:attr'"),
-    n_images: int = typer.Option(50, "--n-images", help="first N test images of the dataset"),
+    n_images: int = typer.Option(50, "--n-images", help="first N images of the dataset's split (default: test)"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for diagnostics.json/.md (default results/diagnose/<defense>/<timestamp>; the committed reports in results/diagnostics/ are never overwritten unless named here)"),
     bpda: Optional[str] = typer.Option(None, "--bpda", help="BPDA stand-in to compare with (default: the defense's default, else identity)"),
     seed: int = typer.Option(0, "--seed"),
@@ -587,6 +599,7 @@ def diagnose(
     dataset: Optional[str] = typer.Option(None, "--dataset", help=DATASET_HELP),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="the dataset's folder (or .npz file) (default $SCBENCH_DATA, else ../shared/data/cifar10)"),
     probe_timeout: Optional[float] = typer.Option(None, "--probe-timeout", help=PROBE_TIMEOUT_HELP),
+    split: Optional[str] = typer.Option(None, "--split", help=SPLIT_HELP),
 ):
     """Gradient-masking / attack-failure indicators for DEFENSE and a one-line verdict
     (``--active``: the binarization test of one threat model)."""
@@ -607,10 +620,10 @@ def diagnose(
     if active:
         if n_images < 1:
             _fail(f"--n-images {n_images}: must be >= 1 (correctly classified images to test)")
-        _test_images(dataset, data_dir, 1, "the binarization test")
+        _test_images(dataset, data_dir, 1, "the binarization test", split)
         return _diagnose_active(defense, n_images, out, bpda, seed, device, norm, epsilon, steps, restarts, threat,
-                                set_ or [], inner, threshold, dataset, data)
-    _test_images(dataset, data_dir, n_images, "diagnose")
+                                set_ or [], inner, threshold, dataset, data, split)
+    _test_images(dataset, data_dir, n_images, "diagnose", split)
     _check_out_folder(out or Path("results") / "diagnose", {"diagnostics.json", "diagnostics.md"} if out else None)
     unknown = [s for s in skip or [] if s not in INDICATORS]
     if unknown:
@@ -628,13 +641,13 @@ def diagnose(
                                 strong_steps=strong_steps, strong_restarts=strong_restarts,
                                 unconstrained_steps=unconstrained_steps, noise_draws=noise_draws,
                                 gradient_free=gradient_free, queries=queries, skip=tuple(skip or ()),
-                                dataset=dataset, data_dir=data, probe_timeout=probe_timeout)
+                                dataset=dataset, split=split, data_dir=data, probe_timeout=probe_timeout)
         t0 = _time.perf_counter()
         with console.status("diagnosing") as status:
             rep = _diagnose(d, cfg, log=lambda s: status.update(f"{d.name}: {s}"))
-        from robust_bench_sc.datasets import DEFAULT_DATASET, images_label
+        from robust_bench_sc.datasets import DEFAULT_DATASET, DEFAULT_SPLIT, images_label
 
-        images = images_label(dataset or DEFAULT_DATASET, "test", data)
+        images = images_label(dataset or DEFAULT_DATASET, split or DEFAULT_SPLIT, data)
     except (RegistryError, FileNotFoundError, ValueError, ProbeError) as exc:
         _fail(str(exc))
     table = Table(title=f"diagnostics: {rep.defense} ({describe_subset(rep.n_images, images=images)}; clean "
@@ -653,7 +666,7 @@ def diagnose(
 
 
 def _diagnose_active(defense, n_images, out, bpda, seed, device, norm, epsilon, steps, restarts, threat, sets,
-                     inner, threshold, dataset=None, data_dir=None):
+                     inner, threshold, dataset=None, data_dir=None, split=None):
     """``scbench diagnose --active``: the binarization test (robust_bench_sc/binarization.py)."""
     import time as _time
 
@@ -672,7 +685,7 @@ def _diagnose_active(defense, n_images, out, bpda, seed, device, norm, epsilon, 
         if tm.bpda not in (None, "auto") and tm.bpda not in d.bpda_names():
             _fail(f"bpda {tm.bpda!r}: defense {d.name!r} offers {', '.join(d.bpda_names()) or 'no stand-ins (no preprocess)'}")
         cfg = BinarizationConfig(n_samples=n_images, n_inner=inner, pass_threshold=threshold, seed=seed, device=device,
-                                 dataset=dataset, data_dir=data_dir)
+                                 dataset=dataset, split=split, data_dir=data_dir)
         t0 = _time.perf_counter()
         with console.status("binarization test") as status:
             rep = binarization_test(d, tm, cfg, log=lambda s: status.update(f"{d.name}: {s}"))
@@ -693,7 +706,7 @@ def _diagnose_active(defense, n_images, out, bpda, seed, device, norm, epsilon, 
 @app.command()
 def audit(
     defense: str = typer.Argument(..., help="defense name, 'module:attr' or 'path/to/file.py:attr'"),
-    n_images: int = typer.Option(100, "--n-images", help="first N test images of the dataset"),
+    n_images: int = typer.Option(100, "--n-images", help="first N images of the dataset's split (default: test)"),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (resumable; default results/audit/<defense>/<timestamp>); audit.json/.md/.html are written into it"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (no effect on the numbers)"),
     budget: str = typer.Option("standard", "--budget", help="standard (APGD 100 iterations, Square 5000 queries, EOT 20) or quick (smoke runs)"),
@@ -702,6 +715,7 @@ def audit(
     dataset: Optional[str] = typer.Option(None, "--dataset", help=DATASET_HELP),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="the dataset's folder (or .npz file) (default $SCBENCH_DATA, else ../shared/data/cifar10)"),
     probe_timeout: Optional[float] = typer.Option(None, "--probe-timeout", help=PROBE_TIMEOUT_HELP),
+    split: Optional[str] = typer.Option(None, "--split", help=SPLIT_HELP),
     norm: str = typer.Option("linf", "--norm", help="linf or l2: the ball every attack of the cascade searches"),
     epsilon: Optional[str] = typer.Option(None, "--eps", "--epsilon", help="its radius, e.g. 8/255 or 0.3 (default: RobustBench's CIFAR-10 radius, 8/255 for linf, 0.5 for l2)"),
 ):
@@ -730,7 +744,7 @@ def audit(
         card = _audit(defense, n_images=n_images, out=out, device=device, threads=threads,
                       budget=replace(BUDGETS[budget], norm=norm, epsilon=eps),
                       console=err, show_progress=not quiet, command=sys.argv, dataset=dataset, data_dir=data_dir,
-                      probe_timeout=probe_timeout)
+                      probe_timeout=probe_timeout, split=split)
     except AuditError as exc:
         _fail(str(exc))
     v, wc = card["verdict"], card["worst_case"]

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -828,6 +829,14 @@ DEFAULT_SPLIT = "test"
 def images_label(dataset: str = DEFAULT_DATASET, split: str = DEFAULT_SPLIT, root: str | Path | None = None) -> str:
     """``CIFAR-10 test images`` for (cifar10 or cifar10_npz, test); what follows "first N"."""
     return get_dataset(dataset).images_label(root, split)
+
+
+def images_of_settings(settings: Mapping[str, Any]) -> str:
+    """How a report names the images its recorded settings read (``dataset``, ``split``,
+    ``data_dir``; missing or None: the default), e.g. ``CIFAR-10-C gaussian_noise-5 images``;
+    reports written before these settings existed name ``CIFAR-10 test images``."""
+    return images_label(settings.get("dataset") or DEFAULT_DATASET, settings.get("split") or DEFAULT_SPLIT,
+                        settings.get("data_dir"))
 
 
 def images_of(cfg: Any) -> str:

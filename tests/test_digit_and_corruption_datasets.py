@@ -381,3 +381,137 @@ def test_scbench_datasets_lists_the_new_layouts():
     out = " ".join(r.output.split())
     for name in ("mnist", "fashion_mnist", "svhn", "cifar10c", "Fashion-MNIST", "SVHN", "CIFAR-10-C"):
         assert name in out, name
+
+
+# -- audit, diagnose and the binarization test on a split (issue: split4) ----------------------------
+
+CORRUPTED = "gaussian_noise-5"  # the stand-in shifts pixels by 50 (mod 256): madry misclassifies image 4
+
+
+def _madry_pred(x: torch.Tensor) -> list[int]:
+    from robust_bench_sc.plugins import build_defense
+
+    with torch.no_grad():
+        return build_defense("defenses.archetypes:madry")(x).argmax(1).tolist()
+
+
+def test_audit_reads_the_split_it_is_given(tmp_path, cifar10c_root):
+    from dataclasses import replace
+
+    from robust_bench_sc.audit import BUDGETS, audit
+    from robust_bench_sc.storage import RunDir
+
+    root, labels = cifar10c_root
+    n = 5
+    # tests/test_audit.py's TINY budget, with a few images of indicators and binarization test (on a split
+    # other than test: cifar10c has none, so both would be errors on the card if they read test)
+    tiny = replace(BUDGETS["quick"], apgd_iterations=10, eot=3, recheck=2, square_queries=50, square_eot=2,
+                   transfer_steps=10, indicator_images=3, indicator_queries=10, binarization_samples=2,
+                   binarization_inner=5)
+    card = audit("defenses.archetypes:madry", n_images=n, out=tmp_path / "run", budget=tiny, dataset="cifar10c",
+                 data_dir=root, split=CORRUPTED)
+    assert card["subset"] == f"first {n} CIFAR-10-C {CORRUPTED} images"
+    assert card["dataset"] == {"name": "cifar10c", "n_classes": 10, "data_dir": str(root), "split": CORRUPTED}
+    assert (tmp_path / "run" / "audit.md").read_text().count(f"First {n} CIFAR-10-C {CORRUPTED} images;") == 1
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["config"]["data"]["split"] == CORRUPTED and meta["dataset"]["split"] == CORRUPTED
+    corrupted, clean = load_dataset("cifar10c", root, CORRUPTED, n), load_dataset("cifar10_npz", None, "test", n)
+    assert meta["data_hash"] == content_hash(corrupted) != content_hash(clean)
+    # the cascade's records are of the corrupted images: their labels, the defense's predictions on them
+    blob = RunDir(tmp_path / "run").read_chunk(card["defense"], "audit", 0)
+    recs = sorted(blob["records"], key=lambda r: r["index"])
+    pred = _madry_pred(corrupted.x)
+    assert [r["index"] for r in recs] == list(range(n)) and [r["label"] for r in recs] == labels[:n].tolist()
+    assert [r["clean_pred"] for r in recs] == pred != _madry_pred(clean.x)
+    assert card["clean_accuracy"] == pytest.approx(100 * np.mean(np.array(pred) == labels[:n]))
+    assert "error" not in card["indicators"] and card["indicators"]["n_images"] == 3, card["indicators"]
+    assert card["binarization"]["status"] in ("pass", "fail") and card["binarization"]["n_testable"] >= 1, \
+        card["binarization"]
+
+
+def test_split_option_bad_value_is_one_line_listing_the_splits(cifar10c_root):
+    from typer.testing import CliRunner
+
+    from robust_bench_sc.audit import AuditError, audit
+    from robust_bench_sc.cli import app
+
+    root, _ = cifar10c_root
+    c10c = ["--dataset", "cifar10c", "--data-dir", str(root)]
+    for args, expect in (
+            (["audit", "defenses.archetypes:madry", *c10c, "--split", "test"],
+             "error: --split test: cifar10c dataset has no split 'test'; splits: <corruption>-<severity 1..5>"),
+            (["audit", "defenses.archetypes:madry", "--split", "val"],
+             "error: --split val: cifar10_npz dataset has no split 'val'; splits: test, train"),
+            (["diagnose", "defenses.archetypes:madry", *c10c, "--split", "fog-9"],
+             "error: --split fog-9: cifar10c dataset has no split 'fog-9'; splits: <corruption>-<severity 1..5>"),
+            (["diagnose", "defenses.archetypes:madry", "--active", "--split", "val"],
+             "error: --split val: cifar10_npz dataset has no split 'val'; splits: test, train"),
+            (["diagnose", "defenses.archetypes:madry", *c10c, "--split", "fog-1", "--n-images", "10001"],
+             "error: --n-images 10001: must be in 1..10000 (diagnose reads the fog-1 split of cifar10c, which holds "
+             "10000 images here)")):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2 and res.output.strip() == expect, res.output
+    with pytest.raises(AuditError) as exc:
+        audit("defenses.archetypes:madry", n_images=2, dataset="cifar10c", data_dir=root, split="fog")
+    assert _one_line(exc) == "--split fog: cifar10c dataset has no split 'fog'; splits: <corruption>-<severity 1..5>"
+
+
+def test_diagnose_reads_the_split_it_is_given(tmp_path, cifar10c_root, first1000):
+    from typer.testing import CliRunner
+
+    from robust_bench_sc.cli import app
+    from robust_bench_sc.diagnostics import DiagnosticsConfig
+    from robust_bench_sc.diagnostics.run import DiagnosticRun
+    from robust_bench_sc.plugins import build_defense
+
+    root, labels = cifar10c_root
+    cfg = DiagnosticsConfig(n_images=4, dataset="cifar10c", split="fog-2", data_dir=str(root))
+    run = DiagnosticRun(build_defense("defenses.archetypes:madry"), cfg)
+    assert np.array_equal(_pixels(run.split), corrupt(first1000[0][:4], "fog", 2))
+    assert run.y.tolist() == labels[:4].tolist() and cfg.to_dict()["split"] == "fog-2"
+    assert "split" not in DiagnosticsConfig().to_dict()  # the default: reports read as before splits existed
+    tiny = str(Path(__file__).parent / "test_diagnostics.py") + ":tiny_defense"
+    res = CliRunner().invoke(app, ["diagnose", tiny, "--dataset", "cifar10c", "--data-dir", str(root), "--split",
+                                   "fog-2", "--n-images", "4", "--steps", "3", "--strong-steps", "4", "--sweep-steps",
+                                   "2", "--unconstrained-steps", "3", "--queries", "5", "--gradient-free",
+                                   "random_search", "--noise-draws", "2", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "diagnostics: tiny (first 4 CIFAR-10-C fog-2 images; clean" in " ".join(res.output.split())
+    blob = json.loads((tmp_path / "diagnostics.json").read_text())
+    assert (blob["config"]["dataset"], blob["config"]["split"], blob["n_images"]) == ("cifar10c", "fog-2", 4)
+    assert (tmp_path / "diagnostics.md").read_text().count("First 4 CIFAR-10-C fog-2 images;") == 1
+
+
+def test_binarization_test_reads_the_split_it_is_given(tmp_path, cifar10c_root, first1000):
+    """The binarization test on a CIFAR-10-C split equals the test on the same corrupted images
+    handed over as an npz file, and differs from the test on the clean images."""
+    from typer.testing import CliRunner
+
+    from robust_bench_sc.binarization import BinarizationConfig, binarization_test, report_markdown
+    from robust_bench_sc.cli import app
+    from robust_bench_sc.config import validate_threat_model
+    from robust_bench_sc.plugins import build_defense
+
+    root, labels = cifar10c_root
+    x, _ = first1000
+    npz = tmp_path / "corrupted.npz"
+    np.savez(npz, x=corrupt(x[:200], "gaussian_noise", 5), y=labels[:200])
+    madry = build_defense("defenses.archetypes:madry")
+    tm = validate_threat_model({"attack": "pgd", "name": "p", "norm": "linf", "epsilon": 8 / 255, "steps": 5,
+                                "restarts": 1, "step_size": "epsilon/4"}, "test")
+    cfg = dict(n_samples=5, n_inner=5, fit_iters=20)
+    on_split = binarization_test(madry, tm, BinarizationConfig(**cfg, dataset="cifar10c", split=CORRUPTED,
+                                                               data_dir=str(root)))
+    on_npz = binarization_test(madry, tm, BinarizationConfig(**cfg, dataset="npz", data_dir=str(npz)))
+    on_test = binarization_test(madry, tm, BinarizationConfig(**cfg))
+    assert on_split.tested_indices == on_npz.tested_indices != on_test.tested_indices  # image 4 is misclassified
+    assert [s["target_margin"] for s in on_split.samples] == [s["target_margin"] for s in on_npz.samples]
+    assert on_split.config["split"] == CORRUPTED and "split" not in on_test.config
+    assert f"among the first {on_split.n_images_scanned} CIFAR-10-C {CORRUPTED} images;" in report_markdown(on_split)
+    # scbench diagnose --active --split reads it too
+    res = CliRunner().invoke(app, ["diagnose", "defenses.archetypes:madry", "--active", "--dataset", "cifar10c",
+                                   "--data-dir", str(root), "--split", CORRUPTED, "--n-images", "5", "--inner", "5",
+                                   "--steps", "5", "--out", str(tmp_path / "active")])
+    assert res.exit_code in (0, 4), res.output
+    blob = json.loads((tmp_path / "active" / "binarization.json").read_text())
+    assert blob["config"]["split"] == CORRUPTED and blob["tested_indices"] == on_split.tested_indices

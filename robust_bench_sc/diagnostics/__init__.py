@@ -1,6 +1,7 @@
 """Automatic indicators that a robustness evaluation failed (gradient masking, attack failure).
 
-``diagnose(defense, config)`` attacks the first N CIFAR-10 test images with a small native
+``diagnose(defense, config)`` attacks the first N images of a dataset's split (default: the
+CIFAR-10 test images; ``config.dataset``, ``config.split``) with a small native
 PGD (the *plain* evaluation: exact gradients, no BPDA) and runs a set of named checks, each
 registered in :data:`INDICATORS`. Every check returns an :class:`Outcome` (status ``pass`` /
 ``warn`` / ``fail``, or ``skip`` when it does not apply; one line of evidence; the indices

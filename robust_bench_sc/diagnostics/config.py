@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -61,10 +62,16 @@ class DiagnosticsConfig:
     monotone_tol: int = 1  # images of slack before a non-monotone ε curve fails
     skip: tuple[str, ...] = ()
     # the images: a dataset plug-in (robust_bench_sc.datasets; None: cifar10_npz) and its folder or file
-    # (None: $SCBENCH_DATA, else shared/data/cifar10), its first n_images test images
+    # (None: $SCBENCH_DATA, else shared/data/cifar10), the first n_images of its split (None: test)
     dataset: str | None = None
+    split: str | None = None
     data_dir: str | None = None
     probe_timeout: float | None = None  # seconds per probe (None: scaled from one forward pass; probes.py)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a report records them (``diagnostics.json``'s ``config``); ``split`` only
+        when given, so a report on the default split reads as it did before splits were an option."""
+        return {k: v for k, v in asdict(self).items() if not (k == "split" and v is None)}
 
     def __post_init__(self) -> None:
         self.validate()

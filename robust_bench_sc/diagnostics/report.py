@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from robust_bench_sc.datasets import images_of_settings
 from robust_bench_sc.defense import Defense
 from robust_bench_sc.diagnostics import indicators as _indicators  # noqa: F401  (registers the indicators)
 from robust_bench_sc.diagnostics.base import (FAIL, INDICATORS, INPUTS, MASKING, OPTIMISATION, PASS, RANDOMNESS,
@@ -137,7 +138,7 @@ def diagnose(defense: Defense, cfg: DiagnosticsConfig | None = None, log: Callab
         defense.capabilities = declared
     plain = inputs.get("plain")
     return DiagnosticsReport(
-        defense=defense.name, config=asdict(cfg), n_images=run.n,
+        defense=defense.name, config=cfg.to_dict(), n_images=run.n,
         clean_accuracy=float(run.correct.float().mean()),
         plain_robust_accuracy=float(plain.robust.float().mean()) if plain is not None else float("nan"),
         indicators=results, verdict=text, verdict_code=code, wall_seconds=round(time.perf_counter() - t0, 1),
@@ -157,7 +158,7 @@ def report_markdown(rep: DiagnosticsReport) -> str:
     lines = [
         f"# Diagnostics: {rep.defense}",
         "",
-        f"{_capital(describe_subset(rep.n_images))}; plain evaluation: native PGD {c['norm']} "
+        f"{_capital(describe_subset(rep.n_images, images=images_of_settings(c)))}; plain evaluation: native PGD {c['norm']} "
         f"ε = {c['epsilon']:.6g}, {c['steps']} steps × {c['restarts']} restarts, step {c['step_size']}, no BPDA. "
         f"Clean accuracy {100 * rep.clean_accuracy:.1f}%, plain robust accuracy {100 * rep.plain_robust_accuracy:.1f}%. "
         f"Wall time {rep.wall_seconds:.0f} s.",

@@ -1,7 +1,7 @@
 """The run of ``scbench diagnose``: images, defense, settings, attacks, and the shared inputs.
 
-:class:`DiagnosticRun` holds the first N CIFAR-10 test images, the defense and its clean
-predictions, and runs attacks through :func:`robust_bench_sc.evaluate.evaluate_threat`
+:class:`DiagnosticRun` holds the first N images of a dataset's split (default: CIFAR-10 test
+images), the defense and its clean predictions, and runs attacks through :func:`robust_bench_sc.evaluate.evaluate_threat`
 (so every number is re-checked on the exact defense), timing each. It keeps no results:
 the inputs several indicators share (:data:`~robust_bench_sc.diagnostics.base.INPUTS`)
 are computed by :data:`PROVIDERS`, once per run, by whoever drives the run
@@ -51,7 +51,7 @@ class DiagnosticRun:
         """``probe``: run the probes (robust_bench_sc.probes) on the first 8 images before
         anything else touches the defense (``self.probes``; None without)."""
         from robust_bench_sc.data import load_dataset
-        from robust_bench_sc.datasets import DEFAULT_DATASET
+        from robust_bench_sc.datasets import DEFAULT_DATASET, DEFAULT_SPLIT
         from robust_bench_sc.predictions import predict
         from robust_bench_sc.probes import ProbeFindings, probe_defense
 
@@ -61,7 +61,7 @@ class DiagnosticRun:
         self.declared_randomised = bool(defense.capabilities.randomised)
         self.device = torch.device(cfg.device)
         defense.to(self.device).eval()
-        split = load_dataset(cfg.dataset or DEFAULT_DATASET, cfg.data_dir, "test", cfg.n_images)
+        split = load_dataset(cfg.dataset or DEFAULT_DATASET, cfg.data_dir, cfg.split or DEFAULT_SPLIT, cfg.n_images)
         self.split = split
         self.x, self.y, self.idx = split.x, split.y, split.idx
         self.n = int(self.y.shape[0])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,7 @@ def run_suite_diagnostics(suite, run_dir: str | Path, device: str = "cpu", conso
         if path.is_file():
             try:
                 old = read_json(path)
-                if old.get("config") == _jsonable(asdict(cfg)):
+                if old.get("config") == _jsonable(cfg.to_dict()):
                     verdicts[spec.label] = old["verdict"]
                     continue
             except ValueError:
