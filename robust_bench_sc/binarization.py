@@ -396,7 +396,8 @@ def run_suite_binarization(suite, run_dir: str | Path, device: str = "cpu", cons
     from robust_bench_sc.storage import RunDir, atomic_write_text, read_json, safe_name
 
     base = cfg or BinarizationConfig(seed=suite.seed, device=device,
-                                     n_samples=min(suite.data.n_images, BinarizationConfig.n_samples))
+                                     n_samples=min(suite.data.n_images, BinarizationConfig.n_samples),
+                                     **suite.data.reader_settings())  # the suite's own images
     out: dict[str, str] = {}
     for spec in suite.defenses:
         defense = None

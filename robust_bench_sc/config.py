@@ -83,6 +83,14 @@ class DataConfig(BaseModel):
         suites written before datasets were plug-ins keep their content hash."""
         return self.model_dump(exclude={k for k, v in _OPTIONAL_DATA_FIELDS.items() if getattr(self, k) == v})
 
+    def reader_settings(self) -> dict[str, str]:
+        """``dataset`` / ``data_dir`` / ``split`` as the diagnostics and the binarization test take
+        them, only those that differ from the default (settings of reports on the default data
+        stay as they were)."""
+        out = {"dataset": self.dataset, "data_dir": self.folder, "split": self.split}
+        default = {"dataset": DEFAULT_DATASET, "data_dir": None, "split": DEFAULT_SPLIT}
+        return {k: v for k, v in out.items() if v is not None and v != default[k]}
+
 
 #: defense fields that select which jobs run, not what a job computes (not in a job's spec hash)
 #: (``base_dir``: where the ref's file is, not what it is; records stay valid when a suite's folder moves)

@@ -220,6 +220,13 @@ def test_suite_diagnostics(tmp_path):
     suite = load_suite(suite_file)
     cfg = config_for_suite(suite)
     assert cfg.n_images == 4 and abs(cfg.epsilon - 4 / 255) < 1e-9
+    assert (cfg.dataset, cfg.data_dir, cfg.split) == (None, None, None)  # the default data: settings as before
+    # a suite on other data: its diagnostics and binarization test read the same images as its attacks
+    other = suite.model_copy(update={"data": suite.data.model_copy(update={"dataset": "npz", "root": "/d/x.npz",
+                                                                            "split": "val"})})
+    cfg = config_for_suite(other)
+    assert (cfg.dataset, cfg.data_dir, cfg.split) == ("npz", "/d/x.npz", "val")
+    assert other.data.reader_settings() == {"dataset": "npz", "data_dir": "/d/x.npz", "split": "val"}
     verdicts = run_suite_diagnostics(suite, tmp_path / "run", overrides=dict(
         steps=2, strong_steps=3, strong_restarts=1, sweep_steps=2, unconstrained_steps=2, queries=3,
         gradient_free="random_search", noise_draws=2))

@@ -12,7 +12,8 @@ from robust_bench_sc.diagnostics.report import diagnose, save_report
 
 def config_for_suite(suite, **overrides: Any) -> DiagnosticsConfig:
     """Diagnostics settings for a suite: its seed, its first ℓ∞/ℓ2 budget, ≤ 50 images."""
-    cfg = DiagnosticsConfig(seed=suite.seed, n_images=min(suite.data.n_images, DiagnosticsConfig.n_images))
+    cfg = DiagnosticsConfig(seed=suite.seed, n_images=min(suite.data.n_images, DiagnosticsConfig.n_images),
+                            **suite.data.reader_settings())  # the suite's own images
     for t in suite.threat_models:
         eps, norm = t.epsilon_value, t.norm_name
         if eps is not None and norm in NORMS:
