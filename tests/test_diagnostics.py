@@ -164,6 +164,20 @@ def test_verdict_rules():
     assert verdict([mk("a", WARN, "masking")])[0] == "trustworthy_with_warnings"
     assert verdict([mk("a", FAIL, "optimisation")])[0] == "attack_failure"
     assert verdict([mk("a", FAIL, "optimisation"), mk("b", FAIL, "masking")])[0] == "gradient_masking"
+    # a batch-dependent defense (the probe): after masking and randomness, before optimisation
+    from types import SimpleNamespace
+
+    from robust_bench_sc.probes import ProbeFindings
+
+    found = ProbeFindings(n_images=8, randomised=False, randomised_declared=False, prediction_flip_frac=0.0,
+                          gradient="ok", gradient_detail="", preprocess_differentiable=None, saturated=False,
+                          saturated_frac=0.0, seconds=0.1, batch_dependent=True, batch_changed_frac=0.75)
+    run = SimpleNamespace(probes=found, bpda_name=None, randomised=False)
+    code, text = verdict([mk("a", FAIL, "optimisation")], run)  # type: ignore[arg-type]
+    assert code == "batch_dependent" and text.startswith("batch-dependent predictions (6/8 probe images' logits "
+                                                         "changed alone)"), text
+    assert verdict([mk("b", FAIL, "masking")], run)[0] == "gradient_masking"  # type: ignore[arg-type]
+    assert verdict([mk("a", PASS, "masking")], SimpleNamespace(probes=None))[0] == "trustworthy"  # type: ignore[arg-type]
 
 
 def test_full_run_writes_reports(tmp_path):

@@ -61,7 +61,8 @@ class DiagnosticsReport:
 
 
 def verdict(results: list[IndicatorResult], run: DiagnosticRun | None = None) -> tuple[str, str]:
-    """``(verdict_code, one line)``: masking fails first, then randomness, then optimisation."""
+    """``(verdict_code, one line)``: masking fails first, then randomness, then a batch-dependent
+    defense (the probe), then optimisation."""
     fails = {r.name: r for r in results if r.status == FAIL}
     warns = [r.name for r in results if r.status == WARN]
 
@@ -80,6 +81,11 @@ def verdict(results: list[IndicatorResult], run: DiagnosticRun | None = None) ->
         return "gradient_masking", f"gradient masking suspected ({', '.join(masking)}): {'; '.join(advice)}"
     if rnd:
         return "randomness", "undeclared randomness: declare randomised=True and evaluate with eot and recheck"
+    probes = run.probes if run is not None else None
+    if probes is not None and probes.batch_dependent:  # the probe; every indicator ran in batches of its choosing
+        return "batch_dependent", (f"batch-dependent predictions ({round(probes.batch_changed_frac * probes.n_images)}/"
+                                   f"{probes.n_images} probe images' logits changed alone): every number here depends "
+                                   "on how the images were batched; make each prediction independent of its batch")
     if optim:
         return "attack_failure", (f"attack failure ({', '.join(optim)}): increase steps / restarts and keep the "
                                   f"best iterate")
