@@ -88,7 +88,9 @@ class Defense:
 
     # -- evaluation -----------------------------------------------------------------
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(x)
+        # a copy: a forward that normalises its input in place (x.sub_(mean)) must not change the
+        # caller's images (the attack's iterate, the data), nor make repeated passes differ
+        return self.forward(x.clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.preprocess(x) if self.preprocess is not None else x
@@ -338,7 +340,7 @@ class _BPDAFunction(torch.autograd.Function):
         ctx.stand_in = stand_in
         ctx.save_for_backward(x)
         with torch.no_grad():
-            return exact(x)
+            return exact(x.clone())  # a preprocess that works in place must not change the saved input
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -374,6 +376,7 @@ class AttackModel(nn.Module):
         self.stand_in_module = defense.stand_in(bpda) if bpda else None
 
     def _once(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()  # as Defense.__call__: a forward that works in place changes a copy (each EOT pass its own)
         if self.preprocess is None:
             h = x
         elif self.stand_in_module is not None and torch.is_grad_enabled() and x.requires_grad:

@@ -29,6 +29,10 @@ each on the images it is given:
   the probabilities;
 - **saturation**: softmax one-hot (max probability ≥ 1 − 1e-6) or a CE input gradient that
   underflows to zero where the margin's does not;
+- **input mutation**: the defense's own ``forward`` on a copy of the images; a copy that has
+  changed means the forward works in place on its input (``x.sub_(mean)``). Every forward pass
+  the tool makes goes through ``Defense.__call__`` / the attack model, which pass a copy, so the
+  numbers are those of the function; the finding is a line, not a failure;
 - **batch dependence** (deterministic defenses only): each probe image run alone against the
   same image in the probe batch. Logits that change beyond float noise (``BATCH_REL_TOL`` × the
   largest |logit|; a batch size changes a convolution's summation order by ~1e-6) mean an
@@ -194,6 +198,7 @@ class ProbeFindings:
     batch_dependent: bool | None = None  # None: not measured (randomised, or findings written before the probe)
     batch_changed_frac: float = 0.0      # share of probe images whose logits changed when run alone
     batch_flip_frac: float = 0.0         # ... whose predicted label changed
+    mutates_input: bool = False          # the forward changes the tensor it is given (in place)
 
     def __post_init__(self) -> None:
         if self.gradient not in GRADIENT_STATUSES:
@@ -277,6 +282,10 @@ class ProbeFindings:
             lines.append(f"not saturated: {s}/{n} images with a one-hot softmax")
         if self.batch_dependent:
             lines.append(self.batch_line())
+        if self.mutates_input:
+            lines.append("the forward modifies its input in place (x.sub_, x.clamp_, ...) -> every forward pass here "
+                         "gets a copy of the images, so the numbers are those of the function it computes; in your "
+                         "own code it changes the caller's tensor")
         return lines
 
     def batch_line(self) -> str:
@@ -564,6 +573,11 @@ def probe_defense(defense: Defense, x: torch.Tensor, y: torch.Tensor, *, device:
         # gradient through the exact defense (its own forward: preprocess + classifier)
         with _limited("gradient", defense, limit, given):
             grad, detail, ce_zero = _call("gradient", defense, lambda: gradient_status(defense, x, y))
+        # in place: the forward itself (Defense.__call__ passes a copy) on a copy of the images
+        given_images = x.clone()
+        with torch.no_grad(), _limited("input mutation", defense, limit, given):
+            _call("input mutation", defense, lambda: defense.forward(given_images))
+        mutates_input = not torch.equal(given_images, x)
         # the preprocess alone
         pre: bool | None = None
         if defense.preprocess is not None:
@@ -598,4 +612,4 @@ def probe_defense(defense: Defense, x: torch.Tensor, y: torch.Tensor, *, device:
                          probabilities_frac=prob_frac, outputs_differ=outputs_differ, draws_random=draws_random,
                          boundary_differ=boundary_differ, batch_dependent=batch_dependent,
                          batch_changed_frac=float(batch_changed.float().mean()),
-                         batch_flip_frac=float(batch_flips.float().mean()))
+                         batch_flip_frac=float(batch_flips.float().mean()), mutates_input=mutates_input)

@@ -230,6 +230,52 @@ def test_batch_statistics_make_a_defense_batch_dependent(images):
     assert ProbeFindings.from_dict(json.loads(json.dumps(f.to_dict()))).batch_dependent is True
 
 
+class InPlace(nn.Module):
+    """A naive author's normalisation, in place on the input: maps [0, 1] to [-1, 1] and back."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        x.mul_(2).sub_(1)
+        return self.inner((x + 1) / 2)
+
+
+def test_a_forward_that_works_in_place_is_the_function_it_computes(madry, images):
+    """Before every forward got a copy, this defense read as randomised (each pass changed the
+    images of the next: 7/8 predictions changed) with no gradient (in place on a leaf that
+    requires grad), and its audit said gradient masking; it is Madry's network."""
+    x, y = images
+    kept = x.clone()
+    d = wrap(madry, "in_place", classifier=InPlace(madry.classifier))
+    f = probe_defense(d, x, y)
+    assert torch.equal(x, kept)  # the caller's images are untouched
+    assert (f.randomised, f.gradient, f.batch_dependent, f.mutates_input) == (False, "ok", False, True)
+    assert f.summary_lines()[-1].startswith("the forward modifies its input in place")
+    with torch.no_grad():
+        assert torch.allclose(d(x), madry(x), atol=1e-5) and torch.equal(x, kept)
+        eot = d.attack_model(eot=3)(x)  # each EOT pass its own copy
+        assert torch.allclose(eot, madry(x), atol=1e-5) and torch.equal(x, kept)
+    xr = x.clone().requires_grad_(True)
+    g, = torch.autograd.grad(d.attack_model()(xr).sum(), xr)
+    g_ref, = torch.autograd.grad(madry.attack_model()(xr).sum(), xr)
+    assert torch.allclose(g, g_ref, atol=1e-5)
+    assert probe_defense(madry, x, y).mutates_input is False
+    # a preprocess that quantises in place, attacked through BPDA: the saved input is the attack's
+    class InPlaceQuantise(nn.Module):
+        def forward(self, h):
+            return h.mul_(8).round_().div_(8)
+
+    q = wrap(madry, "q", preprocess=InPlaceQuantise())
+    xr = x.clone().requires_grad_(True)
+    g, = torch.autograd.grad(q.attack_model(bpda="identity")(xr).sum(), xr)
+    h = (x * 8).round() / 8
+    hr = h.clone().requires_grad_(True)
+    g_ref, = torch.autograd.grad(madry.attack_model()(hr).sum(), hr)  # identity backward: madry's gradient at h
+    assert torch.allclose(g, g_ref, atol=1e-5) and torch.equal(xr.detach(), kept)
+
+
 def test_quantisation_gives_zero_gradient(madry, images):
     inside = probe_defense(wrap(madry, "jpeg-inside", classifier=nn.Sequential(Quantise(), madry.classifier)), *images)
     assert inside.gradient == "zero" and inside.gradient_detail.startswith("8/8 all-zero")
