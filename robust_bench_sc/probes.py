@@ -34,8 +34,9 @@ each on the images it is given:
   the tool makes goes through ``Defense.__call__`` / the attack model, which pass a copy, so the
   numbers are those of the function; the finding is a line, not a failure;
 - **batch dependence** (deterministic defenses only): each probe image run alone against the
-  same image in the probe batch. Logits that change beyond float noise (``BATCH_REL_TOL`` × the
-  largest |logit|; a batch size changes a convolution's summation order by ~1e-6) mean an
+  same image in the probe batch, in full float32 (CUDA's TF32 off while they run). Logits that
+  change beyond float noise (``BATCH_REL_TOL`` × the largest |logit|; a batch size changes a
+  convolution's summation order by ~1e-6) mean an
   image's prediction depends on the other images in its batch: batch statistics
   (``BatchNorm2d(track_running_stats=False)``, a batch-mean normalisation) or test-time
   adaptation on the batch, the transductive defenses of Chen et al. 2022 and Croce et al. 2022.
@@ -502,6 +503,17 @@ def _numpy_and_python_rng_kept() -> Iterator[None]:
         random.setstate(py_state)
 
 
+@contextmanager
+def _full_float32() -> Iterator[None]:
+    """CUDA's TF32 off (10-bit mantissas, and kernels chosen by batch size), restored afterwards."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
 # --------------------------------------------------------------------------- the probes
 def probe_defense(defense: Defense, x: torch.Tensor, y: torch.Tensor, *, device: str | torch.device = "cpu",
                   n_passes: int = 4, seed: int = 0, n_classes: int | None = None,
@@ -560,15 +572,16 @@ def probe_defense(defense: Defense, x: torch.Tensor, y: torch.Tensor, *, device:
         batch_dependent: bool | None = None
         batch_changed, batch_flips = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
         if not randomised and n > 1:
-            def alone_pass(i: int) -> torch.Tensor:  # the limit holds for each image's pass
+            def batch_pass(h: torch.Tensor) -> torch.Tensor:  # the limit holds for each pass
                 with _limited("batch dependence", defense, limit, given):
-                    return _logits("batch dependence", defense, x[i:i + 1], n_classes).float()
+                    return _logits("batch dependence", defense, h, n_classes).float()
 
-            with torch.no_grad():
-                alone = torch.cat([alone_pass(i) for i in range(n)])
-            spread = (alone - outs[0]).abs().amax(1)
-            batch_changed = (spread > BATCH_REL_TOL * outs[0].abs().amax(1).clamp_min(1.0)).cpu()
-            batch_flips = (alone.argmax(1) != outs[0].argmax(1)).cpu()
+            with torch.no_grad(), _full_float32():  # TF32 on a GPU would differ by batch size by itself
+                together = batch_pass(x)
+                alone = torch.cat([batch_pass(x[i:i + 1]) for i in range(n)])
+            spread = (alone - together).abs().amax(1)
+            batch_changed = (spread > BATCH_REL_TOL * together.abs().amax(1).clamp_min(1.0)).cpu()
+            batch_flips = (alone.argmax(1) != together.argmax(1)).cpu()
             batch_dependent = bool(batch_changed.any())
         # gradient through the exact defense (its own forward: preprocess + classifier)
         with _limited("gradient", defense, limit, given):

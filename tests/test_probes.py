@@ -221,7 +221,13 @@ def test_batch_statistics_make_a_defense_batch_dependent(images):
     batch of 8 — on the first 100 test images 82 are right in batches of 100, 10 one at a time."""
     from robust_bench_sc.plugins import build_defense
 
-    f = probe_defense(build_defense("defenses.archetypes:test_time_batchnorm"), *images)
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # off while the probe compares
+    try:
+        f = probe_defense(build_defense("defenses.archetypes:test_time_batchnorm"), *images)
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32  # and restored
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
     assert (f.randomised, f.gradient, f.batch_dependent, f.batch_changed_frac) == (False, "ok", True, 1.0)
     assert f.batch_flip_frac >= 0.5, f.batch_flip_frac
     k = round(f.batch_flip_frac * N)
