@@ -12,7 +12,7 @@ theirs under the entry-point group ``robust_bench_sc.datasets`` (an instance of 
 - ``cifar100``: ``cifar-100-python/`` (``test``, ``train``), fine labels, 100 classes;
 - ``cifar10_npz``: this project's shared files (``test_first1000.npz``, ``train_0..4.npz``);
   the default, so suites that name no dataset read what they always read;
-- ``npz``: one ``.npz`` (or a pair of ``.npy`` files) with images ``x`` (N, H, W, C) or (N, C, H, W),
+- ``npz``: one ``.npz`` (or a pair of ``.npy`` files, or a ``torch.save`` ``.pt`` file of the same) with images ``x`` (N, H, W, C) or (N, C, H, W),
   uint8 or floats in [0, 1], and labels ``y`` (N,), (N, 1) or one-hot (other usual key names
   accepted; optional ``idx``, ``n_classes``), of any size and number of classes;
 - ``imagefolder``: image files in torchvision's ImageFolder tree (``ROOT/<split>/<class>/*.png``),
@@ -357,8 +357,38 @@ def _npy_folder(folder: Path) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.npy") if p.is_file())
 
 
+TORCH_SUFFIXES = (".pt", ".pth")
+
+
+def _read_torch_file(path: Path) -> dict[str, np.ndarray]:
+    """A file written by ``torch.save``: a dict of tensors / arrays (the npz keys), or a pair
+    ``(x, y)`` (a tuple, list, or a TensorDataset's ``tensors``), as numpy arrays. Read with
+    ``weights_only=True``: tensors, numbers and containers only, no code runs."""
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        msg = " ".join(str(exc).split())[:160]
+        raise DataError(f"cannot read {path}: {type(exc).__name__}: {msg} (expected a file written by torch.save of "
+                        "a dict {'x': images, 'y': labels} or a pair (x, y) of tensors)") from None
+    if isinstance(obj, (tuple, list)) and len(obj) == 2:
+        obj = {"x": obj[0], "y": obj[1]}
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: torch.save of a {type(obj).__name__}; expected a dict {{'x': images, 'y': labels}} "
+                        "or a pair (x, y) of tensors")
+    out = {}
+    for k, v in obj.items():
+        if isinstance(v, torch.Tensor):
+            out[str(k)] = v.detach().cpu().numpy()
+        elif isinstance(v, (np.ndarray, int)):
+            out[str(k)] = np.asarray(v)
+    return out
+
+
 class Npz(Dataset):
-    """Any images: ``root`` is the .npz file itself, or a folder holding ``<split>.npz`` (or,
+    """Any images: ``root`` is the .npz file itself (or a ``torch.save`` file, ``.pt`` / ``.pth``:
+    a dict with the same keys, or a pair ``(x, y)``), or a folder holding ``<split>.npz`` (or,
     without it, a pair of .npy files ``x.npy`` / ``y.npy``, any accepted names)."""
 
     name = "npz"
@@ -367,11 +397,11 @@ class Npz(Dataset):
     layout = ("expected one .npz (numpy.savez) with images x (N, H, W, C) or (N, C, H, W), C 1 or 3, uint8 or "
               "floats in [0, 1] (also named images, data, X, x_<split>) and labels y (N,), (N, 1) or one-hot "
               "(also labels, targets, Y, y_<split>); optional idx (N,) (image positions, default 0..N-1) and "
-              "n_classes (default max(y)+1); data.root is the file, or a folder holding <split>.npz or x.npy and "
-              "y.npy")
+              "n_classes (default max(y)+1); data.root is the file (or a torch.save .pt/.pth file of such a dict or a "
+              "pair (x, y)), or a folder holding <split>.npz or x.npy and y.npy")
 
     def path(self, root: Path, split: str) -> Path:
-        return root if root.suffix == ".npz" else root / f"{split}.npz"
+        return root if root.suffix in (".npz", *TORCH_SUFFIXES) else root / f"{split}.npz"
 
     def images_label(self, root: str | Path | None, split: str) -> str:
         if root and not self.path(Path(root), split).is_file() and Path(root).is_dir() and _npy_folder(Path(root)):
@@ -382,7 +412,12 @@ class Npz(Dataset):
     def read(self, root: Path, split: str) -> Arrays:
         path = self.path(root, split)
         image_keys, label_keys = (*IMAGE_KEYS, f"x_{split}"), (*LABEL_KEYS, f"y_{split}")
-        if path.is_file():
+        if path.is_file() and path.suffix in TORCH_SUFFIXES:
+            where = str(path)
+            out = _read_torch_file(path)
+            have = list(out)
+            keys = [_choose_key(have, image_keys, "image", where), _choose_key(have, label_keys, "label", where)]
+        elif path.is_file():
             where = str(path)
             try:
                 with np.load(path) as f:
@@ -395,7 +430,8 @@ class Npz(Dataset):
                 raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc} (expected an .npz written by "
                                 "numpy.savez)") from None
         elif root.is_file():
-            raise DataError(f"npz dataset: {root} is a file but not an .npz; give the .npz file, or the folder "
+            raise DataError(f"npz dataset: {root} is a file but not an .npz (nor a torch.save .pt/.pth); give the "
+                            ".npz file, or the folder "
                             f"holding {split}.npz or the .npy files (x.npy and y.npy, or x_{split}.npy and y_{split}.npy, ...)")
         elif root.is_dir() and _npy_folder(root):
             where, have = str(root), _npy_folder(root)

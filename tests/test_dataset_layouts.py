@@ -312,6 +312,30 @@ def test_a_pair_of_npy_files(tmp_path, first60):
                               "x, images, data, X, x_test")
 
 
+def test_a_torch_save_file_of_a_dict_or_a_pair(tmp_path, first60):
+    """What PyTorch users keep: torch.save({'images': X, 'labels': Y}) or torch.save((X, Y)),
+    float NCHW in [0, 1] or uint8; read exactly (weights_only: no code runs)."""
+    import torch
+
+    x, y = first60
+    as_float = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
+    torch.save({"images": as_float, "labels": torch.from_numpy(y)}, tmp_path / "d.pt")
+    torch.save((torch.from_numpy(x), torch.from_numpy(y)), tmp_path / "pair.pth")
+    for name in ("d.pt", "pair.pth"):
+        s = load_dataset("npz", tmp_path / name, "test")
+        assert np.array_equal(_pixels(s), x) and s.y.tolist() == y.tolist() and s.n_classes == 10, name
+        assert s.images == f"test images of {name}"
+    torch.save(as_float, tmp_path / "one.pt")
+    with pytest.raises(DataError) as exc:
+        load_dataset("npz", tmp_path / "one.pt", "test")
+    assert _one_line(exc) == (f"{tmp_path / 'one.pt'}: torch.save of a Tensor; expected a dict {{'x': images, "
+                              "'y': labels} or a pair (x, y) of tensors")
+    (tmp_path / "bad.pt").write_bytes(b"not a torch file")
+    with pytest.raises(DataError) as exc:
+        load_dataset("npz", tmp_path / "bad.pt", "test")
+    assert _one_line(exc).startswith(f"cannot read {tmp_path / 'bad.pt'}: ")
+
+
 def test_npz_values_and_shapes_refused_in_one_line(tmp_path, first60):
     x, y = first60
     p = tmp_path / "bad.npz"
@@ -361,7 +385,7 @@ def test_npz_values_and_shapes_refused_in_one_line(tmp_path, first60):
     np.save(tmp_path / "x.npy", x)
     with pytest.raises(DataError) as exc:
         load_dataset("npz", tmp_path / "x.npy")
-    assert _one_line(exc).startswith(f"npz dataset: {tmp_path / 'x.npy'} is a file but not an .npz; give the .npz file, "
+    assert _one_line(exc).startswith(f"npz dataset: {tmp_path / 'x.npy'} is a file but not an .npz (nor a torch.save .pt/.pth); give the .npz file, "
                                      "or the folder holding test.npz or the .npy files")
     with pytest.raises(DataError) as exc:
         load_dataset("imagefolder", tmp_path / "x.npy")
