@@ -178,6 +178,12 @@ def adaptation(label: str, defense: Defense, findings: ProbeFindings, x: torch.T
     if findings.undeclared_randomness:
         a.warnings.append(f"defense {label!r} is randomised but does not declare it (randomised=True): "
                           f"{findings.summary_lines()[0]}")
+    switched = getattr(defense, "eval_switched", None)
+    if switched:
+        a.warnings.append(f"defense {label!r} was built in training mode ({', '.join(switched)}); it is evaluated in "
+                          "eval mode (dropout off, batch norm on its running statistics), as torch models are for "
+                          "inference; a defense whose randomness is dropout must apply it itself "
+                          "(F.dropout(x, p, training=True)) and then gets EOT")
     if findings.batch_dependent:
         a.warnings.append(f"defense {label!r}: {findings.batch_line()}")
     if findings.preprocess_differentiable and caps.default_bpda is None:

@@ -78,7 +78,19 @@ def build_defense(ref: str, params: dict[str, Any] | None = None, name: str | No
             pass
     if name:
         defense.name = name
+    switched = in_training_mode(defense)
+    if switched:  # the tool's choice, stated (adapt.adaptation turns it into a warning)
+        defense.eval_switched = switched  # type: ignore[attr-defined]
     return defense.eval()
+
+
+def in_training_mode(defense: Defense) -> list[str]:
+    """The mode-dependent modules (dropout, batch norm) of ``defense`` left in training mode,
+    by class name: the defense is evaluated in eval mode, which turns dropout off and makes
+    batch norm use its running statistics."""
+    mode_dependent = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+    return sorted({type(m).__name__ for top in defense.modules() for m in top.modules()
+                   if m.training and isinstance(m, mode_dependent)})
 
 
 def name_defenses(suite: SuiteConfig, built: dict[str, Defense] | None = None) -> SuiteConfig:

@@ -245,3 +245,36 @@ def test_a_function_of_the_images_and_a_tuple_output_get_one_line_saying_what_to
                                    "e.g. logits and features: return the logits alone, or wrap the model in an "
                                    "nn.Module whose forward returns out[0])"), str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_a_defense_built_in_training_mode_is_evaluated_in_eval_mode_and_told_so(tmp_path):
+    """A factory that returns its model in training mode (dropout on): the tool evaluates it in
+    eval mode, as torch models are for inference, and says so with the reason."""
+    from robust_bench_sc.adapt import adaptation
+    from robust_bench_sc.data import load_test
+    from robust_bench_sc.plugins import build_defense
+    from robust_bench_sc.probes import probe_defense
+
+    f = tmp_path / "drop.py"
+    f.write_text(textwrap.dedent('''
+        import torch
+        from torch import nn
+
+        def make():
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(3 * 32 * 32, 10)).train()
+
+        def evaluated():
+            return make().eval()
+    '''))
+    d = build_defense(f"{f}:make")
+    assert d.eval_switched == ["Dropout"] and not any(m.training for m in d.classifier.modules())
+    s = load_test(8)
+    found = probe_defense(d, s.x, s.y)
+    assert not found.randomised  # dropout is off
+    (warning,) = adaptation("make", d, found, s.x, s.y).warnings
+    assert warning.startswith("defense 'make' was built in training mode (Dropout); it is evaluated in eval mode "
+                              "(dropout off, batch norm on its running statistics)"), warning
+    quiet = build_defense(f"{f}:evaluated")
+    assert not hasattr(quiet, "eval_switched")
+    assert adaptation("evaluated", quiet, probe_defense(quiet, s.x, s.y), s.x, s.y).warnings == []
