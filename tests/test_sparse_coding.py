@@ -489,10 +489,27 @@ def test_shipped_names_are_sparse_coding_with_params_T():
     import defenses.sparse_coding as sc
     from robust_bench_sc.plugins import DEFENSES, build_defense
 
-    names = sorted(n for n in DEFENSES.names() if n.startswith("sparse_coding_T"))
+    names = sorted(n for n in DEFENSES.names() if n.startswith("sparse_coding_T") and not n.endswith("_long"))
     assert names == sorted(f"sparse_coding_T{T}" for T in sc.SUPPORTED_T)
     for T in sc.SUPPORTED_T:
         alias, direct = build_defense(f"sparse_coding_T{T}"), build_defense("sparse_coding", {"T": T})
         assert alias.name == direct.name == f"sparse_coding_T{T}"
         assert (alias.fingerprint(), alias.code_fingerprint()) == (direct.fingerprint(), direct.code_fingerprint())
     assert build_defense("sparse_coding_T15").fingerprint() == "b8f05f2bfe373ca7"  # results/*: the shipped T15
+
+
+def test_t15_long_ships_beside_t15_with_its_own_weights():
+    """sparse_coding_T15_long (run_T15_long's best validation checkpoint, step 5200): the T = 15
+    model with other weights, under its own name; T15.pt and every result naming it unchanged."""
+    import torch
+
+    from robust_bench_sc.data import load_test
+    from robust_bench_sc.plugins import build_defense
+
+    long, short = build_defense("sparse_coding_T15_long"), build_defense("sparse_coding_T15")
+    assert long.name == "sparse_coding_T15_long" and long.fingerprint() == "67f99ba8172eb358"
+    assert short.fingerprint() == "b8f05f2bfe373ca7" and long.code_fingerprint() != ""
+    s = load_test(200)
+    with torch.no_grad():
+        right = [int((d(s.x[i:i + 100]).argmax(1) == s.y[i:i + 100]).sum()) for d in (long, short) for i in (0, 100)]
+    assert right == [85, 83, 80, 81], right  # first 200 test images, 100 a batch: T15_long, then T15

@@ -93,3 +93,15 @@ sparse_coding_T5 = _shipped(5)
 sparse_coding_T10 = _shipped(10)
 sparse_coding_T15 = _shipped(15)
 sparse_coding_T20 = _shipped(20)
+
+LONG_WEIGHTS = "T15_long.pt"  # run_T15_long's best validation checkpoint (docs/training.md: its card)
+
+
+def sparse_coding_T15_long(checkpoint: str | None = None) -> Defense:
+    """T=15 trained on (issue "The paper's defense trained toward the paper's budget"):
+    ``weights/T15_long.pt``, a one-cycle run from ``T15.pt`` (docs/training.md, run_T15_long).
+    Beside ``sparse_coding_T15``, not over it: committed results name T15.pt's fingerprint."""
+    d = sparse_coding(T=15, checkpoint=checkpoint or str(WEIGHTS_DIR / LONG_WEIGHTS))
+    d.name = "sparse_coding_T15_long"
+    d.description = d.description + "; trained on: weights/T15_long.pt (run_T15_long, docs/training.md)"
+    return d
