@@ -548,14 +548,16 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
           device: str = "cpu", threads: int | None = None, console: Any = None, show_progress: bool = False,
           results_root: str | Path = "results", command: list[str] | None = None, dataset: str | None = None,
           data_dir: str | Path | None = None, probe_timeout: float | None = None,
-          split: str | None = None) -> dict[str, Any]:
+          split: str | None = None, accept_code_change: bool = False) -> dict[str, Any]:
     """Audit the defense ``ref`` (a registered name, ``module:attr`` or ``file.py:attr``) on the
     first ``n_images`` images of ``split`` (default ``test``) of ``dataset`` (a dataset plug-in,
     ``scbench datasets``; default ``cifar10_npz``, this project's CIFAR-10 files) read from
     ``data_dir`` (default $SCBENCH_DATA, else shared/data/cifar10); the cascade, the indicators
     and the binarization test all read that split. Returns the report card (``audit.json``'s
     content) and writes it, with ``audit.md`` and ``audit.html``, into the run folder ``out``.
-    ``probe_timeout``: seconds each probe may take (default: scaled from one forward pass)."""
+    ``probe_timeout``: seconds each probe may take (default: scaled from one forward pass).
+    ``accept_code_change``: resume ``out`` although the defense's code fingerprint changed (as
+    ``scbench run --accept-code-change``; said in the output)."""
     import torch
     from rich.console import Console
 
@@ -642,7 +644,8 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
     t0 = time.perf_counter()
     outcome_run = run_suite(suite, out=run_dir, device=device, console=console, results_root=results_root,
                             command=command or [f"scbench audit {ref} --n-images {n_images}"],
-                            show_progress=show_progress, probe_timeout=probe_timeout)
+                            show_progress=show_progress, probe_timeout=probe_timeout,
+                            accept_code_change=accept_code_change)
     seconds["cascade"] = round(time.perf_counter() - t0, 2)
     layout = RunDir(outcome_run.run_dir)
     records: list[dict[str, Any]] = []

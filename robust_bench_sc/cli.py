@@ -266,6 +266,9 @@ SPLIT_HELP = ("the dataset's split to read (default test; scbench datasets lists
               "or cifar10c's gaussian_noise-5)")
 PROBE_TIMEOUT_HELP = ("seconds each probe may take before the defense is reported as hanging (default: 100 × one "
                       "forward pass on the probe images, at least 60 s; 300 s for that first pass)")
+ACCEPT_CODE_CHANGE_HELP = ("reuse the folder's records although the defense's code fingerprint (its factory's source "
+                           "file, its modules' settings) changed since they were computed: for a change known not to "
+                           "touch this defense, e.g. another plug-in added to the same file")
 
 
 def _check_probe_timeout(probe_timeout: float | None) -> None:
@@ -327,7 +330,7 @@ def run(
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads of the local executor (default: torch's); no effect on the numbers"),
     no_probes: bool = typer.Option(False, "--no-probes", help="skip the probes (randomness, gradients, saturation) and run every threat model exactly as written, without auto's adaptations"),
     probe_timeout: Optional[float] = typer.Option(None, "--probe-timeout", help=PROBE_TIMEOUT_HELP),
-    accept_code_change: bool = typer.Option(False, "--accept-code-change", help="reuse records although the defense's code fingerprint (factory source, module settings) changed"),
+    accept_code_change: bool = typer.Option(False, "--accept-code-change", help=ACCEPT_CODE_CHANGE_HELP),
 ):
     """Run every defense of SUITE through every threat model; write tables and per-sample records."""
     _check_threads(threads)
@@ -718,6 +721,7 @@ def audit(
     split: Optional[str] = typer.Option(None, "--split", help=SPLIT_HELP),
     norm: str = typer.Option("linf", "--norm", help="linf or l2: the ball every attack of the cascade searches"),
     epsilon: Optional[str] = typer.Option(None, "--eps", "--epsilon", help="its radius, e.g. 8/255 or 0.3 (default: RobustBench's CIFAR-10 radius, 8/255 for linf, 0.5 for l2)"),
+    accept_code_change: bool = typer.Option(False, "--accept-code-change", help=ACCEPT_CODE_CHANGE_HELP),
 ):
     """Probe DEFENSE, attack it with a cascade chosen by the probes, run the indicators and the
     binarization test, and write a report card with a verdict (docs/audit.md)."""
@@ -744,7 +748,7 @@ def audit(
         card = _audit(defense, n_images=n_images, out=out, device=device, threads=threads,
                       budget=replace(BUDGETS[budget], norm=norm, epsilon=eps),
                       console=err, show_progress=not quiet, command=sys.argv, dataset=dataset, data_dir=data_dir,
-                      probe_timeout=probe_timeout, split=split)
+                      probe_timeout=probe_timeout, split=split, accept_code_change=accept_code_change)
     except AuditError as exc:
         _fail(str(exc))
     v, wc = card["verdict"], card["worst_case"]

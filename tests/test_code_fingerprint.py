@@ -78,3 +78,26 @@ def test_changed_code_under_one_name_is_refused_unless_accepted(tmp_path):
     again = run_suite(load_suite(tmp_path / "s.yaml"), out=tmp_path / "run", show_progress=False, probes=False,
                       accept_code_change=True)
     assert again.computed_chunks == 0
+
+
+def test_an_audit_resumes_over_changed_code_only_when_accepted(tmp_path):
+    """A second plug-in added to the factory's file changes the code fingerprint of every factory
+    in it: the audit refuses to resume, and resumes with ``accept_code_change`` (scbench audit
+    --accept-code-change) without recomputing a record."""
+    from dataclasses import replace
+
+    from robust_bench_sc.audit import BUDGETS, audit
+
+    plugin = tmp_path / "toy_code3.py"
+    plugin.write_text(TOY.replace("AMOUNT", "0.0"))
+    budget = replace(BUDGETS["quick"], apgd_iterations=5, eot=2, recheck=2, square_queries=20, square_eot=2,
+                     transfer_steps=5, indicators=False, binarization=False)
+    first = audit(f"{plugin}:make", n_images=4, out=tmp_path / "audit", budget=budget)
+    records = {p: p.read_bytes() for p in sorted((tmp_path / "audit" / "records").rglob("*.json"))}
+    assert records
+    plugin.write_text(TOY.replace("AMOUNT", "0.0") + "\n\ndef make_other():\n    return make()\n")
+    with pytest.raises(RunError, match=r"loads other code than its records.*--accept-code-change"):
+        audit(f"{plugin}:make", n_images=4, out=tmp_path / "audit", budget=budget)
+    again = audit(f"{plugin}:make", n_images=4, out=tmp_path / "audit", budget=budget, accept_code_change=True)
+    assert again["worst_case"] == first["worst_case"]
+    assert {p: p.read_bytes() for p in sorted((tmp_path / "audit" / "records").rglob("*.json"))} == records
