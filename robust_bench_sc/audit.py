@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from robust_bench_sc.stats import above_chance_p, at_chance
+from robust_bench_sc.stats import CHANCE_REMEDY, at_chance, chance_evidence
 
 if TYPE_CHECKING:
     import torch
@@ -345,12 +345,8 @@ def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any],
     n, correct = outcome["n_images"], outcome["clean_correct"]
     if at_chance(correct, n, n_classes):
         out.append(Finding("cascade", "fail", "input",
-                           f"clean accuracy {outcome['clean_accuracy']:.1f}% ({correct}/{n}) is not above chance "
-                           f"(1/{n_classes}; one-sided binomial test p = {above_chance_p(correct, n, n_classes):.2g}): "
-                           "a robust accuracy of a classifier that does not classify these images says nothing",
-                           "check what the defense expects: scbench feeds float images in [0, 1], NCHW, RGB, "
-                           "unnormalised (a model trained on [0, 255], mean/std-normalised or BGR inputs must "
-                           "convert them in its forward), the dataset's label order, and its weights"))
+                           f"{chance_evidence(correct, n, n_classes)}: a robust accuracy of a classifier that does "
+                           "not classify these images says nothing", CHANCE_REMEDY))
     if findings.randomised and not findings.randomised_declared:
         out.append(Finding("probe", "fail", "randomness",
                            (f"undeclared randomness: logits differ over {findings.n_passes} passes on the same "
@@ -394,10 +390,8 @@ def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any],
                            "log of the outputs), as in this cascade; a CE-only number is not valid"))
     if findings.batch_dependent:
         out.append(Finding("probe", "fail", "batch",
-                           "an image's prediction depends on its batch-mates: "
-                           f"{findings.batch_changed_frac:.0%} of the probe images' logits changed when run alone "
-                           f"instead of in a batch of {findings.n_images} ({findings.batch_flip_frac:.0%} changed "
-                           "prediction), so the robust accuracy depends on "
+                           f"an image's prediction depends on its batch-mates: {findings.batch_evidence()}, so the "
+                           "robust accuracy depends on "
                            "which images share a batch, which a per-image threat model does not fix (transductive "
                            "defenses: Chen et al. 2022; Croce et al. 2022; Wu et al. 2023)",
                            "make each image's prediction independent of its batch (BatchNorm with running statistics, "

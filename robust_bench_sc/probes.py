@@ -289,12 +289,16 @@ class ProbeFindings:
                          "own code it changes the caller's tensor")
         return lines
 
+    def batch_evidence(self) -> str:
+        """What the batch-dependence probe measured, in words (``run``'s warning, the audit's
+        finding and ``diagnose``'s verdict all say it so)."""
+        n = self.n_images
+        return (f"{round((self.batch_changed_frac or 0) * n)}/{n} probe images' logits changed when run alone instead "
+                f"of in a batch of {n} ({round((self.batch_flip_frac or 0) * n)}/{n} changed prediction)")
+
     def batch_line(self) -> str:
         """The batch-dependence finding in one line (for a defense found batch-dependent)."""
-        n = self.n_images
-        return (f"batch-dependent: {round(self.batch_changed_frac * n)}/{n} probe images' logits changed when run "
-                f"alone instead of in a batch of {n} ({round(self.batch_flip_frac * n)}/{n} changed prediction) -> "
-                "an image's prediction depends on the other images in its batch (batch statistics, test-time "
+        return (f"batch-dependent: {self.batch_evidence()} -> an image's prediction depends on the other images in its batch (batch statistics, test-time "
                 "adaptation): per-image robust accuracy depends on how the images are batched")
 
 

@@ -276,7 +276,7 @@ def chance_level_warnings(layout: RunDir, jobs: list[Job], n_classes: int) -> li
     """One line per defense whose clean accuracy on the run's images is not above chance
     (:func:`robust_bench_sc.stats.at_chance`): its robust accuracies say nothing, and the usual
     cause is an input convention (range, normalisation, channel order) or the label order."""
-    from robust_bench_sc.stats import above_chance_p, at_chance
+    from robust_bench_sc.stats import CHANCE_REMEDY, at_chance, chance_evidence
 
     clean: dict[str, dict[int, bool]] = defaultdict(dict)  # defense → image → clean-correct (any threat model's)
     for j in jobs:
@@ -286,10 +286,8 @@ def chance_level_warnings(layout: RunDir, jobs: list[Job], n_classes: int) -> li
     for defense, by_image in clean.items():
         k, n = sum(by_image.values()), len(by_image)
         if at_chance(k, n, n_classes):
-            out.append(f"defense {defense!r}: clean accuracy {100 * k / n:.1f}% ({k}/{n}) is not above chance (1/"
-                       f"{n_classes}; one-sided binomial test p = {above_chance_p(k, n, n_classes):.2g}), so its "
-                       "robust accuracies say nothing: check what it expects (scbench feeds float images in [0, 1], "
-                       "NCHW, RGB, unnormalised), the dataset's label order, and its weights")
+            out.append(f"defense {defense!r}: {chance_evidence(k, n, n_classes)}, so its robust accuracies say "
+                       f"nothing: {CHANCE_REMEDY}")
     return out
 
 

@@ -76,3 +76,15 @@ def above_chance_p(correct: int, n: int, n_classes: int) -> float:
 def at_chance(correct: int, n: int, n_classes: int, alpha: float = CHANCE_ALPHA) -> bool:
     """``correct`` of ``n`` is not above chance (1/``n_classes``) at level ``alpha``."""
     return n > 0 and above_chance_p(correct, n, n_classes) > alpha
+
+
+#: what to check when a clean accuracy is at chance (the audit's remedy, run's warning)
+CHANCE_REMEDY = ("check what the defense expects: scbench feeds float images in [0, 1], NCHW, RGB, unnormalised (a "
+                 "model trained on [0, 255], mean/std-normalised or BGR inputs must convert them in its forward), "
+                 "the dataset's label order, and its weights")
+
+
+def chance_evidence(correct: int, n: int, n_classes: int) -> str:
+    """The one line saying a clean accuracy is not above chance, with the test's p-value."""
+    return (f"clean accuracy {100 * correct / n:.1f}% ({correct}/{n}) is not above chance (1/{n_classes}; one-sided "
+            f"binomial test p = {above_chance_p(correct, n, n_classes):.2g})")

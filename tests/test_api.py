@@ -247,6 +247,6 @@ def test_a_classifier_at_chance_is_warned_about_and_a_working_one_is_not(tiny, t
     err = " ".join(capsys.readouterr().err.split())
     assert f"warning: defense 'const': clean accuracy {100 * n0 / 20:.1f}% ({n0}/20) is not above chance (1/10; " \
            "one-sided binomial test p = " in err, err
-    assert "check what it expects (scbench feeds float images in [0, 1], NCHW, RGB, unnormalised)" in err
+    assert "check what the defense expects: scbench feeds float images in [0, 1], NCHW, RGB, unnormalised" in err
     benchmark(model(), ["clean"], n_images=20, chunk_size=10, out=tmp_path / "m", name="tiny")
     assert "not above chance" not in capsys.readouterr().err

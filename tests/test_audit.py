@@ -218,8 +218,8 @@ def test_verdict_batch_dependent_predictions_are_never_trustworthy():
                 None, None)
     assert v["code"] == "batch_dependent", v["code"]
     assert v["text"].startswith("worst case 40.0% [16.8, 68.7]; batch-dependent predictions: an image's "
-                                "prediction depends on its batch-mates: 100% of the probe images' logits changed when run alone instead of in a batch of 8 (75% changed "
-                                "prediction)"), v["text"]
+                                "prediction depends on its batch-mates: 8/8 probe images' logits changed when run alone "
+                                "instead of in a batch of 8 (6/8 changed prediction), so the robust accuracy"), v["text"]
     assert "make each image's prediction independent of its batch" in v["text"]
     # masking outranks it; a defense not found batch-dependent (or not measured: None) is untouched
     v = verdict(findings(batch_dependent=True, saturated=True, saturated_frac=1.0), _plan(), honest, None, None)

@@ -171,11 +171,13 @@ def test_verdict_rules():
 
     found = ProbeFindings(n_images=8, randomised=False, randomised_declared=False, prediction_flip_frac=0.0,
                           gradient="ok", gradient_detail="", preprocess_differentiable=None, saturated=False,
-                          saturated_frac=0.0, seconds=0.1, batch_dependent=True, batch_changed_frac=0.75)
+                          saturated_frac=0.0, seconds=0.1, batch_dependent=True, batch_changed_frac=0.75,
+                          batch_flip_frac=0.25)
     run = SimpleNamespace(probes=found, bpda_name=None, randomised=False)
     code, text = verdict([mk("a", FAIL, "optimisation")], run)  # type: ignore[arg-type]
     assert code == "batch_dependent" and text.startswith("batch-dependent predictions (6/8 probe images' logits "
-                                                         "changed alone)"), text
+                                                         "changed when run alone instead of in a batch of 8 (2/8 "
+                                                         "changed prediction)): "), text
     assert verdict([mk("b", FAIL, "masking")], run)[0] == "gradient_masking"  # type: ignore[arg-type]
     assert verdict([mk("a", PASS, "masking")], SimpleNamespace(probes=None))[0] == "trustworthy"  # type: ignore[arg-type]
 

@@ -83,8 +83,7 @@ def verdict(results: list[IndicatorResult], run: DiagnosticRun | None = None) ->
         return "randomness", "undeclared randomness: declare randomised=True and evaluate with eot and recheck"
     probes = run.probes if run is not None else None
     if probes is not None and probes.batch_dependent:  # the probe; every indicator ran in batches of its choosing
-        return "batch_dependent", (f"batch-dependent predictions ({round(probes.batch_changed_frac * probes.n_images)}/"
-                                   f"{probes.n_images} probe images' logits changed alone): every number here depends "
+        return "batch_dependent", (f"batch-dependent predictions ({probes.batch_evidence()}): every number here depends "
                                    "on how the images were batched; make each prediction independent of its batch")
     if optim:
         return "attack_failure", (f"attack failure ({', '.join(optim)}): increase steps / restarts and keep the "
