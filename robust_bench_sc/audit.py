@@ -542,7 +542,8 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
           device: str = "cpu", threads: int | None = None, console: Any = None, show_progress: bool = False,
           results_root: str | Path = "results", command: list[str] | None = None, dataset: str | None = None,
           data_dir: str | Path | None = None, probe_timeout: float | None = None,
-          split: str | None = None, accept_code_change: bool = False) -> dict[str, Any]:
+          split: str | None = None, accept_code_change: bool = False,
+          executor: Any = None) -> dict[str, Any]:
     """Audit the defense ``ref`` (a registered name, ``module:attr`` or ``file.py:attr``) on the
     first ``n_images`` images of ``split`` (default ``test``) of ``dataset`` (a dataset plug-in,
     ``scbench datasets``; default ``cifar10_npz``, this project's CIFAR-10 files) read from
@@ -551,7 +552,10 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
     content) and writes it, with ``audit.md`` and ``audit.html``, into the run folder ``out``.
     ``probe_timeout``: seconds each probe may take (default: scaled from one forward pass).
     ``accept_code_change``: resume ``out`` although the defense's code fingerprint changed (as
-    ``scbench run --accept-code-change``; said in the output)."""
+    ``scbench run --accept-code-change``; said in the output). ``executor``: where the cascade's
+    jobs (one per chunk of images) run, an :class:`~robust_bench_sc.executor.Executor` (``--executor
+    ray``: chunks in parallel); None runs them one after another here. The probes, the indicators
+    and the binarization test run in this process."""
     import torch
     from rich.console import Console
 
@@ -636,7 +640,8 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
                         suite_name=f"audit_{safe_name(label)}", dataset=dataset, split=split,
                         data_dir=None if data_dir is None else str(data_dir))
     t0 = time.perf_counter()
-    outcome_run = run_suite(suite, out=run_dir, device=device, console=console, results_root=results_root,
+    outcome_run = run_suite(suite, out=run_dir, device=device, executor=executor, console=console,
+                            results_root=results_root,
                             command=command or [f"scbench audit {ref} --n-images {n_images}"],
                             show_progress=show_progress, probe_timeout=probe_timeout,
                             accept_code_change=accept_code_change)

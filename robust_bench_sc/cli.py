@@ -266,6 +266,8 @@ SPLIT_HELP = ("the dataset's split to read (default test; scbench datasets lists
               "or cifar10c's gaussian_noise-5)")
 PROBE_TIMEOUT_HELP = ("seconds each probe may take before the defense is reported as hanging (default: 100 × one "
                       "forward pass on the probe images, at least 60 s; 300 s for that first pass)")
+EXECUTOR_HELP = "local, ray, or an executor plug-in (entry point robust_bench_sc.executors)"
+RAY_ADDRESS_HELP = "address of a Ray cluster (with --executor ray; default: a local instance with every CPU)"
 ACCEPT_CODE_CHANGE_HELP = ("reuse the folder's records although the defense's code fingerprint (its factory's source "
                            "file, its modules' settings) changed since they were computed: for a change known not to "
                            "touch this defense, e.g. another plug-in added to the same file")
@@ -324,8 +326,8 @@ def run(
     profile: Optional[str] = typer.Option(None, "--profile", help="a reduced profile declared in the suite, e.g. quick"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=DATA_DIR_HELP),
     dataset: Optional[str] = typer.Option(None, "--dataset", help=DATASET_HELP),
-    executor: str = typer.Option("local", "--executor", help="local, ray, or an executor plug-in (entry point robust_bench_sc.executors)"),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="address of a Ray cluster (with --executor ray)"),
+    executor: str = typer.Option("local", "--executor", help=EXECUTOR_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="no progress and no table: only warnings, errors and the results folder"),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads of the local executor (default: torch's); no effect on the numbers"),
     no_probes: bool = typer.Option(False, "--no-probes", help="skip the probes (randomness, gradients, saturation) and run every threat model exactly as written, without auto's adaptations"),
@@ -722,6 +724,8 @@ def audit(
     norm: str = typer.Option("linf", "--norm", help="linf or l2: the ball every attack of the cascade searches"),
     epsilon: Optional[str] = typer.Option(None, "--eps", "--epsilon", help="its radius, e.g. 8/255 or 0.3 (default: RobustBench's CIFAR-10 radius, 8/255 for linf, 0.5 for l2)"),
     accept_code_change: bool = typer.Option(False, "--accept-code-change", help=ACCEPT_CODE_CHANGE_HELP),
+    executor: str = typer.Option("local", "--executor", help=EXECUTOR_HELP + "; the cascade's chunks run there, the probes, indicators and binarization test here"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
 ):
     """Probe DEFENSE, attack it with a cascade chosen by the probes, run the indicators and the
     binarization test, and write a report card with a verdict (docs/audit.md)."""
@@ -743,9 +747,12 @@ def audit(
         _fail(f"--eps {epsilon}: {exc}")
     if not eps > 0:
         _fail(f"--eps {epsilon}: must be > 0")
+    from robust_bench_sc.executor import make_executor
+
+    ex = make_executor(executor, device, address=ray_address) if executor != "local" else None  # RunError: one line
     _interrupt_on_sigterm()
     try:
-        card = _audit(defense, n_images=n_images, out=out, device=device, threads=threads,
+        card = _audit(defense, n_images=n_images, out=out, device=device, threads=threads, executor=ex,
                       budget=replace(BUDGETS[budget], norm=norm, epsilon=eps),
                       console=err, show_progress=not quiet, command=sys.argv, dataset=dataset, data_dir=data_dir,
                       probe_timeout=probe_timeout, split=split, accept_code_change=accept_code_change)

@@ -335,3 +335,26 @@ def test_workers_progress_reaches_the_driver(cluster, tmp_path):
         # stages posted just before the task returned may come after its result; the first did not
         assert stages and all(s.endswith(f" of {attacked} attacked images fooled") for s in stages), stages
         assert mine.index(("progress", stages[0])) < mine.index(("result", None)) or len(stages) == 1
+
+
+def test_audit_runs_its_cascade_chunks_on_the_cluster_with_the_local_numbers(cluster, tmp_path):
+    """``scbench audit --executor ray``: the cascade's chunks (two of two images) run on the two
+    nodes at once; every per-image record and the card's numbers are the local run's."""
+    from dataclasses import replace
+
+    from robust_bench_sc.audit import BUDGETS, audit
+
+    budget = replace(BUDGETS["quick"], apgd_iterations=5, eot=2, recheck=2, square_queries=20, square_eot=2,
+                     transfer_steps=5, indicators=False, binarization=False, chunk_size=2)
+    local = audit("madry_pgd_at", n_images=4, out=tmp_path / "local", budget=budget)
+    ex = Counting(RayExecutor(device="cpu"))
+    remote = audit("madry_pgd_at", n_images=4, out=tmp_path / "ray", budget=budget, executor=ex)
+    assert sorted(ex.calls.values()) == [1, 1]
+    assert len({t["node_id"] for t in ex.inner.last_stats["tasks"]}) == 2, "both nodes should have run a chunk"
+    assert read_json(tmp_path / "ray" / "run.json")["executor"] == {"name": "ray", "concurrent_jobs": 2}
+    for key in ("worst_case", "clean_accuracy", "fooled_by"):
+        assert remote[key] == local[key], key
+    timeless = [[{k: x for k, x in m.items() if k != "seconds"} for m in card["cascade"]] for card in (local, remote)]
+    assert timeless[0] == timeless[1] and len(timeless[0]) == 5
+    assert local["verdict"]["code"] == remote["verdict"]["code"]
+    assert (tmp_path / "local" / "samples.csv").read_text() == (tmp_path / "ray" / "samples.csv").read_text()
