@@ -27,7 +27,7 @@ import datetime as _dt
 import html
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -543,7 +543,7 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
           results_root: str | Path = "results", command: list[str] | None = None, dataset: str | None = None,
           data_dir: str | Path | None = None, probe_timeout: float | None = None,
           split: str | None = None, accept_code_change: bool = False,
-          executor: Any = None) -> dict[str, Any]:
+          executor: Any = None, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Audit the defense ``ref`` (a registered name, ``module:attr`` or ``file.py:attr``) on the
     first ``n_images`` images of ``split`` (default ``test``) of ``dataset`` (a dataset plug-in,
     ``scbench datasets``; default ``cifar10_npz``, this project's CIFAR-10 files) read from
@@ -597,7 +597,11 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
         torch.set_num_threads(threads)
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
-    defense = build_defense(ref).to(device)
+    params = dict(params or {})
+    try:
+        defense = build_defense(ref, params).to(device)
+    except RegistryError as exc:
+        raise AuditError(str(exc)) from None
     label = defense.name
     run_dir = Path(out) if out else Path(results_root) / "audit" / safe_name(label) / \
         _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -635,7 +639,7 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
         say(f"cascade: {s['attack']} left out: {s['reason']}")
     for m in plan.members:
         say(f"cascade: {m['name']}: {'; '.join(plan.reasons.get(m['name'], []))}")
-    suite = build_suite(ref, [plan.threat_model(budget.batch_size)], n_images=n_images, name=label,
+    suite = build_suite(ref, [plan.threat_model(budget.batch_size)], n_images=n_images, name=label, params=params,
                         seed=budget.seed, chunk_size=min(budget.chunk_size, n_images),
                         suite_name=f"audit_{safe_name(label)}", dataset=dataset, split=split,
                         data_dir=None if data_dir is None else str(data_dir))
@@ -676,7 +680,7 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
     seconds["total"] = round(time.perf_counter() - t_start, 2)
 
     card = {
-        "defense": label, "ref": ref, "subset": describe_subset(n_images, images=data.images), "n_images": n_images,
+        "defense": label, "ref": ref, **({"params": params} if params else {}), "subset": describe_subset(n_images, images=data.images), "n_images": n_images,
         **({"dataset": {"name": data.dataset, "n_classes": data.n_classes, "data_dir": str(data_dir),
                         **({"split": split} if split is not None else {})}}
            if dataset is not None or data_dir is not None or split is not None else {}),

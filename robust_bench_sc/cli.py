@@ -266,11 +266,26 @@ SPLIT_HELP = ("the dataset's split to read (default test; scbench datasets lists
               "or cifar10c's gaussian_noise-5)")
 PROBE_TIMEOUT_HELP = ("seconds each probe may take before the defense is reported as hanging (default: 100 × one "
                       "forward pass on the probe images, at least 60 s; 300 s for that first pass)")
+PARAM_HELP = ("a keyword argument of the defense's factory, KEY=VALUE read as YAML (repeatable), e.g. T=15 or "
+              "checkpoint=weights/mine.pt: what a suite's params: gives")
 EXECUTOR_HELP = "local, ray, or an executor plug-in (entry point robust_bench_sc.executors)"
 RAY_ADDRESS_HELP = "address of a Ray cluster (with --executor ray; default: a local instance with every CPU)"
 ACCEPT_CODE_CHANGE_HELP = ("reuse the folder's records although the defense's code fingerprint (its factory's source "
                            "file, its modules' settings) changed since they were computed: for a change known not to "
                            "touch this defense, e.g. another plug-in added to the same file")
+
+
+def _factory_params(items: list[str] | None) -> dict[str, Any]:
+    """``--param KEY=VALUE`` options → the factory's keyword arguments (a key given twice is an error)."""
+    from robust_bench_sc.config import parse_set
+
+    pairs = parse_set(items or [], "--param", "T=15 or checkpoint=weights/mine.pt")
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            _fail(f"--param {key}: given twice")
+        seen.add(key)
+    return dict(pairs)
 
 
 def _check_probe_timeout(probe_timeout: float | None) -> None:
@@ -605,6 +620,7 @@ def diagnose(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="the dataset's folder (or .npz file) (default $SCBENCH_DATA, else ../shared/data/cifar10)"),
     probe_timeout: Optional[float] = typer.Option(None, "--probe-timeout", help=PROBE_TIMEOUT_HELP),
     split: Optional[str] = typer.Option(None, "--split", help=SPLIT_HELP),
+    param: Optional[list[str]] = typer.Option(None, "--param", help=PARAM_HELP),
 ):
     """Gradient-masking / attack-failure indicators for DEFENSE and a one-line verdict
     (``--active``: the binarization test of one threat model)."""
@@ -621,13 +637,14 @@ def diagnose(
 
     _check_device(device)
     _check_probe_timeout(probe_timeout)
+    params = _factory_params(param)
     data = None if data_dir is None else str(data_dir)
     if active:
         if n_images < 1:
             _fail(f"--n-images {n_images}: must be >= 1 (correctly classified images to test)")
         _test_images(dataset, data_dir, 1, "the binarization test", split)
         return _diagnose_active(defense, n_images, out, bpda, seed, device, norm, epsilon, steps, restarts, threat,
-                                set_ or [], inner, threshold, dataset, data, split)
+                                set_ or [], inner, threshold, dataset, data, split, params)
     _test_images(dataset, data_dir, n_images, "diagnose", split)
     _check_out_folder(out or Path("results") / "diagnose", {"diagnostics.json", "diagnostics.md"} if out else None)
     unknown = [s for s in skip or [] if s not in INDICATORS]
@@ -638,7 +655,7 @@ def diagnose(
     if norm not in NORMS:
         _fail(f"--norm: {' or '.join(NORMS)}")
     try:
-        d = build_defense(defense)
+        d = build_defense(defense, params)
         if bpda is not None and bpda not in d.bpda_names():
             _fail(f"--bpda {bpda!r}: defense {d.name!r} offers {', '.join(d.bpda_names()) or 'no stand-ins (no preprocess)'}")
         cfg = DiagnosticsConfig(n_images=n_images, seed=seed, device=device, norm=norm, epsilon=parse_number(epsilon),
@@ -671,7 +688,7 @@ def diagnose(
 
 
 def _diagnose_active(defense, n_images, out, bpda, seed, device, norm, epsilon, steps, restarts, threat, sets,
-                     inner, threshold, dataset=None, data_dir=None, split=None):
+                     inner, threshold, dataset=None, data_dir=None, split=None, params=None):
     """``scbench diagnose --active``: the binarization test (robust_bench_sc/binarization.py)."""
     import time as _time
 
@@ -686,7 +703,7 @@ def _diagnose_active(defense, n_images, out, bpda, seed, device, norm, epsilon, 
         _check_out_folder(out, {"binarization.json", "binarization.md", "COMMAND.md"})
     try:
         tm = resolve_threat(threat, sets, norm=norm, epsilon=epsilon, steps=steps, restarts=restarts, bpda=bpda)
-        d = build_defense(defense)
+        d = build_defense(defense, params)
         if tm.bpda not in (None, "auto") and tm.bpda not in d.bpda_names():
             _fail(f"bpda {tm.bpda!r}: defense {d.name!r} offers {', '.join(d.bpda_names()) or 'no stand-ins (no preprocess)'}")
         cfg = BinarizationConfig(n_samples=n_images, n_inner=inner, pass_threshold=threshold, seed=seed, device=device,
@@ -724,6 +741,7 @@ def audit(
     norm: str = typer.Option("linf", "--norm", help="linf or l2: the ball every attack of the cascade searches"),
     epsilon: Optional[str] = typer.Option(None, "--eps", "--epsilon", help="its radius, e.g. 8/255 or 0.3 (default: RobustBench's CIFAR-10 radius, 8/255 for linf, 0.5 for l2)"),
     accept_code_change: bool = typer.Option(False, "--accept-code-change", help=ACCEPT_CODE_CHANGE_HELP),
+    param: Optional[list[str]] = typer.Option(None, "--param", help=PARAM_HELP),
     executor: str = typer.Option("local", "--executor", help=EXECUTOR_HELP + "; the cascade's chunks run there, the probes, indicators and binarization test here"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
 ):
@@ -749,10 +767,11 @@ def audit(
         _fail(f"--eps {epsilon}: must be > 0")
     from robust_bench_sc.executor import make_executor
 
+    params = _factory_params(param)
     ex = make_executor(executor, device, address=ray_address) if executor != "local" else None  # RunError: one line
     _interrupt_on_sigterm()
     try:
-        card = _audit(defense, n_images=n_images, out=out, device=device, threads=threads, executor=ex,
+        card = _audit(defense, n_images=n_images, out=out, device=device, threads=threads, executor=ex, params=params,
                       budget=replace(BUDGETS[budget], norm=norm, epsilon=eps),
                       console=err, show_progress=not quiet, command=sys.argv, dataset=dataset, data_dir=data_dir,
                       probe_timeout=probe_timeout, split=split, accept_code_change=accept_code_change)

@@ -515,18 +515,21 @@ def load_threat_model_file(path: Path) -> ThreatModel:
 
 # -- overrides --------------------------------------------------------------------------
 
-def parse_set(items: list[str]) -> list[tuple[str, Any]]:
+def parse_set(items: list[str], option: str = "--set",
+              example: str = "restarts=1 or linf_pgd_ce.steps=10") -> list[tuple[str, Any]]:
+    """``key=value`` options (``--set``, ``--param``), each value read as YAML (a number, a string,
+    a list); a malformed one is a ConfigError naming ``option``."""
     out = []
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. restarts=1 or linf_pgd_ce.steps=10")
+            raise ConfigError(f"{option} {item!r}: expected key=value, e.g. {example}")
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError as exc:  # `steps=[1,2`, a `!!python/...` tag: the option is named, not a traceback
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigError(f"--set {item!r}: {key.strip()}: the value is not valid YAML ({problem}); write a "
-                              "number, a string or a list, e.g. steps=10 or attacks_to_run=[apgd-ce]") from None
+            raise ConfigError(f"{option} {item!r}: {key.strip()}: the value is not valid YAML ({problem}); write a "
+                              f"number, a string or a list, e.g. {example}") from None
         out.append((key.strip(), parsed))
     return out
 

@@ -278,3 +278,63 @@ def test_a_defense_built_in_training_mode_is_evaluated_in_eval_mode_and_told_so(
     quiet = build_defense(f"{f}:evaluated")
     assert not hasattr(quiet, "eval_switched")
     assert adaptation("evaluated", quiet, probe_defense(quiet, s.x, s.y), s.x, s.y).warnings == []
+
+
+SCALED = '''
+import torch
+from torch import nn
+
+
+class Scaled(nn.Module):
+    def __init__(self, scale):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.lin = nn.Linear(3 * 32 * 32, 10)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.randn(10, 3 * 32 * 32, generator=g) * 0.05 * scale)
+            self.lin.bias.zero_()
+
+    def forward(self, x):
+        return self.lin(x.flatten(1))
+
+
+def make(scale, name="scaled"):
+    return Scaled(scale)
+'''
+
+
+def test_audit_and_diagnose_pass_factory_params(tmp_path):
+    """``--param KEY=VALUE``: a factory's keyword arguments (what a suite's ``params:`` gives), read
+    as YAML; they reach the cascade's suite (so its spec) and the card. Without the required one,
+    or malformed, one line."""
+    f = tmp_path / "scaled.py"
+    f.write_text(SCALED)
+    with pytest.raises(AuditError, match=r"is a function that needs arguments \(missing a required argument: "
+                                         r"'scale'\)"):
+        audit(f"{f}:make", n_images=2, out=tmp_path / "none", budget=TINY)
+    card = audit(f"{f}:make", n_images=2, out=tmp_path / "run", budget=TINY, params={"scale": 2.5})
+    assert card["params"] == {"scale": 2.5}
+    from robust_bench_sc.storage import read_json
+
+    assert read_json(tmp_path / "run" / "run.json")["config"]["defenses"][0]["params"] == {"scale": 2.5}
+    # the params are in the spec: other params never reuse these records (here, other weights too)
+    from robust_bench_sc.errors import RunError
+
+    with pytest.raises(RunError, match=r"holds records of a different suite configuration"):
+        audit(f"{f}:make", n_images=2, out=tmp_path / "run", budget=TINY, params={"scale": 1.0})
+    again = audit(f"{f}:make", n_images=2, out=tmp_path / "run", budget=TINY, params={"scale": 2.5})
+    assert again["worst_case"] == card["worst_case"]
+    res = CliRunner().invoke(app, ["audit", f"{f}:make", "--param", "scale"])
+    assert res.exit_code == 2 and "--param 'scale': expected key=value, e.g. T=15 or checkpoint=weights/mine.pt" \
+        in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["audit", f"{f}:make", "--param", "scale=1", "--param", "scale=2"])
+    assert res.exit_code == 2 and "--param scale: given twice" in res.output
+    from robust_bench_sc.diagnostics import INDICATORS
+
+    skip = [a for name in INDICATORS.names() if name not in ("unavailable_gradients", "probability_outputs")
+            for a in ("--skip", name)]
+    res = CliRunner().invoke(app, ["diagnose", f"{f}:make", "--n-images", "4", *skip, "--out", str(tmp_path / "d0")])
+    assert res.exit_code == 2 and "missing a required argument: 'scale'" in res.output
+    res = CliRunner().invoke(app, ["diagnose", f"{f}:make", "--param", "scale=2.5", "--n-images", "4", *skip,
+                                   "--out", str(tmp_path / "diag")])
+    assert res.exit_code == 0 and "unavailable_gradients" in res.output, res.output
