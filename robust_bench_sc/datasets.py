@@ -279,8 +279,7 @@ class Cifar10Npz(Dataset):
 IMAGE_KEYS = ("x", "images", "data", "X")
 LABEL_KEYS = ("y", "labels", "targets", "Y")
 NPZ_SHAPES = ("expected x uint8 (N, H, W, C) with C 1 or 3 and y of shape (N,) (also accepted: (N, C, H, W); "
-              "floats in [0, 1]; integers in 0..255; y (N, 1) or one-hot (N, K); a grayscale (N, H, W) needs a "
-              "channel axis: x[..., None])")
+              "floats in [0, 1]; integers in 0..255; y (N, 1) or one-hot (N, K); grayscale (N, H, W) with N labels)")
 
 
 def _choose_key(have: list[str], names: tuple[str, ...], what: str, where: str) -> str:
@@ -296,14 +295,17 @@ def _choose_key(have: list[str], names: tuple[str, ...], what: str, where: str) 
     raise DataError(f"{where} holds several {what} arrays ({', '.join(found)}); keep one of {', '.join(names)}")
 
 
-def as_images(x: np.ndarray, where: str, key: str) -> np.ndarray:
+def as_images(x: np.ndarray, where: str, key: str, n_labels: int | None = None) -> np.ndarray:
     """``x`` as uint8 (N, H, W, C) (or float32 in [0, 1], same layout), C 1 or 3.
 
-    Layout: channels last when axis 3 is 1 or 3 (this wins when axis 1 is too, e.g. (N, 3, 8, 3)),
+    Layout: a 3-D (N, H, W) is grayscale (C = 1) when there are ``n_labels`` = N labels (Keras'
+    mnist.npz, torchvision's MNIST tensors); channels last when axis 3 is 1 or 3 (this wins when axis 1 is too, e.g. (N, 3, 8, 3)),
     else channels first when axis 1 is 1 or 3. Values: uint8 as they are; other integers in
     0..255 exactly (as uint8); floats in [0, 1] (as float32). Anything else is an error: floats
     above 1 are never rescaled (values in 0..255 say "divide by 255")."""
     have = f"{where}: {key} is {x.dtype}{tuple(x.shape)}"
+    if x.ndim == 3 and n_labels is not None and x.shape[0] == n_labels:  # one label per image: (N, H, W)
+        x = x[..., None]
     if x.ndim != 4 or x.shape[0] == 0 or min(x.shape[1:]) == 0:
         raise DataError(f"{have}; {NPZ_SHAPES}")
     if x.shape[3] not in (1, 3):
@@ -446,7 +448,7 @@ class Npz(Dataset):
         else:
             raise self.missing(path)
         xk, yk = keys
-        x = as_images(out[xk], where, xk)
+        x = as_images(out[xk], where, xk, n_labels=len(out[yk]) if np.ndim(out[yk]) >= 1 else None)
         y, one_hot_k = as_labels(out[yk], len(x), where, yk)
         if "n_classes" in out:
             n_classes = int(out["n_classes"])

@@ -296,6 +296,15 @@ def test_npz_variants_read_the_same_images(tmp_path, first60):
     # grayscale NCHW
     np.savez(tmp_path / "g.npz", x=x[:, None, :, :, 0], y=y)
     assert np.array_equal(_pixels(load_dataset("npz", tmp_path / "g.npz")), x[:, :, :, :1])
+    # grayscale (N, H, W) with N labels, as Keras' mnist.npz stores it (x_train, y_train, x_test, y_test)
+    np.savez(tmp_path / "keras.npz", x_train=x[:40, :, :, 0], y_train=y[:40], x_test=x[40:, :, :, 0], y_test=y[40:])
+    k = load_dataset("npz", tmp_path / "keras.npz", "test")
+    assert k.image_shape == (1, 32, 32) and np.array_equal(_pixels(k), x[40:, :, :, :1]) and k.y.tolist() == y[40:].tolist()
+    assert np.array_equal(_pixels(load_dataset("npz", tmp_path / "keras.npz", "train")), x[:40, :, :, :1])
+    # a 3-D array whose first axis is not the label count stays an error (one H×W×C image?)
+    np.savez(tmp_path / "one.npz", x=x[0], y=y[:3])
+    with pytest.raises(DataError, match=r"one.npz: x is uint8\(32, 32, 3\); expected x uint8 \(N, H, W, C\)"):
+        load_dataset("npz", tmp_path / "one.npz")
 
 
 def test_a_pair_of_npy_files(tmp_path, first60):
@@ -352,7 +361,7 @@ def test_npz_values_and_shapes_refused_in_one_line(tmp_path, first60):
          f"{p}: x is int16(60, 32, 32, 3) with values 0..510; expected integer pixels in 0..255 (or floats in [0, 1])"),
         (dict(x=np.zeros((2, 5, 4, 4), np.uint8), y=[0, 1]),
          f"{p}: x is uint8(2, 5, 4, 4): neither axis 3 (channels last) nor axis 1 (channels first) has 1 or 3 channels"),
-        (dict(x=x[:, :, :, 0], y=y),
+        (dict(x=x[:, :, :, 0], y=y[:59]),  # (N, H, W) is grayscale only with N labels
          f"{p}: x is uint8(60, 32, 32); expected x uint8 (N, H, W, C) with C 1 or 3 and y of shape (N,)"),
         (dict(pixels=x, y=y),
          f"{p} has no image array: it holds pixels, y; accepted names: x, images, data, X, x_test"),

@@ -224,7 +224,7 @@ def test_bad_layouts_are_one_line_errors(tmp_path):
     with pytest.raises(DataError) as exc:
         load_dataset("cifar10", tmp_path, "val")
     assert _one_line(exc) == "cifar10 dataset has no split 'val'; splits: test, train"
-    np.savez(tmp_path / "x.npz", x=np.zeros((3, 8, 8), np.uint8), y=np.zeros(3, int))
+    np.savez(tmp_path / "x.npz", x=np.zeros((3, 8, 8), np.uint8), y=np.zeros(2, int))  # (N, H, W) needs N labels
     with pytest.raises(DataError) as exc:
         load_dataset("npz", tmp_path / "x.npz")
     assert "expected x uint8 (N, H, W, C) with C 1 or 3 and y of shape (N,)" in _one_line(exc)
