@@ -367,11 +367,16 @@ def verdict(findings: ProbeFindings, plan: CascadePlan, outcome: dict[str, Any],
                            f"evaluate with EOT (the audit used eot {plan.eot}); report the robust accuracy of the EOT "
                            "attacks only"))
     if findings.gradient != "ok":
+        handled = plan.bpda is not None and plan.gradient_attacks  # a preprocess replaced by a usable stand-in
         out.append(Finding("probe", "fail", "masking",
-                           f"gradient {findings.gradient} through the exact defense ({findings.gradient_detail})",
-                           "BPDA for a non-differentiable preprocess (declare it as Defense.preprocess with "
-                           "differentiable=False and a stand-in); a break inside the classifier leaves only the "
-                           "gradient-free and transfer attacks, which the worst case here rests on"))
+                           f"gradient {findings.gradient} through the exact defense ({findings.gradient_detail})"
+                           + (" (shattered gradients, Athalye et al. 2018 §4.1)" if handled else ""),
+                           (f"applied here: the gradient attacks followed the BPDA stand-in (bpda {plan.bpda}) and the "
+                            "worst case includes gradient-free and transfer attacks; report that worst case, never "
+                            "a number from the exact gradient") if handled else
+                           ("BPDA for a non-differentiable preprocess (declare it as Defense.preprocess with "
+                            "differentiable=False and a stand-in); a break inside the classifier leaves only the "
+                            "gradient-free and transfer attacks, which the worst case here rests on")))
     if not plan.gradient_attacks and findings.gradient == "ok":
         out.append(Finding("probe", "fail", "masking", "the gradient the attacks would follow (with BPDA) is unusable",
                            "declare a differentiable BPDA stand-in for the preprocess"))

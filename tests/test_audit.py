@@ -148,10 +148,28 @@ def _records(fooled_by: list[str]) -> list[dict]:
              "misclassified" else f} for i, f in enumerate(fooled_by)]
 
 
-def _plan(gradient=True, randomised=False) -> CascadePlan:
+def _plan(gradient=True, randomised=False, bpda=None) -> CascadePlan:
     names = [*(GRADIENT_MEMBERS if gradient else ()), "transfer:madry_pgd_at", "square"]
     return CascadePlan(members=[{"name": n} for n in names], reasons={}, skipped=[], randomised=randomised,
-                       bpda=None, gradient_attacks=gradient, eot=20 if randomised else 1)
+                       bpda=bpda, gradient_attacks=gradient, eot=20 if randomised else 1)
+
+
+def test_verdict_on_a_missing_gradient_says_whether_bpda_already_handled_it():
+    """A declared non-differentiable preprocess (shattered gradients) attacked through a usable
+    stand-in: the finding stays (the exact gradient is masked), its remedy says the audit
+    applied it; a break the audit could not route around names what to do."""
+    honest = cascade_outcome(_records(["apgd-ce"] * 6 + [""] * 4), [*GRADIENT_MEMBERS, "transfer:madry_pgd_at",
+                                                                      "square"])
+    missing = findings(gradient="zero", gradient_detail="the gradient is zero on 100% of 8 images",
+                       preprocess_differentiable=False)
+    handled = verdict(missing, _plan(bpda="auto"), honest, None, None)
+    f = next(f for f in handled["findings"] if f["problem"].startswith("gradient zero through the exact defense"))
+    assert f["status"] == "fail" and "shattered gradients" in f["problem"]
+    assert f["remedy"].startswith("applied here: the gradient attacks followed the BPDA stand-in (bpda auto)")
+    broken = verdict(findings(gradient="missing", gradient_detail="x"), _plan(gradient=False), honest, None, None)
+    f = next(f for f in broken["findings"] if f["problem"].startswith("gradient missing through the exact defense"))
+    assert f["remedy"].startswith("BPDA for a non-differentiable preprocess") and "shattered" not in f["problem"]
+    assert handled["code"] == broken["code"] == "gradient_masking"
 
 
 def test_cascade_outcome_counts_each_attack_on_the_images_it_ran_on():
