@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     import torch
 
     from robust_bench_sc.defense import Defense
+    from robust_bench_sc.executor import Executor
     from robust_bench_sc.probes import ProbeFindings
 
 CASCADE = "audit"                       # the worst_case threat model's name (its records' folder)
@@ -548,7 +549,7 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
           results_root: str | Path = "results", command: list[str] | None = None, dataset: str | None = None,
           data_dir: str | Path | None = None, probe_timeout: float | None = None,
           split: str | None = None, accept_code_change: bool = False,
-          executor: Any = None, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+          executor: Executor | None = None, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Audit the defense ``ref`` (a registered name, ``module:attr`` or ``file.py:attr``) on the
     first ``n_images`` images of ``split`` (default ``test``) of ``dataset`` (a dataset plug-in,
     ``scbench datasets``; default ``cifar10_npz``, this project's CIFAR-10 files) read from
@@ -560,7 +561,8 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
     ``scbench run --accept-code-change``; said in the output). ``executor``: where the cascade's
     jobs (one per chunk of images) run, an :class:`~robust_bench_sc.executor.Executor` (``--executor
     ray``: chunks in parallel); None runs them one after another here. The probes, the indicators
-    and the binarization test run in this process."""
+    and the binarization test run in this process. ``params``: keyword arguments of the defense's
+    factory (``--param KEY=VALUE``), in the cascade's suite (so in its spec) and on the card."""
     import torch
     from rich.console import Console
 
@@ -685,7 +687,8 @@ def audit(ref: str, n_images: int = 100, out: str | Path | None = None, *, budge
     seconds["total"] = round(time.perf_counter() - t_start, 2)
 
     card = {
-        "defense": label, "ref": ref, **({"params": params} if params else {}), "subset": describe_subset(n_images, images=data.images), "n_images": n_images,
+        "defense": label, "ref": ref, **({"params": params} if params else {}),
+        "subset": describe_subset(n_images, images=data.images), "n_images": n_images,
         **({"dataset": {"name": data.dataset, "n_classes": data.n_classes, "data_dir": str(data_dir),
                         **({"split": split} if split is not None else {})}}
            if dataset is not None or data_dir is not None or split is not None else {}),

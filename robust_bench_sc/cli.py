@@ -275,6 +275,14 @@ ACCEPT_CODE_CHANGE_HELP = ("reuse the folder's records although the defense's co
                            "touch this defense, e.g. another plug-in added to the same file")
 
 
+def _executor(name: str, device: str, ray_address: str | None) -> Any:
+    """``--executor NAME`` → the Executor, or None for ``local`` (``run_suite`` then runs the jobs
+    in this process); an unknown name or a missing extra is a RunError (one line)."""
+    from robust_bench_sc.executor import make_executor
+
+    return make_executor(name, device, address=ray_address) if name != "local" else None
+
+
 def _factory_params(items: list[str] | None) -> dict[str, Any]:
     """``--param KEY=VALUE`` options → the factory's keyword arguments (a key given twice is an error)."""
     from robust_bench_sc.config import parse_set
@@ -360,10 +368,9 @@ def run(
         import torch
 
         torch.set_num_threads(threads)
-    from robust_bench_sc.executor import make_executor
     from robust_bench_sc.runner import run_suite
 
-    ex = make_executor(executor, device, address=ray_address) if executor != "local" else None
+    ex = _executor(executor, device, ray_address)
     _interrupt_on_sigterm()  # `kill` or a job scheduler: the run records it was interrupted, then exits
     outcome = run_suite(cfg, out=out, device=device, executor=ex, command=sys.argv, show_progress=not quiet,
                         probes=not no_probes, accept_code_change=accept_code_change, quiet=quiet,
@@ -765,10 +772,8 @@ def audit(
         _fail(f"--eps {epsilon}: {exc}")
     if not eps > 0:
         _fail(f"--eps {epsilon}: must be > 0")
-    from robust_bench_sc.executor import make_executor
-
     params = _factory_params(param)
-    ex = make_executor(executor, device, address=ray_address) if executor != "local" else None  # RunError: one line
+    ex = _executor(executor, device, ray_address)
     _interrupt_on_sigterm()
     try:
         card = _audit(defense, n_images=n_images, out=out, device=device, threads=threads, executor=ex, params=params,

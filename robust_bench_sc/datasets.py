@@ -299,8 +299,8 @@ def as_images(x: np.ndarray, where: str, key: str, n_labels: int | None = None) 
     """``x`` as uint8 (N, H, W, C) (or float32 in [0, 1], same layout), C 1 or 3.
 
     Layout: a 3-D (N, H, W) is grayscale (C = 1) when there are ``n_labels`` = N labels (Keras'
-    mnist.npz, torchvision's MNIST tensors); channels last when axis 3 is 1 or 3 (this wins when axis 1 is too, e.g. (N, 3, 8, 3)),
-    else channels first when axis 1 is 1 or 3. Values: uint8 as they are; other integers in
+    mnist.npz, torchvision's MNIST tensors); channels last when axis 3 is 1 or 3 (this wins when
+    axis 1 is too, e.g. (N, 3, 8, 3)), else channels first when axis 1 is 1 or 3. Values: uint8 as they are; other integers in
     0..255 exactly (as uint8); floats in [0, 1] (as float32). Anything else is an error: floats
     above 1 are never rescaled (values in 0..255 say "divide by 255")."""
     have = f"{where}: {key} is {x.dtype}{tuple(x.shape)}"

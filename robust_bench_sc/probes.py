@@ -298,8 +298,9 @@ class ProbeFindings:
 
     def batch_line(self) -> str:
         """The batch-dependence finding in one line (for a defense found batch-dependent)."""
-        return (f"batch-dependent: {self.batch_evidence()} -> an image's prediction depends on the other images in its batch (batch statistics, test-time "
-                "adaptation): per-image robust accuracy depends on how the images are batched")
+        return (f"batch-dependent: {self.batch_evidence()} -> an image's prediction depends on the other images in "
+                "its batch (batch statistics, test-time adaptation): per-image robust accuracy depends on how the "
+                "images are batched")
 
 
 # --------------------------------------------------------------------------- helpers
